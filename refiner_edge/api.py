@@ -1,0 +1,31 @@
+"""The Python entry point for models: variant name + optional checkpoint -> eval-mode Refiner-ViT."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .checkpoint import load_into
+from .model import RefinerViT
+from .variants import get_variant
+
+
+def create_model(variant: str = "refiner-vit-s", img_size: int | None = None, num_classes: int | None = None,
+                 checkpoint: str | Path | None = None, aux_head: bool = True, fused: bool = False) -> RefinerViT:
+    """Build a Refiner-ViT in eval mode mapping [B, 3, H, W] floats to logits [B, num_classes].
+
+    img_size defaults to the variant's (224 for S/M/L); any multiple of 16 works, and a checkpoint trained at another
+    resolution has its position embedding resized. Without a checkpoint the weights are random.
+    fused=True computes each attention refinement with the fused RefinerDLA op (CUDA kernel on GPU tensors,
+    the reference implementation elsewhere); the weights are folded after the checkpoint is loaded.
+    """
+    cfg = get_variant(variant)
+    model = RefinerViT(cfg, img_size=img_size, num_classes=num_classes, aux_head=aux_head)
+    model.checkpoint_sha256 = None
+    if checkpoint is not None:
+        model.checkpoint_sha256 = load_into(model, checkpoint)
+    model.eval()
+    if fused:
+        from .refine.torch_op import fuse_model
+
+        fuse_model(model)
+    return model
+

@@ -1,0 +1,94 @@
+"""Inference backends: one small class per runtime, all mapping a preprocessed batch [B, 3, S, S] to logits.
+
+A backend also says which preprocessing its model expects, so `infer` and `validate` never hard-code it.
+The TensorRT engine backend plugs in here (BACKENDS) with the engine builds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .artifacts import read_manifest
+from .errors import InputError
+from .preprocess import Preprocess
+from .variants import DEFAULT_VARIANT, get_variant
+
+
+@dataclass
+class Backend:
+    name: str
+    run: Callable[[np.ndarray], np.ndarray]
+    preprocess: Preprocess
+    num_classes: int
+    random_weights: bool
+    description: str
+    fixed_batch: int | None = None
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.run(np.ascontiguousarray(batch, dtype=np.float32))
+
+
+def torch_backend(variant: str | None = None, checkpoint: str | Path | None = None, img_size: int | None = None,
+                  fused: bool = False, **_) -> Backend:
+    import torch
+
+    from .api import create_model
+
+    model = create_model(variant or DEFAULT_VARIANT, img_size=img_size, checkpoint=checkpoint, fused=fused)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+
+    cfg = model.cfg
+    return Backend("torch", run, Preprocess.from_config(cfg), cfg.num_classes, checkpoint is None,
+                   f"PyTorch {cfg.name}@{cfg.img_size}" + (" (fused refinement)" if fused else ""))
+
+
+def onnxruntime_backend(onnx: str | Path | None = None, variant: str | None = None, img_size: int | None = None,
+                        **_) -> Backend:
+    if onnx is None:
+        raise InputError("the onnxruntime backend needs --onnx MODEL.onnx (write one with `refiner-edge export`)")
+    from .runtime import ort_session
+
+    path = Path(onnx)
+    if not path.is_file():
+        raise InputError(f"ONNX model not found: {path}")
+    session = ort_session(path)
+    manifest = read_manifest(path) or {}
+    inp = session.get_inputs()[0]
+    size = inp.shape[-1] if isinstance(inp.shape[-1], int) else None
+    if manifest.get("preprocess"):
+        pre = Preprocess(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in manifest["preprocess"].items()
+                            if k != "resize_size"})
+    else:
+        cfg = get_variant(variant or manifest.get("variant") or DEFAULT_VARIANT)
+        pre = Preprocess.from_config(cfg, img_size=img_size or size)
+    if size is not None and size != pre.img_size:
+        raise InputError(f"{path} takes {size}x{size} images but its preprocessing says {pre.img_size}")
+    num_classes = session.get_outputs()[0].shape[-1]
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    name = inp.name  # graphs from elsewhere may name their input differently: the first input is the image
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: x})[0]
+
+    return Backend("onnxruntime", run, pre, int(num_classes), manifest.get("checkpoint_sha256", "") is None,
+                   f"ONNX Runtime {path.name}", fixed_batch=fixed)
+
+
+BACKENDS: dict[str, Callable[..., Backend]] = {
+    "torch": torch_backend,
+    "onnxruntime": onnxruntime_backend,
+}
+
+
+def load_backend(name: str, **options) -> Backend:
+    try:
+        factory = BACKENDS[name]
+    except KeyError:
+        raise InputError(f"unknown backend '{name}'; choose one of: {', '.join(BACKENDS)}") from None
+    return factory(**options)

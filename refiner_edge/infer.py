@@ -1,0 +1,74 @@
+"""Classifying image files with any backend: decode, preprocess, batch, softmax, top-k."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .backends import Backend
+from .errors import InputError
+from .labels import label_for
+
+
+@dataclass
+class ImageResult:
+    image: str
+    predictions: list[dict] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"image": self.image, "error": self.error} if self.error else \
+            {"image": self.image, "predictions": self.predictions}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def topk(logits: np.ndarray, k: int, num_classes: int) -> list[list[dict]]:
+    probs = softmax(logits.astype(np.float64))
+    k = min(k, probs.shape[-1])
+    order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+    return [[{"index": int(i), "label": label_for(int(i), num_classes), "prob": float(p[i])} for i in row]
+            for p, row in zip(probs, order)]
+
+
+def batches(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def classify(images: list[Path], backend: Backend, k: int = 5, batch_size: int = 8,
+             on_batch: Callable[[int], None] | None = None) -> list[ImageResult]:
+    """Top-k predictions for each image; an unreadable image gets an error entry and the rest still run."""
+    if k < 1:
+        raise InputError(f"--topk must be at least 1, got {k}")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    if backend.fixed_batch is not None:
+        batch_size = backend.fixed_batch
+    results: list[ImageResult] = []
+    for group in batches(images, batch_size):
+        arrays, ok = [], []
+        for path in group:
+            try:
+                arrays.append(backend.preprocess.load(path))
+                ok.append(ImageResult(str(path)))
+            except InputError as e:
+                results.append(ImageResult(str(path), error=str(e)))
+        if arrays:
+            x = np.stack(arrays)
+            if backend.fixed_batch is not None and len(x) < backend.fixed_batch:  # pad a fixed-batch graph
+                x = np.concatenate([x, np.repeat(x[-1:], backend.fixed_batch - len(x), axis=0)])
+            logits = backend(x)[: len(ok)]
+            for res, preds in zip(ok, topk(logits, k, backend.num_classes)):
+                res.predictions = preds
+                results.append(res)
+        if on_batch:
+            on_batch(len(group))
+    order = {str(p): i for i, p in enumerate(images)}
+    return sorted(results, key=lambda r: order[r.image])
