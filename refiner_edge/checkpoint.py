@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -49,13 +50,12 @@ def _safe_torch_load(path: Path):
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        detail = str(e).splitlines()[0] if str(e) else "unsupported content"
-        if "Unsupported global" in str(e) or "Unsupported operand" in str(e):
-            name = str(e).split("GLOBAL", 1)[-1].split()[0] if "GLOBAL" in str(e) else "an unknown object"
-            raise CheckpointError(
-                f"refusing to load {path}: it holds a pickled object ({name}) that a weights file never needs"
-            ) from None
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({detail})") from None
+        # torch names the refused object as "GLOBAL module.name" in a few differently worded messages
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found:
+            raise CheckpointError(f"refusing to load {path}: it holds a pickled object ({found.group(1)}) "
+                                  "that a weights file never needs") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (not a weights pickle)") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({detail})") from None

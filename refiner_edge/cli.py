@@ -11,10 +11,39 @@ from typing import Annotated, Optional
 
 import typer
 
+try:  # typer >= 0.22 vendors click; older releases depend on it
+    from typer import _click as click
+except ImportError:  # pragma: no cover
+    import click
+from typer.core import TyperGroup
+
 from . import __version__
 from .errors import RefinerEdgeError
 
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (bad option values, missing arguments) as one `error:` line instead of a boxed panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            typer.echo(e.ctx.get_help())
+            sys.exit(0)
+        except click.ClickException as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) else ""
+            typer.echo(f"error: {e.format_message()}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     name="refiner-edge",
     help="Deploy Refiner-ViT: export to ONNX, fuse the attention refinement, calibrate, build and run.",
     no_args_is_help=True,
@@ -49,7 +78,7 @@ def handle_errors(func):
             fail(str(e), e.exit_code)
         except KeyboardInterrupt:
             fail("interrupted", 130)
-        except (typer.Exit, typer.Abort):
+        except (typer.Exit, typer.Abort, click.ClickException):
             raise
         except Exception as e:
             if _state["verbose"]:

@@ -1,0 +1,46 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from refiner_edge.api import create_model
+
+from .helpers import randomize
+
+torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def sample_photos() -> list[Path]:
+    """The two photographs that ship inside scikit-learn (china.jpg, flower.jpg)."""
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    folder = Path(sklearn_datasets.__file__).parent / "images"
+    photos = sorted(folder.glob("*.jpg"))
+    assert len(photos) == 2, f"expected scikit-learn's two sample photographs in {folder}"
+    return photos
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return randomize(create_model("refiner-vit-tiny"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_model) -> Path:
+    """A checkpoint file shaped like the official ones: timm dict with args Namespace, EMA and raw weights."""
+    import argparse
+
+    path = tmp_path_factory.mktemp("ckpt") / "refiner_tiny.pth.tar"
+    ema = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    raw = {k: torch.zeros_like(v) for k, v in ema.items()}  # the non-EMA weights must not be the ones loaded
+    torch.save({"epoch": 299, "arch": "Refiner_ViT_tiny", "state_dict": raw, "state_dict_ema": ema,
+                "args": argparse.Namespace(model="Refiner_ViT_tiny", lr=1e-3, img_size=64, drop_path=0.1),
+                "version": 2}, path)
+    return path
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
