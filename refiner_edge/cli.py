@@ -36,7 +36,7 @@ class OneLineErrors(TyperGroup):
             hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) else ""
             typer.echo(f"error: {e.format_message()}{hint}", err=True)
             sys.exit(e.exit_code)
-        except click.exceptions.Abort:
+        except typer.Abort:
             typer.echo("error: aborted", err=True)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
