@@ -1,0 +1,37 @@
+# Two entry points for a fresh machine: `make demo` (set up, export Refiner-ViT-S, classify two photographs)
+# and `make test` (set up, run the test suite). Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+OUT ?= out
+# torch 2.13.0 is pinned: on the project's CPU machines it is a local CPU wheel; an unpinned torch pulls a
+# multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: setup demo test test-fast gpu-check clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+# The main job on a built-in default: no weights, no data downloaded (the photographs ship inside scikit-learn).
+demo: setup
+	$(BIN)/refiner-edge info
+	$(BIN)/refiner-edge export --variant refiner-vit-s -o $(OUT)/refiner-vit-s.onnx
+	$(BIN)/refiner-edge infer --backend onnxruntime --onnx $(OUT)/refiner-vit-s.onnx --topk 3 \
+		"$$($(PY) -m refiner_edge.samples)"
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(OUT) .pytest_cache
