@@ -153,11 +153,35 @@ def export(
         result = export_onnx(model, output, opset=opset, batch=batch_value)
     out.print(f"verified on ONNX Runtime: {result['comparison']}")
     if fuse:
-        from .refine.surgery import fuse_onnx
-
-        report = fuse_onnx(output, output)
-        out.print(f"fused {report['fused_nodes']} refinement subgraphs into RefinerDLA nodes")
+        _fuse(output, output, verify=True)
     out.print(f"wrote {output} and {output.name}.json")
+
+
+def _fuse(source: Path, output: Path, verify: bool) -> None:
+    from .refine.surgery import fuse_onnx
+
+    out = _console()
+    with out.status(f"fusing the attention refinements of {source.name} ..."):
+        report = fuse_onnx(source, output, verify=verify)
+    out.print(f"fused {report['fused_nodes']} refinement subgraphs into RefinerDLA nodes")
+    if report["comparison"] is not None:
+        out.print(f"fused vs plain graph on ONNX Runtime: {report['comparison']}")
+    elif verify:
+        out.print("note: not verified: the reference RefinerDLA op needs onnxruntime-extensions")
+
+
+@app.command()
+@handle_errors
+def fuse(
+    source: Annotated[Path, typer.Argument(help="Plain ONNX graph from `refiner-edge export` (FP32, FP16 or Q/DQ).",
+                                           dir_okay=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the fused graph (may be SOURCE).",
+                                         dir_okay=False)],
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Run fused and plain graphs on ONNX "
+                                         "Runtime (reference op) and require the same output.")] = True,
+) -> None:
+    """Replace each attention-refinement subgraph with one RefinerDLA TensorRT plugin node."""
+    _fuse(source, output, verify)
 
 
 class BackendName(str, Enum):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, MissingDependencyError
 
 
 def ort_session(model: str | Path | bytes, providers: list[str] | None = None):
@@ -15,8 +15,28 @@ def ort_session(model: str | Path | bytes, providers: list[str] | None = None):
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     source = model if isinstance(model, bytes) else str(model)
+    if not isinstance(model, bytes):
+        opts, source = _fused_graph_support(model, opts, source)
     try:
         return ort.InferenceSession(source, opts, providers=providers)
     except Exception as e:  # ORT raises its own exception types (InvalidGraph, Fail, ...) with no common base
         where = "model" if isinstance(model, bytes) else str(model)
         raise InputError(f"{where}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:300]})") from None
+
+
+def _fused_graph_support(path: str | Path, opts, source):
+    """Fused graphs (RefinerDLA nodes) run with the reference op from onnxruntime-extensions."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not an ONNX file: let ONNX Runtime report it
+        return opts, source
+    from .refine.ort_op import available, has_plugin_nodes, session_options_and_bytes
+
+    if not has_plugin_nodes(model):
+        return opts, source
+    if not available():
+        raise MissingDependencyError(f"{path} holds fused RefinerDLA nodes; running them on ONNX Runtime needs "
+                                     "onnxruntime-extensions (pip install 'refiner-edge[ref]')")
+    return session_options_and_bytes(onnx.load(str(path)))

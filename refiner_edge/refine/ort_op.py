@@ -1,0 +1,97 @@
+"""RefinerDLA on ONNX Runtime (CPU) through onnxruntime-extensions, so fused graphs run without TensorRT.
+
+onnxruntime-extensions' Python ops take only scalar attributes and live in the ai.onnx.contrib domain, so a fused
+graph is rewritten for it (a copy, never the file): RefinerDLA nodes move to that domain and their weight lists
+become one base64 string. FP16 maps are cast to FP32 around the op.
+"""
+from __future__ import annotations
+
+import base64
+import copy
+
+import numpy as np
+
+from . import PLUGIN_NAME
+from .reference import refiner_dla_numpy
+
+CONTRIB_DOMAIN = "ai.onnx.contrib"
+_registered = False
+
+
+def available() -> bool:
+    try:
+        import onnxruntime_extensions  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _register() -> None:
+    global _registered
+    if _registered:
+        return
+    from onnxruntime_extensions import PyCustomOpDef, onnx_op
+
+    from .fold import FoldedDLA
+
+    @onnx_op(op_type=PLUGIN_NAME, inputs=[PyCustomOpDef.dt_float], outputs=[PyCustomOpDef.dt_float],
+             attrs={"num_heads": PyCustomOpDef.dt_int64, "weights": PyCustomOpDef.dt_string})
+    def refiner_dla(a, num_heads, weights):
+        folded = FoldedDLA.unpack(np.frombuffer(base64.b64decode(weights), np.float32), int(num_heads))
+        return refiner_dla_numpy(np.asarray(a, np.float32), folded)
+
+    _registered = True
+
+
+def has_plugin_nodes(model) -> bool:
+    return any(n.op_type == PLUGIN_NAME for n in model.graph.node)
+
+
+def for_onnxruntime(model):
+    """A copy of the fused model that ONNX Runtime + onnxruntime-extensions can run."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from .surgery import folded_from_attributes
+
+    model = copy.deepcopy(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        types = {v.name: v.type.tensor_type.elem_type for v in
+                 list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
+    except Exception:  # shape inference is only used to spot FP16 maps; FP32 is the default
+        types = {}
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type != PLUGIN_NAME:
+            nodes.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        packed = folded_from_attributes(attrs).packed()
+        inp, out = node.input[0], node.output[0]
+        half = types.get(inp) == TensorProto.FLOAT16
+        if half:
+            nodes.append(helper.make_node("Cast", [inp], [inp + "__f32"], to=TensorProto.FLOAT))
+            inp, out = inp + "__f32", out + "__f32"
+        nodes.append(helper.make_node(PLUGIN_NAME, [inp], [out], name=node.name, domain=CONTRIB_DOMAIN,
+                                      num_heads=int(attrs["num_heads"]),
+                                      weights=base64.b64encode(packed.tobytes()).decode("ascii")))
+        if half:
+            nodes.append(helper.make_node("Cast", [out], [node.output[0]], to=TensorProto.FLOAT16))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    if not any(o.domain == CONTRIB_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
+    return model
+
+
+def session_options_and_bytes(model):
+    """(SessionOptions with the extensions library registered, serialized model) for a fused graph."""
+    import onnxruntime as ort
+    from onnxruntime_extensions import get_library_path
+
+    _register()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.register_custom_ops_library(get_library_path())
+    return opts, for_onnxruntime(model).SerializeToString()
