@@ -1,0 +1,288 @@
+// RefinerDLA kernel. One block computes a TILE_H x TILE_W patch of the map for all heads of one image:
+// it reads the patch plus a one-pixel halo of A once into shared memory, computes x1 for the halo a chunk of
+// expanded channels at a time (never recomputed per neighbour), applies the depthwise 3x3 and accumulates the W2
+// projection in registers, then writes out. Global traffic: one read of A (plus the halo), one write of out.
+#include "refinerDLAKernel.h"
+
+#include <cuda_fp16.h>
+
+namespace refiner_edge
+{
+namespace
+{
+
+constexpr int32_t kTileW = 32;
+constexpr int32_t kTileH = 8;
+constexpr int32_t kHaloW = kTileW + 2;
+constexpr int32_t kHaloH = kTileH + 2;
+constexpr int32_t kHalo = kHaloW * kHaloH;
+constexpr int32_t kThreads = kTileW * kTileH;
+constexpr int32_t kChunk = 12; // expanded channels of x1 held in shared memory at a time
+constexpr int32_t kMaxGridY = 65535;
+
+__device__ __forceinline__ float toFloat(float v)
+{
+    return v;
+}
+__device__ __forceinline__ float toFloat(__half v)
+{
+    return __half2float(v);
+}
+template <typename T>
+__device__ __forceinline__ T fromFloat(float v);
+template <>
+__device__ __forceinline__ float fromFloat<float>(float v)
+{
+    return v;
+}
+template <>
+__device__ __forceinline__ __half fromFloat<__half>(float v)
+{
+    return __float2half_rn(v);
+}
+__device__ __forceinline__ float relu6(float v)
+{
+    return fminf(fmaxf(v, 0.F), 6.F);
+}
+
+size_t alignedWeightFloats(int32_t heads, int32_t expanded)
+{
+    return (refinerDLAWeightCount(heads, expanded) + 3) / 4 * 4; // keep the tiles 16-byte aligned
+}
+
+// MAXH: compile-time bound on the head count, so the per-thread accumulators stay in registers.
+template <typename T, int32_t MAXH>
+__global__ void __launch_bounds__(kThreads) refinerDLAKernel(T const* __restrict__ input, T* __restrict__ output,
+    float const* __restrict__ weights, int32_t batch, int32_t heads, int32_t expanded, int32_t rows, int32_t cols,
+    int32_t tilesX, int32_t weightFloats)
+{
+    extern __shared__ float4 smemRaw[];
+    float* smem = reinterpret_cast<float*>(smemRaw);
+    int32_t const H = heads;
+    int32_t const E = expanded;
+    float* sW = smem;
+    float* sA = sW + weightFloats;   // [H][kHalo]
+    float* sX = sA + H * kHalo;      // [kChunk][kHalo]
+    float const* W1 = sW;            // [E][H]
+    float const* b1 = W1 + E * H;    // [E]
+    float const* Wd = b1 + E;        // [E][9]
+    float const* bd = Wd + 9 * E;    // [E]
+    float const* W2 = bd + E;        // [H][E]
+    float const* b2 = W2 + H * E;    // [H]
+    float const* alpha = b2 + H;     // [H]
+
+    int32_t const tid = threadIdx.x;
+    int32_t const count = 2 * E * H + 11 * E + 2 * H; // refinerDLAWeightCount, which is host-only
+    for (int32_t i = tid; i < count; i += kThreads)
+    {
+        sW[i] = weights[i];
+    }
+
+    int32_t const tileY = blockIdx.x / tilesX;
+    int32_t const tileX = blockIdx.x % tilesX;
+    int32_t const r0 = tileY * kTileH - 1; // map coordinates of the halo's top-left corner
+    int32_t const c0 = tileX * kTileW - 1;
+    int32_t const lr = tid / kTileW;       // this thread's output position inside the tile
+    int32_t const lc = tid % kTileW;
+    int32_t const r = r0 + 1 + lr;
+    int32_t const c = c0 + 1 + lc;
+    size_t const plane = static_cast<size_t>(rows) * cols;
+
+    for (int32_t b = blockIdx.y; b < batch; b += gridDim.y)
+    {
+        T const* in = input + static_cast<size_t>(b) * H * plane;
+        T* out = output + static_cast<size_t>(b) * H * plane;
+        __syncthreads(); // weights loaded; the previous image's tiles are no longer read
+
+        for (int32_t i = tid; i < H * kHalo; i += kThreads)
+        {
+            int32_t const h = i / kHalo;
+            int32_t const p = i - h * kHalo;
+            int32_t const hr = r0 + p / kHaloW;
+            int32_t const hc = c0 + p % kHaloW;
+            float v = 0.F;
+            if (hr >= 0 && hr < rows && hc >= 0 && hc < cols)
+            {
+                v = toFloat(in[h * plane + static_cast<size_t>(hr) * cols + hc]);
+            }
+            sA[i] = v;
+        }
+        __syncthreads();
+
+        float acc[MAXH];
+#pragma unroll
+        for (int32_t h = 0; h < MAXH; ++h)
+        {
+            acc[h] = 0.F;
+        }
+
+        for (int32_t e0 = 0; e0 < E; e0 += kChunk)
+        {
+            int32_t const ec = min(kChunk, E - e0);
+            // x1 over the halo for channels e0 .. e0+ec-1; zero outside the map (the depthwise conv's padding)
+            for (int32_t i = tid; i < ec * kHalo; i += kThreads)
+            {
+                int32_t const k = i / kHalo;
+                int32_t const p = i - k * kHalo;
+                int32_t const hr = r0 + p / kHaloW;
+                int32_t const hc = c0 + p % kHaloW;
+                float v = 0.F;
+                if (hr >= 0 && hr < rows && hc >= 0 && hc < cols)
+                {
+                    float const* w = W1 + (e0 + k) * H;
+                    float s = b1[e0 + k];
+                    for (int32_t h = 0; h < H; ++h)
+                    {
+                        s = fmaf(w[h], sA[h * kHalo + p], s);
+                    }
+                    v = relu6(s);
+                }
+                sX[k * kHalo + p] = v;
+            }
+            __syncthreads();
+
+            for (int32_t k = 0; k < ec; ++k)
+            {
+                int32_t const e = e0 + k;
+                float const* x = sX + k * kHalo + lr * kHaloW + lc;
+                float const* w = Wd + 9 * e;
+                float s = bd[e];
+#pragma unroll
+                for (int32_t i = 0; i < 3; ++i)
+                {
+#pragma unroll
+                    for (int32_t j = 0; j < 3; ++j)
+                    {
+                        s = fmaf(w[3 * i + j], x[i * kHaloW + j], s);
+                    }
+                }
+                s = relu6(s);
+#pragma unroll
+                for (int32_t h = 0; h < MAXH; ++h)
+                {
+                    if (h < H)
+                    {
+                        acc[h] = fmaf(W2[h * E + e], s, acc[h]);
+                    }
+                }
+            }
+            __syncthreads(); // sX is overwritten by the next chunk
+        }
+
+        if (r < rows && c < cols)
+        {
+            int32_t const centre = (lr + 1) * kHaloW + lc + 1;
+#pragma unroll
+            for (int32_t h = 0; h < MAXH; ++h)
+            {
+                if (h < H)
+                {
+                    float const v = acc[h] + b2[h] + alpha[h] * sA[h * kHalo + centre];
+                    out[h * plane + static_cast<size_t>(r) * cols + c] = fromFloat<T>(v);
+                }
+            }
+        }
+    }
+}
+
+template <typename T, int32_t MAXH>
+cudaError_t launchTyped(void const* input, void* output, float const* weights, int32_t batch, int32_t heads,
+    int32_t expanded, int32_t rows, int32_t cols, cudaStream_t stream)
+{
+    auto kernel = refinerDLAKernel<T, MAXH>;
+    size_t const shared = refinerDLASharedBytes(heads, expanded);
+    if (shared > 48 * 1024)
+    {
+        cudaError_t const status
+            = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
+        if (status != cudaSuccess)
+        {
+            return status;
+        }
+    }
+    int32_t const tilesX = (cols + kTileW - 1) / kTileW;
+    int32_t const tilesY = (rows + kTileH - 1) / kTileH;
+    dim3 const grid(static_cast<uint32_t>(tilesX * tilesY), static_cast<uint32_t>(batch < kMaxGridY ? batch : kMaxGridY));
+    kernel<<<grid, kThreads, shared, stream>>>(static_cast<T const*>(input), static_cast<T*>(output), weights, batch,
+        heads, expanded, rows, cols, tilesX, static_cast<int32_t>(alignedWeightFloats(heads, expanded)));
+    return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t dispatchHeads(void const* input, void* output, float const* weights, int32_t batch, int32_t heads,
+    int32_t expanded, int32_t rows, int32_t cols, cudaStream_t stream)
+{
+#define REFINER_DLA_CASE(MAXH)                                                                                         \
+    if (heads <= MAXH)                                                                                                 \
+        return launchTyped<T, MAXH>(input, output, weights, batch, heads, expanded, rows, cols, stream);
+    REFINER_DLA_CASE(4)
+    REFINER_DLA_CASE(8)
+    REFINER_DLA_CASE(12)
+    REFINER_DLA_CASE(16)
+    REFINER_DLA_CASE(24)
+    REFINER_DLA_CASE(32)
+#undef REFINER_DLA_CASE
+    return cudaErrorInvalidValue;
+}
+
+} // namespace
+
+size_t refinerDLASharedBytes(int32_t heads, int32_t expanded)
+{
+    return sizeof(float) * (alignedWeightFloats(heads, expanded) + static_cast<size_t>(heads) * kHalo + kChunk * kHalo);
+}
+
+char const* refinerDLAUnsupported(int32_t batch, int32_t heads, int32_t expanded, int32_t rows, int32_t cols)
+{
+    if (batch < 0 || rows < 1 || cols < 1)
+    {
+        return "RefinerDLA: the map must have at least one row and column and a non-negative batch";
+    }
+    if (heads < 1 || heads > kRefinerDLAMaxHeads)
+    {
+        return "RefinerDLA: the number of heads must be between 1 and 32";
+    }
+    if (expanded < 1)
+    {
+        return "RefinerDLA: the number of expanded channels must be positive";
+    }
+    if (static_cast<int64_t>((cols + kTileW - 1) / kTileW) * ((rows + kTileH - 1) / kTileH) > 0x7fffffff)
+    {
+        return "RefinerDLA: the map is too large for one grid";
+    }
+    int device = 0;
+    int limit = 0;
+    if (cudaGetDevice(&device) != cudaSuccess
+        || cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
+    {
+        return "RefinerDLA: cannot query the CUDA device";
+    }
+    if (refinerDLASharedBytes(heads, expanded) > static_cast<size_t>(limit))
+    {
+        return "RefinerDLA: heads x expanded channels need more shared memory than this GPU has per block";
+    }
+    return nullptr;
+}
+
+cudaError_t launchRefinerDLA(void const* input, void* output, RefinerDLAType type, float const* weights,
+    int32_t batch, int32_t heads, int32_t expanded, int32_t rows, int32_t cols, cudaStream_t stream)
+{
+    if (refinerDLAUnsupported(batch, heads, expanded, rows, cols) != nullptr)
+    {
+        return cudaErrorInvalidValue;
+    }
+    if (batch == 0)
+    {
+        return cudaSuccess;
+    }
+    switch (type)
+    {
+    case RefinerDLAType::kFLOAT32:
+        return dispatchHeads<float>(input, output, weights, batch, heads, expanded, rows, cols, stream);
+    case RefinerDLAType::kFLOAT16:
+        return dispatchHeads<__half>(input, output, weights, batch, heads, expanded, rows, cols, stream);
+    }
+    return cudaErrorInvalidValue;
+}
+
+} // namespace refiner_edge

@@ -1,0 +1,54 @@
+// PyTorch extension around the RefinerDLA kernel (built on demand by refiner_edge/refine/torch_op.py).
+#include "refinerDLAKernel.h"
+
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/extension.h>
+
+namespace
+{
+
+torch::Tensor forwardOut(torch::Tensor const& a, torch::Tensor const& weights, int64_t heads, torch::Tensor out)
+{
+    TORCH_CHECK(a.is_cuda() && weights.is_cuda() && out.is_cuda(), "RefinerDLA: tensors must be on a CUDA device");
+    TORCH_CHECK(a.dim() == 4, "RefinerDLA: the map must be [batch, heads, rows, cols], got ", a.dim(), " dims");
+    TORCH_CHECK(a.size(1) == heads, "RefinerDLA: the map has ", a.size(1), " heads, the weights are for ", heads);
+    TORCH_CHECK(a.scalar_type() == torch::kFloat32 || a.scalar_type() == torch::kFloat16,
+        "RefinerDLA: the map must be float32 or float16");
+    TORCH_CHECK(out.scalar_type() == a.scalar_type() && out.sizes() == a.sizes(), "RefinerDLA: bad output tensor");
+    TORCH_CHECK(weights.scalar_type() == torch::kFloat32 && weights.dim() == 1, "RefinerDLA: weights must be 1-D float32");
+    int64_t const n = weights.numel();
+    int64_t const expanded = (n - 2 * heads) / (2 * heads + 11);
+    TORCH_CHECK(expanded > 0
+            && static_cast<size_t>(n) == refiner_edge::refinerDLAWeightCount(static_cast<int32_t>(heads),
+                   static_cast<int32_t>(expanded)),
+        "RefinerDLA: ", n, " packed weights do not fit ", heads, " heads");
+    auto const input = a.contiguous();
+    TORCH_CHECK(out.is_contiguous(), "RefinerDLA: the output must be contiguous");
+    c10::cuda::CUDAGuard guard(a.device());
+    char const* reason = refiner_edge::refinerDLAUnsupported(static_cast<int32_t>(a.size(0)),
+        static_cast<int32_t>(heads), static_cast<int32_t>(expanded), static_cast<int32_t>(a.size(2)),
+        static_cast<int32_t>(a.size(3)));
+    TORCH_CHECK(reason == nullptr, reason == nullptr ? "" : reason);
+    auto const type = a.scalar_type() == torch::kFloat16 ? refiner_edge::RefinerDLAType::kFLOAT16
+                                                         : refiner_edge::RefinerDLAType::kFLOAT32;
+    cudaError_t const status = refiner_edge::launchRefinerDLA(input.data_ptr(), out.data_ptr(), type,
+        weights.contiguous().data_ptr<float>(), static_cast<int32_t>(a.size(0)), static_cast<int32_t>(heads),
+        static_cast<int32_t>(expanded), static_cast<int32_t>(a.size(2)), static_cast<int32_t>(a.size(3)),
+        c10::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(status == cudaSuccess, "RefinerDLA launch failed: ", cudaGetErrorString(status));
+    return out;
+}
+
+torch::Tensor forward(torch::Tensor const& a, torch::Tensor const& weights, int64_t heads)
+{
+    return forwardOut(a, weights, heads, torch::empty_like(a, torch::MemoryFormat::Contiguous));
+}
+
+} // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
+{
+    m.def("forward", &forward, "RefinerDLA forward (CUDA)");
+    m.def("forward_out", &forwardOut, "RefinerDLA forward into a given output tensor (CUDA)");
+}
