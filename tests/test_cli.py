@@ -148,3 +148,28 @@ def test_bad_options(tmp_path, sample_photos):
     assert_clean_failure(invoke("infer", sample_photos[0], "--backend", "onnxruntime", "--onnx", garbage),
                          "ONNX Runtime cannot load")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_fuse_command_and_export_fuse(tmp_path, tiny_onnx, sample_photos):
+    pytest.importorskip("onnxruntime_extensions", reason="the reference RefinerDLA op needs it")
+    fused = tmp_path / "fused.onnx"
+    result = invoke("fuse", tiny_onnx, "-o", fused)
+    assert result.exit_code == 0, result.output
+    assert "fused 2 refinement subgraphs" in result.stdout and "PASS" in result.stdout
+    plain_preds = json.loads(invoke("infer", sample_photos[0], "--backend", "onnxruntime", "--onnx", tiny_onnx,
+                                    "--json").stdout)
+    fused_preds = json.loads(invoke("infer", sample_photos[0], "--backend", "onnxruntime", "--onnx", fused,
+                                    "--json").stdout)
+    assert [p["index"] for p in fused_preds[0]["predictions"]] == [p["index"] for p in plain_preds[0]["predictions"]]
+    direct = tmp_path / "direct.onnx"
+    result = invoke("export", *TINY, "--fuse", "-o", direct)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "direct.onnx.json").read_text())["fused_nodes"] == 2
+
+
+def test_fuse_bad_input(tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"junk")
+    assert_clean_failure(invoke("fuse", junk, "-o", tmp_path / "out.onnx"), "not a readable ONNX model")
+    assert_clean_failure(invoke("fuse", tmp_path / "absent.onnx", "-o", tmp_path / "out.onnx"), "not found")
+    assert not (tmp_path / "out.onnx").exists()
