@@ -45,6 +45,15 @@ __device__ __forceinline__ float relu6(float v)
     return fminf(fmaxf(v, 0.F), 6.F);
 }
 
+// Map coordinates of halo position p of a tile whose halo starts at (r0, c0); false outside the map.
+__device__ __forceinline__ bool haloToMap(
+    int32_t p, int32_t r0, int32_t c0, int32_t rows, int32_t cols, int32_t& r, int32_t& c)
+{
+    r = r0 + p / kHaloW;
+    c = c0 + p % kHaloW;
+    return r >= 0 && r < rows && c >= 0 && c < cols;
+}
+
 size_t alignedWeightFloats(int32_t heads, int32_t expanded)
 {
     return (refinerDLAWeightCount(heads, expanded) + 3) / 4 * 4; // keep the tiles 16-byte aligned
@@ -97,11 +106,10 @@ __global__ void __launch_bounds__(kThreads) refinerDLAKernel(T const* __restrict
         for (int32_t i = tid; i < H * kHalo; i += kThreads)
         {
             int32_t const h = i / kHalo;
-            int32_t const p = i - h * kHalo;
-            int32_t const hr = r0 + p / kHaloW;
-            int32_t const hc = c0 + p % kHaloW;
+            int32_t hr;
+            int32_t hc;
             float v = 0.F;
-            if (hr >= 0 && hr < rows && hc >= 0 && hc < cols)
+            if (haloToMap(i - h * kHalo, r0, c0, rows, cols, hr, hc))
             {
                 v = toFloat(in[h * plane + static_cast<size_t>(hr) * cols + hc]);
             }
@@ -124,10 +132,10 @@ __global__ void __launch_bounds__(kThreads) refinerDLAKernel(T const* __restrict
             {
                 int32_t const k = i / kHalo;
                 int32_t const p = i - k * kHalo;
-                int32_t const hr = r0 + p / kHaloW;
-                int32_t const hc = c0 + p % kHaloW;
+                int32_t hr;
+                int32_t hc;
                 float v = 0.F;
-                if (hr >= 0 && hr < rows && hc >= 0 && hc < cols)
+                if (haloToMap(p, r0, c0, rows, cols, hr, hc))
                 {
                     float const* w = W1 + (e0 + k) * H;
                     float s = b1[e0 + k];
