@@ -76,7 +76,9 @@ def onnxruntime_backend(onnx: str | Path | None = None, variant: str | None = No
     def run(x: np.ndarray) -> np.ndarray:
         return session.run(None, {name: x})[0]
 
-    return Backend("onnxruntime", run, pre, int(num_classes), manifest.get("checkpoint_sha256", "") is None,
+    # the manifest records checkpoint_sha256 = null for random weights; without a manifest we cannot tell
+    random_weights = "checkpoint_sha256" in manifest and manifest["checkpoint_sha256"] is None
+    return Backend("onnxruntime", run, pre, int(num_classes), random_weights,
                    f"ONNX Runtime {path.name}", fixed_batch=fixed)
 
 

@@ -149,11 +149,20 @@ def export(
     out = _console()
     if checkpoint is None:
         out.print("note: no --checkpoint given: the weights are random")
-    with out.status(f"exporting {model.cfg.name}@{model.cfg.img_size} to {output} ..."):
-        result = export_onnx(model, output, opset=opset, batch=batch_value)
-    out.print(f"verified on ONNX Runtime: {result['comparison']}")
-    if fuse:
-        _fuse(output, output, verify=True)
+    if not fuse:
+        with out.status(f"exporting {model.cfg.name}@{model.cfg.img_size} to {output} ..."):
+            result = export_onnx(model, output, opset=opset, batch=batch_value)
+        out.print(f"verified on ONNX Runtime: {result['comparison']}")
+    else:  # the plain graph goes to a scratch folder, so a failed fusion leaves an earlier `output` as it was
+        import tempfile
+
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=output.parent, prefix=".refiner-edge-") as scratch:
+            plain = Path(scratch) / output.name
+            with out.status(f"exporting {model.cfg.name}@{model.cfg.img_size} ..."):
+                result = export_onnx(model, plain, opset=opset, batch=batch_value)
+            out.print(f"verified on ONNX Runtime: {result['comparison']}")
+            _fuse(plain, output, verify=True)
     out.print(f"wrote {output} and {output.name}.json")
 
 

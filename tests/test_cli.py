@@ -173,3 +173,21 @@ def test_fuse_bad_input(tmp_path):
     assert_clean_failure(invoke("fuse", junk, "-o", tmp_path / "out.onnx"), "not a readable ONNX model")
     assert_clean_failure(invoke("fuse", tmp_path / "absent.onnx", "-o", tmp_path / "out.onnx"), "not found")
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_export_fuse_failure_keeps_earlier_artifact(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime_extensions", reason="the reference RefinerDLA op needs it")
+    from refiner_edge.errors import VerificationError
+    from refiner_edge.refine import surgery
+
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"earlier fused graph")
+
+    def broken(*args, **kwargs):  # failure injection: the fusion step fails after a good export
+        raise VerificationError("found 0 attention-refinement subgraphs, expected 2")
+
+    monkeypatch.setattr(surgery, "fuse_onnx", broken)
+    result = invoke("export", *TINY, "--fuse", "-o", out)
+    assert_clean_failure(result, "found 0 attention-refinement subgraphs")
+    assert out.read_bytes() == b"earlier fused graph"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
