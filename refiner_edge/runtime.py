@@ -39,4 +39,7 @@ def _fused_graph_support(path: str | Path, opts, source):
     if not available():
         raise MissingDependencyError(f"{path} holds fused RefinerDLA nodes; running them on ONNX Runtime needs "
                                      "onnxruntime-extensions (pip install 'refiner-edge[ref]')")
-    return session_options_and_bytes(onnx.load(str(path)))
+    from onnx.external_data_helper import load_external_data_for_model
+
+    load_external_data_for_model(model, str(Path(path).parent))  # the probe above skipped it; no second parse
+    return session_options_and_bytes(model)

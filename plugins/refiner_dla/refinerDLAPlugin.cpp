@@ -277,18 +277,16 @@ int32_t RefinerDLAPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTenso
         int32_t const batch = static_cast<int32_t>(d.d[0]);
         int32_t const rows = static_cast<int32_t>(d.d[2]);
         int32_t const cols = static_cast<int32_t>(d.d[3]);
-        if (char const* reason = refinerDLAUnsupported(batch, mHeads, mExpanded, rows, cols))
-        {
-            logError(reason);
-            return -1;
-        }
         RefinerDLAType const type
             = inputDesc[kIn].type == DataType::kHALF ? RefinerDLAType::kFLOAT16 : RefinerDLAType::kFLOAT32;
         cudaError_t const status = launchRefinerDLA(
             inputs[kIn], outputs[0], type, mDeviceWeights, batch, mHeads, mExpanded, rows, cols, stream);
         if (status != cudaSuccess)
         {
-            logError(std::string("kernel launch failed: ") + cudaGetErrorString(status));
+            // the launcher checks the shape itself; only on failure is the reason worth looking up
+            char const* reason = refinerDLAUnsupported(batch, mHeads, mExpanded, rows, cols);
+            logError(reason != nullptr ? std::string(reason)
+                                       : std::string("kernel launch failed: ") + cudaGetErrorString(status));
             return -1;
         }
         return 0;

@@ -26,17 +26,21 @@ torch::Tensor forwardOut(torch::Tensor const& a, torch::Tensor const& weights, i
     auto const input = a.contiguous();
     TORCH_CHECK(out.is_contiguous(), "RefinerDLA: the output must be contiguous");
     c10::cuda::CUDAGuard guard(a.device());
-    char const* reason = refiner_edge::refinerDLAUnsupported(static_cast<int32_t>(a.size(0)),
-        static_cast<int32_t>(heads), static_cast<int32_t>(expanded), static_cast<int32_t>(a.size(2)),
-        static_cast<int32_t>(a.size(3)));
-    TORCH_CHECK(reason == nullptr, reason == nullptr ? "" : reason);
     auto const type = a.scalar_type() == torch::kFloat16 ? refiner_edge::RefinerDLAType::kFLOAT16
                                                          : refiner_edge::RefinerDLAType::kFLOAT32;
     cudaError_t const status = refiner_edge::launchRefinerDLA(input.data_ptr(), out.data_ptr(), type,
         weights.contiguous().data_ptr<float>(), static_cast<int32_t>(a.size(0)), static_cast<int32_t>(heads),
         static_cast<int32_t>(expanded), static_cast<int32_t>(a.size(2)), static_cast<int32_t>(a.size(3)),
         c10::cuda::getCurrentCUDAStream().stream());
-    TORCH_CHECK(status == cudaSuccess, "RefinerDLA launch failed: ", cudaGetErrorString(status));
+    if (status != cudaSuccess)
+    {
+        // the launcher checks the shape itself; only on failure is the reason worth looking up
+        char const* reason = refiner_edge::refinerDLAUnsupported(static_cast<int32_t>(a.size(0)),
+            static_cast<int32_t>(heads), static_cast<int32_t>(expanded), static_cast<int32_t>(a.size(2)),
+            static_cast<int32_t>(a.size(3)));
+        TORCH_CHECK(reason == nullptr, reason);
+        TORCH_CHECK(false, "RefinerDLA launch failed: ", cudaGetErrorString(status));
+    }
     return out;
 }
 
