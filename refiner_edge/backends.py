@@ -60,15 +60,7 @@ def onnxruntime_backend(onnx: str | Path | None = None, variant: str | None = No
     session = ort_session(path)
     manifest = read_manifest(path) or {}
     inp = session.get_inputs()[0]
-    size = inp.shape[-1] if isinstance(inp.shape[-1], int) else None
-    if manifest.get("preprocess"):
-        pre = Preprocess(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in manifest["preprocess"].items()
-                            if k != "resize_size"})
-    else:
-        cfg = get_variant(variant or manifest.get("variant") or DEFAULT_VARIANT)
-        pre = Preprocess.from_config(cfg, img_size=img_size or size)
-    if size is not None and size != pre.img_size:
-        raise InputError(f"{path} takes {size}x{size} images but its preprocessing says {pre.img_size}")
+    pre = onnx_preprocess(path, manifest, inp.shape, variant, img_size)
     num_classes = session.get_outputs()[0].shape[-1]
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
     name = inp.name  # graphs from elsewhere may name their input differently: the first input is the image
@@ -80,6 +72,21 @@ def onnxruntime_backend(onnx: str | Path | None = None, variant: str | None = No
     random_weights = "checkpoint_sha256" in manifest and manifest["checkpoint_sha256"] is None
     return Backend("onnxruntime", run, pre, int(num_classes), random_weights,
                    f"ONNX Runtime {path.name}", fixed_batch=fixed)
+
+
+def onnx_preprocess(path: Path, manifest: dict, input_shape, variant: str | None = None,
+                    img_size: int | None = None) -> Preprocess:
+    """The preprocessing an ONNX graph expects: from its manifest, else from the variant and its input shape."""
+    size = input_shape[-1] if isinstance(input_shape[-1], int) else None
+    if manifest.get("preprocess"):
+        pre = Preprocess(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in manifest["preprocess"].items()
+                            if k != "resize_size"})
+    else:
+        cfg = get_variant(variant or manifest.get("variant") or DEFAULT_VARIANT)
+        pre = Preprocess.from_config(cfg, img_size=img_size or size)
+    if size is not None and size != pre.img_size:
+        raise InputError(f"{path} takes {size}x{size} images but its preprocessing says {pre.img_size}")
+    return pre
 
 
 BACKENDS: dict[str, Callable[..., Backend]] = {

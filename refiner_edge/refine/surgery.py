@@ -94,6 +94,7 @@ class Match:
     last: object     # the Mul node
     folded: FoldedDLA
     name: str
+    nodes: list[str]  # names of the matched nodes, input to output
 
 
 def _match(dw, graph_outputs) -> Match | None:
@@ -138,7 +139,8 @@ def _match(dw, graph_outputs) -> Match | None:
     folded = compose(c1w[0][:, :, 0, 0], c1w[1], w_dw[:, 0], dwb[1], c3w[0][:, :, 0, 0], c3w[1], s4, t4,
                      float(scale.reshape(())))
     name = (dw.name.rsplit("/DLA/", 1)[0] if "/DLA/" in dw.name else dw.name) + "/RefinerDLA"
-    return Match(source=a, output=mul.outputs[0], last=mul, folded=folded, name=name)
+    return Match(source=a, output=mul.outputs[0], last=mul, folded=folded, name=name,
+                 nodes=[n.name for n in (c1, r1, dw, r2, c3, add, bn, mul)])
 
 
 def plugin_attributes(folded: FoldedDLA) -> dict:
@@ -168,6 +170,17 @@ def count_depthwise_convs(graph) -> int:
     return n
 
 
+def _matches(graph) -> list[Match]:
+    outputs = {id(t) for t in graph.outputs}
+    return [m for m in (_match(n, outputs) for n in list(graph.nodes)
+                        if n.op == "Conv" and n.attrs.get("group", 1) > 1) if m is not None]
+
+
+def refinement_subgraphs(model) -> list[list[str]]:
+    """The node names of each refinement subgraph of an (unfused) onnx.ModelProto, e.g. to keep them in float."""
+    return [m.nodes for m in _matches(_gs().import_onnx(model))]
+
+
 def fuse_graph(model, expected: int | None = None):
     """Return (fused onnx.ModelProto, number of fused nodes). Fails unless every refinement site was fused."""
     import onnx
@@ -177,9 +190,7 @@ def fuse_graph(model, expected: int | None = None):
     if any(n.op == PLUGIN_NAME for n in graph.nodes):
         raise InputError("the graph already holds RefinerDLA nodes (fused twice?)")
     expected = count_depthwise_convs(graph) if expected is None else expected
-    outputs = {id(t) for t in graph.outputs}
-    matches = [m for m in (_match(n, outputs) for n in list(graph.nodes)
-                           if n.op == "Conv" and n.attrs.get("group", 1) > 1) if m is not None]
+    matches = _matches(graph)
     if expected == 0 or len(matches) != expected:
         raise VerificationError(f"found {len(matches)} attention-refinement subgraphs, expected {expected} "
                                 "(one per refining block); the graph was not changed")
@@ -195,11 +206,16 @@ def fuse_graph(model, expected: int | None = None):
     return fused, len(matches)
 
 
-def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, tolerance: float = 1e-4) -> dict:
+# The fused op computes in FP32 from its input and rounds once; an FP16 subgraph rounds after every op, so the
+# two differ by FP16 rounding (about 2^-11 relative per op) where the graph is FP16.
+FUSE_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": 1e-2}
+
+
+def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, tolerance: float | None = None) -> dict:
     """Fuse the refinement subgraphs of the ONNX file `source` into `output` (may be the same path), atomically.
 
     With verify, the fused graph runs on ONNX Runtime with the reference RefinerDLA op and must match the
-    source graph within `tolerance` (relative to the largest logit).
+    source graph within `tolerance` (relative to the largest logit; by default FUSE_TOLERANCE of its precision).
     """
     import onnx
 
@@ -211,6 +227,10 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, toler
     except Exception as e:  # protobuf raises DecodeError and others with no common base
         raise InputError(f"{source}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
     manifest = read_manifest(source) or {}
+    if tolerance is None:
+        from ..precision import graph_precision
+
+        tolerance = FUSE_TOLERANCE[graph_precision(model)]
     fused, count = fuse_graph(model, manifest.get("refining_blocks"))
     comparison = None
     with atomic_output(output) as tmp:

@@ -1,0 +1,106 @@
+"""Image folders for calibration and validation: a deterministic sample, decoded and preprocessed exactly as at
+inference, unreadable files skipped and counted, and optional labels (a folder per class, or a labels file)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import InputError
+from .preprocess import Preprocess, find_images
+
+IMAGENET_FOLDER = "imagenet-folder"
+
+
+@dataclass
+class ImageSet:
+    paths: list[Path]                 # the images that decoded, in sample order
+    arrays: np.ndarray                # [n, 3, S, S] float32, preprocessed
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (path, reason) of unreadable files
+    found: int = 0                    # image files found under the inputs
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def summary(self) -> dict:
+        return {"found": self.found, "used": len(self.paths), "skipped": len(self.skipped),
+                "skipped_files": [{"image": p, "reason": r} for p, r in self.skipped[:20]]}
+
+
+def sample(paths: list[Path], seed: int = 0) -> list[Path]:
+    """The sorted paths in a seeded random order: the same folder gives the same sample on every machine."""
+    ordered = sorted(paths, key=lambda p: p.as_posix())
+    return [ordered[i] for i in np.random.default_rng(seed).permutation(len(ordered))]
+
+
+def load_image_set(inputs: list[str | Path], preprocess: Preprocess, num: int | None = None, seed: int = 0,
+                   on_image: Callable[[int], None] | None = None) -> ImageSet:
+    """Decode up to `num` images (all when None) from files/folders (searched recursively) in sample order.
+
+    A file that cannot be decoded is skipped and recorded; the next one in the sample takes its place.
+    """
+    if num is not None and num < 1:
+        raise InputError(f"--num must be at least 1, got {num}")
+    paths = find_images(list(inputs))
+    order = sample(paths, seed) if num is not None and num < len(paths) else paths
+    want = len(order) if num is None else min(num, len(order))
+    used, arrays, skipped = [], [], []
+    for path in order:
+        if len(used) == want:
+            break
+        try:
+            arrays.append(preprocess.load(path))
+            used.append(path)
+        except InputError as e:
+            skipped.append((str(path), str(e)))
+        if on_image:
+            on_image(1)
+    if not used:
+        where = ", ".join(str(i) for i in inputs)
+        raise InputError(f"no readable images in {where} ({len(skipped)} files could not be decoded)")
+    return ImageSet(used, np.stack(arrays).astype(np.float32), skipped, len(paths))
+
+
+def load_labels(spec: str | Path, images: ImageSet, root: Path) -> np.ndarray:
+    """Class indices of `images`: `imagenet-folder` (the sorted class folders under `root`, as torchvision's
+    ImageFolder and the ImageNet validation layout number them) or a text file of `relative/path index` lines."""
+    if str(spec) == IMAGENET_FOLDER:
+        if not root.is_dir():
+            raise InputError(f"--labels {IMAGENET_FOLDER} needs --images to be a folder of class folders")
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        index = {name: i for i, name in enumerate(classes)}
+        labels = []
+        for path in images.paths:
+            rel = path.relative_to(root).parts
+            if len(rel) < 2:
+                raise InputError(f"{path}: with --labels {IMAGENET_FOLDER} every image must sit in a class folder")
+            labels.append(index[rel[0]])
+        return np.asarray(labels, np.int64)
+    return _labels_from_file(Path(spec), images, root)
+
+
+def _labels_from_file(path: Path, images: ImageSet, root: Path) -> np.ndarray:
+    if not path.is_file():
+        raise InputError(f"labels file not found: {path} (or use --labels {IMAGENET_FOLDER})")
+    table: dict[str, int] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.replace(",", " ").replace("\t", " ").rpartition(" ")
+        try:
+            table[name.strip()] = int(value)
+        except ValueError:
+            raise InputError(f"{path}:{n}: expected 'relative/path class_index', got {line[:80]!r}") from None
+    labels, missing = [], []
+    for image in images.paths:
+        rel = image.relative_to(root).as_posix() if root.is_dir() and image.is_relative_to(root) else image.name
+        value = table.get(rel, table.get(image.name))
+        if value is None:
+            missing.append(rel)
+        labels.append(-1 if value is None else value)
+    if missing:
+        raise InputError(f"{path} has no label for {len(missing)} image(s), e.g. {missing[0]}")
+    return np.asarray(labels, np.int64)

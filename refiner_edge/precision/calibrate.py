@@ -1,0 +1,165 @@
+"""The `calibrate` stage: plain FP32 ONNX + a folder of images -> a strongly typed FP16 or INT8 (Q/DQ) ONNX,
+its manifest/report (`<output>.json`) and, for INT8, a TensorRT 10 calibration cache (`<output stem>.calib`)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..artifacts import atomic_output, read_manifest, write_manifest
+from ..errors import InputError
+from . import graph_precision
+from .fp16 import RULES, convert_to_fp16, fp32_nodes
+from .int8 import (Budget, activation_inputs, layer_sensitivity, meet_budget, quantizable_nodes, quantize,
+                   run_logits)
+from .metrics import compare_logits
+from .ranges import METHODS, collect_ranges
+from .tensorrt_cache import DEFAULT_VERSION, write_cache
+
+DEFAULT_NUM = 512
+DEFAULT_EVAL = 64
+# progress(label, total) starts a phase and returns its tick(n) callback
+Progress = Callable[[str, int], Callable[[int], None]]
+
+
+def _no_progress(label: str, total: int) -> Callable[[int], None]:
+    return lambda n: None
+
+
+def calibration_cache_path(output: str | Path) -> Path:
+    output = Path(output)
+    return output.with_name(output.stem + ".calib")
+
+
+def load_float_graph(source: Path):
+    import onnx
+
+    if not source.is_file():
+        raise InputError(f"ONNX model not found: {source}")
+    try:
+        model = onnx.load(str(source))
+    except Exception as e:  # protobuf's errors share no base class
+        raise InputError(f"{source}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
+    if any(n.op_type == "RefinerDLA" for n in model.graph.node):
+        raise InputError(f"{source} is fused: calibrate the plain graph from `refiner-edge export`, then fuse the "
+                         "calibrated graph")
+    have = graph_precision(model)
+    if have != "fp32":
+        raise InputError(f"{source} is already a {have} graph: calibrate the plain FP32 graph")
+    return model
+
+
+def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *, precision: str = "int8",
+                   num: int = DEFAULT_NUM, method: str = "entropy", max_drop: float | None = None,
+                   min_sqnr: float | None = None, sensitivity: bool = False, eval_num: int = DEFAULT_EVAL,
+                   batch_size: int = 16, seed: int = 0, tensorrt_version: str = DEFAULT_VERSION,
+                   progress: Progress = _no_progress) -> dict:
+    """Calibrate the plain graph `source` on `images` and write the `precision` graph to `output`.
+
+    Returns the report also written into `<output>.json`.
+    """
+    import onnx
+
+    from ..backends import onnx_preprocess
+    from ..imageset import load_image_set
+    from ..refine.surgery import refinement_subgraphs
+
+    if precision not in ("fp16", "int8"):
+        raise InputError(f"--precision must be fp16 or int8, got '{precision}'")
+    if method not in METHODS:
+        raise InputError(f"unknown calibration method '{method}'; choose one of: {', '.join(METHODS)}")
+    budget = Budget(max_drop, min_sqnr) if (max_drop is not None or min_sqnr is not None) else None
+    if budget is not None and precision != "int8":
+        raise InputError("--max-drop/--min-sqnr choose which layers stay FP16 in an INT8 graph: use --precision int8")
+    if max_drop is not None and not 0 <= max_drop <= 100:
+        raise InputError(f"--max-drop is in percentage points (0 to 100), got {max_drop}")
+    source, output, images = Path(source), Path(output), Path(images)
+    if output.resolve() == source.resolve():
+        raise InputError("--output must differ from --onnx: the plain graph is the calibration's reference")
+    started = time.perf_counter()
+    model = load_float_graph(source)
+    manifest = read_manifest(source) or {}
+    graph_input = model.graph.input[0]
+    shape = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim]
+    preprocess = onnx_preprocess(source, manifest, shape)
+
+    found_tick = progress("decoding images", num)
+    imageset = load_image_set([images], preprocess, num=num, seed=seed, on_image=found_tick)
+    batches = _batches(imageset.arrays, shape[0] or batch_size, pad=shape[0] is not None)
+
+    units = refinement_subgraphs(model)
+    in_refinement = {n for unit in units for n in unit}
+    nodes = quantizable_nodes(model, in_refinement) if precision == "int8" else []
+    range_method = method if precision == "int8" else "max"  # FP16 needs the observed ranges, nothing clipped
+    tick = progress(f"calibrating ({range_method})", len(imageset))
+    ranges = collect_ranges(source, batches, range_method, graph_input.name, activation_inputs(model, nodes), tick)
+    calibrated = time.perf_counter()
+    keep = fp32_nodes(model, ranges, units)
+    keep_names = [k.node for k in keep]
+
+    x_eval = imageset.arrays[:eval_num]
+    reference = run_logits(model, x_eval)
+    report: dict = {"precision": precision, "fp16": {"rules": RULES, "fp32_nodes": [k.to_dict() for k in keep]}}
+    comparison = None
+    if precision == "fp16":
+        result = convert_to_fp16(model, keep_names)
+    else:
+        int8: dict = {"quantized_ops": ["Conv", "MatMul", "Gemm"], "candidates": len(nodes),
+                      "refinement_subgraphs_in_float": len(units), "weights": "per-channel symmetric INT8",
+                      "activations": "per-tensor symmetric INT8", "fp16_layers": []}
+        ranking = None
+        if sensitivity or budget is not None:
+            rows = layer_sensitivity(source, model, ranges, nodes, x_eval, reference,
+                                     progress("sensitivity (one layer at a time)", len(nodes)))
+            int8["sensitivity"] = rows
+            ranking = [r["node"] for r in rows]
+        if budget is not None:
+            steps_tick = progress(f"meeting the budget ({budget})", 2 * max(1, int(np.log2(max(len(nodes), 1)))) + 1)
+            result, fp16_layers, comparison, steps = meet_budget(source, ranges, nodes, ranking, keep_names,
+                                                                 x_eval, reference, budget, steps_tick)
+            by_node = {r["node"]: r for r in int8["sensitivity"]}
+            int8["budget"] = {"rule": str(budget), "max_drop": max_drop, "min_sqnr_db": min_sqnr, "steps": steps}
+            int8["fp16_layers"] = [{"node": n, "op": by_node[n]["op"],
+                                    "reason": f"quantized alone it gives {by_node[n]['sqnr_db']:.1f} dB SQNR, "
+                                              f"among the {len(fp16_layers)} most sensitive; needed for the budget"}
+                                   for n in fp16_layers]
+        else:
+            result = quantize(source, ranges, nodes, keep_names)
+        int8["quantized_layers"] = len(nodes) - len(int8["fp16_layers"])
+        report["int8"] = int8
+    if comparison is None:
+        comparison = compare_logits(run_logits(result, x_eval), reference)
+    finished = time.perf_counter()
+
+    onnx.checker.check_model(result)
+    with atomic_output(output) as tmp:
+        onnx.save(result, str(tmp))
+    cache = None
+    if precision == "int8":
+        cache = write_cache(calibration_cache_path(output), {k: ranges.clip(k) for k in ranges.minmax},
+                            tensorrt_version)
+    report.update({
+        "calibration": {"images": str(images), "method": range_method, "num": num, "seed": seed,
+                        **imageset.summary(), "batch": int(batches[0].shape[0]),
+                        "seconds": round(calibrated - started, 2), "total_seconds": round(finished - started, 2)},
+        "evaluation": {"against": f"{source.name} (FP32) on ONNX Runtime", "images": len(x_eval),
+                       **comparison.to_dict()},
+        "tensorrt_calibration_cache": None if cache is None else {"file": cache.name, "tensorrt": tensorrt_version,
+                                                                 "tensors": len(ranges.minmax)},
+    })
+    record = {k: v for k, v in manifest.items() if k not in ("artifact", "stage", "created", "versions")}
+    record.update({"source": source.name, "fused": False, "opset": next(
+        o.version for o in result.opset_import if o.domain in ("", "ai.onnx")), **report})
+    write_manifest(output, "calibrate", record)
+    return record
+
+
+def _batches(arrays: np.ndarray, size: int, pad: bool) -> list[np.ndarray]:
+    """Batches of `size`; for a fixed-batch graph (pad) the last is filled with repeats of its last image."""
+    out = [arrays[i:i + size] for i in range(0, len(arrays), size)]
+    if pad and len(out[-1]) < size:
+        last = out[-1]
+        out[-1] = np.concatenate([last, np.repeat(last[-1:], size - len(last), axis=0)])
+    return out

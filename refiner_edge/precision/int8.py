@@ -1,0 +1,169 @@
+"""INT8 graphs the way TensorRT wants them, built with onnxruntime.quantization.quantize_static:
+
+- Q/DQ only on the inputs of Conv, MatMul and Gemm (no Q/DQ on their outputs), one dedicated pair per input;
+- weights per channel on the output-channel axis (Conv KCRS: 0, MatMul [K, N]: 1, Gemm transB: 0), activations
+  per tensor, symmetric INT8 with zero point 0, biases left in float;
+- the attention-refinement subgraphs stay in floating point, so `refiner-edge fuse` can still replace them;
+- everything else is the FP16 graph (same FP32 decisions as `--precision fp16`) at opset 19, where Q/DQ scales
+  may be FP16: in a strongly typed network, TensorRT runs each unquantized op in the type the graph gives it.
+
+Layers can be left unquantized (in FP16) to meet an accuracy budget; `layer_sensitivity` ranks them.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import VerificationError
+from .fp16 import convert_to_fp16
+from .metrics import LogitComparison, compare_logits
+from .ranges import Ranges
+
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+QDQ_OPSET = 19
+_OPTIONS = {
+    "ActivationSymmetric": True,
+    "WeightSymmetric": True,
+    "QuantizeBias": False,
+    "DedicatedQDQPair": True,
+    "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),
+    "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+}
+
+
+def quantizable_nodes(model, excluded: set[str]) -> list[str]:
+    return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and n.name not in excluded]
+
+
+def activation_inputs(model, nodes: list[str]) -> set[str]:
+    """The non-constant inputs of the named nodes: the tensors that need a calibrated range."""
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    wanted = set(nodes)
+    return {i for n in model.graph.node if n.name in wanted for i in n.input if i and i not in constants}
+
+
+def quantize(plain: str | Path, ranges: Ranges, nodes: list[str], keep_fp32: list[str] | None):
+    """The plain FP32 graph with Q/DQ on `nodes`; FP16 elsewhere unless keep_fp32 is None (then FP32, opset as is)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    from .ranges import _quiet
+
+    if not nodes:  # quantize_static reads an empty list as "every node"
+        model = onnx.load(str(plain))
+    else:
+        with tempfile.TemporaryDirectory(prefix="refiner-edge-q-") as tmp, _quiet():
+            cache = Path(tmp) / "ranges.json"  # quantize_static takes precomputed ranges through its cache
+            save_tensors_data(ranges.tensors_data(), cache)
+            out = Path(tmp) / "q.onnx"
+            quantize_static(str(plain), str(out), None, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
+                            calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=cache,
+                            extra_options=_OPTIONS)
+            model = onnx.load(str(out))
+    if keep_fp32 is None:
+        return model
+    if nodes and _opset(model) < QDQ_OPSET:
+        from onnx import version_converter
+
+        model = version_converter.convert_version(model, QDQ_OPSET)
+    return convert_to_fp16(model, keep_fp32)
+
+
+def _opset(model) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def run_logits(model, x: np.ndarray, batch: int = 16) -> np.ndarray:
+    """Logits of an in-memory graph on ONNX Runtime (CPU)."""
+    from ..runtime import ort_session
+
+    session = ort_session(model, ["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    batch = fixed or batch
+    out = []
+    for i in range(0, len(x), batch):
+        chunk = x[i:i + batch]
+        if fixed and len(chunk) < fixed:  # a fixed-batch graph: fill with repeats, keep only the real rows
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - len(chunk), axis=0)])
+        out.append(session.run(None, {inp.name: chunk})[0][: min(batch, len(x) - i)])
+    return np.concatenate(out)
+
+
+def layer_sensitivity(plain: str | Path, model, ranges: Ranges, nodes: list[str], x: np.ndarray,
+                      reference: np.ndarray, on_layer: Callable[[int], None] | None = None) -> list[dict]:
+    """Quantize one layer at a time (the rest FP32) and measure the logit error; most sensitive first."""
+    ops = {n.name: n.op_type for n in model.graph.node}
+    rows = []
+    for node in nodes:
+        c = compare_logits(run_logits(quantize(plain, ranges, [node], None), x), reference)
+        rows.append({"node": node, "op": ops.get(node, "?"), "sqnr_db": c.sqnr_db, "agreement": c.agreement,
+                     "cosine": c.cosine})
+        if on_layer:
+            on_layer(1)
+    return sorted(rows, key=lambda r: r["sqnr_db"])
+
+
+@dataclass
+class Budget:
+    """The accuracy an INT8 graph must keep against the FP32 graph on the evaluation images."""
+
+    max_drop: float | None = None   # top-1 agreement with FP32 may fall at most this many points below 100%
+    min_sqnr_db: float | None = None
+
+    def met(self, c: LogitComparison) -> bool:
+        return (self.max_drop is None or 100.0 - c.agreement <= self.max_drop + 1e-9) and \
+               (self.min_sqnr_db is None or c.sqnr_db >= self.min_sqnr_db)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.max_drop is not None:
+            parts.append(f"top-1 agreement >= {100 - self.max_drop:g}%")
+        if self.min_sqnr_db is not None:
+            parts.append(f"SQNR >= {self.min_sqnr_db:g} dB")
+        return " and ".join(parts)
+
+
+def meet_budget(plain: str | Path, ranges: Ranges, nodes: list[str], ranking: list[str], keep_fp32: list[str],
+                x: np.ndarray, reference: np.ndarray, budget: Budget,
+                on_step: Callable[[int], None] | None = None):
+    """Leave the fewest most-sensitive layers (`ranking` order) unquantized such that `budget` is met.
+
+    Returns (model, layers left in FP16, comparison, tried steps). Doubling then bisection: about 2 log2(n) builds.
+    """
+    tried: dict[int, tuple] = {}
+
+    def attempt(k: int):
+        if k not in tried:
+            excluded = set(ranking[:k])
+            model = quantize(plain, ranges, [n for n in nodes if n not in excluded], keep_fp32)
+            tried[k] = (model, compare_logits(run_logits(model, x), reference))
+            if on_step:
+                on_step(1)
+        return tried[k]
+
+    n = len(ranking)
+    if budget.met(attempt(0)[1]):
+        hi = 0
+    else:
+        lo, hi = 0, 1
+        while hi < n and not budget.met(attempt(hi)[1]):
+            lo, hi = hi, min(2 * hi, n)
+        if not budget.met(attempt(hi)[1]):
+            raise VerificationError(f"the budget ({budget}) is not met even with every layer in FP16: "
+                                    f"{attempt(hi)[1].agreement:.2f}% agreement, {attempt(hi)[1].sqnr_db:.2f} dB")
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if budget.met(attempt(mid)[1]) else (mid, hi)
+    model, comparison = attempt(hi)
+    steps = [{"fp16_layers": k, "agreement": c.agreement, "sqnr_db": c.sqnr_db, "met": budget.met(c)}
+             for k, (_, c) in sorted(tried.items())]
+    return model, ranking[:hi], comparison, steps
