@@ -28,16 +28,32 @@ class Backend:
     fixed_batch: int | None = None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.run(np.ascontiguousarray(batch, dtype=np.float32))
+        """Logits of one batch; a fixed-batch model gets a short batch filled with repeats of its last image."""
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.fixed_batch is not None and len(x) < self.fixed_batch:
+            x = np.concatenate([x, np.repeat(x[-1:], self.fixed_batch - len(x), axis=0)])
+        return self.run(x)[: len(batch)]
+
+    def logits(self, arrays: np.ndarray, batch_size: int = 8,
+               on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """Logits of many preprocessed images, in batches (the model's own size where it is fixed)."""
+        size = self.fixed_batch or batch_size
+        out = []
+        for start in range(0, len(arrays), size):
+            out.append(self(arrays[start:start + size]))
+            if on_batch:
+                on_batch(len(out[-1]))
+        return np.concatenate(out)
 
 
 def torch_backend(variant: str | None = None, checkpoint: str | Path | None = None, img_size: int | None = None,
-                  fused: bool = False, **_) -> Backend:
+                  fused: bool = False, num_classes: int | None = None, aux_head: bool = True, **_) -> Backend:
     import torch
 
     from .api import create_model
 
-    model = create_model(variant or DEFAULT_VARIANT, img_size=img_size, checkpoint=checkpoint, fused=fused)
+    model = create_model(variant or DEFAULT_VARIANT, img_size=img_size, num_classes=num_classes,
+                         checkpoint=checkpoint, aux_head=aux_head, fused=fused)
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

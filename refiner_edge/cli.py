@@ -1,6 +1,7 @@
 """The `refiner-edge` command line: thin commands over the library; domain errors become one line and an exit code."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -239,15 +240,26 @@ def infer(
 
 def _with_progress(work, total: int, label: str, show: bool):
     """Run work(tick) under a progress bar on stderr (only on a terminal and when the work is long)."""
+    with _phases(show) as phase:
+        return work(phase(label, total))
+
+
+@contextlib.contextmanager
+def _phases(show: bool = True):
+    """Yield phase(label, total) -> tick(n): one progress bar per phase of a long job, on stderr terminals only."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = _console(stderr=True)
     if not (show and console.is_terminal):
-        return work(lambda n: None)
+        yield lambda label, total: (lambda n: None)
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(label, total=total)
-        return work(lambda n: progress.advance(task, n))
+        def phase(label: str, total: int):
+            task = progress.add_task(label, total=total or None)
+            return lambda n: progress.advance(task, n)
+
+        yield phase
 
 
 def _print_predictions(results, description: str) -> None:
@@ -265,6 +277,161 @@ def _print_predictions(results, description: str) -> None:
         for rank, p in enumerate(r.predictions, 1):
             table.add_row(str(rank), str(p["index"]), p["label"], f"{p['prob']:.4f}")
         out.print(table)
+
+
+class PrecisionName(str, Enum):
+    int8 = "int8"
+    fp16 = "fp16"
+
+
+class MethodName(str, Enum):
+    entropy = "entropy"
+    percentile = "percentile"
+    max = "max"
+    mse = "mse"
+
+
+@app.command()
+@handle_errors
+def calibrate(
+    onnx: Annotated[Path, typer.Option("--onnx", help="Plain FP32 graph from `refiner-edge export` (not fused).",
+                                       dir_okay=False)],
+    images: Annotated[Path, typer.Option("--images", help="Calibration images: a folder (searched recursively; "
+                                         "jpg/png/webp/bmp/...) or one file.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the calibrated graph; the report "
+                                         "goes to <output>.json, the TensorRT 10 cache to <stem>.calib.",
+                                         dir_okay=False)],
+    precision: Annotated[PrecisionName, typer.Option("--precision", help="int8: Q/DQ on Conv/MatMul/Gemm inputs "
+                                                     "over an FP16 graph; fp16: FP16 graph.")] = PrecisionName.int8,
+    num: Annotated[int, typer.Option("--num", min=1, help="Calibration images to use (a seeded random sample "
+                                     "when the folder holds more).")] = 512,
+    method: Annotated[MethodName, typer.Option("--method", help="How activation ranges are chosen from the "
+                                               "measured values (INT8).")] = MethodName.percentile,
+    max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="Accuracy budget: top-1 agreement with "
+                                                      "FP32 may fall at most this many points; the most sensitive "
+                                                      "layers stay FP16 until it holds.")] = None,
+    min_sqnr: Annotated[Optional[float], typer.Option("--min-sqnr", help="Accuracy budget: logit SQNR against "
+                                                      "FP32 in dB (with or instead of --max-drop).")] = None,
+    sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Report per-layer sensitivity (one layer "
+                                              "quantized at a time) even without a budget.")] = False,
+    eval_num: Annotated[int, typer.Option("--eval-num", min=1, help="Calibration images the budget and the "
+                                          "report evaluate on.")] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per ONNX Runtime run.")] = 16,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the image sample.")] = 0,
+    tensorrt_version: Annotated[str, typer.Option("--tensorrt-version", help="TensorRT version written into the "
+                                                  "calibration cache header (the reader rewrites it).")] = "10.3.0",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Calibrate a plain graph on real images into a strongly typed FP16 or INT8 (Q/DQ) graph for TensorRT 10/11."""
+    from .precision.calibrate import calibrate_onnx
+
+    with _phases() as phase:
+        report = calibrate_onnx(onnx, images, output, precision=precision.value, num=num, method=method.value,
+                                max_drop=max_drop, min_sqnr=min_sqnr, sensitivity=sensitivity, eval_num=eval_num,
+                                batch_size=batch_size, seed=seed, tensorrt_version=tensorrt_version, progress=phase)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+        return
+    _print_calibration(report, output)
+
+
+def _print_calibration(report: dict, output: Path) -> None:
+    from rich.table import Table
+
+    out = _console()
+    cal, ev = report["calibration"], report["evaluation"]
+    out.print(f"calibrated on {cal['used']} images from {cal['images']} ({cal['skipped']} unreadable skipped), "
+              f"method {cal['method']}, {cal['seconds']:.1f} s (total {cal['total_seconds']:.1f} s)")
+    for f in cal["skipped_files"]:
+        out.print(f"  skipped {f['image']}: {f['reason']}")
+    kept = report["fp16"]["fp32_nodes"]
+    out.print(f"FP32 kept for {len(kept)} ops" + (":" if kept else " (no measured range needs it)"))
+    for k in kept:
+        out.print(f"  {k['node']} ({k['op']}): {k['reason']}")
+    int8 = report.get("int8")
+    if int8:
+        out.print(f"INT8: {int8['quantized_layers']} of {int8['candidates']} Conv/MatMul/Gemm layers quantized; "
+                  f"{int8['refinement_subgraphs_in_float']} refinement subgraphs left in float for fusion")
+        if int8.get("sensitivity"):
+            table = Table(title="most sensitive layers (quantized alone)", title_justify="left")
+            for col in ("layer", "op", "SQNR dB", "top-1 agr. %"):
+                table.add_column(col, justify="left" if col in ("layer", "op") else "right")
+            for r in int8["sensitivity"][:10]:
+                table.add_row(r["node"], r["op"], f"{r['sqnr_db']:.1f}", f"{r['agreement']:.1f}")
+            out.print(table)
+        if int8.get("budget"):
+            out.print(f"budget {int8['budget']['rule']}: {len(int8['fp16_layers'])} layers left in FP16")
+            for k in int8["fp16_layers"]:
+                out.print(f"  {k['node']}: {k['reason']}")
+    out.print(f"vs FP32 on {ev['images']} images: top-1 agreement {ev['agreement']:.2f}%, cosine "
+              f"{ev['cosine']:.6f}, SQNR {ev['sqnr_db']:.2f} dB, max abs error {ev['max_abs']:.4g}")
+    cache = report.get("tensorrt_calibration_cache")
+    extra = f", {cache['file']}" if cache else ""
+    out.print(f"wrote {output}, {output.name}.json{extra}")
+
+
+@app.command()
+@handle_errors
+def validate(
+    onnx: Annotated[Path, typer.Option("--onnx", help="Graph to check (plain, calibrated or fused).",
+                                       dir_okay=False)],
+    images: Annotated[Path, typer.Option("--images", help="Images: a folder (searched recursively) or one file.")],
+    labels: Annotated[Optional[str], typer.Option("--labels", help="'imagenet-folder' (class = sorted class "
+                                                  "folder index) or a file of 'relative/path index' lines; adds "
+                                                  "accuracy.")] = None,
+    reference: Annotated[str, typer.Option("--reference", help="'torch' (PyTorch FP32 from the checkpoint) or an "
+                                           "ONNX file run on ONNX Runtime.")] = "torch",
+    checkpoint: CheckpointOpt = None,
+    variant: Annotated[Optional[str], typer.Option("--variant", help="Variant, when the graph has no manifest.")]
+    = None,
+    num: Annotated[Optional[int], typer.Option("--num", min=1, help="Use a seeded sample of this many images "
+                                               "(default: all).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
+    min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", help="Top-1 agreement threshold, % "
+                                                           "(default per precision).")] = None,
+    min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Mean cosine threshold.")] = None,
+    min_sqnr: Annotated[Optional[float], typer.Option("--min-sqnr", help="Logit SQNR threshold, dB.")] = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Accuracy drop "
+                                                               "threshold, points (with --labels).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check a graph's logits against PyTorch FP32 on real images; exit 4 when a threshold fails (a CI gate)."""
+    from .validate import validate_onnx
+
+    overrides = {"min_agreement": min_agreement, "min_cosine": min_cosine, "min_sqnr_db": min_sqnr,
+                 "max_accuracy_drop": max_accuracy_drop}
+    with _phases() as phase:
+        report = validate_onnx(onnx, images, labels=labels, reference=reference, checkpoint=checkpoint,
+                               variant=variant, num=num, batch_size=batch_size, overrides=overrides, progress=phase)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+    else:
+        _print_validation(report)
+    if not report["passed"]:
+        typer.echo(f"error: validation failed: {'; '.join(report['failures'])}", err=True)
+        raise typer.Exit(4)
+
+
+def _print_validation(report: dict) -> None:
+    from rich.table import Table
+
+    m, t = report["metrics"], report["thresholds"]
+    table = Table(title=f"{report['candidate']} ({report['precision']}) vs {report['reference']}",
+                  caption=f"{report['images']['used']} images, {report['images']['skipped']} unreadable skipped",
+                  title_justify="left")
+    for col in ("metric", "value", "threshold"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    table.add_row("top-1 agreement %", f"{m['agreement']:.2f}", f">= {t['min_agreement']}")
+    table.add_row("cosine", f"{m['cosine']:.6f}", f">= {t['min_cosine']}")
+    table.add_row("SQNR dB", f"{m['sqnr_db']:.2f}", f">= {t['min_sqnr_db']}")
+    table.add_row("max abs error", f"{m['max_abs']:.4g}", "")
+    if m["accuracy"] is not None:
+        table.add_row("accuracy %", f"{m['accuracy']:.2f}", "")
+        table.add_row("reference accuracy %", f"{m['reference_accuracy']:.2f}", "")
+        table.add_row("accuracy drop (points)", f"{m['accuracy_drop']:.2f}", f"<= {t['max_accuracy_drop']}")
+    out = _console()
+    out.print(table)
+    out.print("PASS" if report["passed"] else "FAIL")
 
 
 @app.command()

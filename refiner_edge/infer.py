@@ -61,10 +61,7 @@ def classify(images: list[Path], backend: Backend, k: int = 5, batch_size: int =
             except InputError as e:
                 results.append(ImageResult(str(path), error=str(e)))
         if arrays:
-            x = np.stack(arrays)
-            if backend.fixed_batch is not None and len(x) < backend.fixed_batch:  # pad a fixed-batch graph
-                x = np.concatenate([x, np.repeat(x[-1:], backend.fixed_batch - len(x), axis=0)])
-            logits = backend(x)[: len(ok)]
+            logits = backend(np.stack(arrays))
             for res, preds in zip(ok, topk(logits, k, backend.num_classes)):
                 res.predictions = preds
                 results.append(res)

@@ -47,12 +47,12 @@ def load_float_graph(source: Path):
                          "calibrated graph")
     have = graph_precision(model)
     if have != "fp32":
-        raise InputError(f"{source} is already a {have} graph: calibrate the plain FP32 graph")
+        raise InputError(f"{source} is already calibrated ({have}): calibrate the plain FP32 graph")
     return model
 
 
 def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *, precision: str = "int8",
-                   num: int = DEFAULT_NUM, method: str = "entropy", max_drop: float | None = None,
+                   num: int = DEFAULT_NUM, method: str = "percentile", max_drop: float | None = None,
                    min_sqnr: float | None = None, sensitivity: bool = False, eval_num: int = DEFAULT_EVAL,
                    batch_size: int = 16, seed: int = 0, tensorrt_version: str = DEFAULT_VERSION,
                    progress: Progress = _no_progress) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,12 @@ class _OneBatch:
 
 @contextlib.contextmanager
 def _quiet():
-    """onnxruntime.quantization prints progress lines with print(); keep stdout for our own output."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
+    """onnxruntime.quantization prints progress with print() and advises its quant_pre_process on the root logger
+    at every call; we skip that pre-processing on purpose (its graph rewrites would hide the refinement subgraphs
+    from the fusion), so neither is news to the user."""
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
