@@ -1,5 +1,26 @@
 """Shared test helpers."""
 import torch
+from typer.testing import CliRunner
+
+from refiner_edge.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    """Run the CLI in-process with string arguments."""
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_clean_failure(result, *needles):
+    """A non-zero exit with exactly one `error:` line on stderr (containing each needle) and no traceback."""
+    assert result.exit_code != 0, result.output
+    err = result.stderr.strip()
+    assert "Traceback" not in result.output and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
 
 
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

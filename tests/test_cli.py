@@ -3,29 +3,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from refiner_edge import __version__
 from refiner_edge.api import create_model
-from refiner_edge.cli import app
 from refiner_edge.preprocess import Preprocess
 
-runner = CliRunner()
+from .helpers import assert_clean_failure, invoke
+
 TINY = ["--variant", "refiner-vit-tiny"]
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_clean_failure(result, *needles):
-    assert result.exit_code != 0, result.output
-    err = result.stderr.strip()
-    assert "Traceback" not in result.output and "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

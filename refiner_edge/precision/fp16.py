@@ -71,6 +71,45 @@ def convert_to_fp16(model, keep_fp32: list[str]):
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=list(keep_fp32) or None)
-    graph = gs.import_onnx(converted)  # the converter appends its Cast nodes at the end: restore the node order
-    graph.toposort()
+    graph = gs.import_onnx(converted)
+    _drop_round_trips(graph)
+    _merge_duplicate_casts(graph)
+    graph.cleanup().toposort()  # the converter appends its Cast nodes at the end: restore the node order
     return gs.export_onnx(graph)
+
+
+def _drop_round_trips(graph) -> None:
+    """The converter casts the FP32 output of a kept op to FP16 and back before the next kept op; that round
+    trip would round (or overflow) exactly the values kept in FP32, so the next op reads the FP32 tensor."""
+    from onnx import TensorProto
+
+    for node in [n for n in graph.nodes if n.op == "Cast" and n.attrs.get("to") == TensorProto.FLOAT]:
+        src = node.inputs[0]
+        prev = src.inputs[0] if len(src.inputs) == 1 else None
+        if prev is None or prev.op != "Cast" or prev.attrs.get("to") != TensorProto.FLOAT16:
+            continue
+        if node.outputs[0] in graph.outputs:
+            continue
+        _redirect(node.outputs[0], prev.inputs[0])
+        node.outputs.clear()
+
+
+def _merge_duplicate_casts(graph) -> None:
+    """The converter casts a tensor once per FP32 consumer; one Cast per (tensor, type) keeps a refinement
+    subgraph's input shared by its first conv and its residual Add, as the graph surgery expects."""
+    first: dict[tuple, object] = {}
+    for node in [n for n in graph.nodes if n.op == "Cast" and len(n.inputs) == 1]:
+        key = (node.inputs[0].name, node.attrs.get("to"))
+        keep = first.setdefault(key, node)
+        if keep is node or node.outputs[0] in graph.outputs:
+            continue
+        _redirect(node.outputs[0], keep.outputs[0])
+        node.outputs.clear()
+
+
+def _redirect(old, new) -> None:
+    """Make every consumer of tensor `old` read tensor `new` instead."""
+    for consumer in list(old.outputs):
+        for i, t in enumerate(consumer.inputs):
+            if t is old:
+                consumer.inputs[i] = new

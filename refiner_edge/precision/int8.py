@@ -67,7 +67,7 @@ def quantize(plain: str | Path, ranges: Ranges, nodes: list[str], keep_fp32: lis
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
                             calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=cache,
                             extra_options=_OPTIONS)
-            model = onnx.load(str(out))
+            model = _float_for_other_consumers(onnx.load(str(out)), set(nodes))
     if keep_fp32 is None:
         return model
     if nodes and _opset(model) < QDQ_OPSET:
@@ -75,6 +75,24 @@ def quantize(plain: str | Path, ranges: Ranges, nodes: list[str], keep_fp32: lis
 
         model = version_converter.convert_version(model, QDQ_OPSET)
     return convert_to_fp16(model, keep_fp32)
+
+
+def _float_for_other_consumers(model, quantized: set[str]):
+    """quantize_static hands the dequantized tensor to every consumer of a quantized activation (the Shape nodes
+    beside a MatMul, the refinement conv that shares a softmax map with attn @ v); give every node outside
+    `quantized` the original float tensor back, so Q/DQ feed only the quantized layers."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.name in quantized or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producer.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
+    return model
 
 
 def _opset(model) -> int:

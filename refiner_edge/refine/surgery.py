@@ -44,6 +44,11 @@ def const_value(tensor) -> np.ndarray | None:
         return np.asarray(value.values if isinstance(value, gs.Constant) else value)
     if node.op == "Identity":
         return const_value(node.inputs[0])
+    if node.op == "Cast":  # FP16 graphs cast constants for the ops they keep in FP32
+        from onnx import helper
+
+        value = const_value(node.inputs[0])
+        return None if value is None else value.astype(helper.tensor_dtype_to_np_dtype(node.attrs["to"]))
     return None
 
 
