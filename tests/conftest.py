@@ -44,3 +44,21 @@ def tiny_checkpoint(tmp_path_factory, tiny_model) -> Path:
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def refiner_s_graphs(tmp_path_factory, sample_photos) -> dict:
+    """Refiner-ViT-S (non-trivial random weights, saved as a checkpoint), its plain ONNX and the FP16 and INT8
+    graphs `refiner-edge calibrate` makes from it on the two photographs."""
+    from refiner_edge.export import export_onnx
+    from refiner_edge.precision.calibrate import calibrate_onnx
+
+    root = tmp_path_factory.mktemp("refiner_s")
+    checkpoint = root / "refiner_s.pth"
+    torch.save(randomize(create_model("refiner-vit-s"), seed=3).state_dict(), checkpoint)
+    graphs = {"checkpoint": checkpoint, "fp32": root / "s.onnx"}
+    export_onnx(create_model("refiner-vit-s", checkpoint=checkpoint), graphs["fp32"])
+    for precision in ("fp16", "int8"):
+        graphs[precision] = root / f"s.{precision}.onnx"
+        calibrate_onnx(graphs["fp32"], sample_photos[0].parent, graphs[precision], precision=precision)
+    return graphs

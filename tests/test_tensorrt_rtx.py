@@ -31,3 +31,11 @@ def test_fused_graph_is_refused_without_the_plugin(tmp_path, tiny_model):
     fuse_onnx(plain, tmp_path / "f.onnx", verify=False)
     with pytest.raises(VerificationError, match="RefinerDLA|plugin|parse"):
         build_engine(tmp_path / "f.onnx", "tensorrt-rtx", compute_capability="SM89")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_calibrated_refiner_s_builds(refiner_s_graphs, precision):
+    """Our Q/DQ placement and FP16 typing are accepted by a real TensorRT builder (strongly typed network)."""
+    result = build_engine(refiner_s_graphs[precision], "tensorrt-rtx", compute_capability="SM89", batch=(1, 2, 8))
+    print(f"Refiner-ViT-S {precision}: {result.layers} layers, engine {len(result.engine) / 1e6:.1f} MB")
+    assert len(result.engine) > 1_000_000 and result.layers > 50
