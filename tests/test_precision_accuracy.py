@@ -8,53 +8,20 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from refiner_edge.api import create_model
 from refiner_edge.export import export_onnx
-from refiner_edge.preprocess import Preprocess
 
+from .digits import HELD_OUT, train_tiny_on_digits, write_digit_folders
 from .helpers import invoke
-
-HELD_OUT = 360
-EPOCHS = 10
 
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    """Digits as PNG files in class folders (train/ and test/), a tiny Refiner-ViT trained on train/, its ONNX."""
-    from PIL import Image
-
-    datasets = pytest.importorskip("sklearn.datasets")
-    data = datasets.load_digits()
-    root = tmp_path_factory.mktemp("digits")
-    order = np.random.default_rng(0).permutation(len(data.images))
-    for split, indices in (("test", order[:HELD_OUT]), ("train", order[HELD_OUT:])):
-        for i in indices:
-            path = root / split / str(data.target[i]) / f"{i:04d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray((data.images[i] * (255 / 16)).astype(np.uint8), "L").save(path)
-
-    torch.manual_seed(0)
-    model = create_model("refiner-vit-tiny", num_classes=10)
-    pre = Preprocess.from_config(model.cfg)  # trained on exactly what `calibrate`/`validate` will feed it
-    files = sorted((root / "train").rglob("*.png"))
-    x = torch.from_numpy(np.stack([pre.load(f) for f in files]))
-    y = torch.tensor([int(f.parent.name) for f in files])
-    model.train()
-    steps = EPOCHS * ((len(x) + 63) // 64)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    for _ in range(EPOCHS):
-        for batch in torch.randperm(len(x)).split(64):
-            loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    checkpoint = root / "digits.pth"
-    torch.save(model.state_dict(), checkpoint)
+    """Digit PNGs in class folders, a tiny Refiner-ViT trained on train/, and its plain ONNX."""
+    pytest.importorskip("sklearn.datasets")
+    root = write_digit_folders(tmp_path_factory.mktemp("digits"))
+    checkpoint = train_tiny_on_digits(root / "train", root / "digits.pth")
     onnx_path = root / "digits.onnx"
     export_onnx(create_model("refiner-vit-tiny", num_classes=10, checkpoint=checkpoint), onnx_path)
     return {"root": root, "checkpoint": checkpoint, "onnx": onnx_path}
