@@ -1,4 +1,5 @@
-# Two entry points for a fresh machine: `make demo` (set up, export Refiner-ViT-S, classify two photographs)
+# Two entry points for a fresh machine: `make demo` (set up, export Refiner-ViT-S, classify two photographs,
+# calibrate INT8 on them and validate it)
 # and `make test` (set up, run the test suite). Both create .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
@@ -26,6 +27,10 @@ demo: setup
 	$(BIN)/refiner-edge export --variant refiner-vit-s -o $(OUT)/refiner-vit-s.onnx
 	$(BIN)/refiner-edge infer --backend onnxruntime --onnx $(OUT)/refiner-vit-s.onnx --topk 3 \
 		"$$($(PY) -m refiner_edge.samples)"
+	$(BIN)/refiner-edge calibrate --onnx $(OUT)/refiner-vit-s.onnx --images "$$($(PY) -m refiner_edge.samples)" \
+		-o $(OUT)/refiner-vit-s.int8.onnx
+	$(BIN)/refiner-edge validate --onnx $(OUT)/refiner-vit-s.int8.onnx --images "$$($(PY) -m refiner_edge.samples)" \
+		--reference $(OUT)/refiner-vit-s.onnx
 
 test: setup
 	$(PY) -m pytest -q

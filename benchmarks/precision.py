@@ -11,10 +11,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +90,9 @@ def refiner_s(root: Path, crops: int) -> None:
         print(f"| {precision} | {method} | {seconds:.1f} | {crops / seconds:.1f} | {v['sqnr_db']:.1f} | "
               f"{v['cosine']:.6f} | {v['agreement']:.0f} | {build_s} | {size} |")
         kept = report["fp16"]["fp32_nodes"]
-        print(f"  FP32 kept: {json.dumps([(k['node'], k['reason']) for k in kept]) if kept else 'none'}")
+        ops = Counter(k["op"] for k in kept)
+        print(f"  ops kept in FP32: {len(kept)} ({', '.join(f'{n} {op}' for op, n in ops.items()) or 'none'})"
+              + (f", e.g. {kept[-1]['node']}: {kept[-1]['reason']}" if kept else ""))
 
 
 def _rtx_build(path: Path):

@@ -84,3 +84,18 @@ def test_bad_variant_and_size():
     with pytest.raises(ValueError, match="divisible"):
         create_model("refiner-vit-tiny", img_size=70)
     assert set(VARIANTS) >= {"refiner-vit-s", "refiner-vit-m", "refiner-vit-l"}
+
+
+def test_random_weights_are_reproducible_and_leave_the_global_rng_alone():
+    import torch
+
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a = create_model("refiner-vit-tiny")
+    assert torch.equal(torch.rand(1), expected_next)  # create_model did not consume the caller's RNG
+    b, c = create_model("refiner-vit-tiny"), create_model("refiner-vit-tiny", seed=1)
+    weights = [dict(m.state_dict()) for m in (a, b, c)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert any(not torch.equal(weights[0][k], weights[2][k]) for k in weights[0] if weights[0][k].is_floating_point()
+               and weights[0][k].numel() > 1)
