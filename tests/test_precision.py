@@ -105,6 +105,8 @@ def test_image_sample_is_deterministic_and_skips_unreadable_files(tmp_path):
                                                  for p in full.paths[:-1]))
     with pytest.raises(InputError, match="no label for 1 image"):
         load_labels(table, full, tmp_path / "imgs")
+    table.write_text("".join(f"{p.relative_to(tmp_path / 'imgs').as_posix()}\t{i}\n" for i, p in enumerate(full.paths)))
+    assert list(load_labels(table, full, tmp_path / "imgs")) == list(range(12))
     with pytest.raises(InputError, match="no readable images"):
         load_image_set([tmp_path / "imgs" / "c0" / "broken.jpg"], TINY_PRE)
 
@@ -249,6 +251,9 @@ def test_calibrate_refuses_bad_input_in_one_line(tiny_plain, tiny_int8, sample_p
     photos = sample_photos[0].parent
     out = tmp_path / "o.onnx"
     assert_clean_failure(invoke("calibrate", "--onnx", tiny_int8, "--images", photos, "-o", out), "already")
+    fuse_onnx(tiny_plain, tmp_path / "fused.onnx", verify=False)
+    assert_clean_failure(invoke("calibrate", "--onnx", tmp_path / "fused.onnx", "--images", photos, "-o", out),
+                         "is fused")
     assert_clean_failure(invoke("calibrate", "--onnx", tmp_path / "none.onnx", "--images", photos, "-o", out),
                          "not found")
     assert_clean_failure(invoke("calibrate", "--onnx", tiny_plain, "--images", tmp_path / "none", "-o", out),

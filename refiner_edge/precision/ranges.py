@@ -75,7 +75,7 @@ def collect_ranges(model_path: str | Path, batches: Iterable[np.ndarray], method
     infos = {v.name: v for v in model.graph.value_info}
     present = {o.name for o in model.graph.output}
     model.graph.output.extend(infos[n] for n in names if n not in present)
-    session = ort_session(model, ["CPUExecutionProvider"])
+    session = ort_session(model)  # the CUDA provider where onnxruntime-gpu has one, else the CPU
     wanted = [n for n in [input_name, *names] if n in (quantized or set())]
     collector = None
     if method != "max":
