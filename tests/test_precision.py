@@ -188,6 +188,14 @@ def test_int8_tensorrt_cache_names_plain_graph_tensors(tiny_plain, tiny_int8):
     assert all(np.isfinite(s) and s > 0 for s in scales.values())
     softmax = next(n.output[0] for n in plain.graph.node if n.op_type == "Softmax")
     assert scales[softmax] <= 1.0 / 127 * 1.0001  # probabilities: amax <= 1
+    # the same ranges as the Q/DQ graph: each activation's Q scale is the cache's scale (up to FP16 rounding)
+    model = onnx.load(str(tiny_int8))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    q_scales = {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    shared = set(q_scales) & set(scales)
+    assert len(shared) >= len(q_scales) - 1  # all but the graph input, which the FP16 graph casts first
+    for name in shared:
+        assert q_scales[name] == pytest.approx(scales[name], rel=1e-3), name
 
 
 def _ranges(model, big=()):
