@@ -67,6 +67,21 @@ def read_manifest(artifact: str | Path) -> dict | None:
         return None
 
 
+def load_onnx(path: str | Path):
+    """An ONNX model from a file the user named, or InputError with one clear line."""
+    import onnx
+
+    from .errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"ONNX model not found: {path}")
+    try:
+        return onnx.load(str(path))
+    except Exception as e:  # protobuf raises DecodeError and others with no common base
+        raise InputError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
+
+
 def package_versions() -> dict[str, str]:
     versions = {"refiner-edge": __version__, "python": platform.python_version()}
     for dist in ("torch", "onnx", "onnxruntime", "onnx-graphsurgeon", "tensorrt", "tensorrt-rtx"):

@@ -28,22 +28,34 @@ class Backend:
     fixed_batch: int | None = None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Logits of one batch; a fixed-batch model gets a short batch filled with repeats of its last image."""
+        """Logits of one batch (of at most fixed_batch images where the model's batch is fixed)."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        if self.fixed_batch is not None and len(x) < self.fixed_batch:
-            x = np.concatenate([x, np.repeat(x[-1:], self.fixed_batch - len(x), axis=0)])
-        return self.run(x)[: len(batch)]
+        return self.run(pad_batch(x, self.fixed_batch))[: len(x)]
 
     def logits(self, arrays: np.ndarray, batch_size: int = 8,
                on_batch: Callable[[int], None] | None = None) -> np.ndarray:
         """Logits of many preprocessed images, in batches (the model's own size where it is fixed)."""
-        size = self.fixed_batch or batch_size
-        out = []
-        for start in range(0, len(arrays), size):
-            out.append(self(arrays[start:start + size]))
-            if on_batch:
-                on_batch(len(out[-1]))
-        return np.concatenate(out)
+        return run_batched(self.run, arrays, batch_size, self.fixed_batch, on_batch)
+
+
+def pad_batch(x: np.ndarray, size: int | None) -> np.ndarray:
+    """A short batch for a fixed-batch model, filled up with repeats of its last image (None: unchanged)."""
+    if size is None or len(x) >= size:
+        return x
+    return np.concatenate([x, np.repeat(x[-1:], size - len(x), axis=0)])
+
+
+def run_batched(run: Callable[[np.ndarray], np.ndarray], arrays: np.ndarray, batch_size: int,
+                fixed_batch: int | None = None, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """run() over `arrays` in batches of batch_size (fixed_batch where the model fixes it), outputs concatenated."""
+    size = fixed_batch or batch_size
+    out = []
+    for start in range(0, len(arrays), size):
+        x = np.ascontiguousarray(arrays[start:start + size], dtype=np.float32)
+        out.append(run(pad_batch(x, fixed_batch))[: len(x)])
+        if on_batch:
+            on_batch(len(x))
+    return np.concatenate(out)
 
 
 def torch_backend(variant: str | None = None, checkpoint: str | Path | None = None, img_size: int | None = None,

@@ -20,7 +20,7 @@ def ort_session(model, providers: list[str] | None = None):
         model = model.SerializeToString()
     source = model if isinstance(model, bytes) else str(model)
     if not isinstance(model, bytes):
-        opts, source = _fused_graph_support(model, opts, source)
+        opts, source = _options_for_graph(model, opts, source)
     try:
         return ort.InferenceSession(source, opts, providers=providers)
     except Exception as e:  # ORT raises its own exception types (InvalidGraph, Fail, ...) with no common base
@@ -28,8 +28,9 @@ def ort_session(model, providers: list[str] | None = None):
         raise InputError(f"{where}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:300]})") from None
 
 
-def _fused_graph_support(path: str | Path, opts, source):
-    """Fused graphs (RefinerDLA nodes) run with the reference op from onnxruntime-extensions."""
+def _options_for_graph(path: str | Path, opts, source):
+    """Session options a graph needs: the reference RefinerDLA op (onnxruntime-extensions) for fused graphs, no
+    graph optimizations for FP16 graphs with Q/DQ."""
     import onnx
 
     try:

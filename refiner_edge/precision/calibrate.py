@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..artifacts import atomic_output, read_manifest, write_manifest
+from ..artifacts import atomic_output, load_onnx, read_manifest, write_manifest
 from ..errors import InputError
 from . import graph_precision
 from .fp16 import RULES, convert_to_fp16, fp32_nodes
@@ -34,14 +34,8 @@ def calibration_cache_path(output: str | Path) -> Path:
 
 
 def load_float_graph(source: Path):
-    import onnx
-
-    if not source.is_file():
-        raise InputError(f"ONNX model not found: {source}")
-    try:
-        model = onnx.load(str(source))
-    except Exception as e:  # protobuf's errors share no base class
-        raise InputError(f"{source}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
+    """The plain FP32 graph to calibrate; fused or already calibrated graphs are refused."""
+    model = load_onnx(source)
     if any(n.op_type == "RefinerDLA" for n in model.graph.node):
         raise InputError(f"{source} is fused: calibrate the plain graph from `refiner-edge export`, then fuse the "
                          "calibrated graph")
@@ -158,8 +152,6 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
 
 def _batches(arrays: np.ndarray, size: int, pad: bool) -> list[np.ndarray]:
     """Batches of `size`; for a fixed-batch graph (pad) the last is filled with repeats of its last image."""
-    out = [arrays[i:i + size] for i in range(0, len(arrays), size)]
-    if pad and len(out[-1]) < size:
-        last = out[-1]
-        out[-1] = np.concatenate([last, np.repeat(last[-1:], size - len(last), axis=0)])
-    return out
+    from ..backends import pad_batch
+
+    return [pad_batch(arrays[i:i + size], size if pad else None) for i in range(0, len(arrays), size)]

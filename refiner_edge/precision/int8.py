@@ -101,19 +101,13 @@ def _opset(model) -> int:
 
 def run_logits(model, x: np.ndarray, batch: int = 16) -> np.ndarray:
     """Logits of an in-memory graph on ONNX Runtime (CPU)."""
+    from ..backends import run_batched
     from ..runtime import ort_session
 
     session = ort_session(model, ["CPUExecutionProvider"])
     inp = session.get_inputs()[0]
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
-    batch = fixed or batch
-    out = []
-    for i in range(0, len(x), batch):
-        chunk = x[i:i + batch]
-        if fixed and len(chunk) < fixed:  # a fixed-batch graph: fill with repeats, keep only the real rows
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - len(chunk), axis=0)])
-        out.append(session.run(None, {inp.name: chunk})[0][: min(batch, len(x) - i)])
-    return np.concatenate(out)
+    return run_batched(lambda b: session.run(None, {inp.name: b})[0], x, batch, fixed)
 
 
 def layer_sensitivity(plain: str | Path, model, ranges: Ranges, nodes: list[str], x: np.ndarray,

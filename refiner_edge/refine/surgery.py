@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import atomic_output, read_manifest, write_manifest
+from ..artifacts import atomic_output, load_onnx, read_manifest, write_manifest
 from ..errors import InputError, MissingDependencyError, VerificationError
 from . import ONNX_DOMAIN, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from .fold import PACK_ORDER, FoldedDLA, compose
@@ -225,12 +225,7 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, toler
     import onnx
 
     source, output = Path(source), Path(output)
-    if not source.is_file():
-        raise InputError(f"ONNX model not found: {source}")
-    try:
-        model = onnx.load(str(source))
-    except Exception as e:  # protobuf raises DecodeError and others with no common base
-        raise InputError(f"{source}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
+    model = load_onnx(source)
     manifest = read_manifest(source) or {}
     if tolerance is None:
         from ..precision import graph_precision
