@@ -57,6 +57,11 @@ def write_manifest(artifact: str | Path, stage: str, data: dict) -> Path:
     return write_json(manifest_path(artifact), record)
 
 
+def inherited(manifest: dict) -> dict:
+    """What a derived artifact keeps of its source's manifest: everything but the record-keeping fields."""
+    return {k: v for k, v in manifest.items() if k not in ("artifact", "stage", "created", "versions")}
+
+
 def read_manifest(artifact: str | Path) -> dict | None:
     path = manifest_path(artifact)
     if not path.is_file():

@@ -8,12 +8,12 @@ from typing import Callable
 
 import numpy as np
 
-from ..artifacts import atomic_output, load_onnx, read_manifest, write_manifest
+from ..artifacts import atomic_output, inherited, load_onnx, read_manifest, write_manifest
 from ..errors import InputError
 from . import graph_precision
 from .fp16 import RULES, convert_to_fp16, fp32_nodes
-from .int8 import (Budget, activation_inputs, layer_sensitivity, meet_budget, quantizable_nodes, quantize,
-                   run_logits)
+from .int8 import (QUANTIZED_OPS, Budget, activation_inputs, layer_sensitivity, meet_budget, opset_of,
+                   quantizable_nodes, quantize, run_logits)
 from .metrics import compare_logits
 from .ranges import METHODS, collect_ranges
 from .tensorrt_cache import DEFAULT_VERSION, write_cache
@@ -100,29 +100,8 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
     if precision == "fp16":
         result = convert_to_fp16(model, keep_names)
     else:
-        int8: dict = {"quantized_ops": ["Conv", "MatMul", "Gemm"], "candidates": len(nodes),
-                      "refinement_subgraphs_in_float": len(units), "weights": "per-channel symmetric INT8",
-                      "activations": "per-tensor symmetric INT8", "fp16_layers": []}
-        ranking = None
-        if sensitivity or budget is not None:
-            rows = layer_sensitivity(source, model, ranges, nodes, x_eval, reference,
-                                     progress("sensitivity (one layer at a time)", len(nodes)))
-            int8["sensitivity"] = rows
-            ranking = [r["node"] for r in rows]
-        if budget is not None:
-            steps_tick = progress(f"meeting the budget ({budget})", 2 * max(1, int(np.log2(max(len(nodes), 1)))) + 1)
-            result, fp16_layers, comparison, steps = meet_budget(source, ranges, nodes, ranking, keep_names,
-                                                                 x_eval, reference, budget, steps_tick)
-            by_node = {r["node"]: r for r in int8["sensitivity"]}
-            int8["budget"] = {"rule": str(budget), "max_drop": max_drop, "min_sqnr_db": min_sqnr, "steps": steps}
-            int8["fp16_layers"] = [{"node": n, "op": by_node[n]["op"],
-                                    "reason": f"quantized alone it gives {by_node[n]['sqnr_db']:.1f} dB SQNR, "
-                                              f"among the {len(fp16_layers)} most sensitive; needed for the budget"}
-                                   for n in fp16_layers]
-        else:
-            result = quantize(source, ranges, nodes, keep_names)
-        int8["quantized_layers"] = len(nodes) - len(int8["fp16_layers"])
-        report["int8"] = int8
+        result, report["int8"], comparison = _int8_graph(source, model, ranges, nodes, len(units), keep_names,
+                                                         x_eval, reference, budget, sensitivity, progress)
     if comparison is None:
         comparison = compare_logits(run_logits(result, x_eval), reference)
     finished = time.perf_counter()
@@ -143,11 +122,39 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
         "tensorrt_calibration_cache": None if cache is None else {"file": cache.name, "tensorrt": tensorrt_version,
                                                                  "tensors": len(ranges.minmax)},
     })
-    record = {k: v for k, v in manifest.items() if k not in ("artifact", "stage", "created", "versions")}
-    record.update({"source": source.name, "fused": False, "opset": next(
-        o.version for o in result.opset_import if o.domain in ("", "ai.onnx")), **report})
+    record = {**inherited(manifest), "source": source.name, "fused": False, "opset": opset_of(result), **report}
     write_manifest(output, "calibrate", record)
     return record
+
+
+def _int8_graph(source: Path, model, ranges, nodes: list[str], refinements: int, keep_fp32: list[str],
+                x_eval: np.ndarray, reference: np.ndarray, budget: Budget | None, sensitivity: bool,
+                progress: Progress):
+    """(INT8 graph, its report section, its comparison with FP32 or None): all layers quantized, or the fewest
+    most-sensitive left in FP16 that meet `budget`."""
+    report: dict = {"quantized_ops": list(QUANTIZED_OPS), "candidates": len(nodes),
+                    "refinement_subgraphs_in_float": refinements, "weights": "per-channel symmetric INT8",
+                    "activations": "per-tensor symmetric INT8", "fp16_layers": []}
+    comparison = None
+    if sensitivity or budget is not None:
+        report["sensitivity"] = layer_sensitivity(source, model, ranges, nodes, x_eval, reference,
+                                                  progress("sensitivity (one layer at a time)", len(nodes)))
+    if budget is None:
+        result = quantize(source, ranges, nodes, keep_fp32)
+    else:
+        rows = {r["node"]: r for r in report["sensitivity"]}
+        ranking = [r["node"] for r in report["sensitivity"]]
+        tick = progress(f"meeting the budget ({budget})", 2 * max(1, int(np.log2(max(len(nodes), 1)))) + 1)
+        result, fp16_layers, comparison, steps = meet_budget(source, ranges, nodes, ranking, keep_fp32, x_eval,
+                                                             reference, budget, tick)
+        report["budget"] = {"rule": str(budget), "max_drop": budget.max_drop, "min_sqnr_db": budget.min_sqnr_db,
+                            "steps": steps}
+        report["fp16_layers"] = [{"node": n, "op": rows[n]["op"],
+                                  "reason": f"quantized alone it gives {rows[n]['sqnr_db']:.1f} dB SQNR, among the "
+                                            f"{len(fp16_layers)} most sensitive; needed for the budget"}
+                                 for n in fp16_layers]
+    report["quantized_layers"] = len(nodes) - len(report["fp16_layers"])
+    return result, report, comparison
 
 
 def _batches(arrays: np.ndarray, size: int, pad: bool) -> list[np.ndarray]:

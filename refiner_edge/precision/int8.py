@@ -70,7 +70,7 @@ def quantize(plain: str | Path, ranges: Ranges, nodes: list[str], keep_fp32: lis
             model = _float_for_other_consumers(onnx.load(str(out)), set(nodes))
     if keep_fp32 is None:
         return model
-    if nodes and _opset(model) < QDQ_OPSET:
+    if nodes and opset_of(model) < QDQ_OPSET:
         from onnx import version_converter
 
         model = version_converter.convert_version(model, QDQ_OPSET)
@@ -95,7 +95,8 @@ def _float_for_other_consumers(model, quantized: set[str]):
     return model
 
 
-def _opset(model) -> int:
+def opset_of(model) -> int:
+    """The default-domain opset of an onnx.ModelProto."""
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import atomic_output, load_onnx, read_manifest, write_manifest
+from ..artifacts import atomic_output, inherited, load_onnx, read_manifest, write_manifest
 from ..errors import InputError, MissingDependencyError, VerificationError
 from . import ONNX_DOMAIN, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from .fold import PACK_ORDER, FoldedDLA, compose
@@ -239,7 +239,7 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, toler
             comparison = compare_graphs(source, tmp, tolerance)
             if comparison is not None and not comparison:
                 raise VerificationError(f"fused graph does not match the plain graph: {comparison}")
-    record = {k: v for k, v in manifest.items() if k not in ("artifact", "stage", "created", "versions")}
+    record = inherited(manifest)
     record.update({"fused": True, "fused_nodes": count, "plugin": {"name": PLUGIN_NAME, "version": PLUGIN_VERSION,
                                                                       "namespace": PLUGIN_NAMESPACE},
                    "source": source.name})
