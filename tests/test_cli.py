@@ -26,7 +26,7 @@ def test_version_and_help():
     assert invoke("--version").stdout.strip() == f"refiner-edge {__version__}"
     result = invoke("--help")
     assert result.exit_code == 0
-    for cmd in ("export", "infer", "info"):
+    for cmd in ("export", "fuse", "infer", "calibrate", "validate", "info"):
         assert cmd in result.stdout
 
 
