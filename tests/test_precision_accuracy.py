@@ -68,3 +68,13 @@ def test_refiner_s_reports_sqnr_and_cosine_on_photos(refiner_s_graphs, sample_ph
         figures[precision] = m
     assert figures["fp16"]["sqnr_db"] > figures["int8"]["sqnr_db"] > 10.0
     assert figures["fp16"]["cosine"] > 0.999 and figures["int8"]["cosine"] > 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_refiner_s_calibrated_graphs_fuse(refiner_s_graphs, precision, tmp_path):
+    pytest.importorskip("onnxruntime_extensions")
+    from refiner_edge.refine.surgery import fuse_onnx
+
+    report = fuse_onnx(refiner_s_graphs[precision], tmp_path / "fused.onnx")
+    assert report["fused_nodes"] == 8 and report["comparison"]
