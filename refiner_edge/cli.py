@@ -305,8 +305,8 @@ def calibrate(
                                                      "over an FP16 graph; fp16: FP16 graph.")] = PrecisionName.int8,
     num: Annotated[int, typer.Option("--num", min=1, help="Calibration images to use (a seeded random sample "
                                      "when the folder holds more).")] = 512,
-    method: Annotated[MethodName, typer.Option("--method", help="How activation ranges are chosen from the "
-                                               "measured values (INT8).")] = MethodName.percentile,
+    method: Annotated[Optional[MethodName], typer.Option("--method", help="How INT8 activation ranges are chosen "
+                                                         "from the measured values [default: percentile].")] = None,
     max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="Accuracy budget: top-1 agreement with "
                                                       "FP32 may fall at most this many points; the most sensitive "
                                                       "layers stay FP16 until it holds.")] = None,
@@ -326,8 +326,12 @@ def calibrate(
     """Calibrate a plain graph on real images into a strongly typed FP16 or INT8 (Q/DQ) graph for TensorRT 10/11."""
     from .precision.calibrate import calibrate_onnx
 
+    if method is not None and precision is PrecisionName.fp16:
+        _console(stderr=True).print("note: --method sets INT8 ranges; an FP16 graph is decided from the observed "
+                                    "ranges")
     with _phases() as phase:
-        report = calibrate_onnx(onnx, images, output, precision=precision.value, num=num, method=method.value,
+        report = calibrate_onnx(onnx, images, output, precision=precision.value, num=num,
+                                method=(method or MethodName.percentile).value,
                                 max_drop=max_drop, min_sqnr=min_sqnr, sensitivity=sensitivity, eval_num=eval_num,
                                 batch_size=batch_size, seed=seed, tensorrt_version=tensorrt_version, progress=phase)
     if as_json:

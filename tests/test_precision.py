@@ -292,3 +292,19 @@ def test_validate_gate_and_errors(tiny_plain, tiny_int8, sample_photos, tmp_path
                                 tmp_path / "none.onnx"), "--reference")
     assert_clean_failure(invoke("validate", "--onnx", tiny_int8, "--images", photos, "--reference", tiny_plain,
                                 "--labels", tmp_path / "none.txt"), "labels file not found")
+
+
+def test_fixed_batch_graph_calibrates_and_validates(tiny_model, sample_photos, tmp_path):
+    """A graph exported with --batch 3 gets its short batches (2 photographs) filled up, in both commands."""
+    from refiner_edge.export import export_onnx
+
+    plain = tmp_path / "b3.onnx"
+    export_onnx(tiny_model, plain, batch=3)
+    out = tmp_path / "b3.int8.onnx"
+    result = invoke("calibrate", "--onnx", plain, "--images", sample_photos[0].parent, "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["calibration"]["used"] == 2 and report["calibration"]["batch"] == 3
+    check = invoke("validate", "--onnx", out, "--images", sample_photos[0].parent, "--reference", plain, "--json")
+    assert check.exit_code == 0, check.output
+    assert json.loads(check.stdout)["metrics"]["images"] == 2
