@@ -36,6 +36,7 @@ _OPTIONS = {
 
 
 def quantizable_nodes(model, excluded: set[str]) -> list[str]:
+    """The Conv/MatMul/Gemm nodes INT8 quantizes: all of them but the `excluded` (the refinement subgraphs)."""
     return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and n.name not in excluded]
 
 
@@ -53,12 +54,12 @@ def quantize(plain: str | Path, ranges: Ranges, nodes: list[str], keep_fp32: lis
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
-    from .ranges import _quiet
+    from .ranges import quiet
 
     if not nodes:  # quantize_static reads an empty list as "every node"
         model = onnx.load(str(plain))
     else:
-        with tempfile.TemporaryDirectory(prefix="refiner-edge-q-") as tmp, _quiet():
+        with tempfile.TemporaryDirectory(prefix="refiner-edge-q-") as tmp, quiet():
             cache = Path(tmp) / "ranges.json"  # quantize_static takes precomputed ranges through its cache
             save_tensors_data(ranges.tensors_data(), cache)
             out = Path(tmp) / "q.onnx"

@@ -92,7 +92,7 @@ def collect_ranges(model_path: str | Path, batches: Iterable[np.ndarray], method
                 lo[name] = min(lo.get(name, np.inf), float(np.min(arr)))
                 hi[name] = max(hi.get(name, -np.inf), float(np.max(arr)))
         if collector is not None and wanted:
-            with _quiet():
+            with quiet():
                 collector.collect({name: outputs[name] for name in wanted})
         if on_batch:
             on_batch(len(x))
@@ -102,7 +102,7 @@ def collect_ranges(model_path: str | Path, batches: Iterable[np.ndarray], method
     elif method == "mse":
         ranges.amax = {name: mse_amax(h[0], h[1]) for name, h in collector.histogram_dict.items()}
     elif collector.histogram_dict:
-        with _quiet():
+        with quiet():
             result = collector.compute_collection_result()
         ranges.amax = {name: float(max(abs(float(np.min(v[0]))), abs(float(np.max(v[1]))))) for name, v in
                        result.items()}
@@ -146,7 +146,7 @@ class _OneBatch:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """onnxruntime.quantization prints progress with print() and advises its quant_pre_process on the root logger
     at every call; we skip that pre-processing on purpose (its graph rewrites would hide the refinement subgraphs
     from the fusion), so neither is news to the user."""
