@@ -36,6 +36,7 @@ def validate_onnx(onnx: str | Path, images: str | Path, *, labels: str | None = 
                   seed: int = 0, batch_size: int = 8, overrides: dict | None = None,
                   progress: Callable[[str, int], Callable[[int], None]] = lambda label, total: (lambda n: None),
                   ) -> dict:
+    """Compare the graph `onnx` with `reference` on the images under `images`; the report says `passed`."""
     import onnx as onnx_lib
 
     from .imageset import load_image_set, load_labels
