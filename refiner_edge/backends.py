@@ -26,6 +26,7 @@ class Backend:
     random_weights: bool
     description: str
     fixed_batch: int | None = None
+    weights_sha256: str | None = None  # of the checkpoint the weights came from, where the backend knows it
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Logits of one batch (of at most fixed_batch images where the model's batch is fixed)."""
@@ -73,7 +74,8 @@ def torch_backend(variant: str | None = None, checkpoint: str | Path | None = No
 
     cfg = model.cfg
     return Backend("torch", run, Preprocess.from_config(cfg), cfg.num_classes, checkpoint is None,
-                   f"PyTorch {cfg.name}@{cfg.img_size}" + (" (fused refinement)" if fused else ""))
+                   f"PyTorch {cfg.name}@{cfg.img_size}" + (" (fused refinement)" if fused else ""),
+                   weights_sha256=model.checkpoint_sha256)
 
 
 def onnxruntime_backend(onnx: str | Path | None = None, variant: str | None = None, img_size: int | None = None,

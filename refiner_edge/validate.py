@@ -46,12 +46,10 @@ def validate_onnx(onnx: str | Path, images: str | Path, *, labels: str | None = 
     candidate = load_backend("onnxruntime", onnx=path, variant=variant)
     manifest = read_manifest(path) or {}
     precision = manifest.get("precision") or graph_precision(onnx_lib.load(str(path), load_external_data=False))
-    if checkpoint is not None and manifest.get("checkpoint_sha256") and Path(checkpoint).is_file():
-        from .checkpoint import file_sha256
-
-        if file_sha256(checkpoint) != manifest["checkpoint_sha256"]:
-            raise InputError(f"{checkpoint} is not the checkpoint {path.name} was exported from (SHA-256 differs)")
     ref = reference_backend(reference, manifest, checkpoint, variant)
+    recorded = manifest.get("checkpoint_sha256")
+    if ref.weights_sha256 and recorded and ref.weights_sha256 != recorded:  # loading hashed the file already
+        raise InputError(f"{checkpoint} is not the checkpoint {path.name} was exported from (SHA-256 differs)")
     if ref.preprocess != candidate.preprocess:
         raise InputError(f"the reference preprocesses differently ({ref.preprocess}) from {path.name} "
                          f"({candidate.preprocess}): they are not the same model")

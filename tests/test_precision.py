@@ -5,6 +5,7 @@ import struct
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, numpy_helper
 
 from refiner_edge.errors import InputError, VerificationError
@@ -277,7 +278,7 @@ def test_calibrate_refuses_bad_input_in_one_line(tiny_plain, tiny_int8, sample_p
     assert not calibration_cache_path(out).exists() and not out.with_name(out.name + ".json").exists()
 
 
-def test_validate_gate_and_errors(tiny_plain, tiny_int8, sample_photos, tmp_path):
+def test_validate_gate_and_errors(tiny_plain, tiny_int8, sample_photos, tmp_path, tiny_checkpoint):
     photos = sample_photos[0].parent
     ok = invoke("validate", "--onnx", tiny_int8, "--images", photos, "--reference", tiny_plain, "--json")
     assert ok.exit_code == 0, ok.output
@@ -292,6 +293,19 @@ def test_validate_gate_and_errors(tiny_plain, tiny_int8, sample_photos, tmp_path
                                 tmp_path / "none.onnx"), "--reference")
     assert_clean_failure(invoke("validate", "--onnx", tiny_int8, "--images", photos, "--reference", tiny_plain,
                                 "--labels", tmp_path / "none.txt"), "labels file not found")
+    # a graph exported from a checkpoint is checked against that checkpoint, and no other
+    from refiner_edge.export import export_onnx
+    from refiner_edge.api import create_model
+
+    exported = tmp_path / "from_ckpt.onnx"
+    export_onnx(create_model("refiner-vit-tiny", checkpoint=tiny_checkpoint), exported)
+    same = invoke("validate", "--onnx", exported, "--images", photos, "--checkpoint", tiny_checkpoint, "--json")
+    assert same.exit_code == 0, same.output
+    assert json.loads(same.stdout)["metrics"]["sqnr_db"] > 60  # FP32 graph vs the same PyTorch weights
+    other = tmp_path / "other.pth"
+    torch.save(create_model("refiner-vit-tiny", seed=5).state_dict(), other)
+    assert_clean_failure(invoke("validate", "--onnx", exported, "--images", photos, "--checkpoint", other),
+                         "SHA-256 differs")
 
 
 def test_fixed_batch_graph_calibrates_and_validates(tiny_model, sample_photos, tmp_path):
