@@ -26,10 +26,10 @@ demo: setup
 	$(BIN)/refiner-edge info
 	$(BIN)/refiner-edge export --variant refiner-vit-s -o $(OUT)/refiner-vit-s.onnx
 	$(BIN)/refiner-edge infer --backend onnxruntime --onnx $(OUT)/refiner-vit-s.onnx --topk 3 \
-		"$$($(PY) -m refiner_edge.samples)"
-	$(BIN)/refiner-edge calibrate --onnx $(OUT)/refiner-vit-s.onnx --images "$$($(PY) -m refiner_edge.samples)" \
+		"$$($(PY) -m refiner_edge.images.samples)"
+	$(BIN)/refiner-edge calibrate --onnx $(OUT)/refiner-vit-s.onnx --images "$$($(PY) -m refiner_edge.images.samples)" \
 		-o $(OUT)/refiner-vit-s.int8.onnx
-	$(BIN)/refiner-edge validate --onnx $(OUT)/refiner-vit-s.int8.onnx --images "$$($(PY) -m refiner_edge.samples)" \
+	$(BIN)/refiner-edge validate --onnx $(OUT)/refiner-vit-s.int8.onnx --images "$$($(PY) -m refiner_edge.images.samples)" \
 		--reference $(OUT)/refiner-vit-s.onnx
 
 test: setup

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from refiner_edge.api import create_model  # noqa: E402
+from refiner_edge.models.factory import create_model  # noqa: E402
 from refiner_edge.refine.fold import fold_attention  # noqa: E402
 from refiner_edge.refine.torch_op import cuda_extension, fuse_model  # noqa: E402
 from tests.helpers import randomize  # noqa: E402

@@ -18,10 +18,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from refiner_edge.api import create_model  # noqa: E402
-from refiner_edge.export import Comparison, export_onnx  # noqa: E402
-from refiner_edge.refine.surgery import fuse_onnx  # noqa: E402
-from refiner_edge.runtime import ort_session  # noqa: E402
+from refiner_edge.models.factory import create_model  # noqa: E402
+from refiner_edge.compare import Comparison  # noqa: E402
+from refiner_edge.onnx.export import export_onnx  # noqa: E402
+from refiner_edge.refine.fuse import fuse_onnx  # noqa: E402
+from refiner_edge.onnx.session import ort_session  # noqa: E402
 from tests.helpers import randomize  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def main() -> int:
                 t = time.perf_counter()
                 outs[name] = sess.run(None, {"input": x})[0]
                 secs[name] = time.perf_counter() - t
-        rel = lambda a, b: Comparison.of(a, b, 1.0).max_rel  # noqa: E731
+        rel = lambda a, b: Comparison.of(a, b).max_rel  # noqa: E731
         print(f"{variant:16s} {t_export:9.1f} {t_fuse:7.1f} {report['fused_nodes']:6d} "
               f"{rel(outs['plain'], ref):15.2e} {rel(outs['fused'], outs['plain']):15.2e} "
               f"{rel(outs['fused'], ref):15.2e} {secs['plain']:12.2f} {secs['fused']:12.2f}")

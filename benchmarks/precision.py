@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from refiner_edge.api import create_model  # noqa: E402
-from refiner_edge.export import export_onnx  # noqa: E402
+from refiner_edge.models.factory import create_model  # noqa: E402
+from refiner_edge.onnx.export import export_onnx  # noqa: E402
 from refiner_edge.precision.calibrate import calibrate_onnx  # noqa: E402
-from refiner_edge.validate import validate_onnx  # noqa: E402
+from refiner_edge.runners.validate import validate_onnx  # noqa: E402
 from tests.digits import train_tiny_on_digits, write_digit_folders  # noqa: E402
 from tests.helpers import randomize  # noqa: E402
 
@@ -70,7 +70,7 @@ def photo_crops(folder: Path, n: int) -> Path:
 
 def refiner_s(root: Path, crops: int) -> None:
 
-    from refiner_edge.samples import sample_image_dir
+    from refiner_edge.images.samples import sample_image_dir
 
     checkpoint = root / "s.pth"
     torch.save(randomize(create_model("refiner-vit-s"), seed=3).state_dict(), checkpoint)
@@ -97,7 +97,7 @@ def refiner_s(root: Path, crops: int) -> None:
 
 def _rtx_build(path: Path):
     try:
-        from refiner_edge.trt_build import build_engine
+        from refiner_edge.engine.builder import build_engine
 
         t = time.perf_counter()
         result = build_engine(path, "tensorrt-rtx", compute_capability="SM89", batch=(1, 8, 32))

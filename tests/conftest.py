@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from refiner_edge.api import create_model
+from refiner_edge.models.factory import create_model
 
 from .helpers import randomize
 
@@ -50,7 +50,7 @@ def rng():
 def refiner_s_graphs(tmp_path_factory, sample_photos) -> dict:
     """Refiner-ViT-S (non-trivial random weights, saved as a checkpoint), its plain ONNX and the FP16 and INT8
     graphs `refiner-edge calibrate` makes from it on the two photographs."""
-    from refiner_edge.export import export_onnx
+    from refiner_edge.onnx.export import export_onnx
     from refiner_edge.precision.calibrate import calibrate_onnx
 
     root = tmp_path_factory.mktemp("refiner_s")

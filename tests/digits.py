@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from refiner_edge.api import create_model
-from refiner_edge.preprocess import Preprocess
+from refiner_edge.models.factory import create_model
+from refiner_edge.images.preprocess import Preprocess
 
 HELD_OUT = 600  # one changed prediction is 0.17 points, inside the FP16 budget of 0.2
 EPOCHS = 10

@@ -1,6 +1,6 @@
 """Refiner-ViT's forward pass written the way the official code writes it, for checking our model against.
 
-Independent of refiner_edge.model: its own modules, F.pad-based "same" padding for the DLA convolutions as in the
+Independent of refiner_edge.models.model: its own modules, F.pad-based "same" padding for the DLA convolutions as in the
 official Conv2dSamePadding, scalar scale handling, and the official key names, so that a state dict saved from
 either model loads into the other and both must compute the same logits.
 """

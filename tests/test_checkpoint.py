@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from refiner_edge.api import create_model
-from refiner_edge.checkpoint import read_checkpoint, resize_pos_embed
+from refiner_edge.models.factory import create_model
+from refiner_edge.models.checkpoint import read_checkpoint, resize_pos_embed
 from refiner_edge.errors import CheckpointError
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from refiner_edge import __version__
-from refiner_edge.api import create_model
-from refiner_edge.preprocess import Preprocess
+from refiner_edge.models.factory import create_model
+from refiner_edge.images.preprocess import Preprocess
 
 from .helpers import assert_clean_failure, invoke
 
@@ -90,7 +90,8 @@ def test_export_fixed_batch_and_manifest(tmp_path):
     result = invoke("export", *TINY, "--batch", "2", "--img-size", "96", "-o", out)
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "m.onnx.json").read_text())
-    assert manifest["batch"] == 2 and manifest["img_size"] == 96 and manifest["checkpoint_sha256"] is None
+    assert manifest["graph"]["batch"] == 2 and manifest["model"]["img_size"] == 96
+    assert manifest["model"]["checkpoint_sha256"] is None
 
 
 def test_missing_image(tmp_path):
@@ -149,7 +150,7 @@ def test_fuse_command_and_export_fuse(tmp_path, tiny_onnx, sample_photos):
     direct = tmp_path / "direct.onnx"
     result = invoke("export", *TINY, "--fuse", "-o", direct)
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "direct.onnx.json").read_text())["fused_nodes"] == 2
+    assert json.loads((tmp_path / "direct.onnx.json").read_text())["graph"]["plugin"]["nodes"] == 2
 
 
 def test_fuse_bad_input(tmp_path):
@@ -163,7 +164,7 @@ def test_fuse_bad_input(tmp_path):
 def test_export_fuse_failure_keeps_earlier_artifact(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime_extensions", reason="the reference RefinerDLA op needs it")
     from refiner_edge.errors import VerificationError
-    from refiner_edge.refine import surgery
+    from refiner_edge.refine import fuse as fuse_stage
 
     out = tmp_path / "m.onnx"
     out.write_bytes(b"earlier fused graph")
@@ -171,7 +172,7 @@ def test_export_fuse_failure_keeps_earlier_artifact(tmp_path, monkeypatch):
     def broken(*args, **kwargs):  # failure injection: the fusion step fails after a good export
         raise VerificationError("found 0 attention-refinement subgraphs, expected 2")
 
-    monkeypatch.setattr(surgery, "fuse_onnx", broken)
+    monkeypatch.setattr(fuse_stage, "fuse_onnx", broken)
     result = invoke("export", *TINY, "--fuse", "-o", out)
     assert_clean_failure(result, "found 0 attention-refinement subgraphs")
     assert out.read_bytes() == b"earlier fused graph"

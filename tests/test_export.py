@@ -5,11 +5,12 @@ import onnx
 import pytest
 import torch
 
-from refiner_edge import export as export_mod
-from refiner_edge.api import create_model
+from refiner_edge.onnx import export as export_mod
+from refiner_edge.models.factory import create_model
 from refiner_edge.errors import InputError, VerificationError
-from refiner_edge.export import Comparison, export_onnx, fold_batchnorms
-from refiner_edge.runtime import ort_session
+from refiner_edge.compare import Comparison
+from refiner_edge.onnx.export import export_onnx, fold_batchnorms
+from refiner_edge.onnx.session import ort_session
 
 from .helpers import randomize
 
@@ -20,19 +21,21 @@ def _ort_vs_torch(model, path, batch, seed=0):
     got = ort_session(path, ["CPUExecutionProvider"]).run(None, {"input": x})[0]
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
-    return Comparison.of(got, ref, 1e-4)
+    return Comparison.of(got, ref, {"max_rel_error": 1e-4})
 
 
 @pytest.mark.parametrize("img", [64, 96])
 def test_tiny_export_matches_torch_at_two_resolutions_and_batches(tmp_path, img):
     model = randomize(create_model("refiner-vit-tiny", img_size=img), seed=img)
     path = tmp_path / "tiny.onnx"
-    manifest = json.loads(export_onnx(model, path)["manifest"].read_text())
+    export_onnx(model, path)
+    manifest = json.loads((tmp_path / "tiny.onnx.json").read_text())
     for batch in (1, 3):
         result = _ort_vs_torch(model, path, batch, seed=batch)
         assert result, str(result)
-    assert manifest["img_size"] == img and manifest["batch"] == "dynamic" and manifest["opset"] == 17
-    assert manifest["verification"]["max_rel_error"] < 1e-4
+    assert manifest["model"]["img_size"] == img and manifest["graph"]["batch"] == "dynamic"
+    assert manifest["graph"]["opset"] == 17 and manifest["schema_version"] == 1
+    assert manifest["verification"][0]["metrics"]["max_rel"] < 1e-4
     assert manifest["preprocess"]["resize_size"] == int(img / 0.9)
     assert "torch" in manifest["versions"] and "onnxruntime" in manifest["versions"]
 
@@ -79,7 +82,9 @@ def test_failed_verification_keeps_earlier_artifact(tmp_path, tiny_model, monkey
     before = path.read_bytes()
     manifest_before = (tmp_path / "tiny.onnx.json").read_text()
     # failure injection: pretend ONNX Runtime disagreed with PyTorch
-    monkeypatch.setattr(export_mod.Comparison, "of", classmethod(lambda cls, a, b, tol: cls(1.0, 1.0, tol)))
+    monkeypatch.setattr(export_mod.Comparison, "of", classmethod(
+        lambda cls, a, b, thresholds=None, labels=None: cls(images=len(a), max_abs=1.0, max_rel=1.0, agreement=0.0,
+                                                            cosine=0.0, sqnr_db=0.0, thresholds=thresholds)))
     with pytest.raises(VerificationError, match="does not match PyTorch"):
         export_onnx(tiny_model, path)
     assert path.read_bytes() == before
@@ -88,7 +93,7 @@ def test_failed_verification_keeps_earlier_artifact(tmp_path, tiny_model, monkey
 
 
 def test_comparison_object():
-    ok = Comparison.of(np.array([1.0, 2.0]), np.array([1.0, 2.0 + 1e-6]), 1e-4)
-    bad = Comparison.of(np.array([1.0, np.nan]), np.array([1.0, 2.0]), 1e-4)
+    ok = Comparison.of(np.array([1.0, 2.0]), np.array([1.0, 2.0 + 1e-6]), {"max_rel_error": 1e-4})
+    bad = Comparison.of(np.array([1.0, np.nan]), np.array([1.0, 2.0]), {"max_rel_error": 1e-4})
     assert ok and "PASS" in str(ok)
     assert not bad and "FAIL" in str(bad)

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from refiner_edge.api import create_model
+from refiner_edge.models.factory import create_model
 from refiner_edge.errors import InputError
-from refiner_edge.model import RefinerViT, count_parameters
-from refiner_edge.variants import VARIANTS, get_variant
+from refiner_edge.models.model import RefinerViT, count_parameters
+from refiner_edge.models.variants import VARIANTS, get_variant
 
 from .helpers import randomize
 from .official_reference import OfficialRefinerViT
@@ -81,7 +81,7 @@ def test_without_aux_head_is_the_cls_head_alone(tiny_model):
 def test_bad_variant_and_size():
     with pytest.raises(InputError, match="unknown variant"):
         create_model("refiner-vit-xxl")
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(InputError, match="not a positive multiple of the patch size 16"):
         create_model("refiner-vit-tiny", img_size=70)
     assert set(VARIANTS) >= {"refiner-vit-s", "refiner-vit-m", "refiner-vit-l"}
 

@@ -9,18 +9,19 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from refiner_edge.errors import InputError, VerificationError
-from refiner_edge.imageset import load_image_set, load_labels, sample
-from refiner_edge.precision import graph_precision
+from refiner_edge.images.imageset import load_image_set, load_labels, sample
+from refiner_edge.onnx.graph import graph_precision
 from refiner_edge.precision.calibrate import calibration_cache_path
 from refiner_edge.precision.fp16 import convert_to_fp16, fp32_nodes
 from refiner_edge.precision.int8 import QUANTIZED_OPS, Budget, meet_budget, quantizable_nodes, run_logits
-from refiner_edge.precision.metrics import compare_logits
+from refiner_edge.compare import Comparison
 from refiner_edge.precision.ranges import Ranges, mse_amax
 from refiner_edge.precision.tensorrt_cache import cache_calibrator, for_tensorrt, read_cache, version_tag, \
     write_cache
-from refiner_edge.preprocess import Preprocess
-from refiner_edge.refine.surgery import fuse_onnx, refinement_subgraphs
-from refiner_edge.variants import get_variant
+from refiner_edge.images.preprocess import Preprocess
+from refiner_edge.refine.fuse import fuse_onnx
+from refiner_edge.refine.surgery import refinement_subgraphs
+from refiner_edge.models.variants import get_variant
 
 from .helpers import assert_clean_failure, invoke
 
@@ -31,18 +32,21 @@ TINY_PRE = Preprocess.from_config(get_variant("refiner-vit-tiny"))
 
 def test_compare_logits_figures():
     ref = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0], [1.0, 0.5, 0.0]])
-    same = compare_logits(ref, ref, labels=np.array([0, 1, 2, 1]))
+    same = Comparison.of(ref, ref, labels=np.array([0, 1, 2, 1]))
     assert same.agreement == 100.0 and same.sqnr_db == float("inf") and same.cosine == pytest.approx(1.0)
     assert same.accuracy == same.reference_accuracy == 75.0 and same.accuracy_drop == 0.0
-    scaled = compare_logits(ref * 1.1, ref)  # error = 0.1 ref: SQNR exactly 20 dB, same direction
+    scaled = Comparison.of(ref * 1.1, ref)  # error = 0.1 ref: SQNR exactly 20 dB, same direction
     assert scaled.sqnr_db == pytest.approx(20.0) and scaled.cosine == pytest.approx(1.0)
     flipped = ref.copy()
     flipped[3] = [0.0, 1.0, 0.0]
-    c = compare_logits(flipped, ref, labels=np.array([0, 1, 2, 0]))
+    labels = np.array([0, 1, 2, 0])
+    c = Comparison.of(flipped, ref, {"min_agreement": 80, "min_cosine": 0.5, "min_sqnr_db": 0,
+                                     "max_accuracy_drop": 30}, labels=labels)
     assert c.agreement == 75.0 and c.accuracy == 75.0 and c.reference_accuracy == 100.0
-    assert c.failures({"min_agreement": 80, "min_cosine": 0.5, "min_sqnr_db": 0, "max_accuracy_drop": 30}) == \
-        ["top-1 agreement 75.00% < 80%"]
-    assert len(c.failures({"min_agreement": 0, "min_cosine": 1.0, "min_sqnr_db": 99, "max_accuracy_drop": 1})) == 3
+    assert c.failures() == ["top-1 agreement 75.00% < 80%"] and not c
+    strict = Comparison.of(flipped, ref, {"min_agreement": 0, "min_cosine": 1.0, "min_sqnr_db": 99,
+                                          "max_accuracy_drop": 1}, labels=labels)
+    assert len(strict.failures()) == 3
 
 
 def test_mse_clips_rare_outliers_but_not_a_dense_range():
@@ -116,7 +120,7 @@ def test_image_sample_is_deterministic_and_skips_unreadable_files(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_plain(tmp_path_factory, tiny_model):
-    from refiner_edge.export import export_onnx
+    from refiner_edge.onnx.export import export_onnx
 
     path = tmp_path_factory.mktemp("precision") / "tiny.onnx"
     export_onnx(tiny_model, path)
@@ -169,8 +173,10 @@ def test_int8_qdq_placement_is_what_tensorrt_wants(tiny_plain, tiny_int8):
             assert w.dtype == np.int8 and axis == expected and scale.shape == (w.shape[expected],), node.name
     # every Conv/MatMul/Gemm outside the refinement subgraphs is quantized; the refinement stays float
     assert quantized == set(quantizable_nodes(plain, refinement))
-    report = json.loads(tiny_int8.with_name(tiny_int8.name + ".json").read_text())
-    assert report["stage"] == "calibrate" and report["precision"] == "int8"
+    manifest = json.loads(tiny_int8.with_name(tiny_int8.name + ".json").read_text())
+    report = manifest["report"]
+    assert manifest["stage"] == "calibrate" and manifest["graph"]["precision"] == "int8"
+    assert [v["stage"] for v in manifest["verification"]] == ["export", "calibrate"]
     assert report["int8"]["quantized_layers"] == len(quantized) and len(report["int8"]["sensitivity"]) == len(quantized)
     assert report["calibration"]["used"] == 2 and report["evaluation"]["sqnr_db"] > 20
 
@@ -230,7 +236,7 @@ def test_fp16_decisions_follow_the_measured_ranges(tiny_plain, tmp_path):
 
 
 def test_budget_keeps_the_most_sensitive_layers_in_fp16(tiny_plain, tiny_int8, sample_photos):
-    from refiner_edge.imageset import load_image_set as load
+    from refiner_edge.images.imageset import load_image_set as load
     from refiner_edge.precision.ranges import collect_ranges
     from refiner_edge.precision.int8 import activation_inputs, layer_sensitivity
 
@@ -241,7 +247,7 @@ def test_budget_keeps_the_most_sensitive_layers_in_fp16(tiny_plain, tiny_int8, s
     ranges = collect_ranges(tiny_plain, [x], "max", "input", activation_inputs(model, nodes))
     reference = run_logits(model, x)
     ranking = [r["node"] for r in layer_sensitivity(tiny_plain, model, ranges, nodes, x, reference)]
-    full = compare_logits(run_logits(onnx.load(str(tiny_int8)), x), reference).sqnr_db
+    full = Comparison.of(run_logits(onnx.load(str(tiny_int8)), x), reference).sqnr_db
     target = full + 6.0  # 6 dB better than all-INT8: some layers must stay FP16
     result, kept, comparison, steps = meet_budget(tiny_plain, ranges, nodes, ranking, [], x, reference,
                                                   Budget(min_sqnr_db=target))
@@ -294,8 +300,8 @@ def test_validate_gate_and_errors(tiny_plain, tiny_int8, sample_photos, tmp_path
     assert_clean_failure(invoke("validate", "--onnx", tiny_int8, "--images", photos, "--reference", tiny_plain,
                                 "--labels", tmp_path / "none.txt"), "labels file not found")
     # a graph exported from a checkpoint is checked against that checkpoint, and no other
-    from refiner_edge.export import export_onnx
-    from refiner_edge.api import create_model
+    from refiner_edge.onnx.export import export_onnx
+    from refiner_edge.models.factory import create_model
 
     exported = tmp_path / "from_ckpt.onnx"
     export_onnx(create_model("refiner-vit-tiny", checkpoint=tiny_checkpoint), exported)
@@ -310,7 +316,7 @@ def test_validate_gate_and_errors(tiny_plain, tiny_int8, sample_photos, tmp_path
 
 def test_fixed_batch_graph_calibrates_and_validates(tiny_model, sample_photos, tmp_path):
     """A graph exported with --batch 3 gets its short batches (2 photographs) filled up, in both commands."""
-    from refiner_edge.export import export_onnx
+    from refiner_edge.onnx.export import export_onnx
 
     plain = tmp_path / "b3.onnx"
     export_onnx(tiny_model, plain, batch=3)

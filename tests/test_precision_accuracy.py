@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from refiner_edge.api import create_model
-from refiner_edge.export import export_onnx
+from refiner_edge.models.factory import create_model
+from refiner_edge.onnx.export import export_onnx
 
 from .digits import HELD_OUT, train_tiny_on_digits, write_digit_folders
 from .helpers import invoke
@@ -74,7 +74,7 @@ def test_refiner_s_reports_sqnr_and_cosine_on_photos(refiner_s_graphs, sample_ph
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_refiner_s_calibrated_graphs_fuse(refiner_s_graphs, precision, tmp_path):
     pytest.importorskip("onnxruntime_extensions")
-    from refiner_edge.refine.surgery import fuse_onnx
+    from refiner_edge.refine.fuse import fuse_onnx
 
     report = fuse_onnx(refiner_s_graphs[precision], tmp_path / "fused.onnx")
     assert report["fused_nodes"] == 8 and report["comparison"]

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from refiner_edge import preprocess as pp
+from refiner_edge.images import preprocess as pp
 from refiner_edge.errors import InputError
-from refiner_edge.preprocess import Preprocess, find_images, load_image
-from refiner_edge.variants import get_variant
+from refiner_edge.images.preprocess import Preprocess, find_images, load_image
+from refiner_edge.models.variants import get_variant
 
 
 @pytest.fixture

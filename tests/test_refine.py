@@ -6,15 +6,17 @@ import onnx
 import pytest
 import torch
 
-from refiner_edge.api import create_model
+from refiner_edge.models.factory import create_model
 from refiner_edge.errors import InputError, VerificationError
-from refiner_edge.export import export_onnx
+from refiner_edge.onnx.export import export_onnx
 from refiner_edge.refine import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from refiner_edge.refine.fold import FoldedDLA, fold_attention, packed_size
 from refiner_edge.refine.reference import refiner_dla_numpy, refiner_dla_torch
-from refiner_edge.refine.surgery import folded_from_attributes, fuse_graph, fuse_onnx
+from refiner_edge.refine.attributes import folded_from_attributes
+from refiner_edge.refine.fuse import fuse_onnx
+from refiner_edge.refine.surgery import fuse_graph
 from refiner_edge.refine.torch_op import fuse_model, unfuse_model
-from refiner_edge.runtime import ort_session
+from refiner_edge.onnx.session import ort_session
 
 from .helpers import randomize
 
@@ -80,7 +82,7 @@ def plain_s(tmp_path_factory):
 def test_fused_refiner_s_equals_plain_graph(plain_s, tmp_path):
     model, plain = plain_s
     fused = tmp_path / "s.fused.onnx"
-    report = fuse_onnx(plain, fused, tolerance=1e-5)
+    report = fuse_onnx(plain, fused, thresholds={"max_rel_error": 1e-5})
     assert report["fused_nodes"] == 8 and report["comparison"].max_rel < 1e-5
     graph = onnx.load(str(fused))
     nodes = [n for n in graph.graph.node if n.op_type == PLUGIN_NAME]
@@ -100,7 +102,8 @@ def test_fused_refiner_s_equals_plain_graph(plain_s, tmp_path):
     assert fused_ops.count("Softmax") == plain_ops.count("Softmax")
     assert fused_ops.count("Conv") == plain_ops.count("Conv") - 3 * 8
     manifest = json.loads((tmp_path / "s.fused.onnx.json").read_text())
-    assert manifest["fused"] and manifest["fused_nodes"] == 8 and manifest["variant"] == "refiner-vit-s"
+    assert manifest["graph"]["fused"] and manifest["graph"]["plugin"]["nodes"] == 8
+    assert manifest["model"]["variant"] == "refiner-vit-s" and manifest["source"]["artifact"] == "s.onnx"
     # and the fused graph predicts what PyTorch predicts, through the same session helper `infer` uses
     x = np.random.default_rng(3).uniform(-1, 1, (2, 3, 224, 224)).astype(np.float32)
     with torch.no_grad():
@@ -115,7 +118,7 @@ def test_every_variant_fuses(tmp_path, variant, blocks):
     model = randomize(create_model(variant), seed=4)
     plain = tmp_path / "p.onnx"
     export_onnx(model, plain, batch=1)
-    report = fuse_onnx(plain, tmp_path / "f.onnx", tolerance=1e-5)
+    report = fuse_onnx(plain, tmp_path / "f.onnx", thresholds={"max_rel_error": 1e-5})
     assert report["fused_nodes"] == blocks and report["comparison"]
 
 
@@ -187,7 +190,7 @@ def test_fuse_with_qdq_elsewhere(tmp_path, tiny_model):
     model.graph.node.insert(idx, q)
     qdq = tmp_path / "qdq.onnx"
     onnx.save(model, str(qdq))
-    report = fuse_onnx(qdq, tmp_path / "qdq.fused.onnx", tolerance=1e-5)
+    report = fuse_onnx(qdq, tmp_path / "qdq.fused.onnx", thresholds={"max_rel_error": 1e-5})
     assert report["fused_nodes"] == 2 and report["comparison"]
     ops = [n.op_type for n in onnx.load(str(tmp_path / "qdq.fused.onnx")).graph.node]
     assert ops.count("QuantizeLinear") == 1 and ops.count("DequantizeLinear") == 1

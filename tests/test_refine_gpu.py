@@ -77,7 +77,7 @@ def test_unsupported_shapes_are_reported(ext):
 
 
 def test_custom_op_uses_the_kernel_and_matches_model():
-    from refiner_edge.api import create_model
+    from refiner_edge.models.factory import create_model
     from tests.helpers import randomize
 
     model = randomize(create_model("refiner-vit-tiny"), seed=3).cuda()

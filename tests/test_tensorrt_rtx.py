@@ -4,15 +4,15 @@ import pytest
 pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (pip install 'refiner-edge[rtx]')")
 
 from refiner_edge.errors import VerificationError  # noqa: E402
-from refiner_edge.export import export_onnx  # noqa: E402
-from refiner_edge.trt_build import build_engine  # noqa: E402
+from refiner_edge.onnx.export import export_onnx  # noqa: E402
+from refiner_edge.engine.builder import build_engine  # noqa: E402
 
 pytestmark = pytest.mark.rtx
 
 
 @pytest.mark.parametrize("variant", ["refiner-vit-tiny", "refiner-vit-s"])
 def test_plain_graph_builds(tmp_path, variant):
-    from refiner_edge.api import create_model
+    from refiner_edge.models.factory import create_model
 
     from .helpers import randomize
 
@@ -24,7 +24,7 @@ def test_plain_graph_builds(tmp_path, variant):
 
 def test_fused_graph_is_refused_without_the_plugin(tmp_path, tiny_model):
     pytest.importorskip("onnxruntime_extensions")
-    from refiner_edge.refine.surgery import fuse_onnx
+    from refiner_edge.refine.fuse import fuse_onnx
 
     plain = tmp_path / "p.onnx"
     export_onnx(tiny_model, plain)

@@ -2,19 +2,22 @@
 its manifest/report (`<output>.json`) and, for INT8, a TensorRT 10 calibration cache (`<output stem>.calib`)."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from ..artifacts import atomic_output, inherited, load_onnx, read_manifest, write_manifest
+from ..artifacts import atomic_output
+from ..batching import pad_batch
+from ..compare import Comparison
 from ..errors import InputError
-from . import graph_precision
+from ..manifest import Verification, read_manifest, write_manifest
+from ..onnx.graph import graph_precision, graph_preprocess, load_onnx, opset_of
 from .fp16 import RULES, convert_to_fp16, fp32_nodes
-from .int8 import (QUANTIZED_OPS, Budget, activation_inputs, layer_sensitivity, meet_budget, opset_of,
-                   quantizable_nodes, quantize, run_logits)
-from .metrics import compare_logits
+from .int8 import (QUANTIZED_OPS, Budget, activation_inputs, layer_sensitivity, meet_budget, quantizable_nodes,
+                   quantize, run_logits)
 from .ranges import METHODS, collect_ranges
 from .tensorrt_cache import DEFAULT_VERSION, write_cache
 
@@ -49,15 +52,16 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
                    num: int = DEFAULT_NUM, method: str = "percentile", max_drop: float | None = None,
                    min_sqnr: float | None = None, sensitivity: bool = False, eval_num: int = DEFAULT_EVAL,
                    batch_size: int = 16, seed: int = 0, tensorrt_version: str = DEFAULT_VERSION,
+                   listing: str | Path | None = None,
                    progress: Progress = _no_progress) -> dict:
     """Calibrate the plain graph `source` on `images` and write the `precision` graph to `output`.
 
-    Returns the report also written into `<output>.json`.
+    listing: a calibration list (calibration/*.txt: image file names relative to `images`) to sample from.
+    Returns the report, which is also the `report` of the manifest written to `<output>.json`.
     """
     import onnx
 
-    from ..backends import onnx_preprocess
-    from ..imageset import load_image_set
+    from ..images.imageset import load_image_set
     from ..refine.surgery import refinement_subgraphs
 
     if precision not in ("fp16", "int8"):
@@ -74,13 +78,13 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
         raise InputError("--output must differ from --onnx: the plain graph is the calibration's reference")
     started = time.perf_counter()
     model = load_float_graph(source)
-    manifest = read_manifest(source) or {}
+    manifest = read_manifest(source)
     graph_input = model.graph.input[0]
     shape = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim]
-    preprocess = onnx_preprocess(source, manifest, shape)
+    preprocess = graph_preprocess(source, manifest, shape)
 
     found_tick = progress("decoding images", num)
-    imageset = load_image_set([images], preprocess, num=num, seed=seed, on_image=found_tick)
+    imageset = load_image_set([images], preprocess, num=num, seed=seed, on_image=found_tick, listing=listing)
     batches = _batches(imageset.arrays, shape[0] or batch_size, pad=shape[0] is not None)
 
     units = refinement_subgraphs(model)
@@ -103,7 +107,7 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
         result, report["int8"], comparison = _int8_graph(source, model, ranges, nodes, len(units), keep_names,
                                                          x_eval, reference, budget, sensitivity, progress)
     if comparison is None:
-        comparison = compare_logits(run_logits(result, x_eval), reference)
+        comparison = Comparison.of(run_logits(result, x_eval), reference)
     finished = time.perf_counter()
 
     onnx.checker.check_model(result)
@@ -118,13 +122,23 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
                         **imageset.summary(), "batch": int(batches[0].shape[0]),
                         "seconds": round(calibrated - started, 2), "total_seconds": round(finished - started, 2)},
         "evaluation": {"against": f"{source.name} (FP32) on ONNX Runtime", "images": len(x_eval),
-                       **comparison.to_dict()},
+                       **comparison.metrics()},
         "tensorrt_calibration_cache": None if cache is None else {"file": cache.name, "tensorrt": tensorrt_version,
                                                                  "tensors": len(ranges.minmax)},
     })
-    record = {**inherited(manifest), "source": source.name, "fused": False, "opset": opset_of(result), **report}
-    write_manifest(output, "calibrate", record)
-    return record
+    if listing is not None:
+        report["calibration"]["list"] = Path(listing).name
+    if manifest is not None:  # a graph from elsewhere has no manifest to carry on
+        graph = dataclasses.replace(manifest.graph, precision=precision, opset=opset_of(result), fused=False,
+                                    fp32_ops=report["fp16"]["fp32_nodes"],
+                                    fp16_layers=report.get("int8", {}).get("fp16_layers", []))
+        record = manifest.derive("calibrate", output, source, graph=graph, report=report)
+        record.verification.append(Verification(
+            stage="calibrate", candidate="onnxruntime-cpu", reference=f"{source.name} (FP32) on onnxruntime-cpu",
+            inputs=f"{comparison.images} calibration images", metrics=comparison.metrics(),
+            thresholds={} if budget is None else {"max_drop": budget.max_drop, "min_sqnr_db": budget.min_sqnr_db}))
+        write_manifest(output, record)
+    return report
 
 
 def _int8_graph(source: Path, model, ranges, nodes: list[str], refinements: int, keep_fp32: list[str],
@@ -159,6 +173,4 @@ def _int8_graph(source: Path, model, ranges, nodes: list[str], refinements: int,
 
 def _batches(arrays: np.ndarray, size: int, pad: bool) -> list[np.ndarray]:
     """Batches of `size`; for a fixed-batch graph (pad) the last is filled with repeats of its last image."""
-    from ..backends import pad_batch
-
     return [pad_batch(arrays[i:i + size], size if pad else None) for i in range(0, len(arrays), size)]

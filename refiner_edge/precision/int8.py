@@ -19,8 +19,9 @@ from typing import Callable
 import numpy as np
 
 from ..errors import VerificationError
+from ..onnx.graph import opset_of
 from .fp16 import convert_to_fp16
-from .metrics import LogitComparison, compare_logits
+from ..compare import Comparison
 from .ranges import Ranges
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
@@ -96,15 +97,10 @@ def _float_for_other_consumers(model, quantized: set[str]):
     return model
 
 
-def opset_of(model) -> int:
-    """The default-domain opset of an onnx.ModelProto."""
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-
-
 def run_logits(model, x: np.ndarray, batch: int = 16) -> np.ndarray:
     """Logits of an in-memory graph on ONNX Runtime (CPU)."""
-    from ..backends import run_batched
-    from ..runtime import ort_session
+    from ..batching import run_batched
+    from ..onnx.session import ort_session
 
     session = ort_session(model, ["CPUExecutionProvider"])
     inp = session.get_inputs()[0]
@@ -118,7 +114,7 @@ def layer_sensitivity(plain: str | Path, model, ranges: Ranges, nodes: list[str]
     ops = {n.name: n.op_type for n in model.graph.node}
     rows = []
     for node in nodes:
-        c = compare_logits(run_logits(quantize(plain, ranges, [node], None), x), reference)
+        c = Comparison.of(run_logits(quantize(plain, ranges, [node], None), x), reference)
         rows.append({"node": node, "op": ops.get(node, "?"), "sqnr_db": c.sqnr_db, "agreement": c.agreement,
                      "cosine": c.cosine})
         if on_layer:
@@ -133,7 +129,7 @@ class Budget:
     max_drop: float | None = None   # top-1 agreement with FP32 may fall at most this many points below 100%
     min_sqnr_db: float | None = None
 
-    def met(self, c: LogitComparison) -> bool:
+    def met(self, c: Comparison) -> bool:
         return (self.max_drop is None or 100.0 - c.agreement <= self.max_drop + 1e-9) and \
                (self.min_sqnr_db is None or c.sqnr_db >= self.min_sqnr_db)
 
@@ -159,7 +155,7 @@ def meet_budget(plain: str | Path, ranges: Ranges, nodes: list[str], ranking: li
         if k not in tried:
             excluded = set(ranking[:k])
             model = quantize(plain, ranges, [n for n in nodes if n not in excluded], keep_fp32)
-            tried[k] = (model, compare_logits(run_logits(model, x), reference))
+            tried[k] = (model, Comparison.of(run_logits(model, x), reference))
             if on_step:
                 on_step(1)
         return tried[k]

@@ -66,7 +66,7 @@ def collect_ranges(model_path: str | Path, batches: Iterable[np.ndarray], method
     from onnxruntime.quantization.calibrate import HistogramCollector
     from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
-    from ..runtime import ort_session
+    from ..onnx.session import ort_session
 
     if method not in METHODS:
         raise InputError(f"unknown calibration method '{method}'; choose one of: {', '.join(METHODS)}")

@@ -43,16 +43,12 @@ def _register() -> None:
     _registered = True
 
 
-def has_plugin_nodes(model) -> bool:
-    return any(n.op_type == PLUGIN_NAME for n in model.graph.node)
-
-
 def for_onnxruntime(model):
     """A copy of the fused model that ONNX Runtime + onnxruntime-extensions can run."""
     import onnx
     from onnx import TensorProto, helper
 
-    from .surgery import folded_from_attributes
+    from .attributes import folded_from_attributes
 
     model = copy.deepcopy(model)
     try:

@@ -1,4 +1,5 @@
-"""ONNX graph surgery: each attention-refinement subgraph becomes one RefinerDLA plugin node.
+"""ONNX graph surgery (a pure rewrite of an onnx.ModelProto): each attention-refinement subgraph becomes one
+RefinerDLA plugin node. The `fuse` stage around it (files, verification, manifest) is refine/fuse.py.
 
 The subgraph is found by structure, not by tensor names (DESIGN.md section 4):
 
@@ -12,14 +13,13 @@ graphs that carry Q/DQ nodes elsewhere; intermediate tensors used outside the su
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import atomic_output, inherited, load_onnx, read_manifest, write_manifest
 from ..errors import InputError, MissingDependencyError, VerificationError
-from . import ONNX_DOMAIN, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
-from .fold import PACK_ORDER, FoldedDLA, compose
+from . import ONNX_DOMAIN, PLUGIN_NAME
+from .attributes import plugin_attributes
+from .fold import FoldedDLA, compose
 
 
 def _gs():
@@ -148,21 +148,6 @@ def _match(dw, graph_outputs) -> Match | None:
                  nodes=[n.name for n in (c1, r1, dw, r2, c3, add, bn, mul)])
 
 
-def plugin_attributes(folded: FoldedDLA) -> dict:
-    """The RefinerDLA node attributes: the plugin's fields plus the ONNX parser's version/namespace selectors."""
-    attrs = {"num_heads": int(folded.heads), "num_expanded": int(folded.expanded)}
-    attrs.update({k: [float(v) for v in np.asarray(getattr(folded, k), np.float32).ravel()] for k in PACK_ORDER})
-    attrs.update({"plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_NAMESPACE})
-    return attrs
-
-
-def folded_from_attributes(attrs: dict) -> FoldedDLA:
-    """Inverse of plugin_attributes, for the reference executors."""
-    h, e = int(attrs["num_heads"]), int(attrs["num_expanded"])
-    shapes = {"w1": (e, h), "b1": (e,), "wd": (e, 3, 3), "bd": (e,), "w2": (h, e), "b2": (h,), "alpha": (h,)}
-    return FoldedDLA(**{k: np.asarray(attrs[k], np.float32).reshape(shapes[k]) for k in PACK_ORDER}).validate()
-
-
 def count_depthwise_convs(graph) -> int:
     """Independent count of refinement sites: every DLA has exactly one depthwise 3x3 Conv; nothing else does."""
     n = 0
@@ -209,63 +194,3 @@ def fuse_graph(model, expected: int | None = None):
     if not any(o.domain == ONNX_DOMAIN for o in fused.opset_import):
         fused.opset_import.append(onnx.helper.make_opsetid(ONNX_DOMAIN, 1))
     return fused, len(matches)
-
-
-# The fused op computes in FP32 from its input and rounds once; an FP16 subgraph rounds after every op, so the
-# two differ by FP16 rounding (about 2^-11 relative per op) where the graph is FP16.
-FUSE_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": 1e-2}
-
-
-def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, tolerance: float | None = None) -> dict:
-    """Fuse the refinement subgraphs of the ONNX file `source` into `output` (may be the same path), atomically.
-
-    With verify, the fused graph runs on ONNX Runtime with the reference RefinerDLA op and must match the
-    source graph within `tolerance` (relative to the largest logit; by default FUSE_TOLERANCE of its precision).
-    """
-    import onnx
-
-    source, output = Path(source), Path(output)
-    model = load_onnx(source)
-    manifest = read_manifest(source) or {}
-    if tolerance is None:
-        from ..precision import graph_precision
-
-        tolerance = FUSE_TOLERANCE[graph_precision(model)]
-    fused, count = fuse_graph(model, manifest.get("refining_blocks"))
-    comparison = None
-    with atomic_output(output) as tmp:
-        onnx.save(fused, str(tmp))
-        if verify:
-            comparison = compare_graphs(source, tmp, tolerance)
-            if comparison is not None and not comparison:
-                raise VerificationError(f"fused graph does not match the plain graph: {comparison}")
-    record = inherited(manifest)
-    record.update({"fused": True, "fused_nodes": count, "plugin": {"name": PLUGIN_NAME, "version": PLUGIN_VERSION,
-                                                                      "namespace": PLUGIN_NAMESPACE},
-                   "source": source.name})
-    if comparison is not None:
-        record["fuse_verification"] = {"backend": "onnxruntime-cpu + reference RefinerDLA",
-                                       "max_abs_error": comparison.max_abs, "max_rel_error": comparison.max_rel,
-                                       "tolerance": tolerance}
-    write_manifest(output, "fuse", record)
-    return {"fused_nodes": count, "comparison": comparison, "output": output}
-
-
-def compare_graphs(plain: str | Path, fused: str | Path, tolerance: float, batch: int = 2, seed: int = 0):
-    """Run both graphs on the same random input on ONNX Runtime (CPU); None when the reference op is unavailable."""
-    from ..export import Comparison
-    from ..runtime import ort_session
-    from .ort_op import available
-
-    if not available():
-        return None
-    a = ort_session(plain, ["CPUExecutionProvider"])
-    b = ort_session(fused, ["CPUExecutionProvider"])
-    inp = a.get_inputs()[0]
-    shape = [d if isinstance(d, int) else batch for d in inp.shape]
-    x = np.random.default_rng(seed).uniform(-1, 1, size=shape).astype(np.float32)
-    if "float16" in inp.type:
-        x = x.astype(np.float16)
-    ref = a.run(None, {inp.name: x})[0]
-    got = b.run(None, {b.get_inputs()[0].name: x})[0]
-    return Comparison.of(got, ref, tolerance)

@@ -1,12 +1,12 @@
 """Real photographs that ship inside a PyPI package (scikit-learn), for demos and tests with no download.
 
-`python -m refiner_edge.samples` prints their folder.
+`python -m refiner_edge.images.samples` prints their folder.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import MissingDependencyError
+from ..errors import MissingDependencyError
 
 
 def sample_image_dir() -> Path:

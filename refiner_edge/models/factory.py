@@ -31,7 +31,7 @@ def create_model(variant: str = "refiner-vit-s", img_size: int | None = None, nu
         model.checkpoint_sha256 = load_into(model, checkpoint)
     model.eval()
     if fused:
-        from .refine.torch_op import fuse_model
+        from ..refine.torch_op import fuse_model
 
         fuse_model(model)
     return model

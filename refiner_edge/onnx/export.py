@@ -3,18 +3,20 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .artifacts import atomic_output, write_manifest
-from .errors import InputError, VerificationError
-from .model import RefinerViT
-from .preprocess import Preprocess
-from .runtime import ort_session
+from ..artifacts import atomic_output
+from ..compare import Comparison
+from ..errors import InputError, VerificationError
+from ..images.preprocess import Preprocess
+from ..manifest import (IMAGENET_LABELS, INDEX_LABELS, GraphInfo, Manifest, ModelInfo, Verification,
+                        write_manifest)
+from ..models.model import RefinerViT
+from .session import ort_session
 
 MIN_OPSET = 17
 DEFAULT_OPSET = 17
@@ -22,29 +24,13 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 DEFAULT_TOLERANCE = 1e-4
 
 
-@dataclass
-class Comparison:
-    """Max absolute and relative (to the reference's largest magnitude) error between two outputs."""
+def max_opset() -> int:
+    """The newest opset both the TorchScript exporter and the installed onnx package know."""
+    import onnx
+    from torch.onnx import _constants
 
-    max_abs: float
-    max_rel: float
-    tolerance: float
-    extra: dict = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(np.isfinite(self.max_rel)) and self.max_rel <= self.tolerance
-
-    def __str__(self) -> str:
-        verdict = "PASS" if self else "FAIL"
-        return f"max abs error {self.max_abs:.3e}, max relative error {self.max_rel:.3e} " \
-               f"(tolerance {self.tolerance:.0e}): {verdict}"
-
-    @classmethod
-    def of(cls, out: np.ndarray, ref: np.ndarray, tolerance: float) -> "Comparison":
-        out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-        max_abs = float(np.max(np.abs(out - ref))) if out.size else 0.0
-        scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-        return cls(max_abs=max_abs, max_rel=max_abs / max(scale, 1e-12), tolerance=tolerance)
+    exporter = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET)
+    return min(exporter, onnx.defs.onnx_opset_version())
 
 
 def fold_batchnorms(model: nn.Module) -> nn.Module:
@@ -81,6 +67,8 @@ def export_onnx(model: RefinerViT, output: str | Path, *, opset: int | None = No
     tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
     if opset < MIN_OPSET:
         raise InputError(f"--opset {opset} is too old: Refiner-ViT needs opset >= {MIN_OPSET} (LayerNormalization)")
+    if opset > max_opset():
+        raise InputError(f"--opset {opset} is newer than this torch/onnx can export (at most {max_opset()})")
     if batch != "dynamic" and (not isinstance(batch, int) or batch < 1):
         raise InputError(f"--batch must be a positive integer or 'dynamic', got {batch!r}")
     model = model.eval()
@@ -96,30 +84,28 @@ def export_onnx(model: RefinerViT, output: str | Path, *, opset: int | None = No
 
         onnx.checker.check_model(str(tmp), full_check=True)
         got = ort_session(tmp, ["CPUExecutionProvider"]).run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-        result = Comparison.of(got, reference, tolerance)
+        result = Comparison.of(got, reference, {"max_rel_error": tolerance})
         if not result:
             raise VerificationError(f"exported graph does not match PyTorch: {result}")
+    manifest = export_manifest(model, opset, batch)
+    manifest.verification.append(Verification(
+        stage="export", candidate="onnxruntime-cpu", reference="pytorch-fp32", inputs=f"random, batch {n}",
+        metrics=result.metrics(), thresholds=result.thresholds))
+    write_manifest(output, manifest)
+    return {"manifest": manifest, "comparison": result}
+
+
+def export_manifest(model: RefinerViT, opset: int, batch: int | str) -> Manifest:
     cfg = model.cfg
-    return {
-        "manifest": write_manifest(output, "export", {
-            "variant": cfg.name,
-            "img_size": cfg.img_size,
-            "num_classes": cfg.num_classes,
-            "aux_head": model.aux_head is not None,
-            "refining_blocks": len(cfg.refining_blocks),
-            "heads": cfg.heads,
-            "preprocess": Preprocess.from_config(cfg).to_dict(),
-            "checkpoint_sha256": getattr(model, "checkpoint_sha256", None),
-            "opset": opset,
-            "batch": batch,
-            "input": INPUT_NAME,
-            "output": OUTPUT_NAME,
-            "fused": False,
-            "verification": {"backend": "onnxruntime-cpu", "batch": n, "max_abs_error": result.max_abs,
-                             "max_rel_error": result.max_rel, "tolerance": tolerance},
-        }),
-        "comparison": result,
-    }
+    return Manifest(
+        stage="export", artifact="",
+        model=ModelInfo(variant=cfg.name, img_size=cfg.img_size, num_classes=cfg.num_classes, heads=cfg.heads,
+                        refining_blocks=len(cfg.refining_blocks), aux_head=model.aux_head is not None,
+                        checkpoint_sha256=getattr(model, "checkpoint_sha256", None)),
+        preprocess=Preprocess.from_config(cfg).record(),
+        labels=IMAGENET_LABELS if cfg.num_classes == 1000 else INDEX_LABELS,
+        graph=GraphInfo(input=INPUT_NAME, output=OUTPUT_NAME, batch=batch, opset=opset, precision="fp32",
+                        fused=False))
 
 
 def _torch_export(model: nn.Module, path: Path, opset: int, dynamic: bool, example: torch.Tensor) -> None:

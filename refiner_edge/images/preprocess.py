@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputError
-from .variants import VariantConfig
+from ..errors import InputError
+from ..models.variants import VariantConfig
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit; larger images are refused, never decoded
@@ -40,6 +40,22 @@ class Preprocess:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "resize_size": self.resize_size}
+
+    def record(self):
+        """The manifest's record of this preprocessing (what C++ and servers read)."""
+        from ..manifest import Preprocessing
+
+        return Preprocessing(img_size=self.img_size, crop_pct=self.crop_pct, resize_size=self.resize_size,
+                             mean=list(self.mean), std=list(self.std), interpolation=self.interpolation)
+
+    @classmethod
+    def from_record(cls, rec) -> "Preprocess":
+        pre = cls(img_size=rec.img_size, crop_pct=rec.crop_pct, mean=tuple(rec.mean), std=tuple(rec.std),
+                  interpolation=rec.interpolation)
+        if pre.resize_size != rec.resize_size:
+            raise InputError(f"manifest preprocessing is inconsistent: resize_size {rec.resize_size} but "
+                             f"floor(img_size / crop_pct) = {pre.resize_size}")
+        return pre
 
     def __call__(self, img: Image.Image) -> np.ndarray:
         """RGB PIL image -> float32 array [3, img_size, img_size]."""

@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .preprocess import Preprocess, find_images
 
 IMAGENET_FOLDER = "imagenet-folder"
@@ -35,15 +35,40 @@ def sample(paths: list[Path], seed: int = 0) -> list[Path]:
     return [ordered[i] for i in np.random.default_rng(seed).permutation(len(ordered))]
 
 
+def read_listing(listing: str | Path, root: Path) -> list[Path]:
+    """The images a calibration list names (one path relative to `root` a line; '#' starts a comment). Every
+    file must exist: a list is a recipe, and a silently shorter sample would not be the recipe's."""
+    listing = Path(listing)
+    if not listing.is_file():
+        raise InputError(f"calibration list not found: {listing}")
+    if not root.is_dir():
+        raise InputError(f"--list names files inside a folder: --images {root} is not a folder")
+    names = [line.split("#", 1)[0].strip() for line in listing.read_text(encoding="utf-8").splitlines()]
+    paths = [root / name for name in names if name]
+    missing = [p for p in paths if not p.is_file()]
+    if not paths:
+        raise InputError(f"{listing} names no images")
+    if missing:
+        raise InputError(f"{len(missing)} of the {len(paths)} images in {listing.name} are not in {root}, "
+                         f"e.g. {missing[0].relative_to(root)}")
+    return paths
+
+
 def load_image_set(inputs: list[str | Path], preprocess: Preprocess, num: int | None = None, seed: int = 0,
-                   on_image: Callable[[int], None] | None = None) -> ImageSet:
+                   on_image: Callable[[int], None] | None = None, listing: str | Path | None = None) -> ImageSet:
     """Decode up to `num` images (all when None) from files/folders (searched recursively) in sample order.
 
+    listing: only the images a calibration list names, inside the one folder `inputs` gives.
     A file that cannot be decoded is skipped and recorded; the next one in the sample takes its place.
     """
     if num is not None and num < 1:
         raise InputError(f"--num must be at least 1, got {num}")
-    paths = find_images(list(inputs))
+    if listing is not None:
+        if len(inputs) != 1:
+            raise InputError("a calibration list needs exactly one image folder")
+        paths = read_listing(listing, Path(inputs[0]))
+    else:
+        paths = find_images(list(inputs))
     order = sample(paths, seed) if num is not None and num < len(paths) else paths
     want = len(order) if num is None else min(num, len(order))
     used, arrays, skipped = [], [], []

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .errors import InputError
+from ..errors import InputError
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,14 @@ class VariantConfig:
         return side * side + 1
 
     def with_overrides(self, **kwargs) -> "VariantConfig":
-        return replace(self, **{k: v for k, v in kwargs.items() if v is not None})
+        """A copy with the given fields replaced (None keeps the variant's); a bad size is the user's input."""
+        cfg = replace(self, **{k: v for k, v in kwargs.items() if v is not None})
+        if cfg.img_size < cfg.patch_size or cfg.img_size % cfg.patch_size:
+            raise InputError(f"--img-size {cfg.img_size} is not a positive multiple of the patch size "
+                             f"{cfg.patch_size} (e.g. {max(1, round(cfg.img_size / cfg.patch_size)) * cfg.patch_size})")
+        if cfg.num_classes < 1:
+            raise InputError(f"num_classes must be at least 1, got {cfg.num_classes}")
+        return cfg
 
 
 VARIANTS: dict[str, VariantConfig] = {

@@ -7,7 +7,7 @@ from importlib import resources
 
 @lru_cache(maxsize=1)
 def imagenet_labels() -> tuple[str, ...]:
-    text = resources.files("refiner_edge").joinpath("data/imagenet_classes.txt").read_text(encoding="utf-8")
+    text = resources.files("refiner_edge.images").joinpath("data/imagenet_classes.txt").read_text(encoding="utf-8")
     labels = tuple(line.strip() for line in text.splitlines() if line.strip())
     assert len(labels) == 1000, "imagenet_classes.txt must list 1000 classes"
     return labels

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import pickle
 import re
 from pathlib import Path
@@ -10,21 +9,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .errors import CheckpointError
+from ..artifacts import file_sha256
+from ..errors import CheckpointError
 
 # The official files are timm training checkpoints: tensors, plain containers and an argparse.Namespace of the
 # training arguments. Nothing else is ever needed, so nothing else is unpickled.
 SAFE_GLOBALS = [argparse.Namespace]
 STATE_DICT_KEYS = ("state_dict_ema", "state_dict", "model")  # EMA weights are the reported ones
 PREFIXES = ("module.", "_orig_mod.")
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:

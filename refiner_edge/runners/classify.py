@@ -1,4 +1,4 @@
-"""Classifying image files with any backend: decode, preprocess, batch, softmax, top-k."""
+"""Classifying image files with any runner: decode, preprocess, batch, softmax, top-k."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,9 +7,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .backends import Backend
-from .errors import InputError
-from .labels import label_for
+from ..errors import InputError
+from ..images.labels import label_for
+from .base import Runner
 
 
 @dataclass
@@ -31,7 +31,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def topk(logits: np.ndarray, k: int, num_classes: int) -> list[list[dict]]:
     probs = softmax(logits.astype(np.float64))
-    k = min(k, probs.shape[-1])
     order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
     return [[{"index": int(i), "label": label_for(int(i), num_classes), "prob": float(p[i])} for i in row]
             for p, row in zip(probs, order)]
@@ -42,27 +41,27 @@ def batches(items: list, size: int) -> Iterable[list]:
         yield items[start:start + size]
 
 
-def classify(images: list[Path], backend: Backend, k: int = 5, batch_size: int = 8,
+def classify(images: list[Path], runner: Runner, k: int = 5, batch_size: int = 8,
              on_batch: Callable[[int], None] | None = None) -> list[ImageResult]:
     """Top-k predictions for each image; an unreadable image gets an error entry and the rest still run."""
-    if k < 1:
-        raise InputError(f"--topk must be at least 1, got {k}")
+    if not 1 <= k <= runner.num_classes:
+        raise InputError(f"--topk must be between 1 and the model's {runner.num_classes} classes, got {k}")
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
-    if backend.fixed_batch is not None:
-        batch_size = backend.fixed_batch
+    if runner.fixed_batch is not None:
+        batch_size = runner.fixed_batch
     results: list[ImageResult] = []
     for group in batches(images, batch_size):
         arrays, ok = [], []
         for path in group:
             try:
-                arrays.append(backend.preprocess.load(path))
+                arrays.append(runner.preprocess.load(path))
                 ok.append(ImageResult(str(path)))
             except InputError as e:
                 results.append(ImageResult(str(path), error=str(e)))
         if arrays:
-            logits = backend(np.stack(arrays))
-            for res, preds in zip(ok, topk(logits, k, backend.num_classes)):
+            logits = runner(np.stack(arrays))
+            for res, preds in zip(ok, topk(logits, k, runner.num_classes)):
                 res.predictions = preds
                 results.append(res)
         if on_batch:

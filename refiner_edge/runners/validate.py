@@ -1,34 +1,32 @@
 """The `validate` stage: a graph's logits against PyTorch FP32 (or another reference) on the same preprocessed
 images: top-1 agreement, accuracy when labels are given, max abs error, cosine and SQNR, each checked against the
-threshold for the graph's precision. Backends come from refiner_edge.backends (the TensorRT engine backend plugs
-in there)."""
+threshold for the graph's precision."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable
 
-from .artifacts import read_manifest
-from .backends import Backend, load_backend
-from .errors import InputError
-from .precision.metrics import THRESHOLDS, compare_logits
+from ..compare import THRESHOLDS, Comparison, check_thresholds
+from ..errors import InputError
+from .base import Runner, load_runner
 
 
-def reference_backend(reference: str, manifest: dict, checkpoint: str | Path | None,
-                      variant: str | None) -> Backend:
+def reference_runner(reference: str, manifest, checkpoint: str | Path | None, variant: str | None) -> Runner:
     """`torch`: the PyTorch FP32 model the graph was exported from; a path: an ONNX graph on ONNX Runtime."""
     if reference != "torch":
         if not Path(reference).is_file():
             raise InputError(f"--reference must be 'torch' or an ONNX file; {reference} does not exist")
-        return load_backend("onnxruntime", onnx=reference)
-    recorded = manifest.get("checkpoint_sha256", "unknown") if manifest else "unknown"
-    if checkpoint is None and recorded is None:
+        return load_runner("onnxruntime", onnx=reference)
+    if manifest is None:
+        if checkpoint is None:
+            raise InputError("no manifest says which weights the graph holds: pass --checkpoint (and --variant)")
+        return load_runner("torch", variant=variant, checkpoint=checkpoint)
+    if checkpoint is None and manifest.random_weights:
         raise InputError("the graph was exported with random weights, which PyTorch cannot rebuild: pass "
                          "--checkpoint with the weights it was exported from, or --reference PLAIN.onnx")
-    if checkpoint is None and recorded == "unknown":
-        raise InputError("no manifest says which weights the graph holds: pass --checkpoint (and --variant)")
-    return load_backend("torch", variant=variant or manifest.get("variant"), checkpoint=checkpoint,
-                        img_size=manifest.get("img_size"), num_classes=manifest.get("num_classes"),
-                        aux_head=manifest.get("aux_head", True))
+    m = manifest.model
+    return load_runner("torch", variant=variant or m.variant, checkpoint=checkpoint, img_size=m.img_size,
+                       num_classes=m.num_classes, aux_head=m.aux_head)
 
 
 def validate_onnx(onnx: str | Path, images: str | Path, *, labels: str | None = None, reference: str = "torch",
@@ -37,17 +35,16 @@ def validate_onnx(onnx: str | Path, images: str | Path, *, labels: str | None = 
                   progress: Callable[[str, int], Callable[[int], None]] = lambda label, total: (lambda n: None),
                   ) -> dict:
     """Compare the graph `onnx` with `reference` on the images under `images`; the report says `passed`."""
-    import onnx as onnx_lib
-
-    from .imageset import load_image_set, load_labels
-    from .precision import graph_precision
+    from ..images.imageset import load_image_set, load_labels
+    from ..onnx.graph import graph_precision, load_onnx
 
     path, images = Path(onnx), Path(images)
-    candidate = load_backend("onnxruntime", onnx=path, variant=variant)
-    manifest = read_manifest(path) or {}
-    precision = manifest.get("precision") or graph_precision(onnx_lib.load(str(path), load_external_data=False))
-    ref = reference_backend(reference, manifest, checkpoint, variant)
-    recorded = manifest.get("checkpoint_sha256")
+    overrides = check_thresholds({k: v for k, v in (overrides or {}).items() if v is not None})
+    candidate = load_runner("onnxruntime", onnx=path, variant=variant)
+    manifest = candidate.manifest
+    precision = manifest.graph.precision if manifest else graph_precision(load_onnx(path, False))
+    ref = reference_runner(reference, manifest, checkpoint, variant)
+    recorded = manifest.model.checkpoint_sha256 if manifest else None
     if ref.weights_sha256 and recorded and ref.weights_sha256 != recorded:  # loading hashed the file already
         raise InputError(f"{checkpoint} is not the checkpoint {path.name} was exported from (SHA-256 differs)")
     if ref.preprocess != candidate.preprocess:
@@ -58,9 +55,8 @@ def validate_onnx(onnx: str | Path, images: str | Path, *, labels: str | None = 
     truth = load_labels(labels, imageset, images) if labels else None
     out = candidate.logits(imageset.arrays, batch_size, progress(f"running {path.name}", len(imageset)))
     expected = ref.logits(imageset.arrays, batch_size, progress(f"running {ref.description}", len(imageset)))
-    comparison = compare_logits(out, expected, truth)
-    thresholds = {**THRESHOLDS[precision], **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    failures = comparison.failures(thresholds)
+    comparison = Comparison.of(out, expected, {**THRESHOLDS[precision], **overrides}, labels=truth)
     return {"onnx": str(path), "precision": precision, "candidate": candidate.description,
             "reference": ref.description, "images": imageset.summary(), "labels": labels,
-            "metrics": comparison.to_dict(), "thresholds": thresholds, "failures": failures, "passed": not failures}
+            "metrics": comparison.metrics(), "thresholds": comparison.thresholds, "failures": comparison.failures(),
+            "passed": bool(comparison)}

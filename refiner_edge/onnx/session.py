@@ -1,9 +1,12 @@
 """ONNX Runtime sessions for our graphs, on CPU (and CUDA where onnxruntime-gpu is installed)."""
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from pathlib import Path
 
-from .errors import InputError, MissingDependencyError
+from ..errors import InputError, MissingDependencyError
 
 
 def ort_session(model, providers: list[str] | None = None):
@@ -18,14 +21,47 @@ def ort_session(model, providers: list[str] | None = None):
     if hasattr(model, "SerializeToString"):  # a ModelProto
         _unoptimized_if_fp16_qdq(model, opts)
         model = model.SerializeToString()
-    source = model if isinstance(model, bytes) else str(model)
+    source, python_ops = (model if isinstance(model, bytes) else str(model)), False
     if not isinstance(model, bytes):
-        opts, source = _options_for_graph(model, opts, source)
+        opts, source, python_ops = _options_for_graph(model, opts, source)
     try:
-        return ort.InferenceSession(source, opts, providers=providers)
+        session = ort.InferenceSession(source, opts, providers=providers)
     except Exception as e:  # ORT raises its own exception types (InvalidGraph, Fail, ...) with no common base
         where = "model" if isinstance(model, bytes) else str(model)
         raise InputError(f"{where}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:300]})") from None
+    return InterruptSafeSession(session) if python_ops else session
+
+
+class InterruptSafeSession:
+    """A session whose graph runs Python ops (fused graphs on the reference RefinerDLA op): Ctrl-C is held until
+    run() returns, then raised. A KeyboardInterrupt raised inside a Python op unwinds through ONNX Runtime's C++
+    and aborts the process (pybind11::error_already_set, exit 134) before any cleanup runs."""
+
+    def __init__(self, session):
+        self._session = session
+
+    def run(self, *args, **kwargs):
+        with interrupts_deferred():
+            return self._session.run(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold SIGINT for the duration of the block and raise KeyboardInterrupt after it, if one came."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def _options_for_graph(path: str | Path, opts, source):
@@ -33,15 +69,17 @@ def _options_for_graph(path: str | Path, opts, source):
     graph optimizations for FP16 graphs with Q/DQ."""
     import onnx
 
+    from .graph import plugin_node_count
+
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # not an ONNX file: let ONNX Runtime report it
-        return opts, source
-    from .refine.ort_op import available, has_plugin_nodes, session_options_and_bytes
-
+        return opts, source, False
     _unoptimized_if_fp16_qdq(model, opts)
-    if not has_plugin_nodes(model):
-        return opts, source
+    if not plugin_node_count(model):
+        return opts, source, False
+    from ..refine.ort_op import available, session_options_and_bytes  # imports torch: only for fused graphs
+
     if not available():
         raise MissingDependencyError(f"{path} holds fused RefinerDLA nodes; running them on ONNX Runtime needs "
                                      "onnxruntime-extensions (pip install 'refiner-edge[ref]')")
@@ -50,7 +88,7 @@ def _options_for_graph(path: str | Path, opts, source):
     load_external_data_for_model(model, str(Path(path).parent))  # the probe above skipped it; no second parse
     opts, source = session_options_and_bytes(model)
     _unoptimized_if_fp16_qdq(model, opts)
-    return opts, source
+    return opts, source, True
 
 
 def _unoptimized_if_fp16_qdq(model, opts) -> None:

@@ -10,7 +10,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError, MissingDependencyError, VerificationError
+from ..errors import InputError, MissingDependencyError, VerificationError
 
 RUNTIMES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
 

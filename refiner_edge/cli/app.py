@@ -1,0 +1,85 @@
+"""The `refiner-edge` Typer app: one root callback, one thin command per pipeline stage (each in its own module),
+and usage errors as one `error:` line."""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from .. import __version__
+from . import calibrate, export, fuse, infer, info, validate
+from .common import click, handle_errors, state
+
+VERBOSE_FLAGS = ("-v", "--verbose")
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (bad option values, missing arguments) as one `error:` line instead of a boxed panel, and
+    -v/--verbose accepted after the command too (`refiner-edge export -v ...`)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        args = hoist_verbose(sys.argv[1:] if args is None else list(args))
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            typer.echo(e.ctx.get_help())
+            sys.exit(0)
+        except click.ClickException as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) else ""
+            typer.echo(f"error: {e.format_message()}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            typer.echo("error: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def hoist_verbose(args: list[str]) -> list[str]:
+    """Move -v/--verbose before the command, where the root callback reads it (up to a `--`)."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in VERBOSE_FLAGS]
+    return flags + [a for a in args[:end] if a not in VERBOSE_FLAGS] + args[end:]
+
+
+app = typer.Typer(
+    cls=OneLineErrors,
+    name="refiner-edge",
+    help="Deploy Refiner-ViT: export to ONNX, fuse the attention refinement, calibrate, build and run.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: no `<bool>` placeholders on flags, defaults shown as [default: ...]
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"refiner-edge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details and show tracebacks (also "
+                                          "accepted after the command).")] = False,
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version_callback, is_eager=True,
+                                                    help="Print the version and exit.")] = None,
+) -> None:
+    """refiner-edge: Refiner vision transformers on TensorRT, from PyTorch to Jetson and datacenter GPUs."""
+    state["verbose"] = verbose
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+
+
+# In pipeline order, which is the order `--help` lists them in.
+for command in (export.export, calibrate.calibrate, fuse.fuse, infer.infer, validate.validate, info.info):
+    app.command()(handle_errors(command))
+
+
+def run() -> None:  # console-script entry point
+    app(prog_name="refiner-edge")

@@ -1,0 +1,106 @@
+"""What every command shares: one-line errors and exit codes, consoles, notes, progress bars, common options."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+try:  # typer >= 0.22 vendors click; older releases depend on it
+    from typer import _click as click
+except ImportError:  # pragma: no cover
+    import click
+
+from ..errors import RefinerEdgeError
+
+log = logging.getLogger("refiner_edge")
+state = {"verbose": False}
+
+
+def console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def note(message: str) -> None:
+    """A remark about the run (not its result): always on stderr, so stdout stays the result (tables, JSON)."""
+    typer.echo(f"note: {message}", err=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print one line to stderr and exit with `code`."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(func):
+    """Turn domain errors (and, unless --verbose, unexpected ones) into one line on stderr and an exit code;
+    Ctrl-C into 'error: interrupted' and 130, after the artifacts' cleanup has run."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except RefinerEdgeError as e:
+            fail(str(e), e.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except (typer.Exit, typer.Abort, click.ClickException):
+            raise
+        except Exception as e:
+            if state["verbose"]:
+                raise
+            first = str(e).splitlines()[0] if str(e) else ""
+            fail(f"unexpected {type(e).__name__}: {first} (run with -v for the traceback)", 1)
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def phases(show: bool = True):
+    """Yield phase(label, total) -> tick(n): one progress bar per phase of a long job, on stderr terminals only."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    err = console(stderr=True)
+    if not (show and err.is_terminal):
+        yield lambda label, total: (lambda n: None)
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        def phase(label: str, total: int):
+            task = progress.add_task(label, total=total or None)
+            return lambda n: progress.advance(task, n)
+
+        yield phase
+
+
+@contextlib.contextmanager
+def status(message: str):
+    """A spinner on stderr terminals for one step of unknown length."""
+    err = console(stderr=True)
+    if not err.is_terminal:
+        yield
+        return
+    with err.status(message):
+        yield
+
+
+def print_json(data) -> None:
+    import json
+
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+VariantOpt = Annotated[Optional[str], typer.Option(
+    "--variant", help="refiner-vit-s, refiner-vit-m, refiner-vit-l or refiner-vit-tiny (test-sized) "
+    "[default: refiner-vit-s].", show_default=False)]
+CheckpointOpt = Annotated[Optional[Path], typer.Option(
+    "--checkpoint", help="Official checkpoint (.pth/.pth.tar timm dict, bare state dict or .safetensors) "
+    "[default: none: random weights].", dir_okay=False)]
+ImgSizeOpt = Annotated[Optional[int], typer.Option(
+    "--img-size", help="Input resolution, a positive multiple of 16 [default: the variant's, 224 for S/M/L].")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]

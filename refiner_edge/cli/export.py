@@ -1,0 +1,70 @@
+"""`refiner-edge export`: PyTorch -> plain ONNX (optionally fused), verified before it is kept."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, console, note, print_json, status
+
+
+def parse_batch(value: str) -> int | str:
+    if value == "dynamic":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise typer.BadParameter("use a positive integer or 'dynamic'", param_hint="--batch") from None
+    if n < 1:
+        raise typer.BadParameter("use a positive integer or 'dynamic'", param_hint="--batch")
+    return n
+
+
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the ONNX file; its manifest "
+                                         "goes beside it (<output>.json).", dir_okay=False)],
+    variant: VariantOpt = None,
+    checkpoint: CheckpointOpt = None,
+    img_size: ImgSizeOpt = None,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (17 up to the newest the installed torch "
+                                       "exports).")] = 17,
+    batch: Annotated[str, typer.Option("--batch", help="Fixed batch size, or 'dynamic'.")] = "dynamic",
+    fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="Replace each attention refinement with one "
+                                       "RefinerDLA plugin node (for TensorRT).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a Refiner-ViT to ONNX, checked against PyTorch on ONNX Runtime before it is kept."""
+    from ..models.factory import create_model
+    from ..models.variants import DEFAULT_VARIANT
+    from ..onnx.export import export_onnx
+    from .fuse import run_fuse
+
+    batch_value = parse_batch(batch)
+    model = create_model(variant or DEFAULT_VARIANT, img_size=img_size, checkpoint=checkpoint)
+    out = console()
+    if checkpoint is None:
+        note("no --checkpoint given: the weights are random")
+    name = f"{model.cfg.name}@{model.cfg.img_size}"
+    if not fuse:
+        with status(f"exporting {name} to {output} ..."):
+            result = export_onnx(model, output, opset=opset, batch=batch_value)
+        report = {"output": str(output), "export": result["comparison"].to_dict()}
+        if not as_json:
+            out.print(f"verified on ONNX Runtime: {result['comparison']}")
+    else:  # the plain graph goes to a scratch folder, so a failed fusion leaves an earlier `output` as it was
+        import tempfile
+
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=output.parent, prefix=".refiner-edge-") as scratch:
+            plain = Path(scratch) / output.name
+            with status(f"exporting {name} ..."):
+                result = export_onnx(model, plain, opset=opset, batch=batch_value)
+            if not as_json:
+                out.print(f"verified on ONNX Runtime: {result['comparison']}")
+            fused = run_fuse(plain, output, verify=True, quiet=as_json)
+        report = {"output": str(output), "export": result["comparison"].to_dict(), "fuse": fused}
+    if as_json:
+        print_json(report)
+    else:
+        out.print(f"wrote {output} and {output.name}.json")

@@ -1,0 +1,46 @@
+"""`refiner-edge fuse`: each attention-refinement subgraph -> one RefinerDLA plugin node, checked on real images."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import JsonOpt, console, note, print_json, status
+
+
+def run_fuse(source: Path, output: Path, verify: bool, images: Path | None = None, num: int = 8,
+             quiet: bool = False) -> dict:
+    from ..refine.fuse import fuse_onnx
+
+    with status(f"fusing the attention refinements of {source.name} ..."):
+        result = fuse_onnx(source, output, verify=verify, images=images, num=num)
+    comparison = result["comparison"]
+    if verify and comparison is None:
+        note("not verified: the reference RefinerDLA op needs onnxruntime-extensions")
+    if not quiet:
+        out = console()
+        out.print(f"fused {result['fused_nodes']} refinement subgraphs into RefinerDLA nodes")
+        if comparison is not None:
+            out.print(f"fused vs plain graph on ONNX Runtime: {comparison}")
+    return {"output": str(output), "fused_nodes": result["fused_nodes"],
+            "verification": None if comparison is None else comparison.to_dict()}
+
+
+def fuse(
+    source: Annotated[Path, typer.Argument(help="Plain ONNX graph from `refiner-edge export` or `calibrate` "
+                                           "(FP32, FP16 or INT8 Q/DQ).", dir_okay=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the fused graph (may be SOURCE).",
+                                         dir_okay=False)],
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Run fused and plain graphs on ONNX "
+                                         "Runtime (reference op) on real images and require the same "
+                                         "predictions, within the criteria of the graph's precision.")] = True,
+    images: Annotated[Optional[Path], typer.Option("--images", help="Images for the check: a folder or a file "
+                                                   "[default: the sample photographs].")] = None,
+    num: Annotated[int, typer.Option("--num", min=1, help="Images the check uses at most.")] = 8,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replace each attention-refinement subgraph with one RefinerDLA TensorRT plugin node."""
+    report = run_fuse(source, output, verify, images, num, quiet=as_json)
+    if as_json:
+        print_json(report)

@@ -1,0 +1,76 @@
+"""`refiner-edge validate`: a graph's logits against PyTorch FP32 on real images; exit 4 below threshold."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import CheckpointOpt, JsonOpt, console, phases, print_json
+
+
+def validate(
+    onnx: Annotated[Path, typer.Option("--onnx", help="Graph to check (plain, calibrated or fused).",
+                                       dir_okay=False)],
+    images: Annotated[Path, typer.Option("--images", help="Images: a folder (searched recursively) or one file.")],
+    labels: Annotated[Optional[str], typer.Option("--labels", help="'imagenet-folder' (class = sorted class "
+                                                  "folder index) or a file of 'relative/path index' lines; adds "
+                                                  "accuracy.")] = None,
+    reference: Annotated[str, typer.Option("--reference", help="'torch' (PyTorch FP32 from the checkpoint) or an "
+                                           "ONNX file run on ONNX Runtime.")] = "torch",
+    checkpoint: CheckpointOpt = None,
+    variant: Annotated[Optional[str], typer.Option("--variant", help="Variant, when the graph has no manifest "
+                                                   "[default: the manifest's].")] = None,
+    num: Annotated[Optional[int], typer.Option("--num", min=1, help="Use a seeded sample of this many images "
+                                               "(default: all).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
+    min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", min=0, max=100, help="Top-1 "
+                                                           "agreement threshold, % [default: per precision: 99 "
+                                                           "fp32/fp16, 95 int8].")] = None,
+    min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", min=-1, max=1, help="Mean cosine "
+                                                        "threshold [default: per precision: 0.99999 fp32, 0.9995 "
+                                                        "fp16, 0.98 int8].")] = None,
+    min_sqnr: Annotated[Optional[float], typer.Option("--min-sqnr", help="Logit SQNR threshold, dB [default: per "
+                                                      "precision: 60 fp32, 30 fp16, 15 int8].")] = None,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Accuracy drop "
+                                                               "threshold, points, with --labels [default: per "
+                                                               "precision: 0.1 fp32, 0.2 fp16, 1.0 int8].")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check a graph's logits against PyTorch FP32 on real images; exit 4 when a threshold fails (a CI gate)."""
+    from ..runners.validate import validate_onnx
+
+    overrides = {"min_agreement": min_agreement, "min_cosine": min_cosine, "min_sqnr_db": min_sqnr,
+                 "max_accuracy_drop": max_accuracy_drop}
+    with phases() as phase:
+        report = validate_onnx(onnx, images, labels=labels, reference=reference, checkpoint=checkpoint,
+                               variant=variant, num=num, batch_size=batch_size, overrides=overrides, progress=phase)
+    if as_json:
+        print_json(report)
+    else:
+        print_validation(report)
+    if not report["passed"]:
+        typer.echo(f"error: validation failed: {'; '.join(report['failures'])}", err=True)
+        raise typer.Exit(4)
+
+
+def print_validation(report: dict) -> None:
+    from rich.table import Table
+
+    m, t = report["metrics"], report["thresholds"]
+    table = Table(title=f"{report['candidate']} ({report['precision']}) vs {report['reference']}",
+                  caption=f"{report['images']['used']} images, {report['images']['skipped']} unreadable skipped",
+                  title_justify="left")
+    for col in ("metric", "value", "threshold"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    table.add_row("top-1 agreement %", f"{m['agreement']:.2f}", f">= {t['min_agreement']}")
+    table.add_row("cosine", f"{m['cosine']:.6f}", f">= {t['min_cosine']}")
+    table.add_row("SQNR dB", f"{m['sqnr_db']:.2f}", f">= {t['min_sqnr_db']}")
+    table.add_row("max abs error", f"{m['max_abs']:.4g}", "")
+    if m["accuracy"] is not None:
+        table.add_row("accuracy %", f"{m['accuracy']:.2f}", "")
+        table.add_row("reference accuracy %", f"{m['reference_accuracy']:.2f}", "")
+        table.add_row("accuracy drop (points)", f"{m['accuracy_drop']:.2f}", f"<= {t['max_accuracy_drop']}")
+    out = console()
+    out.print(table)
+    out.print("PASS" if report["passed"] else "FAIL")

@@ -1,0 +1,1 @@
+"""Engines: TensorRT and TensorRT-RTX builds of our graphs."""

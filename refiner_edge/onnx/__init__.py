@@ -1,0 +1,1 @@
+"""ONNX: export from PyTorch, graph helpers, and ONNX Runtime sessions for our graphs."""

@@ -1,0 +1,90 @@
+"""The `fuse` stage: an ONNX file in, the same graph with each attention refinement as one RefinerDLA node out,
+checked on real images against the graph it came from before it is kept, with its manifest beside it."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from ..artifacts import atomic_output
+from ..compare import THRESHOLDS, Comparison
+from ..errors import VerificationError
+from ..manifest import PluginInfo, Verification, read_manifest, write_manifest
+from ..onnx.graph import graph_precision, graph_preprocess, load_onnx
+from . import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from .surgery import fuse_graph
+
+# The fused op computes in FP32 from its input and rounds once; an FP16 subgraph rounds after every op, so an FP16
+# or INT8 graph and its fused form differ by FP16 rounding: they are held to `validate`'s criteria for their
+# precision. An FP32 graph must match to FP32 rounding.
+FP32_TOLERANCE = 1e-4
+
+
+def fuse_thresholds(precision: str) -> dict:
+    criteria = {k: v for k, v in THRESHOLDS[precision].items() if k != "max_accuracy_drop"}
+    return {"max_rel_error": FP32_TOLERANCE, **criteria} if precision == "fp32" else criteria
+
+
+def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, images: str | Path | None = None,
+              num: int = 8, thresholds: dict | None = None) -> dict:
+    """Fuse the refinement subgraphs of the ONNX file `source` into `output` (may be the same path), atomically.
+
+    With verify, the fused graph runs on ONNX Runtime with the reference RefinerDLA op on up to `num` real images
+    (`images`, by default the sample photographs) and must meet `thresholds` against the source graph (by default
+    fuse_thresholds of its precision). Returns {"fused_nodes", "comparison" (None when not verified), "output"}.
+    """
+    import onnx
+
+    source, output = Path(source), Path(output)
+    model = load_onnx(source)
+    manifest = read_manifest(source)
+    fused, count = fuse_graph(model, manifest.model.refining_blocks if manifest else None)
+    comparison = None
+    with atomic_output(output) as tmp:
+        onnx.save(fused, str(tmp))
+        if verify:
+            thresholds = thresholds or fuse_thresholds(graph_precision(model))
+            comparison = compare_graphs(source, tmp, manifest, thresholds, images, num)
+            if comparison is not None and not comparison:
+                raise VerificationError(f"fused graph does not match the plain graph: {comparison}")
+    if manifest is not None:
+        plugin = PluginInfo(name=PLUGIN_NAME, version=PLUGIN_VERSION, namespace=PLUGIN_NAMESPACE, nodes=count)
+        graph = dataclasses.replace(manifest.graph, fused=True, plugin=plugin)
+        record = manifest.derive("fuse", output, source, graph=graph)
+        if comparison is not None:
+            record.verification.append(Verification(
+                stage="fuse", candidate="onnxruntime-cpu + reference RefinerDLA", reference=f"{source.name} "
+                "on onnxruntime-cpu", inputs=f"{comparison.images} images", metrics=comparison.metrics(),
+                thresholds=comparison.thresholds))
+        write_manifest(output, record)
+    return {"fused_nodes": count, "comparison": comparison, "output": output}
+
+
+def compare_graphs(plain: str | Path, fused: str | Path, manifest, thresholds: dict,
+                   images: str | Path | None = None, num: int = 8) -> Comparison | None:
+    """Both graphs on the same preprocessed images on ONNX Runtime (CPU); None when the reference op is
+    unavailable (onnxruntime-extensions missing)."""
+    from ..images.imageset import load_image_set
+    from ..images.samples import sample_image_dir
+    from ..onnx.session import ort_session
+    from ..batching import run_batched
+    from .ort_op import available
+
+    if not available():
+        return None
+    a = ort_session(plain, ["CPUExecutionProvider"])
+    b = ort_session(fused, ["CPUExecutionProvider"])
+    inp = a.get_inputs()[0]
+    preprocess = graph_preprocess(plain, manifest, inp.shape)
+    imageset = load_image_set([images or sample_image_dir()], preprocess, num=num)
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    dtype = np.float16 if "float16" in inp.type else np.float32
+
+    def runner(session):
+        name = session.get_inputs()[0].name
+        return lambda x: session.run(None, {name: x.astype(dtype)})[0]
+
+    ref = run_batched(runner(a), imageset.arrays, 8, fixed)
+    got = run_batched(runner(b), imageset.arrays, 8, fixed)
+    return Comparison.of(got, ref, thresholds)

@@ -1,0 +1,52 @@
+"""What every runner is: a callable from a preprocessed batch [B, 3, S, S] to logits, with the preprocessing its
+model expects (so `infer` and `validate` never hard-code it), and the registry that picks one by name."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..batching import pad_batch, run_batched
+from ..errors import InputError
+from ..images.preprocess import Preprocess
+
+
+@dataclass
+class Runner:
+    name: str
+    run: Callable[[np.ndarray], np.ndarray]
+    preprocess: Preprocess
+    num_classes: int
+    random_weights: bool
+    description: str
+    fixed_batch: int | None = None
+    weights_sha256: str | None = None  # of the checkpoint the weights came from, where the runner knows it
+    manifest: object | None = None     # the artifact's manifest, where it has one
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Logits of one batch (of at most fixed_batch images where the model's batch is fixed)."""
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        return self.run(pad_batch(x, self.fixed_batch))[: len(x)]
+
+    def logits(self, arrays: np.ndarray, batch_size: int = 8,
+               on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """Logits of many preprocessed images, in batches (the model's own size where it is fixed)."""
+        return run_batched(self.run, arrays, batch_size, self.fixed_batch, on_batch)
+
+
+# name -> "module:factory"; a factory takes keyword options and ignores those it does not use. Imported on use so
+# that running a graph on ONNX Runtime never imports torch.
+RUNNERS = {
+    "torch": "refiner_edge.runners.pytorch:torch_runner",
+    "onnxruntime": "refiner_edge.runners.ort:onnxruntime_runner",
+}
+
+
+def load_runner(name: str, **options) -> Runner:
+    try:
+        module, factory = RUNNERS[name].split(":")
+    except KeyError:
+        raise InputError(f"unknown backend '{name}'; choose one of: {', '.join(RUNNERS)}") from None
+    return getattr(importlib.import_module(module), factory)(**options)
