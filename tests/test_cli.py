@@ -177,3 +177,110 @@ def test_export_fuse_failure_keeps_earlier_artifact(tmp_path, monkeypatch):
     assert_clean_failure(result, "found 0 attention-refinement subgraphs")
     assert out.read_bytes() == b"earlier fused graph"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+# ---------------------------------------------------------------- what a new user tripped over (foundation issue)
+
+def test_bad_sizes_and_ranges_are_input_errors(tmp_path, sample_photos, tiny_onnx):
+    """Exit 2 with one line, never 'unexpected ValueError', Torch IR, or a silent cap."""
+    result = invoke("export", *TINY, "--img-size", "225", "-o", tmp_path / "x.onnx")
+    assert result.exit_code == 2
+    assert_clean_failure(result, "--img-size 225 is not a positive multiple of the patch size 16")
+    result = invoke("export", *TINY, "--opset", "99", "-o", tmp_path / "x.onnx")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert_clean_failure(result, "--opset 99 is newer than")
+    result = invoke("infer", sample_photos[0], "--onnx", tiny_onnx, "--topk", "100000")
+    assert result.exit_code == 2
+    assert_clean_failure(result, "--topk must be between 1 and the model's 1000 classes")
+    for option, value in (("--min-agreement", "101"), ("--min-cosine", "1.5")):
+        result = invoke("validate", "--onnx", tiny_onnx, "--images", sample_photos[0], option, value)
+        assert result.exit_code == 2
+        assert_clean_failure(result, option)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_the_artifact_picks_the_backend(sample_photos, tiny_onnx, tiny_checkpoint):
+    """`infer --onnx m.onnx` runs the graph (it used to classify with a random PyTorch model)."""
+    via_onnx = invoke("infer", sample_photos[0], "--onnx", tiny_onnx, "--json")
+    assert via_onnx.exit_code == 0, via_onnx.output
+    explicit = invoke("infer", sample_photos[0], "--backend", "onnxruntime", "--onnx", tiny_onnx, "--json")
+    assert json.loads(via_onnx.stdout) == json.loads(explicit.stdout)
+    # an option the chosen backend does not use is an error, never dropped
+    assert_clean_failure(invoke("infer", sample_photos[0], "--onnx", tiny_onnx, "--checkpoint", tiny_checkpoint),
+                         "--checkpoint applies to the torch backend")
+    assert_clean_failure(invoke("infer", sample_photos[0], "--onnx", tiny_onnx, "--variant", "refiner-vit-s"),
+                         "manifest says refiner-vit-tiny@64")
+    assert_clean_failure(invoke("infer", sample_photos[0], "--backend", "torch", "--onnx", tiny_onnx),
+                         "--onnx runs on ONNX Runtime")
+    assert_clean_failure(invoke("infer", sample_photos[0], "--backend", "onnxruntime"), "needs --onnx")
+
+
+def test_verbose_after_the_command_and_plain_help():
+    from refiner_edge.cli.app import hoist_verbose
+
+    assert hoist_verbose(["export", "-o", "m.onnx", "-v"]) == ["-v", "export", "-o", "m.onnx"]
+    assert hoist_verbose(["infer", "--", "-v"]) == ["infer", "--", "-v"]  # after --, -v is an image's name
+    result = invoke("info", "-v")
+    assert result.exit_code == 0, result.output
+    for command in ("export", "calibrate", "fuse", "infer", "validate", "info"):
+        text = invoke(command, "--help").stdout
+        assert "<bool>" not in text, command
+        # every option states its default: an explicit [default: ...] or a flag / required option
+        options = [line.split()[0] for line in text.splitlines() if line.strip().startswith("--")]
+        assert options, command
+    text = " ".join(invoke("infer", "--help").stdout.split())
+    assert "[default: 5; x>=1]" in text and "[default: refiner-vit-s]" in text
+
+
+def test_help_states_every_default():
+    """Each option's help entry says its default, or is a flag / a required option (help text is wrapped, so
+    entries are joined before looking)."""
+    import re
+
+    missing = []
+    for command in ("export", "calibrate", "fuse", "infer", "validate", "info"):
+        text = invoke(command, "--help").stdout.split("Options:", 1)[1]
+        for entry in re.split(r"\n  (?=-)", "\n" + text):
+            entry = " ".join(entry.split())
+            if not entry or entry.startswith("-h, --help"):
+                continue
+            flag = not re.match(r"^(-\w, )?--[\w-]+( / --[\w-]+)? <", entry)
+            if not (flag or "[default:" in entry or "[required]" in entry):
+                missing.append(f"{command} {entry.split()[0]}")
+    assert not missing
+
+
+def test_notes_go_to_stderr(tmp_path, sample_photos):
+    export = invoke("export", *TINY, "-o", tmp_path / "m.onnx")
+    infer = invoke("infer", sample_photos[0], *TINY, "--json")
+    assert "weights are random" in export.stderr and "weights are random" in infer.stderr
+    assert "note:" not in export.stdout and "note:" not in infer.stdout
+    json.loads(infer.stdout)  # stdout stays the result
+
+
+def test_artifacts_respect_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        assert invoke("export", *TINY, "-o", tmp_path / "m.onnx").exit_code == 0
+    finally:
+        os.umask(old)
+    for name in ("m.onnx", "m.onnx.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_stale_or_newer_manifest_is_one_clear_line(tmp_path, sample_photos, tiny_onnx):
+    import shutil
+
+    copy = tmp_path / "m.onnx"
+    shutil.copy(tiny_onnx, copy)
+    manifest = json.loads(tiny_onnx.with_name(tiny_onnx.name + ".json").read_text())
+    path = tmp_path / "m.onnx.json"
+    path.write_text(json.dumps({**manifest, "schema_version": 99}))
+    assert_clean_failure(invoke("infer", sample_photos[0], "--onnx", copy), "manifest schema 99 is newer")
+    del manifest["model"]["num_classes"]
+    path.write_text(json.dumps(manifest))
+    assert_clean_failure(invoke("infer", sample_photos[0], "--onnx", copy), "model: missing field 'num_classes'")
+    path.write_text("{not json")
+    assert_clean_failure(invoke("infer", sample_photos[0], "--onnx", copy), "not a readable manifest")

@@ -1,6 +1,7 @@
 """Precision stage on CPU: metrics, ranges, Q/DQ placement, FP16 decisions, budget, TensorRT cache, CLI errors."""
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -282,6 +283,34 @@ def test_calibrate_refuses_bad_input_in_one_line(tiny_plain, tiny_int8, sample_p
     assert_clean_failure(result, "not met")
     assert result.exit_code == 4 and out.read_bytes() == b"earlier artifact"
     assert not calibration_cache_path(out).exists() and not out.with_name(out.name + ".json").exists()
+
+
+def test_calibration_list_is_the_recipe(tiny_plain, sample_photos, tmp_path):
+    """--list calibration/NAME.txt: only the listed images, found by name in class folders too; a listed image
+    that is missing is an error, not a smaller sample."""
+    import shutil
+
+    root = tmp_path / "val"
+    for i, photo in enumerate(sample_photos):
+        (root / f"class{i}").mkdir(parents=True)
+        shutil.copy(photo, root / f"class{i}" / photo.name)
+    listing = tmp_path / "recipe.txt"
+    listing.write_text("# one of the two\nflower.jpg\n")
+    out = tmp_path / "l.int8.onnx"
+    result = invoke("calibrate", "--onnx", tiny_plain, "--images", root, "--list", listing, "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["calibration"]["used"] == 1 and report["calibration"]["list"] == "recipe.txt"
+    manifest = json.loads(out.with_name(out.name + ".json").read_text())
+    assert manifest["report"]["calibration"]["list"] == "recipe.txt"
+    # the shipped recipe for the sample photographs is a real list of them
+    shipped = Path(__file__).resolve().parents[1] / "calibration" / "sample-photos.txt"
+    result = invoke("calibrate", "--onnx", tiny_plain, "--images", sample_photos[0].parent, "--list", shipped,
+                    "-o", tmp_path / "s.int8.onnx", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["calibration"]["used"] == 2
+    listing.write_text("flower.jpg\nclass9/absent.jpg\n")
+    assert_clean_failure(invoke("calibrate", "--onnx", tiny_plain, "--images", root, "--list", listing, "-o",
+                                tmp_path / "m.onnx"), "1 of the 2 images in recipe.txt are not in")
 
 
 def test_validate_gate_and_errors(tiny_plain, tiny_int8, sample_photos, tmp_path, tiny_checkpoint):

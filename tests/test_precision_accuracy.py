@@ -78,3 +78,21 @@ def test_refiner_s_calibrated_graphs_fuse(refiner_s_graphs, precision, tmp_path)
 
     report = fuse_onnx(refiner_s_graphs[precision], tmp_path / "fused.onnx")
     assert report["fused_nodes"] == 8 and report["comparison"]
+
+
+@pytest.mark.slow
+def test_demo_int8_graph_fuses_as_the_readme_says(tmp_path, sample_photos):
+    """The README's chain on `make demo`'s own model (Refiner-ViT-S, seeded random weights): export, calibrate INT8
+    on the photographs, `refiner-edge fuse`. Its check used to feed uniform noise and fail (max relative error
+    1.4e-2 > 1e-2); on the photographs the fused graph gives the INT8 graph's predictions."""
+    pytest.importorskip("onnxruntime_extensions")
+    plain, int8, fused = tmp_path / "s.onnx", tmp_path / "s.int8.onnx", tmp_path / "s.int8.fused.onnx"
+    assert invoke("export", "--variant", "refiner-vit-s", "-o", plain).exit_code == 0
+    assert invoke("calibrate", "--onnx", plain, "--images", sample_photos[0].parent, "-o", int8).exit_code == 0
+    result = invoke("fuse", int8, "-o", fused, "--json")
+    assert result.exit_code == 0, result.output
+    check = json.loads(result.stdout)["verification"]
+    assert check["passed"] and check["images"] == 2 and check["agreement"] == 100.0
+    manifest = json.loads(fused.with_name(fused.name + ".json").read_text())
+    assert [v["stage"] for v in manifest["verification"]] == ["export", "calibrate", "fuse"]
+    assert manifest["graph"]["precision"] == "int8" and manifest["graph"]["plugin"]["nodes"] == 8

@@ -43,8 +43,6 @@ def export(
     batch_value = parse_batch(batch)
     model = create_model(variant or DEFAULT_VARIANT, img_size=img_size, checkpoint=checkpoint)
     out = console()
-    if checkpoint is None:
-        note("no --checkpoint given: the weights are random")
     name = f"{model.cfg.name}@{model.cfg.img_size}"
     if not fuse:
         with status(f"exporting {name} to {output} ..."):
@@ -64,6 +62,8 @@ def export(
                 out.print(f"verified on ONNX Runtime: {result['comparison']}")
             fused = run_fuse(plain, output, verify=True, quiet=as_json)
         report = {"output": str(output), "export": result["comparison"].to_dict(), "fuse": fused}
+    if checkpoint is None:
+        note("no --checkpoint given: the weights are random")
     if as_json:
         print_json(report)
     else:

@@ -15,14 +15,14 @@ def validate(
     images: Annotated[Path, typer.Option("--images", help="Images: a folder (searched recursively) or one file.")],
     labels: Annotated[Optional[str], typer.Option("--labels", help="'imagenet-folder' (class = sorted class "
                                                   "folder index) or a file of 'relative/path index' lines; adds "
-                                                  "accuracy.")] = None,
+                                                  "accuracy [default: none: no accuracy, agreement only].")] = None,
     reference: Annotated[str, typer.Option("--reference", help="'torch' (PyTorch FP32 from the checkpoint) or an "
                                            "ONNX file run on ONNX Runtime.")] = "torch",
     checkpoint: CheckpointOpt = None,
     variant: Annotated[Optional[str], typer.Option("--variant", help="Variant, when the graph has no manifest "
                                                    "[default: the manifest's].")] = None,
     num: Annotated[Optional[int], typer.Option("--num", min=1, help="Use a seeded sample of this many images "
-                                               "(default: all).")] = None,
+                                               "[default: all].")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
     min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", min=0, max=100, help="Top-1 "
                                                            "agreement threshold, % [default: per precision: 99 "

@@ -36,20 +36,29 @@ def sample(paths: list[Path], seed: int = 0) -> list[Path]:
 
 
 def read_listing(listing: str | Path, root: Path) -> list[Path]:
-    """The images a calibration list names (one path relative to `root` a line; '#' starts a comment). Every
-    file must exist: a list is a recipe, and a silently shorter sample would not be the recipe's."""
+    """The images a calibration list names, one a line ('#' starts a comment): a path relative to `root`, or a
+    bare file name found anywhere below it (so one list serves a flat ImageNet-val folder and one sorted into
+    class folders). Every file must exist: a list is a recipe, and a silently shorter sample is not the recipe."""
     listing = Path(listing)
     if not listing.is_file():
         raise InputError(f"calibration list not found: {listing}")
     if not root.is_dir():
         raise InputError(f"--list names files inside a folder: --images {root} is not a folder")
     names = [line.split("#", 1)[0].strip() for line in listing.read_text(encoding="utf-8").splitlines()]
-    paths = [root / name for name in names if name]
-    missing = [p for p in paths if not p.is_file()]
-    if not paths:
+    names = [n for n in names if n]
+    if not names:
         raise InputError(f"{listing} names no images")
+    by_name: dict[str, Path] | None = None
+    paths, missing = [], []
+    for name in names:
+        path = root / name
+        if not path.is_file() and "/" not in name:
+            if by_name is None:
+                by_name = {p.name: p for p in find_images([root])}
+            path = by_name.get(name, path)
+        (paths if path.is_file() else missing).append(path)
     if missing:
-        raise InputError(f"{len(missing)} of the {len(paths)} images in {listing.name} are not in {root}, "
+        raise InputError(f"{len(missing)} of the {len(names)} images in {listing.name} are not in {root}, "
                          f"e.g. {missing[0].relative_to(root)}")
     return paths
 
