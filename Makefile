@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine: `make demo` (set up, export Refiner-ViT-S, classify two photographs,
-# calibrate INT8 on them and validate it)
+# calibrate INT8 on them, validate it, and fuse its attention refinements)
 # and `make test` (set up, run the test suite). Both create .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
@@ -25,12 +25,13 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/refiner-edge info
 	$(BIN)/refiner-edge export --variant refiner-vit-s -o $(OUT)/refiner-vit-s.onnx
-	$(BIN)/refiner-edge infer --backend onnxruntime --onnx $(OUT)/refiner-vit-s.onnx --topk 3 \
+	$(BIN)/refiner-edge infer --onnx $(OUT)/refiner-vit-s.onnx --topk 3 \
 		"$$($(PY) -m refiner_edge.images.samples)"
 	$(BIN)/refiner-edge calibrate --onnx $(OUT)/refiner-vit-s.onnx --images "$$($(PY) -m refiner_edge.images.samples)" \
 		-o $(OUT)/refiner-vit-s.int8.onnx
 	$(BIN)/refiner-edge validate --onnx $(OUT)/refiner-vit-s.int8.onnx --images "$$($(PY) -m refiner_edge.images.samples)" \
 		--reference $(OUT)/refiner-vit-s.onnx
+	$(BIN)/refiner-edge fuse $(OUT)/refiner-vit-s.int8.onnx -o $(OUT)/refiner-vit-s.int8.fused.onnx
 
 test: setup
 	$(PY) -m pytest -q
