@@ -44,7 +44,8 @@ def run_interrupted(*args) -> subprocess.CompletedProcess:
 def plain_and_fused(tmp_path_factory, tiny_checkpoint):
     root = tmp_path_factory.mktemp("interrupt")
     plain, fused = root / "plain.onnx", root / "fused.onnx"
-    assert invoke("export", "--variant", "refiner-vit-tiny", "--checkpoint", tiny_checkpoint, "-o", plain).exit_code == 0
+    exported = invoke("export", "--variant", "refiner-vit-tiny", "--checkpoint", tiny_checkpoint, "-o", plain)
+    assert exported.exit_code == 0
     assert invoke("fuse", plain, "-o", fused).exit_code == 0
     return plain, fused
 

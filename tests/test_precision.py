@@ -14,7 +14,7 @@ from refiner_edge.images.imageset import load_image_set, load_labels, sample
 from refiner_edge.onnx.graph import graph_precision
 from refiner_edge.precision.calibrate import calibration_cache_path
 from refiner_edge.precision.fp16 import convert_to_fp16, fp32_nodes
-from refiner_edge.precision.int8 import QUANTIZED_OPS, Budget, meet_budget, quantizable_nodes, run_logits
+from refiner_edge.precision.int8 import Budget, meet_budget, quantizable_nodes, run_logits
 from refiner_edge.compare import Comparison
 from refiner_edge.precision.ranges import Ranges, mse_amax
 from refiner_edge.precision.tensorrt_cache import cache_calibrator, for_tensorrt, read_cache, version_tag, \

@@ -38,9 +38,11 @@ def calibrate(
                                                          "from the measured values [default: percentile].")] = None,
     max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="Accuracy budget: top-1 agreement with "
                                                       "FP32 may fall at most this many points; the most sensitive "
-                                                      "layers stay FP16 until it holds [default: none: every layer INT8].")] = None,
+                                                      "layers stay FP16 until it holds [default: none: every "
+                                                      "layer INT8].")] = None,
     min_sqnr: Annotated[Optional[float], typer.Option("--min-sqnr", help="Accuracy budget: logit SQNR against "
-                                                      "FP32 in dB, with or instead of --max-drop [default: none].")] = None,
+                                                      "FP32 in dB, with or instead of --max-drop [default: "
+                                                      "none].")] = None,
     sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Report per-layer sensitivity (one layer "
                                               "quantized at a time) even without a budget. One graph per layer: "
                                               "minutes for Refiner-ViT-S on a CPU (lower --eval-num).")] = False,

@@ -62,7 +62,7 @@ class Preprocess:
         if self.interpolation not in _RESAMPLE:
             raise InputError(f"unknown interpolation '{self.interpolation}'; use one of {', '.join(_RESAMPLE)}")
         w, h = img.size
-        short, size = min(w, h), self.resize_size
+        size = self.resize_size
         new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
         img = img.resize((new_w, new_h), _RESAMPLE[self.interpolation])
         top = int(round((new_h - self.img_size) / 2.0))

@@ -1,4 +1,5 @@
-"""PyTorch -> plain ONNX: BatchNorms folded into the convolutions before them, dynamic batch, checked on ONNX Runtime."""
+"""PyTorch -> plain ONNX: BatchNorms folded into the convolutions before them, dynamic batch, checked on ONNX
+Runtime against PyTorch before the file is kept, with its manifest beside it."""
 from __future__ import annotations
 
 import copy
