@@ -194,7 +194,7 @@ def launch(a, weights, heads: int, out=None):
     if batch == 0:
         return out
     refiner_dla_kernel[(grid_size(batch, n, heads),)](a, weights, n, out, num_warps=tile_config(heads)[1],
-                                                      num_stages=NUM_STAGES, **meta)
+                                                      num_stages=NUM_STAGES, enable_fp_fusion=True, **meta)
     return out
 
 
@@ -212,7 +212,8 @@ def compile_for(heads: int, expanded: int, dtype: str, cc: int):
     signature = {"a_ptr": f"*{dtype}", "w_ptr": "*fp32", "n": "i32", "out_ptr": f"*{dtype}",
                  **{k: "constexpr" for k in meta}}
     src = ASTSource(fn=refiner_dla_kernel, signature=signature, constexprs=meta)
-    return triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": tile_config(heads)[1], "num_stages": NUM_STAGES})
+    return triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": tile_config(heads)[1], "num_stages": NUM_STAGES,
+                                                                        "enable_fp_fusion": True})
 
 
 def resource_usage(kernel) -> dict:
@@ -239,4 +240,4 @@ def resource_usage(kernel) -> dict:
     return {"arch": arch, "name": kernel.metadata.name, "registers": number(r"Used (\d+) registers"),
             "spill_stores": number(r"(\d+) bytes spill stores"), "spill_loads": number(r"(\d+) bytes spill loads"),
             "stack_bytes": number(r"(\d+) bytes stack frame"), "shared_bytes": kernel.metadata.shared,
-            "num_warps": kernel.metadata.num_warps, "mma_instructions": ptx.count("mma.sync") + ptx.count("wgmma.")}
+            "num_warps": kernel.metadata.num_warps, "mma_instructions": sum(ptx.count(op) for op in ("mma.sync", "wgmma.mma_async", "tcgen05.mma"))}
