@@ -212,13 +212,19 @@ def compile_for(heads: int, expanded: int, dtype: str, cc: int):
     signature = {"a_ptr": f"*{dtype}", "w_ptr": "*fp32", "n": "i32", "out_ptr": f"*{dtype}",
                  **{k: "constexpr" for k in meta}}
     src = ASTSource(fn=refiner_dla_kernel, signature=signature, constexprs=meta)
-    return triton.compile(src, target=GPUTarget("cuda", cc, 32), options={"num_warps": tile_config(heads)[1], "num_stages": NUM_STAGES,
-                                                                        "enable_fp_fusion": True})
+    options = {"num_warps": tile_config(heads)[1], "num_stages": NUM_STAGES, "enable_fp_fusion": True}
+    return triton.compile(src, target=GPUTarget("cuda", cc, 32), options=options)
 
 
 def resource_usage(kernel) -> dict:
-    """Registers per thread, spilled bytes and shared memory of a compiled kernel, from ptxas -v on its PTX (the
-    ptxas that ships with Triton, so no GPU or driver is needed)."""
+    """Registers per thread, spilled bytes and shared memory of a compiled kernel, from ptxas -v on its PTX."""
+    usage = ptxas_report(kernel.asm["ptx"], kernel.metadata.target.arch)
+    return {**usage, "name": kernel.metadata.name, "shared_bytes": kernel.metadata.shared,
+            "num_warps": kernel.metadata.num_warps}
+
+
+def ptxas_report(ptx: str, cc: int) -> dict:
+    """Assemble PTX with the ptxas that ships with Triton (no GPU or driver needed); RuntimeError if it fails."""
     import re
     import subprocess
     import tempfile
@@ -226,18 +232,17 @@ def resource_usage(kernel) -> dict:
 
     from triton.backends.nvidia.compiler import get_ptxas
 
-    ptx = kernel.asm["ptx"]
     arch = re.search(r"^\.target\s+(sm_\w+)", ptx, re.M).group(1)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "k.ptx"
         src.write_text(ptx)
-        result = subprocess.run([get_ptxas(kernel.metadata.target.arch).path, "-v", f"--gpu-name={arch}", str(src),
+        result = subprocess.run([get_ptxas(cc).path, "-v", f"--gpu-name={arch}", str(src),
                                  "-o", str(Path(tmp) / "k.cubin")], capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         raise RuntimeError(f"ptxas failed on the RefinerDLA PTX for {arch}: {result.stderr[-2000:]}")
     log = result.stdout + result.stderr
     number = lambda pattern: int(m.group(1)) if (m := re.search(pattern, log)) else 0  # noqa: E731
-    return {"arch": arch, "name": kernel.metadata.name, "registers": number(r"Used (\d+) registers"),
+    return {"arch": arch, "registers": number(r"Used (\d+) registers"),
             "spill_stores": number(r"(\d+) bytes spill stores"), "spill_loads": number(r"(\d+) bytes spill loads"),
-            "stack_bytes": number(r"(\d+) bytes stack frame"), "shared_bytes": kernel.metadata.shared,
-            "num_warps": kernel.metadata.num_warps, "mma_instructions": sum(ptx.count(op) for op in ("mma.sync", "wgmma.mma_async", "tcgen05.mma"))}
+            "stack_bytes": number(r"(\d+) bytes stack frame"),
+            "mma_instructions": sum(ptx.count(op) for op in ("mma.sync", "wgmma.mma_async", "tcgen05.mma"))}
