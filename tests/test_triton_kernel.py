@@ -11,15 +11,9 @@ import pytest
 triton = pytest.importorskip("triton", reason="Triton is not installed: pip install triton (the dev extra has it)")
 
 from refiner_edge.refine import triton_kernel  # noqa: E402
+from tests.triton_cases import TOLERANCE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# FP32: the kernel accumulates in FP32 (tf32x3 on tensor cores: three TF32 products, FP32-accurate), so only FP32
-# rounding of sums over <= 96 terms remains: measured <= 3e-7 of the largest output; 1e-5 leaves 30x margin.
-# FP16: the output itself is rounded to FP16 (up to 2^-11 of its value), and W1, W2 and x2 enter the tensor-core
-# mixes as FP16 (2^-11 relative each); measured <= 4.1e-4 of the largest output, so 4 ulp-of-max (2^-9) is the bound.
-TOLERANCE = {"float32": {"max_of_peak": 1e-5, "rel_norm": 1e-5},
-             "float16": {"max_of_peak": 2.0 ** -9, "rel_norm": 2e-3}}
 
 # Every N (1, 2, 23, 50 and a realistic 197 = Refiner-ViT@224), H (4, 12, 16, 32), batch (1, 3), dtype and map
 # kind appears; ~85 s on 2 CPU cores, most of it the N = 197 case.
