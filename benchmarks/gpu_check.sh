@@ -1,34 +1,79 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one run: build the kernel for the local GPU, the GPU tests, compute-sanitizer,
-# and the benchmarks. Full logs go to $OUT (or ./out/gpu), a short table is printed last.
-#   bash benchmarks/gpu_check.sh
+# Everything about RefinerDLA that needs a GPU, in one run (docs/kernel.md): the kernels' resource use for this GPU,
+# the CUDA C++ extension build, the GPU tests (Triton and CUDA kernels against a float64 reference),
+# compute-sanitizer memcheck and racecheck, and the benchmarks. Each step's log and status go to $OUT (default
+# out/gpu); a step that fails or times out is recorded and the next one still runs. A short table is printed last.
+#   bash benchmarks/gpu_check.sh            # from the checkout; needs python3 with torch (CUDA), triton, cupy
+# GPU_CHECK_BUDGET_S (default 460) caps the whole run: each step gets at most what is left of it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-out/gpu}"
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-status=0
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
+PY="${PYTHON:-python3}"
+BUDGET="${GPU_CHECK_BUDGET_S:-460}"
+START=$SECONDS
+: > "$OUT/steps.tsv"
+failed=0
 
-nvidia-smi --query-gpu=name,compute_cap,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
-echo "== nvcc sm_$cap resource usage"
-nvcc -std=c++17 -O3 -c plugins/refiner_dla/refinerDLAKernel.cu -o /tmp/refinerDLAKernel.o \
-  -gencode=arch=compute_$cap,code=sm_$cap -Xptxas -v > "$OUT/ptxas.txt" 2>&1 || status=1
-grep -E "registers|spill" "$OUT/ptxas.txt" | sort | uniq -c | head -8
+# step NAME LIMIT_S COMMAND...: run with a timeout, log to $OUT/NAME.log, record name/status/seconds
+step() {
+  local name=$1 limit=$2 left t0 rc status
+  shift 2
+  left=$((BUDGET - (SECONDS - START)))
+  if [ "$left" -lt 20 ]; then
+    printf '%s\tskipped (budget spent)\t0\n' "$name" >> "$OUT/steps.tsv"; failed=1; return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "== $name (limit ${limit}s)"
+  t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  rc=$?
+  case $rc in
+    0) status=ok ;;
+    124|137) status="TIMEOUT after ${limit}s"; failed=1 ;;
+    *) status="FAILED (exit $rc)"; failed=1 ;;
+  esac
+  printf '%s\t%s\t%s\n' "$name" "$status" "$((SECONDS - t0))" >> "$OUT/steps.tsv"
+  tail -n 6 "$OUT/$name.log"
+}
 
-echo "== GPU tests"
-python -m pytest -q -m gpu -p no:cacheprovider tests/test_refine_gpu.py 2>&1 | tee "$OUT/pytest_gpu.txt" | tail -15
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+step gpu_info 60 bash -c "nvidia-smi --query-gpu=name,compute_cap,memory.total,clocks.sm,clocks.max.sm,driver_version \
+  --format=csv && $PY -c 'import sys, torch, triton; print(sys.version.split()[0], torch.__version__, torch.version.cuda, \
+  triton.__version__, torch.cuda.get_device_name())'"
 
-echo "== compute-sanitizer"
-if command -v compute-sanitizer >/dev/null; then
-  compute-sanitizer --tool memcheck --error-exitcode 9 python benchmarks/sanitize_refine.py > "$OUT/sanitizer.txt" 2>&1 \
-    && echo "memcheck clean" || { echo "memcheck FAILED (see sanitizer.txt)"; status=1; }
-  tail -3 "$OUT/sanitizer.txt"
+cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d .)
+cap=${cap:-90}
+step resources 120 bash -c "nvcc -std=c++17 -O3 -c plugins/refiner_dla/refinerDLAKernel.cu -o \"$OUT/refinerDLAKernel.o\" \
+  -gencode=arch=compute_$cap,code=sm_$cap -Xptxas -v 2>&1 | grep -E 'registers|spill' | sort | uniq -c; \
+  $PY -c 'from refiner_edge.refine import triton_kernel as t
+for h in (12, 16, 32):
+    for d in (\"fp16\", \"fp32\"):
+        print(\"triton\", h, d, t.resource_usage(t.compile_for(h, 3 * h, d, $cap)))'"
+
+# torch's own CUDA_HOME detection and C++20 (refine/torch_op.py); MAX_JOBS lets ninja use every core
+step build_extension 200 env MAX_JOBS="$(nproc)" "$PY" -c "
+from refiner_edge.refine.torch_op import cuda_extension
+assert cuda_extension() is not None, 'the RefinerDLA CUDA extension did not build (see the warning above)'
+print('extension built')"
+
+step pytest_gpu 200 "$PY" -m pytest -q -m gpu -p no:cacheprovider -rs tests/test_refine_gpu.py
+
+# without PyTorch's caching allocator every tensor is its own allocation, so small out-of-bounds accesses show
+if command -v compute-sanitizer > /dev/null; then
+  for tool in memcheck racecheck; do
+    step "sanitizer_$tool" 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" \
+      --error-exitcode 9 "$PY" benchmarks/sanitize_refine.py
+  done
 else
-  echo "compute-sanitizer not found"
+  printf 'sanitizer\tFAILED (compute-sanitizer not found)\t0\n' >> "$OUT/steps.tsv"; failed=1
 fi
 
-echo "== benchmarks"
-python benchmarks/bench_refine.py --out "$OUT" 2>&1 | tee "$OUT/bench.txt" | tail -12 || status=1
-exit $status
+step bench 300 "$PY" benchmarks/bench_refine.py --out "$OUT"
+
+echo
+echo "== summary ($((SECONDS - START)) s; logs in $OUT)"
+column -t -s $'\t' "$OUT/steps.tsv" 2>/dev/null || cat "$OUT/steps.tsv"
+grep -E "passed|failed|error" "$OUT/pytest_gpu.log" 2>/dev/null | tail -1
+sed -n '/copy bandwidth/,$p' "$OUT/bench.log" 2>/dev/null
+exit $failed

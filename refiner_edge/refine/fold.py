@@ -90,7 +90,7 @@ def compose(w1, b1, wd, bd, w3, b3, bn_scale, bn_shift, scale) -> FoldedDLA:
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
     """BatchNorm in eval mode as y = s * x + t (float64)."""
     s = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    return s.numpy(), (bn.bias.double() - bn.running_mean.double() * s).numpy()
+    return s.cpu().numpy(), (bn.bias.double() - bn.running_mean.double() * s).cpu().numpy()
 
 
 @torch.no_grad()
@@ -102,14 +102,15 @@ def fold_refinement(dla: nn.Module, adapt_bn: nn.BatchNorm2d, scale: float) -> F
     s2, t2 = _bn_affine(dla.bn2)
     s3, t3 = _bn_affine(dla.bn3)
     s4, t4 = _bn_affine(adapt_bn)
-    w_exp = dla.conv_exp.weight.double()[:, :, 0, 0].numpy()   # [E, H]
-    w_dw = dla.depth_sep_conv.weight.double()[:, 0].numpy()    # [E, 3, 3]
-    w_pro = dla.conv_pro.weight.double()[:, :, 0, 0].numpy()   # [H, E]
+    # .cpu() first: the model may live on a GPU, and .numpy() only reads host memory
+    w_exp = dla.conv_exp.weight.double()[:, :, 0, 0].cpu().numpy()   # [E, H]
+    w_dw = dla.depth_sep_conv.weight.double()[:, 0].cpu().numpy()    # [E, 3, 3]
+    w_pro = dla.conv_pro.weight.double()[:, :, 0, 0].cpu().numpy()   # [H, E]
     return compose(s1[:, None] * w_exp, t1, s2[:, None, None] * w_dw, t2, s3[:, None] * w_pro, t3, s4, t4, scale)
 
 
 def fold_attention(attn: nn.Module) -> FoldedDLA:
-    """FoldedDLA of a refining refiner_edge.model.Attention."""
+    """FoldedDLA of a refining refiner_edge.models.model.Attention."""
     if not getattr(attn, "refine", False):
         raise ValueError("only refining blocks (the odd ones) have a DLA to fold")
     return fold_refinement(attn.DLA, attn.adapt_bn, attn.scale)

@@ -27,15 +27,21 @@ def refiner_dla_numpy(a: np.ndarray, p: FoldedDLA, dtype=np.float32) -> np.ndarr
     return out.reshape(b, h, n, m).astype(a.dtype, copy=False)
 
 
-def refiner_dla_torch(a, weights, heads: int):
-    """The same computation with torch ops on any device; weights is the packed float32 vector."""
+def refiner_dla_torch(a, weights, heads: int, compute_dtype=None):
+    """The same computation with torch ops on any device; weights is the packed float32 vector.
+
+    Computed in `compute_dtype`: by default float64 for a float64 map and float32 otherwise. A float64 reference
+    is float64 throughout (the weights too), so cuDNN's TF32 never touches it.
+    """
     import torch
     import torch.nn.functional as F
 
+    if compute_dtype is None:
+        compute_dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
     p = FoldedDLA.unpack(weights.detach().cpu().numpy(), heads)
-    t = {k: torch.from_numpy(np.ascontiguousarray(getattr(p, k))).to(a.device, torch.float32)
+    t = {k: torch.from_numpy(np.ascontiguousarray(getattr(p, k))).to(a.device, compute_dtype)
          for k in ("w1", "b1", "wd", "bd", "w2", "b2", "alpha")}
-    x = a.float()
+    x = a.to(compute_dtype)
     e = p.expanded
     x1 = F.conv2d(x, t["w1"][:, :, None, None], t["b1"]).clamp_(0, 6)
     x2 = F.conv2d(x1, t["wd"][:, None], t["bd"], padding=1, groups=e).clamp_(0, 6)

@@ -1,7 +1,9 @@
-"""RefinerDLA as a PyTorch custom op (torch.library): the CUDA kernel on GPU tensors, the reference elsewhere.
+"""RefinerDLA as a PyTorch custom op (torch.library): the Triton kernel (refine/triton_kernel.py) on CUDA tensors,
+the reference implementation on CPU tensors (and wherever Triton is missing or the dtype is not FP32/FP16).
 
-The kernel's sources live in plugins/refiner_dla/ (shared with the TensorRT plugin) and are compiled on first use
-with torch.utils.cpp_extension; REFINER_EDGE_PLUGIN_SRC points elsewhere if the package is installed without them.
+The CUDA C++ kernel of the plugin library (plugins/refiner_dla/) is still built on demand by `cuda_extension()`, so
+the GPU tests and benchmarks can hold it to the same float64 reference; the op no longer uses it.
+REFINER_EDGE_PLUGIN_SRC points at its sources if the package is installed without them.
 """
 from __future__ import annotations
 
@@ -32,11 +34,15 @@ def cuda_extension():
     if not all(p.is_file() for p in sources):
         log.warning("RefinerDLA CUDA sources not found in %s; using the reference implementation", src)
         return None
-    from torch.utils.cpp_extension import load
+    from torch.utils.cpp_extension import CUDA_HOME, load
 
+    if CUDA_HOME is None:  # torch's own search: CUDA_HOME/CUDA_PATH, then nvcc on PATH, then /usr/local/cuda
+        log.warning("no CUDA toolkit found (set CUDA_HOME); the RefinerDLA CUDA extension cannot be built")
+        return None
     try:
+        # C++20: torch 2.13's headers need it (C++17 fails to compile them)
         return load(name="refiner_edge_dla", sources=[str(p) for p in sources],
-                    extra_cuda_cflags=["-O3", "-std=c++17"], extra_cflags=["-O3", "-std=c++17"], verbose=False)
+                    extra_cuda_cflags=["-O3", "-std=c++20"], extra_cflags=["-O3", "-std=c++20"], verbose=False)
     except Exception as e:  # compiler missing or failing: stay correct, just slower
         log.warning("could not build the RefinerDLA CUDA extension (%s); using the reference implementation", e)
         return None
@@ -48,12 +54,24 @@ def refiner_dla(a: torch.Tensor, weights: torch.Tensor, heads: int) -> torch.Ten
     return refiner_dla_torch(a, weights, heads)
 
 
+@functools.lru_cache(maxsize=1)
+def triton_launcher():
+    """triton_kernel.launch, or None (with the reason logged once) where Triton cannot be imported."""
+    try:
+        from .triton_kernel import launch
+    except ImportError as e:
+        log.warning("Triton is not installed (%s); RefinerDLA runs the reference implementation on the GPU", e)
+        return None
+    return launch
+
+
 @refiner_dla.register_kernel("cuda")
 def _refiner_dla_cuda(a: torch.Tensor, weights: torch.Tensor, heads: int) -> torch.Tensor:
-    ext = cuda_extension()
-    if ext is None:
+    launch = triton_launcher()
+    if launch is None or a.dtype not in (torch.float32, torch.float16):
         return refiner_dla_torch(a, weights, heads)
-    return ext.forward(a, weights.to(device=a.device, dtype=torch.float32), heads)
+    with torch.cuda.device(a.device):  # Triton launches on the current device
+        return launch(a, weights, heads)
 
 
 @refiner_dla.register_fake
