@@ -284,3 +284,24 @@ def test_stale_or_newer_manifest_is_one_clear_line(tmp_path, sample_photos, tiny
     assert_clean_failure(invoke("infer", sample_photos[0], "--onnx", copy), "model: missing field 'num_classes'")
     path.write_text("{not json")
     assert_clean_failure(invoke("infer", sample_photos[0], "--onnx", copy), "not a readable manifest")
+
+
+def test_fuse_in_the_aot_plugin_form(tmp_path, tiny_onnx, sample_photos):
+    """--plugin-form aot: checked in the library form, written with weights as an input and aot=1; ONNX Runtime
+    refuses the AOT form in one line."""
+    pytest.importorskip("onnxruntime_extensions", reason="the reference RefinerDLA op needs it")
+    import onnx
+
+    out = tmp_path / "aot.onnx"
+    result = invoke("fuse", tiny_onnx, "-o", out, "--plugin-form", "aot", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["form"] == "aot" and report["verification"]["passed"]
+    nodes = [n for n in onnx.load(str(out)).graph.node if n.op_type == "RefinerDLA"]
+    assert len(nodes) == 2 and all(len(n.input) == 2 for n in nodes)
+    assert all({a.name: a.i for a in n.attribute}.get("aot") == 1 for n in nodes)
+    manifest = json.loads(out.with_name("aot.onnx.json").read_text())
+    assert manifest["graph"]["plugin"]["form"] == "aot" and manifest["verification"][-1]["stage"] == "fuse"
+    assert_clean_failure(invoke("infer", sample_photos[0], "--onnx", out), "AOT plugin form, which only TensorRT")
+    assert_clean_failure(invoke("fuse", tiny_onnx, "-o", tmp_path / "x.onnx", "--plugin-form", "jit"),
+                         "--plugin-form")

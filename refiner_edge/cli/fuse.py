@@ -1,6 +1,7 @@
 """`refiner-edge fuse`: each attention-refinement subgraph -> one RefinerDLA plugin node, checked on real images."""
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -9,21 +10,26 @@ import typer
 from .common import JsonOpt, console, note, print_json, status
 
 
+class PluginForm(str, Enum):
+    library = "library"
+    aot = "aot"
+
+
 def run_fuse(source: Path, output: Path, verify: bool, images: Path | None = None, num: int = 8,
-             quiet: bool = False) -> dict:
+             quiet: bool = False, form: str = "library") -> dict:
     from ..refine.fuse import fuse_onnx
 
     with status(f"fusing the attention refinements of {source.name} ..."):
-        result = fuse_onnx(source, output, verify=verify, images=images, num=num)
+        result = fuse_onnx(source, output, verify=verify, images=images, num=num, form=form)
     comparison = result["comparison"]
     if verify and comparison is None:
         note("not verified: the reference RefinerDLA op needs onnxruntime-extensions")
     if not quiet:
         out = console()
-        out.print(f"fused {result['fused_nodes']} refinement subgraphs into RefinerDLA nodes")
+        out.print(f"fused {result['fused_nodes']} refinement subgraphs into RefinerDLA nodes ({form} plugin form)")
         if comparison is not None:
             out.print(f"fused vs plain graph on ONNX Runtime: {comparison}")
-    return {"output": str(output), "fused_nodes": result["fused_nodes"],
+    return {"output": str(output), "fused_nodes": result["fused_nodes"], "form": form,
             "verification": None if comparison is None else comparison.to_dict()}
 
 
@@ -38,9 +44,14 @@ def fuse(
     images: Annotated[Optional[Path], typer.Option("--images", help="Images for the check: a folder or a file "
                                                    "[default: the sample photographs].")] = None,
     num: Annotated[int, typer.Option("--num", min=1, help="Images the check uses at most.")] = 8,
+    plugin_form: Annotated[PluginForm, typer.Option("--plugin-form", help="library: weights as node attributes, "
+                                                    "for the IPluginV3 library (TensorRT 10.3+, C++ apps); aot: "
+                                                    "weights as an input and aot=1, for the ahead-of-time plugin "
+                                                    "TensorRT >= 10.9 embeds in the engine (checked in the "
+                                                    "library form, which ONNX Runtime runs).")] = "library",
     as_json: JsonOpt = False,
 ) -> None:
     """Replace each attention-refinement subgraph with one RefinerDLA TensorRT plugin node."""
-    report = run_fuse(source, output, verify, images, num, quiet=as_json)
+    report = run_fuse(source, output, verify, images, num, quiet=as_json, form=PluginForm(plugin_form).value)
     if as_json:
         print_json(report)

@@ -15,7 +15,7 @@ def create_model(variant: str = "refiner-vit-s", img_size: int | None = None, nu
 
     img_size defaults to the variant's (224 for S/M/L); any multiple of 16 works, and a checkpoint trained at another
     resolution has its position embedding resized. Without a checkpoint the weights are random.
-    fused=True computes each attention refinement with the fused RefinerDLA op (CUDA kernel on GPU tensors,
+    fused=True computes each attention refinement with the fused RefinerDLA op (the Triton kernel on GPU tensors,
     the reference implementation elsewhere); the weights are folded after the checkpoint is loaded.
     seed: the random initialisation is drawn with it (without touching the global RNG), so a model without a
     checkpoint is the same on every run with the same torch version.

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..artifacts import atomic_output
 from ..compare import THRESHOLDS, Comparison
-from ..errors import VerificationError
+from ..errors import InputError, VerificationError
 from ..manifest import PluginInfo, Verification, read_manifest, write_manifest
 from ..onnx.graph import graph_precision, graph_preprocess, load_onnx
 from . import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
@@ -19,6 +19,7 @@ from .surgery import fuse_graph
 # or INT8 graph and its fused form differ by FP16 rounding: they are held to `validate`'s criteria for their
 # precision. An FP32 graph must match to FP32 rounding.
 FP32_TOLERANCE = 1e-4
+PLUGIN_FORMS = ("library", "aot")
 
 
 def fuse_thresholds(precision: str) -> dict:
@@ -27,15 +28,20 @@ def fuse_thresholds(precision: str) -> dict:
 
 
 def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, images: str | Path | None = None,
-              num: int = 8, thresholds: dict | None = None) -> dict:
+              num: int = 8, thresholds: dict | None = None, form: str = "library") -> dict:
     """Fuse the refinement subgraphs of the ONNX file `source` into `output` (may be the same path), atomically.
 
     With verify, the fused graph runs on ONNX Runtime with the reference RefinerDLA op on up to `num` real images
     (`images`, by default the sample photographs) and must meet `thresholds` against the source graph (by default
-    fuse_thresholds of its precision). Returns {"fused_nodes", "comparison" (None when not verified), "output"}.
+    fuse_thresholds of its precision). form: "library" (weights as node attributes, the IPluginV3 library's fields)
+    or "aot" (refine/plugin_form.aot_form: the AOT plugin embedded in TensorRT >= 10.9 engines); an AOT graph does
+    not run on ONNX Runtime, so it is verified in the library form it is made from.
+    Returns {"fused_nodes", "comparison" (None when not verified), "output", "form"}.
     """
     import onnx
 
+    if form not in PLUGIN_FORMS:
+        raise InputError(f"unknown plugin form '{form}'; choose one of: {', '.join(PLUGIN_FORMS)}")
     source, output = Path(source), Path(output)
     model = load_onnx(source)
     manifest = read_manifest(source)
@@ -48,8 +54,13 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, image
             comparison = compare_graphs(source, tmp, manifest, thresholds, images, num)
             if comparison is not None and not comparison:
                 raise VerificationError(f"fused graph does not match the plain graph: {comparison}")
+        if form == "aot":
+            from .plugin_form import aot_form
+
+            onnx.save(aot_form(fused), str(tmp))
     if manifest is not None:
-        plugin = PluginInfo(name=PLUGIN_NAME, version=PLUGIN_VERSION, namespace=PLUGIN_NAMESPACE, nodes=count)
+        plugin = PluginInfo(name=PLUGIN_NAME, version=PLUGIN_VERSION, namespace=PLUGIN_NAMESPACE, nodes=count,
+                            form=form)
         graph = dataclasses.replace(manifest.graph, fused=True, plugin=plugin)
         record = manifest.derive("fuse", output, source, graph=graph)
         if comparison is not None:
@@ -58,7 +69,7 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, image
                 "on onnxruntime-cpu", inputs=f"{comparison.images} images", metrics=comparison.metrics(),
                 thresholds=comparison.thresholds))
         write_manifest(output, record)
-    return {"fused_nodes": count, "comparison": comparison, "output": output}
+    return {"fused_nodes": count, "comparison": comparison, "output": output, "form": form}
 
 
 def compare_graphs(plain: str | Path, fused: str | Path, manifest, thresholds: dict,

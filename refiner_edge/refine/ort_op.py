@@ -11,6 +11,7 @@ import copy
 
 import numpy as np
 
+from ..errors import InputError
 from . import PLUGIN_NAME
 from .reference import refiner_dla_numpy
 
@@ -49,6 +50,7 @@ def for_onnxruntime(model):
     from onnx import TensorProto, helper
 
     from .attributes import folded_from_attributes
+    from .plugin_form import is_aot
 
     model = copy.deepcopy(model)
     try:
@@ -62,6 +64,9 @@ def for_onnxruntime(model):
         if node.op_type != PLUGIN_NAME:
             nodes.append(node)
             continue
+        if is_aot(node):
+            raise InputError(f"{node.name} is in the AOT plugin form, which only TensorRT runs: fuse with "
+                             "--plugin-form library to run the graph on ONNX Runtime")
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         packed = folded_from_attributes(attrs).packed()
         inp, out = node.input[0], node.output[0]
