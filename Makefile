@@ -39,5 +39,9 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
+# Everything that needs a GPU, in one run (docs/kernel.md); figures go to docs/benchmarks.md.
+gpu-check:
+	bash benchmarks/gpu_check.sh
+
 clean:
 	rm -rf $(OUT) .pytest_cache
