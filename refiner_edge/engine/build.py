@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import logging
 import os
 import shlex
 import sys
@@ -78,7 +79,7 @@ def polygraphy_errors(what: str):
     from polygraphy.exception import PolygraphyException
     from polygraphy.logger import G_LOGGER
 
-    verbose = os.environ.get("REFINER_EDGE_VERBOSE") == "1"
+    verbose = logging.getLogger("refiner_edge").isEnabledFor(logging.DEBUG)   # refiner-edge -v
     G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.ERROR
     try:
         with contextlib.redirect_stdout(sys.stderr):
