@@ -10,11 +10,11 @@ from .common import CheckpointOpt, JsonOpt, console, phases, print_json
 
 
 def validate(
+    images: Annotated[Path, typer.Option("--images", help="Images: a folder (searched recursively) or one file.")],
     onnx: Annotated[Optional[Path], typer.Option("--onnx", help="Graph to check (plain, calibrated or fused) "
                                                  "[default: none: give --onnx or --engine].", dir_okay=False)] = None,
     engine: Annotated[Optional[Path], typer.Option("--engine", help="TensorRT engine to check, run on TensorRT "
                                                    "[default: none].", dir_okay=False)] = None,
-    images: Annotated[Path, typer.Option("--images", help="Images: a folder (searched recursively) or one file.")],
     labels: Annotated[Optional[str], typer.Option("--labels", help="'imagenet-folder' (class = sorted class "
                                                   "folder index) or a file of 'relative/path index' lines; adds "
                                                   "accuracy.")] = None,

@@ -3,9 +3,9 @@
     NetworkFromOnnxPath(strongly_typed) -> CreateConfig / CreateConfigRTX -> PostprocessConfig -> EngineBytesFromNetwork
 
 Polygraphy picks its TensorRT module when its backend modules are imported (`trt = lazy_import_trt()` at module
-level, from `POLYGRAPHY_USE_TENSORRT_RTX` read by polygraphy.config at import). `polygraphy_trt` therefore binds
-the flavour explicitly and re-imports Polygraphy's TensorRT backend when a process switches flavour, so setting
-the environment variable per build is not enough and not needed.
+level, from `POLYGRAPHY_USE_TENSORRT_RTX` read by polygraphy.config at import). Setting the variable per build is
+therefore not enough once Polygraphy is imported: `polygraphy_trt` sets polygraphy.config and rebinds the module
+every loaded Polygraphy module holds whenever the flavour changes.
 
 Precision: strongly typed networks take it from the graph (FP16 tensors, Q/DQ), the only kind TensorRT 11 and
 TensorRT-RTX build. TensorRT 10 builds weakly typed networks only when asked (`weak_typing`, or DLA on JetPack 6):
@@ -59,10 +59,16 @@ def polygraphy_trt(flavour: str):
         raise MissingDependencyError("polygraphy is not installed (pip install 'refiner-edge[tensorrt]')") from None
     rtx = flavour == "tensorrt-rtx"
     if _bound != flavour:
-        for name in [n for n in sys.modules if n.startswith(("polygraphy.backend.trt", "polygraphy.backend.tensorrt_rtx"))]:
-            del sys.modules[name]
+        # Re-importing Polygraphy's modules would register its JSON encoders twice (an error), so rebind the `trt`
+        # each loaded module holds; modules imported later read the config set here.
+        from polygraphy.mod.trt_importer import lazy_import_trt
+
         os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1" if rtx else "0"
         pconfig.USE_TENSORRT_RTX = rtx
+        fresh = lazy_import_trt()
+        for name, module in list(sys.modules.items()):
+            if name.startswith("polygraphy.") and type(getattr(module, "trt", None)).__name__ == "LazyModule":
+                module.trt = fresh
         # Polygraphy prints a hint about its optional 'colored' package to stdout, which would break --json
         if plogger.COLORED_MODULE_PRESENT is None:
             plogger.COLORED_MODULE_PRESENT = False
