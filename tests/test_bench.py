@@ -70,5 +70,5 @@ def test_peak_rss_sees_a_native_allocation():
 
     with PeakRss() as rss:
         block = np.ones(64 << 20, dtype=np.uint8)   # 64 MB touched outside the Python heap's accounting
-        del block
+    del block
     assert rss_bytes() > 0 and rss.peak - rss.start > 32e6
