@@ -97,11 +97,13 @@ def refiner_s(root: Path, crops: int) -> None:
 
 def _rtx_build(path: Path):
     try:
-        from refiner_edge.engine.builder import build_engine
+        from refiner_edge.engine.build import BuildOptions, build_engine
+        from refiner_edge.engine.targets import TARGETS
 
         t = time.perf_counter()
-        result = build_engine(path, "tensorrt-rtx", compute_capability="SM89", batch=(1, 8, 32))
-        return f"{time.perf_counter() - t:.1f}", f"{len(result.engine) / 1e6:.1f}"
+        engine = path.with_suffix(".engine")
+        build_engine(path, engine, BuildOptions(TARGETS["rtx-sm89"], batch=(1, 8, 32)))
+        return f"{time.perf_counter() - t:.1f}", f"{engine.stat().st_size / 1e6:.1f}"
     except Exception as e:  # tensorrt-rtx missing: report it in the table
         return "n/a", type(e).__name__
 

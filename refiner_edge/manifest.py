@@ -101,6 +101,31 @@ class Verification:
 
 
 @dataclass
+class EngineInfo:
+    """A TensorRT engine: what built it, for which device, and how to build it again (engine/checks.py reads it)."""
+
+    flavour: str                  # tensorrt or tensorrt-rtx
+    tensorrt_version: str         # of the builder; an engine only loads on the same version (unless compatible)
+    target: str                   # the row of engine/targets.py it was built for
+    compute_capability: str       # "8.9"; the GPU it runs on
+    device: str                   # the target's devices, or the local GPU's name
+    precision: str                # fp32, fp16 or int8
+    typing: str                   # strong (precision from the graph) or weak (builder flags, calibration cache)
+    profiles: list[dict]          # [{input, min, opt, max}] shapes per optimisation profile
+    plugin_form: str              # none, library or aot
+    plugin_library: str | None    # library form: the library the engine needs at run time
+    plugin_sha256: str | None
+    dla_core: int | None
+    workspace: int                # bytes
+    builder_optimization_level: int
+    hardware_compatibility: str   # none, ampere+ or same-cc
+    version_compatible: bool
+    timing_cache: str | None
+    build_seconds: float
+    rebuild: str                  # the command line that builds this engine again
+
+
+@dataclass
 class Manifest:
     stage: str
     artifact: str
@@ -111,7 +136,7 @@ class Manifest:
     source: Source | None = None
     verification: list[Verification] = field(default_factory=list)
     report: dict = field(default_factory=dict)   # stage-specific details (calibration sample, sensitivities, ...)
-    engine: dict | None = None                   # build stage: TensorRT flavour, device, profiles, options
+    engine: EngineInfo | None = None             # build stage: TensorRT flavour, device, profiles, options
     sha256: str = ""                             # of the artifact; filled in when written
     created: str = ""
     versions: dict = field(default_factory=dict)

@@ -14,11 +14,24 @@ from .common import CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, console, not
 class BackendName(str, Enum):
     torch = "torch"
     onnxruntime = "onnxruntime"
+    tensorrt = "tensorrt"
 
 
-def choose_backend(backend: BackendName | None, onnx: Path | None, checkpoint: Path | None) -> str:
-    """The artifact picks the runtime (--onnx: ONNX Runtime; none: PyTorch); an option the chosen runtime does
-    not use is an error, never dropped."""
+def choose_backend(backend: BackendName | None, onnx: Path | None, checkpoint: Path | None,
+                   engine: Path | None = None) -> str:
+    """The artifact picks the runtime (--engine: TensorRT; --onnx: ONNX Runtime; none: PyTorch); an option the
+    chosen runtime does not use is an error, never dropped."""
+    if engine is not None:
+        if onnx is not None:
+            raise InputError("give one of --engine and --onnx")
+        if backend not in (None, BackendName.tensorrt):
+            raise InputError(f"--engine runs on TensorRT: drop --backend {backend.value} (or --engine)")
+        if checkpoint is not None:
+            raise InputError(f"--checkpoint applies to the torch backend; the engine {engine.name} holds its own "
+                             "weights")
+        return "tensorrt"
+    if backend == BackendName.tensorrt:
+        raise InputError("--backend tensorrt needs --engine MODEL.engine (make one with `refiner-edge build`)")
     chosen = backend.value if backend else ("onnxruntime" if onnx is not None else "torch")
     if chosen == "onnxruntime":
         if onnx is None:
@@ -34,7 +47,7 @@ def choose_backend(backend: BackendName | None, onnx: Path | None, checkpoint: P
 def check_described(runner, variant: str | None, img_size: int | None) -> None:
     """--variant/--img-size describe a graph without a manifest; a graph with one must not be told otherwise."""
     given = [name for name, value in (("--variant", variant), ("--img-size", img_size)) if value is not None]
-    if runner.name == "onnxruntime" and runner.manifest is not None and given:
+    if runner.name in ("onnxruntime", "tensorrt") and runner.manifest is not None and given:
         raise InputError(f"{' and '.join(given)} describe a graph without a manifest; this graph's manifest says "
                          f"{runner.manifest.model.variant}@{runner.manifest.model.img_size}")
 
@@ -43,8 +56,11 @@ def infer(
     images: Annotated[list[Path], typer.Argument(help="Image files and/or directories (searched recursively).")],
     onnx: Annotated[Optional[Path], typer.Option("--onnx", help="ONNX graph to run on ONNX Runtime "
                                                  "[default: none: the PyTorch model].", dir_okay=False)] = None,
+    engine: Annotated[Optional[Path], typer.Option("--engine", help="TensorRT engine from `refiner-edge build`, "
+                                                   "run on TensorRT [default: none].", dir_okay=False)] = None,
     backend: Annotated[Optional[BackendName], typer.Option(
-        "--backend", help="Runtime [default: the one the artifact needs: onnxruntime for --onnx, else torch].",
+        "--backend", help="Runtime [default: the one the artifact needs: tensorrt for --engine, onnxruntime for "
+        "--onnx, else torch].",
         show_default=False)] = None,
     variant: VariantOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -59,9 +75,9 @@ def infer(
     from ..runners.base import load_runner
     from ..runners.classify import classify
 
-    chosen = choose_backend(backend, onnx, checkpoint)
+    chosen = choose_backend(backend, onnx, checkpoint, engine)
     paths = find_images(images)
-    runner = load_runner(chosen, variant=variant, checkpoint=checkpoint, onnx=onnx, img_size=img_size)
+    runner = load_runner(chosen, variant=variant, checkpoint=checkpoint, onnx=onnx, img_size=img_size, engine=engine)
     check_described(runner, variant, img_size)
     if runner.random_weights:
         note("no checkpoint: the weights are random, so the predictions are meaningless")

@@ -10,9 +10,11 @@ from .common import CheckpointOpt, JsonOpt, console, phases, print_json
 
 
 def validate(
-    onnx: Annotated[Path, typer.Option("--onnx", help="Graph to check (plain, calibrated or fused).",
-                                       dir_okay=False)],
     images: Annotated[Path, typer.Option("--images", help="Images: a folder (searched recursively) or one file.")],
+    onnx: Annotated[Optional[Path], typer.Option("--onnx", help="Graph to check (plain, calibrated or fused) "
+                                                 "[default: none: give --onnx or --engine].", dir_okay=False)] = None,
+    engine: Annotated[Optional[Path], typer.Option("--engine", help="TensorRT engine to check, run on TensorRT "
+                                                   "[default: none].", dir_okay=False)] = None,
     labels: Annotated[Optional[str], typer.Option("--labels", help="'imagenet-folder' (class = sorted class "
                                                   "folder index) or a file of 'relative/path index' lines; adds "
                                                   "accuracy [default: none: no accuracy, agreement only].")] = None,
@@ -37,13 +39,14 @@ def validate(
                                                                "precision: 0.1 fp32, 0.2 fp16, 1.0 int8].")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check a graph's logits against PyTorch FP32 on real images; exit 4 when a threshold fails (a CI gate)."""
+    """Check a graph's or an engine's logits against PyTorch FP32 on real images; exit 4 when a threshold fails
+    (a CI gate)."""
     from ..runners.validate import validate_onnx
 
     overrides = {"min_agreement": min_agreement, "min_cosine": min_cosine, "min_sqnr_db": min_sqnr,
                  "max_accuracy_drop": max_accuracy_drop}
     with phases() as phase:
-        report = validate_onnx(onnx, images, labels=labels, reference=reference, checkpoint=checkpoint,
+        report = validate_onnx(onnx, images, engine=engine, labels=labels, reference=reference, checkpoint=checkpoint,
                                variant=variant, num=num, batch_size=batch_size, overrides=overrides, progress=phase)
     if as_json:
         print_json(report)

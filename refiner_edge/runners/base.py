@@ -41,6 +41,7 @@ class Runner:
 RUNNERS = {
     "torch": "refiner_edge.runners.pytorch:torch_runner",
     "onnxruntime": "refiner_edge.runners.ort:onnxruntime_runner",
+    "tensorrt": "refiner_edge.runners.tensorrt:tensorrt_runner",
 }
 
 

@@ -29,18 +29,27 @@ def reference_runner(reference: str, manifest, checkpoint: str | Path | None, va
                        num_classes=m.num_classes, aux_head=m.aux_head)
 
 
-def validate_onnx(onnx: str | Path, images: str | Path, *, labels: str | None = None, reference: str = "torch",
+def validate_onnx(onnx: str | Path | None, images: str | Path, *, engine: str | Path | None = None, labels: str | None = None, reference: str = "torch",
                   checkpoint: str | Path | None = None, variant: str | None = None, num: int | None = None,
                   seed: int = 0, batch_size: int = 8, overrides: dict | None = None,
                   progress: Callable[[str, int], Callable[[int], None]] = lambda label, total: (lambda n: None),
                   ) -> dict:
-    """Compare the graph `onnx` with `reference` on the images under `images`; the report says `passed`."""
+    """Compare the graph `onnx` (or the TensorRT `engine`) with `reference` on the images under `images`; the
+    report says `passed`. An engine is compared on the same metrics and per-precision thresholds as a graph (not
+    with Polygraphy's comparator, whose per-tensor tolerances do not know top-1 agreement or accuracy)."""
     from ..images.imageset import load_image_set, load_labels
     from ..onnx.graph import graph_precision, load_onnx
 
-    path, images = Path(onnx), Path(images)
+    if (onnx is None) == (engine is None):
+        raise InputError("give one of --onnx and --engine")
+    path, images = Path(onnx if onnx is not None else engine), Path(images)
     overrides = check_thresholds({k: v for k, v in (overrides or {}).items() if v is not None})
-    candidate = load_runner("onnxruntime", onnx=path, variant=variant)
+    if engine is not None:
+        if variant is not None:
+            raise InputError("--variant describes a graph without a manifest; an engine always has one")
+        candidate = load_runner("tensorrt", engine=path)
+    else:
+        candidate = load_runner("onnxruntime", onnx=path, variant=variant)
     manifest = candidate.manifest
     precision = manifest.graph.precision if manifest else graph_precision(load_onnx(path, False))
     ref = reference_runner(reference, manifest, checkpoint, variant)
@@ -56,7 +65,7 @@ def validate_onnx(onnx: str | Path, images: str | Path, *, labels: str | None = 
     out = candidate.logits(imageset.arrays, batch_size, progress(f"running {path.name}", len(imageset)))
     expected = ref.logits(imageset.arrays, batch_size, progress(f"running {ref.description}", len(imageset)))
     comparison = Comparison.of(out, expected, {**THRESHOLDS[precision], **overrides}, labels=truth)
-    return {"onnx": str(path), "precision": precision, "candidate": candidate.description,
+    return {"engine" if engine is not None else "onnx": str(path), "precision": precision, "candidate": candidate.description,
             "reference": ref.description, "images": imageset.summary(), "labels": labels,
             "metrics": comparison.metrics(), "thresholds": comparison.thresholds, "failures": comparison.failures(),
             "passed": bool(comparison)}

@@ -1,0 +1,64 @@
+"""`refiner-edge bench`: latency percentiles, throughput and peak memory of an engine, a graph or the PyTorch
+model, on the runtime the artifact needs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import InputError
+from .common import CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, console, note, phases, print_json
+
+
+def bench(
+    engine: Annotated[Optional[Path], typer.Option("--engine", help="TensorRT engine from `refiner-edge build` "
+                                                   "[default: none].", dir_okay=False)] = None,
+    onnx: Annotated[Optional[Path], typer.Option("--onnx", help="ONNX graph, run on ONNX Runtime [default: none]."
+                                                 , dir_okay=False)] = None,
+    variant: VariantOpt = None,
+    checkpoint: CheckpointOpt = None,
+    img_size: ImgSizeOpt = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Images per call.")] = 1,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Timed calls.")] = 50,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed calls first.")] = 5,
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="TensorRT: replay the enqueue as a CUDA "
+                                             "graph.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Time a model: p50/p90/p99 latency, throughput and peak memory. The artifact picks the runtime: --engine
+    TensorRT, --onnx ONNX Runtime, neither PyTorch (--variant/--checkpoint)."""
+    from ..runners.base import load_runner
+    from ..runners.bench import bench as run_bench
+    from .infer import check_described
+
+    if engine is not None and onnx is not None:
+        raise InputError("give one of --engine and --onnx")
+    artifact = engine or onnx
+    if artifact is not None:
+        # an engine always has a manifest; a graph without one may be described by --variant/--img-size
+        given = [n for n, v in (("--variant", variant), ("--checkpoint", checkpoint), ("--img-size", img_size))
+                 if v is not None and (engine is not None or n == "--checkpoint")]
+        if given:
+            raise InputError(f"{' and '.join(given)} describe the PyTorch model; {artifact.name} holds its own")
+    if cuda_graph and engine is None:
+        raise InputError("--cuda-graph applies to TensorRT engines (--engine)")
+    backend = "tensorrt" if engine is not None else "onnxruntime" if onnx is not None else "torch"
+    runner = load_runner(backend, engine=engine, onnx=onnx, variant=variant, checkpoint=checkpoint,
+                         img_size=img_size, cuda_graph=cuda_graph)
+    check_described(runner, variant, img_size)
+    if runner.random_weights and not as_json:
+        note("random weights: timing is the same as with trained ones")
+    with phases() as phase:
+        report = run_bench(runner, batch=batch, iterations=iterations, warmup=warmup,
+                           on_iteration=phase(f"timing {runner.description}", iterations))
+    if as_json:
+        print_json(report)
+        return
+    lat, mem = report["latency_ms"], report["memory_mb"]
+    console().print(f"{report['model']} ({report['backend']}), batch {batch}, {iterations} iterations after "
+                    f"{warmup} warmup")
+    console().print(f"latency ms: p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  "
+                    f"mean {lat['mean']:.2f}")
+    console().print(f"throughput: {report['throughput_ips']:.1f} images/s")
+    console().print("memory MB: " + "  ".join(f"{k} {v:.0f}" for k, v in mem.items()))

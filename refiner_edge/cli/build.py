@@ -1,0 +1,130 @@
+"""`refiner-edge build`: an ONNX graph (or, with none given, the whole chain from a variant) -> a raw TensorRT
+engine and its manifest, for a target of engine/targets.py."""
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import InputError
+from .common import CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, console, note, print_json, status
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+class PluginForm(str, Enum):
+    library = "library"
+    aot = "aot"
+    none = "none"
+
+
+def build(
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="The engine file (raw TensorRT plan); "
+                                                   "its manifest goes beside it (<output>.json), and with no --onnx "
+                                                   "the chain's ONNX stages too [default: none: required unless "
+                                                   "--list-targets].", dir_okay=False)] = None,
+    precision: Annotated[Optional[Precision], typer.Option("--precision", help="Engine precision [default: the "
+                                                           "graph's with --onnx, else fp32].",
+                                                           show_default=False)] = None,
+    target: Annotated[str, typer.Option("--target", help="A row of the targets table (--list-targets), or auto: "
+                                        "the local GPU's.")] = "auto",
+    onnx: Annotated[Optional[Path], typer.Option("--onnx", help="Graph to build (from export/calibrate/fuse) "
+                                                 "[default: none: export, calibrate and fuse first].",
+                                                 dir_okay=False)] = None,
+    variant: VariantOpt = None,
+    checkpoint: CheckpointOpt = None,
+    img_size: ImgSizeOpt = None,
+    calib_images: Annotated[Optional[Path], typer.Option("--calib-images", help="Calibration images for fp16/int8 "
+                                                         "without --onnx [default: the sample photographs].")] = None,
+    plugin: Annotated[Optional[PluginForm], typer.Option("--plugin", help="RefinerDLA plugin form: library (the "
+                                                         "CMake-built IPluginV3 library), aot (kernel inside the "
+                                                         "engine, TensorRT >= 10.9) or none (plain graph) [default: "
+                                                         "the target's; none for RTX].", show_default=False)] = None,
+    batch: Annotated[Optional[str], typer.Option("--batch", help="Batch profile MIN:OPT:MAX, or one size for a "
+                                                 "static batch [default: the target's].")] = None,
+    dla_core: Annotated[Optional[int], typer.Option("--dla-core", min=0, help="Run on this DLA core (Orin; "
+                                                    "fp16/int8; weakly typed on TensorRT 10) [default: none: GPU]."
+                                                    )] = None,
+    workspace: Annotated[Optional[str], typer.Option("--workspace", help="Builder workspace, e.g. 2G or 512M "
+                                                     "[default: the target's].")] = None,
+    timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="Tactic timing cache to read and "
+                                                         "update (valid for one GPU, CUDA and TensorRT version) "
+                                                         "[default: none].", dir_okay=False)] = None,
+    version_compatible: Annotated[bool, typer.Option("--version-compatible", help="Embed a lean runtime so later "
+                                                     "TensorRT versions load the engine (TensorRT only).")] = False,
+    weak_typing: Annotated[bool, typer.Option("--weak-typing", help="TensorRT 10 only: parse the plain graph and "
+                                              "set precision with builder flags, INT8 from the calibration cache "
+                                              "(DLA on JetPack 6 implies it).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Redo every stage even when its artifact is up to "
+                                        "date.")] = False,
+    list_targets: Annotated[bool, typer.Option("--list-targets", help="Print the targets table and exit.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build a TensorRT engine (raw plan + manifest) for a Jetson, datacenter or RTX target; with no --onnx, run
+    export, calibration and fusion first, reusing up-to-date artifacts."""
+    from ..engine.build import BuildOptions, build_engine, parse_batch, parse_size
+    from ..engine.targets import TARGETS, get_target
+
+    if list_targets:
+        rows = [t.row() for t in TARGETS.values()]
+        print_json(rows) if as_json else print_targets(rows)
+        return
+    if output is None:
+        raise InputError("-o/--output ENGINE is required")
+    if onnx is not None:
+        given = [n for n, v in (("--variant", variant), ("--checkpoint", checkpoint), ("--img-size", img_size),
+                                ("--calib-images", calib_images)) if v is not None]
+        if given:
+            raise InputError(f"{' and '.join(given)} make the graph when no --onnx is given; {onnx.name} is "
+                             "already made")
+    options = BuildOptions(
+        target=get_target(target), precision=precision.value if precision else None,
+        batch=parse_batch(batch) if batch else None, dla_core=dla_core,
+        workspace=parse_size(workspace) if workspace else None, timing_cache=timing_cache,
+        version_compatible=version_compatible, weak_typing=weak_typing, plugin=plugin.value if plugin else None)
+    if options.version_compatible and options.target.rtx:
+        raise InputError("--version-compatible is a TensorRT option; TensorRT-RTX engines are not version compatible")
+    if onnx is not None:
+        with status(f"building {onnx.name} for {options.target.name} ..."):
+            manifest = build_engine(onnx, output, options, note=note)
+        stages = {"build": {"artifact": str(output), "reused": False}}
+    else:
+        from ..engine.chain import build_chain
+
+        def step(label: str):
+            note(label)
+            return status(label + " ...")
+
+        result = build_chain(output, options, variant=variant, checkpoint=checkpoint, img_size=img_size,
+                             calib_images=calib_images, force=force, step=step, note=note)
+        manifest, stages = result["manifest"], result["stages"]
+    e = manifest.engine
+    report = {"engine": str(output), "manifest": f"{output}.json", "bytes": output.stat().st_size,
+              "target": e.target, "flavour": e.flavour, "tensorrt": e.tensorrt_version,
+              "compute_capability": e.compute_capability, "precision": e.precision, "typing": e.typing,
+              "plugin": e.plugin_form, "profiles": e.profiles, "build_seconds": e.build_seconds, "stages": stages}
+    if as_json:
+        print_json(report)
+        return
+    for name, stage in stages.items():
+        console().print(f"{name:>9}: {'reused ' if stage['reused'] else ''}{stage['artifact']}")
+    console().print(f"wrote {output} ({report['bytes'] / 1e6:.1f} MB, {e.precision}, {e.flavour} "
+                    f"{e.tensorrt_version}, sm_{e.compute_capability.replace('.', '')}, built in "
+                    f"{e.build_seconds:.1f} s) and {output.name}.json")
+
+
+def print_targets(rows: list[dict]) -> None:
+    """Plain aligned columns: the table is wider than a terminal as a boxed table."""
+    columns = ("name", "sm", "flavour", "tensorrt", "jetpack", "dla_cores", "workspace_gib", "opt_level",
+               "hardware_compat", "batch", "plugin", "devices")
+    cells = [[c for c in columns]] + [["-" if r[c] is None else f"{r[c]:g}" if isinstance(r[c], float) else
+                                       str(r[c]) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    for row in cells:
+        typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())

@@ -1,0 +1,356 @@
+"""The one engine builder: Polygraphy's loaders over TensorRT 10.x / 11.x or TensorRT-RTX.
+
+    NetworkFromOnnxPath(strongly_typed) -> CreateConfig / CreateConfigRTX -> PostprocessConfig -> EngineBytesFromNetwork
+
+Polygraphy picks its TensorRT module when its backend modules are imported (`trt = lazy_import_trt()` at module
+level, from `POLYGRAPHY_USE_TENSORRT_RTX` read by polygraphy.config at import). Setting the variable per build is
+therefore not enough once Polygraphy is imported: `polygraphy_trt` sets polygraphy.config and rebinds the module
+every loaded Polygraphy module holds whenever the flavour changes.
+
+Precision: strongly typed networks take it from the graph (FP16 tensors, Q/DQ), the only kind TensorRT 11 and
+TensorRT-RTX build. TensorRT 10 builds weakly typed networks only when asked (`weak_typing`, or DLA on JetPack 6):
+the plain FP32 graph with FP16/INT8 builder flags, INT8 scales from the calibration cache `calibrate` wrote.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import logging
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..artifacts import atomic_output, file_sha256
+from ..errors import InputError, MissingDependencyError, VerificationError
+from ..manifest import EngineInfo, Manifest, read_manifest, write_manifest
+from . import plugins
+from .targets import Target, detect_gpu
+
+MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
+EXTRAS = {"tensorrt": "tensorrt", "tensorrt-rtx": "rtx"}
+PRECISIONS = ("fp32", "fp16", "int8")
+HARDWARE_COMPAT = {"none": "NONE", "ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
+DEFAULT_WORKSPACE = 4 << 30
+_bound: str | None = None   # the flavour Polygraphy's TensorRT backend was last imported for
+
+
+def import_tensorrt(flavour: str):
+    """The tensorrt or tensorrt_rtx module, or a MissingDependencyError naming the extra to install."""
+    try:
+        return importlib.import_module(MODULES[flavour])
+    except ImportError:
+        raise MissingDependencyError(f"{flavour} is not installed (pip install 'refiner-edge[{EXTRAS[flavour]}]')"
+                                     ) from None
+
+
+def polygraphy_trt(flavour: str):
+    """polygraphy.backend.trt (and .tensorrt_rtx) bound to `flavour`'s module."""
+    global _bound
+    import_tensorrt(flavour)
+    try:
+        from polygraphy import config as pconfig
+        from polygraphy.logger import logger as plogger
+    except ImportError:
+        raise MissingDependencyError("polygraphy is not installed (pip install 'refiner-edge[tensorrt]')") from None
+    rtx = flavour == "tensorrt-rtx"
+    if _bound != flavour:
+        # Re-importing Polygraphy's modules would register its JSON encoders twice (an error), so rebind the `trt`
+        # each loaded module holds; modules imported later read the config set here.
+        from polygraphy.mod.trt_importer import lazy_import_trt
+
+        os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1" if rtx else "0"
+        pconfig.USE_TENSORRT_RTX = rtx
+        fresh = lazy_import_trt()
+        for name, module in list(sys.modules.items()):
+            if name.startswith("polygraphy.") and type(getattr(module, "trt", None)).__name__ == "LazyModule":
+                module.trt = fresh
+        # Polygraphy prints a hint about its optional 'colored' package to stdout, which would break --json
+        if plogger.COLORED_MODULE_PRESENT is None:
+            plogger.COLORED_MODULE_PRESENT = False
+        _bound = flavour
+    import polygraphy.backend.trt as ptrt
+
+    return ptrt
+
+
+@contextlib.contextmanager
+def polygraphy_errors(what: str):
+    """Polygraphy logs to stdout and raises PolygraphyException on failure: keep stdout for results (--json), and
+    turn its failures into our one-line errors."""
+    from polygraphy.exception import PolygraphyException
+    from polygraphy.logger import G_LOGGER
+
+    verbose = logging.getLogger("refiner_edge").isEnabledFor(logging.DEBUG)   # refiner-edge -v
+    G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.ERROR
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    except PolygraphyException as e:
+        raise VerificationError(f"{what}: {str(e).strip().splitlines()[0]} (see the log above)") from None
+
+
+@dataclass
+class BuildOptions:
+    """Every knob of a build; None means the target's default (resolved in `resolve`)."""
+
+    target: Target
+    precision: str | None = None          # None: the graph's
+    batch: tuple[int, int, int] | None = None
+    dla_core: int | None = None
+    workspace: int | None = None          # bytes
+    opt_level: int | None = None
+    timing_cache: Path | None = None
+    version_compatible: bool = False
+    weak_typing: bool = False
+    plugin: str | None = None             # None: "none" for a plain graph, the target's form for a fused one
+
+
+@dataclass
+class Network:
+    """The graph a build parses, and what it is."""
+
+    onnx: Path                  # the graph given
+    parse: Path                 # the graph parsed (the plain FP32 graph for a weakly typed INT8/FP16 build)
+    manifest: Manifest
+    precision: str
+    fused: bool
+    weak: bool
+    calibration_cache: Path | None = None
+
+
+def parse_batch(text: str) -> tuple[int, int, int]:
+    """'MIN:OPT:MAX' or 'N' (a static batch) -> (min, opt, max)."""
+    try:
+        parts = tuple(int(p) for p in text.split(":"))
+    except ValueError:
+        parts = ()
+    if len(parts) == 1:
+        parts = parts * 3
+    if len(parts) != 3 or not 1 <= parts[0] <= parts[1] <= parts[2]:
+        raise InputError(f"--batch must be MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX (or one size), got '{text}'")
+    return parts  # type: ignore[return-value]
+
+
+def parse_size(text: str) -> int:
+    """'4G', '512M', '1073741824' -> bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise InputError(f"--workspace must be a size such as 4G, 512M or a byte count, got '{text}'")
+    return int(value)
+
+
+def describe_network(onnx: str | Path, options: BuildOptions) -> Network:
+    """Read the graph's manifest and settle precision, typing and the graph to parse; refuse what cannot build."""
+    path = Path(onnx)
+    if not path.is_file():
+        raise InputError(f"ONNX model not found: {path}")
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise InputError(f"{path.name} has no manifest ({path.name}.json): the engine inherits preprocessing and "
+                         "labels from it; make the graph with refiner-edge export/calibrate/fuse")
+    if manifest.stage == "build":
+        raise InputError(f"{path} is an engine manifest's artifact, not an ONNX graph")
+    graph, target = manifest.graph, options.target
+    precision = options.precision or graph.precision
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    if options.dla_core is not None:
+        if target.dla_cores == 0:
+            raise InputError(f"{target.name} ({target.devices}) has no DLA: drop --dla-core")
+        if not 0 <= options.dla_core < target.dla_cores:
+            raise InputError(f"--dla-core must be 0..{target.dla_cores - 1} on {target.name}, got {options.dla_core}")
+        if precision == "fp32":
+            raise InputError("DLA runs FP16 and INT8 only: use --precision fp16 or int8 with --dla-core")
+    # DLA on JetPack 6 takes INT8 through the calibration cache (weak typing); TensorRT 11 has no weak typing
+    weak = options.weak_typing or (options.dla_core is not None and not target.strongly_typed_only)
+    if weak and target.strongly_typed_only:
+        raise InputError(f"{target.name} ({'TensorRT-RTX' if target.rtx else 'TensorRT ' + target.tensorrt}) builds "
+                         "strongly typed networks only: drop --weak-typing")
+    if not weak:
+        if precision != graph.precision:
+            raise InputError(f"{path.name} is a {graph.precision} graph and a strongly typed build takes precision "
+                             f"from the graph: calibrate it for {precision} (`refiner-edge calibrate`), or build "
+                             f"without --onnx")
+        return Network(path, path, manifest, precision, graph.fused, weak=False)
+    if graph.fused:
+        raise InputError("a weakly typed build parses the plain FP32 graph: give the unfused graph")
+    if graph.precision == "fp32":
+        if precision == "int8":
+            raise InputError("a weakly typed INT8 build reads the calibration cache that `refiner-edge calibrate` "
+                             "writes: pass the INT8 graph (its .calib and plain source beside it)")
+        return Network(path, path, manifest, precision, False, weak=True)
+    if graph.precision != precision:
+        raise InputError(f"{path.name} is a {graph.precision} graph, not {precision}")
+    # an FP16/INT8 graph from `calibrate`: parse its plain source, with the cache for INT8
+    source = manifest.source
+    plain = path.with_name(source.artifact) if source else None
+    if plain is None or not plain.is_file() or file_sha256(plain) != source.sha256:
+        raise InputError(f"a weakly typed build parses the plain graph {path.name} was calibrated from, and "
+                         f"{plain.name if plain else 'it'} is not beside it (or changed)")
+    cache = None
+    if precision == "int8":
+        from ..precision.calibrate import calibration_cache_path
+
+        cache = calibration_cache_path(path)
+        if not cache.is_file():
+            raise InputError(f"no calibration cache {cache.name} beside {path.name}: calibrate again")
+    return Network(path, plain, manifest, precision, False, weak=True, calibration_cache=cache)
+
+
+def input_shape(network: Network) -> tuple[str, int, int]:
+    m = network.manifest
+    return m.graph.input, 3, m.model.img_size
+
+
+def check_device(target: Target, trt_version: str, note: Callable[[str], None]) -> None:
+    """TensorRT proper builds for the GPU it runs on: the local GPU must be the target's (or newer, for a
+    hardware-compatible target)."""
+    if target.rtx:
+        return
+    gpu = detect_gpu()
+    if gpu is None:
+        raise InputError(f"{target.name} engines are built by TensorRT on the target GPU and this machine has none: "
+                         "build on the device, or use an RTX target (--target rtx-sm89) to check the graph here")
+    have, want = (tuple(map(int, cc.split("."))) for cc in (gpu.compute_capability, target.compute_capability))
+    if have != want and not (target.hardware_compat == "ampere+" and have >= (8, 0)):
+        raise InputError(f"{target.name} is sm_{target.compute_capability.replace('.', '')} and this GPU "
+                         f"({gpu.name}) is sm_{gpu.compute_capability.replace('.', '')}: build on the target device "
+                         "or use --target auto")
+    if ".".join(trt_version.split(".")[:2]) != target.tensorrt and trt_version.split(".")[0] != target.tensorrt:
+        note(f"{target.name} is a TensorRT {target.tensorrt} target and this is TensorRT {trt_version}: the engine "
+             f"runs only where TensorRT {trt_version} is installed")
+
+
+def engine_bytes(network: Network, options: BuildOptions, plugin: plugins.Plugin) -> bytes:
+    """Build the serialized engine with Polygraphy's loaders."""
+    target = options.target
+    trt = import_tensorrt(target.flavour)
+    ptrt = polygraphy_trt(target.flavour)
+    name, channels, size = input_shape(network)
+    lo, opt, hi = options.batch or target.batch
+    if options.dla_core is not None and not (lo == opt == hi):
+        raise InputError(f"DLA needs a static batch: use --batch {opt} (one size) with --dla-core")
+    fixed = network.manifest.graph.batch
+    if isinstance(fixed, int) and (lo, opt, hi) != (fixed,) * 3:
+        raise InputError(f"{network.onnx.name} has a fixed batch of {fixed}: use --batch {fixed} or export a "
+                         "dynamic graph")
+    profile = ptrt.Profile().add(name, (lo, channels, size, size), (opt, channels, size, size),
+                                 (hi, channels, size, size))
+    common = dict(profiles=[profile], builder_optimization_level=options.opt_level or target.opt_level,
+                  memory_pool_limits={trt.MemoryPoolType.WORKSPACE: options.workspace or target.workspace},
+                  load_timing_cache=str(options.timing_cache) if options.timing_cache else None)
+    if target.rtx:
+        from polygraphy.backend.tensorrt_rtx import CreateConfigRTX
+
+        major, minor = target.compute_capability.split(".")
+        config = CreateConfigRTX(compute_capabilities=[(int(major), int(minor))], **common)
+    else:
+        calibrator = None
+        if network.calibration_cache is not None:
+            from ..precision.tensorrt_cache import cache_calibrator
+
+            calibrator = cache_calibrator(trt, network.calibration_cache)
+        config = ptrt.CreateConfig(
+            fp16=network.weak and network.precision in ("fp16", "int8"), int8=network.weak and
+            network.precision == "int8", calibrator=calibrator, use_dla=options.dla_core is not None,
+            allow_gpu_fallback=True, version_compatible=options.version_compatible or None,
+            hardware_compatibility_level=getattr(trt.HardwareCompatibilityLevel, HARDWARE_COMPAT[
+                target.hardware_compat]) if target.hardware_compat != "none" else None, **common)
+
+    def postprocess(builder, net, cfg):
+        """The knobs Polygraphy's CreateConfig lacks: the DLA core (it always picks core 0)."""
+        if options.dla_core is not None:
+            cfg.DLA_core = options.dla_core
+
+    config = ptrt.PostprocessConfig(config, postprocess)
+    strongly = not network.weak and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    net_loader = ptrt.NetworkFromOnnxPath(str(network.parse), strongly_typed=strongly)
+    if plugin.libraries():
+        net_loader = ptrt.LoadPlugins(plugins=plugin.libraries(), obj=net_loader)
+    cache = str(options.timing_cache) if options.timing_cache else None
+    with polygraphy_errors(f"{target.flavour} could not build {network.onnx.name}"):
+        serialized = ptrt.EngineBytesFromNetwork(net_loader, config=config, save_timing_cache=cache)()
+    return bytes(memoryview(serialized))
+
+
+def rebuild_command(output: str | Path, options: BuildOptions, onnx: str | Path | None = None,
+                    model: dict | None = None) -> str:
+    """The `refiner-edge build` line that makes this engine again (stored in its manifest, printed when stale)."""
+    args = ["refiner-edge", "build"]
+    if onnx is not None:
+        args += ["--onnx", str(onnx)]
+    for key, value in (model or {}).items():
+        if value is not None:
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    if options.precision:
+        args += ["--precision", options.precision]
+    args += ["--target", options.target.name]
+    if options.batch:
+        args += ["--batch", ":".join(map(str, options.batch))]
+    for flag, value in (("--plugin", options.plugin), ("--dla-core", options.dla_core),
+                        ("--workspace", options.workspace), ("--timing-cache", options.timing_cache)):
+        if value is not None:
+            args += [flag, str(value)]
+    args += ["--version-compatible"] if options.version_compatible else []
+    args += ["--weak-typing"] if options.weak_typing else []
+    return shlex.join(args + ["-o", str(output)])
+
+
+def build_engine(onnx: str | Path, output: str | Path, options: BuildOptions, *, rebuild: str | None = None,
+                 report: dict | None = None, note: Callable[[str], None] = lambda message: None) -> Manifest:
+    """Build `onnx` into the raw engine `output` and write its manifest `<output>.json` beside it.
+
+    The engine file is TensorRT's serialized plan and nothing else, so trtexec, Triton and DeepStream load it as it
+    is. Nothing is written unless the build succeeds; an earlier engine at `output` stays until then.
+    """
+    output = Path(output)
+    if output.suffix == ".json":
+        raise InputError("-o names the engine; its manifest is written beside it as <engine>.json")
+    target = options.target
+    network = describe_network(onnx, options)
+    form = options.plugin or (target.plugin if network.fused else "none")
+    plugins.check_form(form, target, network.fused, network.onnx.name)
+    trt = import_tensorrt(target.flavour)
+    check_device(target, trt.__version__, note)
+    plugin = plugins.prepare(form, None if target.rtx else trt.__version__)
+    started = time.perf_counter()
+    data = engine_bytes(network, options, plugin)
+    seconds = time.perf_counter() - started
+    if not data or data[:1] in (b"{", b"["):
+        raise VerificationError(f"{target.flavour} returned no engine for {network.onnx.name}")
+    lo, opt, hi = options.batch or target.batch
+    _, channels, size = input_shape(network)
+    info = EngineInfo(
+        flavour=target.flavour, tensorrt_version=trt.__version__, target=target.name,
+        compute_capability=target.compute_capability, device=target.devices, precision=network.precision,
+        typing="weak" if network.weak else "strong",
+        profiles=[{"input": network.manifest.graph.input, "min": [lo, channels, size, size],
+                   "opt": [opt, channels, size, size], "max": [hi, channels, size, size]}],
+        plugin_form=plugin.form, plugin_library=str(plugin.library) if plugin.library else None,
+        plugin_sha256=plugin.sha256, dla_core=options.dla_core, workspace=options.workspace or target.workspace,
+        builder_optimization_level=options.opt_level or target.opt_level, hardware_compatibility=target.hardware_compat,
+        version_compatible=options.version_compatible,
+        timing_cache=str(options.timing_cache) if options.timing_cache else None, build_seconds=round(seconds, 2),
+        rebuild=rebuild or rebuild_command(output, options, onnx=network.onnx))
+    graph = dataclasses.replace(network.manifest.graph, precision=network.precision)
+    record = network.manifest.derive("build", output, network.onnx, graph=graph, engine=info,
+                                     report={**(report or {}), "engine_bytes": len(data)})
+    with atomic_output(output) as tmp:
+        tmp.write_bytes(data)
+    try:
+        write_manifest(output, record)
+    except BaseException:
+        output.unlink(missing_ok=True)   # an engine without its manifest would load with no checks
+        raise
+    return record
+

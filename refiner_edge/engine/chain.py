@@ -1,0 +1,186 @@
+"""`refiner-edge build` with no graph given: export -> calibrate (fp16/int8, on the images given or the sample
+photographs) -> fuse (when the plugin form needs a fused graph) -> build, each artifact kept beside the engine.
+
+A stage is skipped when its artifact is there, matches its manifest's SHA-256, and its manifest's report holds the
+same `chain_key`: the SHA-256 of the stage's inputs (files by content) and options. Every artifact is written
+atomically by its stage, so a failed or interrupted stage leaves the earlier ones as they were.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, ContextManager
+
+from .. import __version__
+from ..artifacts import file_sha256
+from ..errors import InputError, RefinerEdgeError
+from ..manifest import Manifest, read_manifest, write_manifest
+from . import plugins
+from .build import BuildOptions, build_engine, import_tensorrt, rebuild_command
+
+Step = Callable[[str], ContextManager]
+
+
+def chain_key(**parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def images_digest(folder: Path) -> str:
+    """SHA-256 over the images' relative names and contents: a changed, added or removed image recalibrates."""
+    from ..images.preprocess import find_images
+
+    h = hashlib.sha256()
+    for path in find_images([folder]):
+        h.update(str(path.relative_to(folder) if path.is_relative_to(folder) else path.name).encode())
+        h.update(file_sha256(path).encode())
+    return h.hexdigest()
+
+
+def reusable(path: Path, key: str) -> Manifest | None:
+    """The manifest of a stage artifact made from the same inputs and options, or None."""
+    if not path.is_file():
+        return None
+    try:
+        manifest = read_manifest(path)
+    except RefinerEdgeError:
+        return None
+    if manifest is None or manifest.report.get("chain_key") != key or file_sha256(path) != manifest.sha256:
+        return None
+    return manifest
+
+
+def stamp(path: Path, key: str, inputs: dict) -> None:
+    manifest = read_manifest(path, required=True)
+    manifest.report.update({"chain_key": key, "chain_inputs": inputs})
+    write_manifest(path, manifest)
+
+
+def artifact_paths(output: Path, precision: str, fused: bool) -> dict[str, Path]:
+    stem = output.name.removesuffix(output.suffix) if output.suffix in (".engine", ".plan", ".trt") else output.name
+    calibrated = f"{stem}.{precision}" if precision != "fp32" else stem
+    return {"export": output.with_name(f"{stem}.onnx"),
+            "calibrate": output.with_name(f"{calibrated}.onnx") if precision != "fp32" else None,
+            "fuse": output.with_name(f"{calibrated}.fused.onnx") if fused else None}
+
+
+def choose_plugin(options: BuildOptions, note: Callable[[str], None]) -> str:
+    """The form asked for, else the target's; a default form that cannot be used here falls back to the plain
+    graph, with a note (an explicit --plugin fails instead)."""
+    target = options.target
+    if options.plugin is not None:
+        return options.plugin
+    if target.rtx or target.plugin == "none":
+        return "none"
+    try:
+        version = import_tensorrt(target.flavour).__version__
+        if target.plugin == "library":
+            plugins.find_library(build=False)
+        else:
+            plugins.prepare("aot", version)
+    except RefinerEdgeError as e:
+        note(f"building the plain graph: the {target.plugin} plugin form is not available ({e})")
+        return "none"
+    return target.plugin
+
+
+def build_chain(output: str | Path, options: BuildOptions, *, variant: str | None = None,
+                checkpoint: str | Path | None = None, img_size: int | None = None,
+                calib_images: str | Path | None = None, force: bool = False,
+                step: Step = lambda label: contextlib.nullcontext(),
+                note: Callable[[str], None] = lambda message: None) -> dict:
+    """Make the engine `output` from a variant (and checkpoint) through every stage; returns what each stage did."""
+    from ..models.variants import DEFAULT_VARIANT
+
+    output = Path(output)
+    if output.suffix == ".onnx" or output.suffix == ".json":
+        raise InputError(f"-o names the engine (e.g. model.engine); the ONNX stages are written beside it")
+    precision = options.precision or "fp32"
+    options = replace(options, precision=precision)
+    form = choose_plugin(options, note)
+    if options.weak_typing or (options.dla_core is not None and not options.target.strongly_typed_only):
+        fused = False   # a weakly typed build parses the plain graph
+    else:
+        fused = form != "none"
+    if fused and options.target.rtx:
+        raise InputError(f"TensorRT-RTX ({options.target.name}) has no custom plugins: use --plugin none")
+    variant = variant or DEFAULT_VARIANT
+    checkpoint_sha = file_sha256(checkpoint) if checkpoint is not None else None
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise InputError(f"checkpoint not found: {checkpoint}")
+    paths = artifact_paths(output, precision, fused)
+    stages: dict[str, dict] = {}
+
+    # export
+    inputs = {"variant": variant, "checkpoint_sha256": checkpoint_sha, "img_size": img_size, "batch": "dynamic",
+              "refiner_edge": __version__}
+    current, key = paths["export"], chain_key(stage="export", **inputs)
+    if force or reusable(current, key) is None:
+        from ..models.factory import create_model
+        from ..onnx.export import export_onnx
+
+        with step(f"export {variant} -> {current.name}"):
+            if checkpoint is None:
+                note("no --checkpoint: the weights are random")
+            export_onnx(create_model(variant, img_size=img_size, checkpoint=checkpoint), current)
+        stamp(current, key, inputs)
+        stages["export"] = {"artifact": str(current), "reused": False}
+    else:
+        stages["export"] = {"artifact": str(current), "reused": True}
+
+    # calibrate
+    if paths["calibrate"] is not None:
+        from ..images.samples import sample_image_dir
+
+        images = Path(calib_images) if calib_images is not None else sample_image_dir()
+        if not images.exists():
+            raise InputError(f"--calib-images: {images} does not exist")
+        source = current
+        current = paths["calibrate"]
+        inputs = {"onnx_sha256": file_sha256(source), "images_sha256": images_digest(images) if images.is_dir()
+                  else file_sha256(images), "precision": precision, "refiner_edge": __version__}
+        key = chain_key(stage="calibrate", **inputs)
+        if force or reusable(current, key) is None:
+            from ..precision.calibrate import calibrate_onnx
+
+            with step(f"calibrate {precision} on {images} -> {current.name}"):
+                calibrate_onnx(source, images, current, precision=precision)
+            stamp(current, key, inputs)
+            stages["calibrate"] = {"artifact": str(current), "images": str(images), "reused": False}
+        else:
+            stages["calibrate"] = {"artifact": str(current), "images": str(images), "reused": True}
+
+    # fuse
+    if paths["fuse"] is not None:
+        from ..refine.fuse import fuse_onnx
+
+        source, current = current, paths["fuse"]
+        inputs = {"onnx_sha256": file_sha256(source), "refiner_edge": __version__}
+        key = chain_key(stage="fuse", **inputs)
+        if force or reusable(current, key) is None:
+            with step(f"fuse {source.name} -> {current.name}"):
+                fuse_onnx(source, current, verify=True)
+            stamp(current, key, inputs)
+            stages["fuse"] = {"artifact": str(current), "reused": False}
+        else:
+            stages["fuse"] = {"artifact": str(current), "reused": True}
+
+    # build
+    options = replace(options, plugin=form)
+    rebuild = rebuild_command(output, options, model={"variant": variant, "checkpoint": checkpoint,
+                                                       "img_size": img_size, "calib_images": calib_images})
+    trt_version = import_tensorrt(options.target.flavour).__version__
+    inputs = {"onnx_sha256": file_sha256(current), "command": rebuild, "builder": f"{options.target.flavour} "
+              f"{trt_version}", "refiner_edge": __version__}
+    key = chain_key(stage="build", **inputs)
+    manifest = None if force else reusable(output, key)
+    if manifest is None:
+        with step(f"build {current.name} for {options.target.name} ({options.target.flavour}) -> {output.name}"):
+            manifest = build_engine(current, output, options, rebuild=rebuild,
+                                    report={"chain_key": key, "chain_inputs": inputs}, note=note)
+        stages["build"] = {"artifact": str(output), "reused": False}
+    else:
+        stages["build"] = {"artifact": str(output), "reused": True}
+    return {"stages": stages, "manifest": manifest}

@@ -1,0 +1,130 @@
+"""Plugin forms of the fused RefinerDLA node, as the build and the runner see them.
+
+- `library`: the IPluginV3 library built with CMake from plugins/refiner_dla, loaded before parsing and again before
+  the engine is deserialized; its path and SHA-256 go into the engine's manifest.
+- `aot`: the ahead-of-time plugin of the Triton kernel (refiner_edge.refine.aot, TensorRT >= 10.9): the kernel's
+  PTX is embedded in the engine, which then needs no library at run time.
+- `none`: the plain graph, no plugin. TensorRT-RTX has no custom plugins, so its targets build only this form.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..artifacts import file_sha256
+from ..errors import InputError, MissingDependencyError, VerificationError
+from .targets import AOT_MIN_TENSORRT, Target, tensorrt_at_least
+
+FORMS = ("library", "aot", "none")
+LIBRARY_ENV = "REFINER_DLA_PLUGIN"      # a prebuilt library, e.g. from a C++ build tree
+TENSORRT_ROOT_ENV = "TensorRT_ROOT"     # TensorRT include/ and lib/, as plugins/refiner_dla/CMakeLists.txt reads it
+SOURCE_DIR = Path(__file__).resolve().parents[2] / "plugins" / "refiner_dla"
+LIBRARY_NAMES = ("librefiner_edge_plugin.so", "refiner_edge_plugin.dll")   # plugins/refiner_dla/CMakeLists.txt
+
+
+@dataclass
+class Plugin:
+    form: str
+    library: Path | None = None
+    sha256: str | None = None
+    setup: object | None = None    # aot: what refiner_edge.refine.aot returned (registers the plugin's AOT impl)
+
+    def libraries(self) -> list[str]:
+        return [str(self.library)] if self.library else []
+
+
+def check_form(form: str, target: Target, fused: bool, graph_name: str) -> None:
+    """Refuse combinations that cannot build, each with the one fix."""
+    if form not in FORMS:
+        raise InputError(f"unknown plugin form '{form}'; choose one of: {', '.join(FORMS)}")
+    if target.rtx and fused:
+        raise InputError(f"{graph_name} has fused RefinerDLA nodes and TensorRT-RTX ({target.name}) has no custom "
+                         "plugins: build the plain graph (`refiner-edge export` without --fuse, or --plugin none "
+                         "with no --onnx)")
+    if target.rtx and form != "none":
+        raise InputError(f"TensorRT-RTX ({target.name}) has no custom plugins: use --plugin none")
+    if fused and form == "none":
+        raise InputError(f"{graph_name} has fused RefinerDLA nodes: build it with --plugin library or --plugin aot, "
+                         "or build the plain graph")
+    if not fused and form != "none":
+        raise InputError(f"--plugin {form} needs a fused graph and {graph_name} has no RefinerDLA nodes: fuse it "
+                         "(`refiner-edge fuse`) or use --plugin none")
+
+
+def prepare(form: str, tensorrt_version: str | None = None) -> Plugin:
+    """What the build needs for `form`: the library found (or built), or the AOT module set up."""
+    if form == "none":
+        return Plugin("none")
+    if form == "library":
+        library = find_library(build=True)
+        return Plugin("library", library, file_sha256(library))
+    if tensorrt_version is not None and not tensorrt_at_least(tensorrt_version, AOT_MIN_TENSORRT):
+        raise InputError(f"the aot plugin form needs TensorRT >= 10.9 and this is {tensorrt_version}: use --plugin "
+                         "library")
+    aot = import_aot()
+    setup = aot.register() if hasattr(aot, "register") else None
+    return Plugin("aot", setup=setup)
+
+
+def import_aot():
+    """refiner_edge.refine.aot (the Triton kernel's AOT plugin), imported on use."""
+    try:
+        return importlib.import_module("refiner_edge.refine.aot")
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("refiner_edge"):
+            raise MissingDependencyError("the aot plugin form needs refiner_edge.refine.aot (the Triton kernel's "
+                                         "AOT plugin), which this installation lacks: use --plugin library") from None
+        raise MissingDependencyError(f"the aot plugin form needs {e.name} (pip install 'refiner-edge[tensorrt]' "
+                                     "triton)") from None
+
+
+def find_library(build: bool = False) -> Path:
+    """$REFINER_DLA_PLUGIN, else a CMake build under plugins/refiner_dla/build, else (build=True) build it there
+    when TensorRT's headers are found ($TENSORRT_ROOT/include or the system's)."""
+    given = os.environ.get(LIBRARY_ENV)
+    if given:
+        path = Path(given)
+        if not path.is_file():
+            raise InputError(f"${LIBRARY_ENV} names {path}, which does not exist")
+        return path
+    build_dir = SOURCE_DIR / "build"
+    for name in LIBRARY_NAMES:
+        for found in sorted(build_dir.rglob(name)) if build_dir.is_dir() else []:
+            return found
+    if not build:
+        raise InputError(f"no RefinerDLA plugin library: build it (cmake -S plugins/refiner_dla -B "
+                         f"plugins/refiner_dla/build) or set ${LIBRARY_ENV}")
+    return build_library(build_dir)
+
+
+def tensorrt_headers() -> Path | None:
+    roots = [os.environ.get(TENSORRT_ROOT_ENV), "/usr", "/usr/local/tensorrt", "/opt/tensorrt"]
+    for root in filter(None, roots):
+        for include in (Path(root) / "include", Path(root) / "include" / "aarch64-linux-gnu",
+                        Path(root) / "include" / "x86_64-linux-gnu"):
+            if (include / "NvInferRuntime.h").is_file():
+                return include
+    return None
+
+
+def build_library(build_dir: Path) -> Path:
+    if not (SOURCE_DIR / "CMakeLists.txt").is_file():
+        raise MissingDependencyError("the RefinerDLA plugin sources (plugins/refiner_dla) are not in this "
+                                     f"installation: build the library from a source checkout and set ${LIBRARY_ENV}")
+    include = tensorrt_headers()
+    if include is None or shutil.which("cmake") is None:
+        raise MissingDependencyError("building the RefinerDLA plugin library needs cmake and TensorRT's headers "
+                                     f"(set ${TENSORRT_ROOT_ENV}); or set ${LIBRARY_ENV} to a built library")
+    configure = ["cmake", "-S", str(SOURCE_DIR), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+                 f"-DTensorRT_ROOT={include.parent}"]
+    for cmd in (configure, ["cmake", "--build", str(build_dir), "-j"]):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise VerificationError(f"building the RefinerDLA plugin library failed ({' '.join(cmd[:2])}): "
+                                    f"{tail[0]}")
+    return find_library(build=False)

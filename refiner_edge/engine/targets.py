@@ -1,0 +1,180 @@
+"""Build targets as data: one row per device family and TensorRT line (docs/engines.md prints the same table).
+
+A row says which builder makes its engines (`tensorrt` on the device itself, or `tensorrt-rtx` ahead of time for a
+compute capability, no GPU needed), with which defaults. `auto` reads the local GPU and picks the matching row.
+Nothing here imports tensorrt, cuda or torch until `detect_gpu` runs.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from ..errors import InputError
+
+GiB = 1 << 30
+# The AOT plugin form (kernel embedded in the engine) needs TensorRT's quickly deployable plugins' AOT path.
+AOT_MIN_TENSORRT = (10, 9)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    devices: str                  # the hardware the row describes
+    compute_capability: str       # "8.7"
+    flavour: str                  # tensorrt or tensorrt-rtx
+    tensorrt: str                 # the TensorRT line the row is for ("10.3", "11.4", "rtx-1.7")
+    dla_cores: int
+    workspace: int                # bytes of builder workspace
+    opt_level: int                # builder optimisation level (0..5; 3 is TensorRT's default)
+    hardware_compat: str          # none, ampere+ (portable across Ampere and newer) or same-cc
+    batch: tuple[int, int, int]   # default (min, opt, max) batch profile
+    plugin: str                   # default plugin form: library, aot or none
+    jetpack: str | None = None
+
+    @property
+    def sm(self) -> str:
+        return "sm_" + self.compute_capability.replace(".", "")
+
+    @property
+    def rtx(self) -> bool:
+        return self.flavour == "tensorrt-rtx"
+
+    @property
+    def strongly_typed_only(self) -> bool:
+        """TensorRT 11 removed weak typing, INT8 calibrators and calibration caches."""
+        return self.rtx or int(self.tensorrt.split(".")[0]) >= 11
+
+    def row(self) -> dict:
+        return {"name": self.name, "devices": self.devices, "sm": self.sm, "flavour": self.flavour,
+                "tensorrt": self.tensorrt, "jetpack": self.jetpack, "dla_cores": self.dla_cores,
+                "workspace_gib": self.workspace / GiB, "opt_level": self.opt_level,
+                "hardware_compat": self.hardware_compat, "batch": ":".join(map(str, self.batch)),
+                "plugin": self.plugin}
+
+
+def _jetson(name, devices, cc, trt, jetpack, dla, workspace, batch, plugin):
+    return Target(name, devices, cc, "tensorrt", trt, dla, workspace, 3, "none", batch, plugin, jetpack)
+
+
+def _dc(name, devices, cc, batch=(1, 16, 64), trt="10.13", compat="none"):
+    return Target(name, devices, cc, "tensorrt", trt, 0, 8 * GiB, 3, compat, batch, "aot")
+
+
+def _rtx(cc, devices):
+    return Target(f"rtx-sm{cc.replace('.', '')}", devices, cc, "tensorrt-rtx", "rtx-1.7", 0, 4 * GiB, 3, "none",
+                  (1, 8, 32), "none")
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    # JetPack 6.1/6.2: TensorRT 10.3, no AOT plugins (< 10.9): the RefinerDLA library. Orin Nano has no DLA.
+    _jetson("orin-nano-jp6", "Jetson Orin Nano 4/8 GB", "8.7", "10.3", "6.2", 0, 1 * GiB, (1, 1, 4), "library"),
+    _jetson("orin-nx-jp6", "Jetson Orin NX 8/16 GB", "8.7", "10.3", "6.2", 2, 2 * GiB, (1, 4, 8), "library"),
+    _jetson("orin-agx-jp6", "Jetson AGX Orin 32/64 GB", "8.7", "10.3", "6.2", 2, 4 * GiB, (1, 8, 16), "library"),
+    # JetPack 7.2.2+ brings TensorRT 11.4 to AGX Orin and Thor: strongly typed only, AOT plugin.
+    _jetson("orin-agx-jp7", "Jetson AGX Orin (JetPack 7.2.2+)", "8.7", "11.4", "7.2", 2, 4 * GiB, (1, 8, 16),
+            "aot"),
+    # Thor: sm_110 in CUDA 13's naming, no DLA. JetPack 7.0 ships TensorRT 10.13.
+    _jetson("thor-jp7", "Jetson AGX Thor", "11.0", "10.13", "7.0", 0, 8 * GiB, (1, 8, 32), "aot"),
+    _jetson("thor-trt11", "Jetson AGX Thor (TensorRT 11.4)", "11.0", "11.4", "7.2", 0, 8 * GiB, (1, 8, 32), "aot"),
+    # Datacenter: built on the GPU itself with TensorRT 10.13+ or 11.x.
+    _dc("a100", "A100", "8.0"),
+    _dc("a100-portable", "A100 and newer (hardware compatibility AMPERE_PLUS)", "8.0", compat="ampere+"),
+    _dc("a10", "A10, A40", "8.6"),
+    _dc("l4", "L4", "8.9", batch=(1, 8, 32)),
+    _dc("l40s", "L40S", "8.9"),
+    _dc("h100", "H100", "9.0", batch=(1, 32, 128)),
+    _dc("h200", "H200", "9.0", batch=(1, 32, 128)),
+    _dc("b200", "B200", "10.0", batch=(1, 32, 128), trt="11.4"),
+    # TensorRT-RTX: ahead-of-time builds for a compute capability on any machine (no GPU needed); no plugins.
+    _rtx("7.5", "GeForce RTX 20xx, Quadro RTX, T4"),
+    _rtx("8.0", "A100 (TensorRT-RTX)"),
+    _rtx("8.6", "GeForce RTX 30xx, RTX A-series"),
+    _rtx("8.9", "GeForce RTX 40xx, RTX Ada, L4"),
+    _rtx("12.0", "GeForce RTX 50xx, RTX PRO Blackwell"),
+    _rtx("12.1", "DGX Spark (GB10)"),
+)}
+
+
+def get_target(name: str) -> Target:
+    """A row of the table, or the local GPU's row for 'auto'."""
+    if name == "auto":
+        return auto_target()
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise InputError(f"unknown target '{name}'; choose auto or one of: {', '.join(TARGETS)}") from None
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    compute_capability: str   # "8.9"
+    memory: int               # bytes
+
+
+def detect_gpu() -> Gpu | None:
+    """The first local CUDA GPU, read through cuda-python, else torch; None when there is none (or no way to ask)."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        cudart = None
+    if cudart is not None:
+        err, count = cudart.cudaGetDeviceCount()
+        if err == cudart.cudaError_t.cudaSuccess and count > 0:
+            err, prop = cudart.cudaGetDeviceProperties(0)
+            if err == cudart.cudaError_t.cudaSuccess:
+                name = prop.name.decode(errors="replace").rstrip("\0") if isinstance(prop.name, bytes) \
+                    else str(prop.name)
+                return Gpu(name, f"{prop.major}.{prop.minor}", int(prop.totalGlobalMem))
+        return None
+    try:
+        torch = importlib.import_module("torch")
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    p = torch.cuda.get_device_properties(0)
+    return Gpu(p.name, f"{p.major}.{p.minor}", int(p.total_memory))
+
+
+def installed_tensorrt() -> tuple[str, str] | None:
+    """(flavour, version) of the TensorRT Python package that is installed, TensorRT proper first."""
+    for flavour, module in (("tensorrt", "tensorrt"), ("tensorrt-rtx", "tensorrt_rtx")):
+        try:
+            return flavour, importlib.import_module(module).__version__
+        except ImportError:
+            continue
+    return None
+
+
+def match_target(gpu: Gpu, flavour: str, version: str | None = None) -> Target:
+    """The table row for `gpu` and the installed builder: the RTX row of its compute capability under TensorRT-RTX;
+    under TensorRT the row of its compute capability whose TensorRT line is the installed one's major version,
+    preferring a row whose device name matches the GPU's."""
+    rows = [t for t in TARGETS.values() if t.compute_capability == gpu.compute_capability and t.flavour == flavour
+            and t.hardware_compat == "none"]
+    if flavour == "tensorrt" and version:
+        major = version.split(".")[0]
+        rows = [t for t in rows if t.tensorrt.split(".")[0] == major] or rows
+    if not rows:
+        raise InputError(f"no target for {gpu.name} (sm_{gpu.compute_capability.replace('.', '')}) with {flavour}: "
+                         f"name one with --target (see docs/engines.md)")
+    words = set(gpu.name.lower().replace("-", " ").split())
+    return max(rows, key=lambda t: len(words & set(t.devices.lower().replace(",", " ").split())))
+
+
+def auto_target() -> Target:
+    gpu = detect_gpu()
+    if gpu is None:
+        raise InputError("--target auto needs a local CUDA GPU and none was found: name a target instead, e.g. "
+                         "--target rtx-sm89 (TensorRT-RTX builds without a GPU); see docs/engines.md")
+    installed = installed_tensorrt()
+    if installed is None:
+        raise InputError(f"found {gpu.name} but neither tensorrt nor tensorrt-rtx is installed "
+                         "(pip install 'refiner-edge[tensorrt]' or 'refiner-edge[rtx]')")
+    return match_target(gpu, *installed)
+
+
+def tensorrt_at_least(version: str, minimum: tuple[int, int]) -> bool:
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    return parts >= minimum

@@ -1,0 +1,74 @@
+"""`refiner-edge bench` on PyTorch and ONNX Runtime: real timed runs, sensible figures, clean refusals."""
+import json
+
+import pytest
+
+from refiner_edge.errors import InputError
+from refiner_edge.runners.base import load_runner
+from refiner_edge.runners.bench import PeakRss, bench, rss_bytes
+
+from .helpers import assert_clean_failure, invoke
+
+
+def check_figures(report: dict, backend: str, batch: int, iterations: int) -> None:
+    lat = report["latency_ms"]
+    assert report["backend"] == backend and report["batch"] == batch and report["iterations"] == iterations
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert lat["min"] <= lat["mean"] <= lat["max"]
+    # throughput is images over the timed seconds: batch * 1000 / mean latency
+    assert report["throughput_ips"] == pytest.approx(batch * 1e3 / lat["mean"], rel=1e-6)
+    assert report["memory_mb"]["peak_rss"] > 50 and report["memory_mb"]["rss_growth"] >= 0
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx_path(tmp_path_factory, tiny_model):
+    from refiner_edge.onnx.export import export_onnx
+
+    path = tmp_path_factory.mktemp("bench") / "tiny.onnx"
+    export_onnx(tiny_model, path)
+    return path
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_bench_torch_and_onnxruntime(tiny_onnx_path, batch):
+    for runner in (load_runner("torch", variant="refiner-vit-tiny"), load_runner("onnxruntime", onnx=tiny_onnx_path)):
+        report = bench(runner, batch=batch, iterations=20, warmup=2)
+        print(f"{runner.name} batch {batch}: p50 {report['latency_ms']['p50']:.2f} ms, "
+              f"{report['throughput_ips']:.0f} images/s")
+        check_figures(report, runner.name, batch, 20)
+
+
+def test_cli_bench_json(tiny_onnx_path):
+    result = invoke("bench", "--onnx", tiny_onnx_path, "--batch", "2", "--iterations", "10", "--warmup", "1",
+                    "--json")
+    assert result.exit_code == 0, result.output
+    check_figures(json.loads(result.stdout), "onnxruntime", 2, 10)
+    result = invoke("bench", "--variant", "refiner-vit-tiny", "--iterations", "5", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    check_figures(report, "torch", 1, 5)
+    assert "PyTorch refiner-vit-tiny" in report["model"]
+    text = invoke("bench", "--onnx", tiny_onnx_path, "--iterations", "3")
+    assert text.exit_code == 0 and "p50" in text.stdout and "images/s" in text.stdout
+
+
+def test_bench_refusals(tmp_path, tiny_onnx_path):
+    assert_clean_failure(invoke("bench", "--onnx", tiny_onnx_path, "--engine", tmp_path / "m.engine"),
+                         "one of --engine and --onnx")
+    assert_clean_failure(invoke("bench", "--onnx", tiny_onnx_path, "--cuda-graph"), "--cuda-graph applies")
+    assert_clean_failure(invoke("bench", "--onnx", tiny_onnx_path, "--checkpoint", tiny_onnx_path),
+                         "--checkpoint")
+    assert_clean_failure(invoke("bench", "--onnx", tiny_onnx_path, "--variant", "refiner-vit-s"),
+                         "describe a graph without a manifest")
+    assert_clean_failure(invoke("bench", "--engine", tmp_path / "missing.engine"), "engine not found")
+    with pytest.raises(InputError, match="--batch and --iterations"):
+        bench(load_runner("onnxruntime", onnx=tiny_onnx_path), iterations=0)
+
+
+def test_peak_rss_sees_a_native_allocation():
+    import numpy as np
+
+    with PeakRss() as rss:
+        block = np.ones(64 << 20, dtype=np.uint8)   # 64 MB touched outside the Python heap's accounting
+    del block
+    assert rss_bytes() > 0 and rss.peak - rss.start > 32e6
