@@ -319,7 +319,8 @@ def build_engine(onnx: str | Path, output: str | Path, options: BuildOptions, *,
     target = options.target
     network = describe_network(onnx, options)
     form = options.plugin or (target.plugin if network.fused else "none")
-    plugins.check_form(form, target, network.fused, network.onnx.name)
+    recorded = network.manifest.graph.plugin
+    plugins.check_form(form, target, network.fused, network.onnx.name, recorded.form if recorded else None)
     trt = import_tensorrt(target.flavour)
     check_device(target, trt.__version__, note)
     plugin = plugins.prepare(form, None if target.rtx else trt.__version__)

@@ -157,11 +157,11 @@ def build_chain(output: str | Path, options: BuildOptions, *, variant: str | Non
         from ..refine.fuse import fuse_onnx
 
         source, current = current, paths["fuse"]
-        inputs = {"onnx_sha256": file_sha256(source), "refiner_edge": __version__}
+        inputs = {"onnx_sha256": file_sha256(source), "form": form, "refiner_edge": __version__}
         key = chain_key(stage="fuse", **inputs)
         if force or reusable(current, key) is None:
-            with step(f"fuse {source.name} -> {current.name}"):
-                fuse_onnx(source, current, verify=True)
+            with step(f"fuse {source.name} -> {current.name} ({form} form)"):
+                fuse_onnx(source, current, verify=True, form=form)
             stamp(current, key, inputs)
             stages["fuse"] = {"artifact": str(current), "reused": False}
         else:

@@ -37,8 +37,9 @@ class Plugin:
         return [str(self.library)] if self.library else []
 
 
-def check_form(form: str, target: Target, fused: bool, graph_name: str) -> None:
-    """Refuse combinations that cannot build, each with the one fix."""
+def check_form(form: str, target: Target, fused: bool, graph_name: str, graph_form: str | None = None) -> None:
+    """Refuse combinations that cannot build, each with the one fix. graph_form: the form the fused graph's nodes
+    were written in (`refiner-edge fuse --plugin-form`), from its manifest."""
     if form not in FORMS:
         raise InputError(f"unknown plugin form '{form}'; choose one of: {', '.join(FORMS)}")
     if target.rtx and fused:
@@ -53,6 +54,9 @@ def check_form(form: str, target: Target, fused: bool, graph_name: str) -> None:
     if not fused and form != "none":
         raise InputError(f"--plugin {form} needs a fused graph and {graph_name} has no RefinerDLA nodes: fuse it "
                          "(`refiner-edge fuse`) or use --plugin none")
+    if fused and graph_form is not None and graph_form != form:
+        raise InputError(f"{graph_name}'s RefinerDLA nodes are in the {graph_form} plugin form, not {form}: fuse "
+                         f"the graph with `refiner-edge fuse --plugin-form {form}`")
 
 
 def prepare(form: str, tensorrt_version: str | None = None) -> Plugin:
