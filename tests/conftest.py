@@ -28,6 +28,16 @@ def tiny_model():
 
 
 @pytest.fixture(scope="session")
+def tiny_plain(tmp_path_factory, tiny_model) -> Path:
+    """The tiny model's plain ONNX graph and its manifest, shared by the precision and engine tests."""
+    from refiner_edge.onnx.export import export_onnx
+
+    path = tmp_path_factory.mktemp("tiny_plain") / "tiny.onnx"
+    export_onnx(tiny_model, path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_model) -> Path:
     """A checkpoint file shaped like the official ones: timm dict with args Namespace, EMA and raw weights."""
     import argparse

@@ -28,20 +28,11 @@ def build_rtx(onnx, out, cc="89", **kw):
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tmp_path_factory, tiny_model):
-    from refiner_edge.onnx.export import export_onnx
-
-    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
-    export_onnx(tiny_model, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_engine(tmp_path_factory, tiny_onnx):
+def tiny_engine(tmp_path_factory, tiny_plain):
     if not HAS_RTX:
         pytest.skip("tensorrt-rtx is not installed (pip install 'refiner-edge[rtx]')")
     out = tmp_path_factory.mktemp("tiny_engine") / "tiny.engine"
-    build_rtx(tiny_onnx, out)
+    build_rtx(tiny_plain, out)
     return out
 
 
@@ -184,7 +175,7 @@ def test_cli_chain_from_nothing_reuses_its_stages(tmp_path):
 
 
 @rtx
-def test_failed_build_leaves_the_earlier_engine(tmp_path, tiny_onnx, tiny_engine, monkeypatch):
+def test_failed_build_leaves_the_earlier_engine(tmp_path, tiny_plain, tiny_engine, monkeypatch):
     import refiner_edge.engine.build as build_module
 
     out = tmp_path / "keep.engine"
@@ -196,7 +187,7 @@ def test_failed_build_leaves_the_earlier_engine(tmp_path, tiny_onnx, tiny_engine
 
     monkeypatch.setattr(build_module, "engine_bytes", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        build_rtx(tiny_onnx, out)
+        build_rtx(tiny_plain, out)
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["keep.engine"]
 
 
@@ -219,12 +210,12 @@ def test_polygraphy_is_rebound_when_the_flavour_changes():
 # --- refusals, each one line ------------------------------------------------------------------------------------
 
 @rtx
-def test_fused_graph_for_an_rtx_target_names_the_fix(tmp_path, tiny_onnx):
+def test_fused_graph_for_an_rtx_target_names_the_fix(tmp_path, tiny_plain):
     pytest.importorskip("onnxruntime_extensions", reason="fusing needs onnxruntime-extensions' reference op")
     from refiner_edge.refine.fuse import fuse_onnx
 
     fused = tmp_path / "f.onnx"
-    fuse_onnx(tiny_onnx, fused, verify=False)
+    fuse_onnx(tiny_plain, fused, verify=False)
     with pytest.raises(InputError, match="TensorRT-RTX .* has no custom plugins: build the plain graph"):
         build_rtx(fused, tmp_path / "f.engine")
     assert_clean_failure(invoke("build", "--onnx", fused, "--target", "rtx-sm89", "-o", tmp_path / "f.engine"),
@@ -232,7 +223,7 @@ def test_fused_graph_for_an_rtx_target_names_the_fix(tmp_path, tiny_onnx):
     assert not (tmp_path / "f.engine").exists()
 
 
-def test_refusals_before_any_builder_runs(tmp_path, tiny_onnx):
+def test_refusals_before_any_builder_runs(tmp_path, tiny_plain):
     orin, thor = TARGETS["orin-agx-jp6"], TARGETS["thor-jp7"]
     cases = [
         (BuildOptions(orin, dla_core=0), "DLA runs FP16 and INT8 only"),
@@ -246,15 +237,15 @@ def test_refusals_before_any_builder_runs(tmp_path, tiny_onnx):
     ]
     for options, message in cases:
         with pytest.raises(InputError, match=message):
-            build_engine(tiny_onnx, tmp_path / "x.engine", options)
+            build_engine(tiny_plain, tmp_path / "x.engine", options)
     assert not list(tmp_path.iterdir())
     with pytest.raises(InputError, match="-o names the engine"):
-        build_engine(tiny_onnx, tmp_path / "x.json", BuildOptions(orin))
+        build_engine(tiny_plain, tmp_path / "x.json", BuildOptions(orin))
     with pytest.raises(InputError, match="ONNX model not found"):
         build_engine(tmp_path / "missing.onnx", tmp_path / "x.engine", BuildOptions(orin))
-    assert_clean_failure(invoke("build", "--onnx", tiny_onnx, "--target", "orin-agx-jp6", "--dla-core", "0",
+    assert_clean_failure(invoke("build", "--onnx", tiny_plain, "--target", "orin-agx-jp6", "--dla-core", "0",
                                 "-o", tmp_path / "x.engine"), "DLA runs FP16 and INT8 only")
-    assert_clean_failure(invoke("build", "--onnx", tiny_onnx, "--variant", "refiner-vit-s", "--target", "rtx-sm89",
+    assert_clean_failure(invoke("build", "--onnx", tiny_plain, "--variant", "refiner-vit-s", "--target", "rtx-sm89",
                                 "-o", tmp_path / "x.engine"), "--variant")
     assert_clean_failure(invoke("build", "--target", "rtx-sm89"), "-o/--output")
 
@@ -344,7 +335,7 @@ def test_running_an_engine_here_says_why_not(tiny_engine, sample_photos):
 
 @pytest.mark.tensorrt
 @pytest.mark.gpu
-def test_tensorrt_engine_runs_and_matches_onnxruntime(tmp_path, tiny_onnx, sample_photos):
+def test_tensorrt_engine_runs_and_matches_onnxruntime(tmp_path, tiny_plain, sample_photos):
     if not HAS_TRT:
         pytest.skip("tensorrt is not installed (NVIDIA's index; JetPack ships it): TensorRT builds are not run here")
     if detect_gpu() is None:
@@ -355,9 +346,9 @@ def test_tensorrt_engine_runs_and_matches_onnxruntime(tmp_path, tiny_onnx, sampl
 
     out = tmp_path / "tiny.engine"
     target = get_target("auto")
-    build_engine(tiny_onnx, out, BuildOptions(target, batch=(1, 2, 8)))
+    build_engine(tiny_plain, out, BuildOptions(target, batch=(1, 2, 8)))
     assert out.read_bytes()[:1] not in (b"{", b"[")
-    ort = load_runner("onnxruntime", onnx=tiny_onnx)
+    ort = load_runner("onnxruntime", onnx=tiny_plain)
     x = np.stack([ort.preprocess.load(p) for p in sample_photos])
     for graph in (False, True):
         trt = load_runner("tensorrt", engine=out, cuda_graph=graph)

@@ -120,15 +120,6 @@ def test_image_sample_is_deterministic_and_skips_unreadable_files(tmp_path):
 # ---------------------------------------------------------------- the graphs, on the tiny model
 
 @pytest.fixture(scope="module")
-def tiny_plain(tmp_path_factory, tiny_model):
-    from refiner_edge.onnx.export import export_onnx
-
-    path = tmp_path_factory.mktemp("precision") / "tiny.onnx"
-    export_onnx(tiny_model, path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def tiny_int8(tiny_plain, sample_photos):
     out = tiny_plain.with_name("tiny.int8.onnx")
     result = invoke("calibrate", "--onnx", tiny_plain, "--images", sample_photos[0].parent, "-o", out,
