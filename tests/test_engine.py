@@ -93,8 +93,34 @@ def test_option_parsing():
     for bad in ("4:1:8", "0:1:2", "a:b:c", "1:2"):
         with pytest.raises(InputError, match="--batch"):
             parse_batch(bad)
-    with pytest.raises(InputError, match="--workspace"):
-        parse_size("lots")
+    for bad in ("lots", "0.5", "0", "-2G", "1e400", "nan"):  # under a byte, or not finite: never a silent default
+        with pytest.raises(InputError, match="--workspace"):
+            parse_size(bad)
+
+
+def test_chain_names_its_stages_after_the_engine():
+    from refiner_edge.engine.chain import artifact_paths
+
+    paths = artifact_paths(Path("out/s.int8.engine"), "int8", fused=True)
+    assert [p.name for p in paths.values()] == ["s.onnx", "s.int8.onnx", "s.int8.fused.onnx"]
+    assert artifact_paths(Path("m.plan"), "fp32", fused=False)["calibrate"] is None
+
+
+def test_missing_checkpoint_is_an_input_error(tmp_path):
+    result = invoke("build", "--checkpoint", tmp_path / "nope.pth", "--target", "rtx-sm89", "-o", tmp_path / "e")
+    assert result.exit_code == 2
+    assert_clean_failure(result, "nope.pth")
+
+
+@pytest.mark.tensorrt
+def test_aot_plugin_registers_with_tensorrt():
+    """The AOT plugin's definitions pass tensorrt.plugin's own validation (annotations, autotune positions)."""
+    trt = pytest.importorskip("tensorrt", reason="tensorrt is not installed (NVIDIA's index is unreachable here)")
+    pytest.importorskip("tensorrt.plugin", reason=f"tensorrt {trt.__version__} has no tensorrt.plugin (< 10.6)")
+    from refiner_edge.refine import aot
+
+    aot.register(portable_cc=80)
+    assert aot.QUALIFIED_NAME in {f"{c.plugin_namespace}::{c.name}" for c in trt.get_plugin_registry().all_creators}
 
 
 # --- real builds with TensorRT-RTX ------------------------------------------------------------------------------

@@ -84,3 +84,14 @@ def test_aot_kernel_is_the_triton_kernel_as_ptx():
         assert usage["spill_stores"] == 0 and usage["mma_instructions"] > 0, usage
         print(f"AOT sm_{cc} H={heads} {dtype}: {usage['registers']} registers, {k.shared_mem} B shared, "
               f"{k.block_x} threads")
+
+
+def test_aot_kernel_refuses_more_shared_memory_than_a_launch_gets():
+    """H = 32 in FP32 needs 80 KiB of shared memory; an AOT plugin launch cannot opt in past 48 KiB, so the build
+    gets a clear refusal instead of a kernel that fails to launch."""
+    pytest.importorskip("triton", reason="Triton is not installed: pip install triton")
+    from refiner_edge.refine import aot
+
+    with pytest.raises(ValueError, match="shared memory, over the 49152 an AOT plugin launch gets"):
+        aot.aot_kernel(32, 96, "fp32", 80)
+    assert aot.aot_kernel(32, 96, "fp16", 80).shared_mem <= aot.SHARED_MEMORY_LIMIT

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import importlib
 import logging
+import math
 import os
 import shlex
 import sys
@@ -144,7 +145,7 @@ def parse_size(text: str) -> int:
         value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
     except ValueError:
         value = -1
-    if value <= 0:
+    if not math.isfinite(value) or value < 1:
         raise InputError(f"--workspace must be a size such as 4G, 512M or a byte count, got '{text}'")
     return int(value)
 
@@ -275,8 +276,11 @@ def engine_bytes(network: Network, options: BuildOptions, plugin: plugins.Plugin
     config = ptrt.PostprocessConfig(config, postprocess)
     strongly = not network.weak and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
     net_loader = ptrt.NetworkFromOnnxPath(str(network.parse), strongly_typed=strongly)
-    if plugin.libraries():
-        net_loader = ptrt.LoadPlugins(plugins=plugin.libraries(), obj=net_loader)
+    for library in plugin.libraries():
+        # the library exports getCreators (IPluginV3), so it must go through the registry: a bare dlopen, which is
+        # what Polygraphy's LoadPlugins does, registers nothing and the ONNX parser would not find RefinerDLA
+        if trt.get_plugin_registry().load_library(library) is None:
+            raise InputError(f"TensorRT could not load the plugin library {library}")
     cache = str(options.timing_cache) if options.timing_cache else None
     with polygraphy_errors(f"{target.flavour} could not build {network.onnx.name}"):
         serialized = ptrt.EngineBytesFromNetwork(net_loader, config=config, save_timing_cache=cache)()
@@ -323,7 +327,8 @@ def build_engine(onnx: str | Path, output: str | Path, options: BuildOptions, *,
     plugins.check_form(form, target, network.fused, network.onnx.name, recorded.form if recorded else None)
     trt = import_tensorrt(target.flavour)
     check_device(target, trt.__version__, note)
-    plugin = plugins.prepare(form, None if target.rtx else trt.__version__)
+    plugin = plugins.prepare(form, None if target.rtx else trt.__version__,
+                             portable_cc=80 if target.hardware_compat == "ampere+" else None)
     started = time.perf_counter()
     data = engine_bytes(network, options, plugin)
     seconds = time.perf_counter() - started

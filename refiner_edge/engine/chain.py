@@ -60,6 +60,8 @@ def stamp(path: Path, key: str, inputs: dict) -> None:
 
 def artifact_paths(output: Path, precision: str, fused: bool) -> dict[str, Path]:
     stem = output.name.removesuffix(output.suffix) if output.suffix in (".engine", ".plan", ".trt") else output.name
+    for suffix in (".fp32", ".fp16", ".int8"):  # -o s.int8.engine: the FP32 export is s.onnx, not s.int8.onnx
+        stem = stem.removesuffix(suffix)
     calibrated = f"{stem}.{precision}" if precision != "fp32" else stem
     return {"export": output.with_name(f"{stem}.onnx"),
             "calibrate": output.with_name(f"{calibrated}.onnx") if precision != "fp32" else None,
@@ -101,15 +103,15 @@ def build_chain(output: str | Path, options: BuildOptions, *, variant: str | Non
     options = replace(options, precision=precision)
     form = choose_plugin(options, note)
     if options.weak_typing or (options.dla_core is not None and not options.target.strongly_typed_only):
-        fused = False   # a weakly typed build parses the plain graph
+        fused, form = False, "none"   # a weakly typed build parses the plain graph: no RefinerDLA nodes
     else:
         fused = form != "none"
     if fused and options.target.rtx:
         raise InputError(f"TensorRT-RTX ({options.target.name}) has no custom plugins: use --plugin none")
     variant = variant or DEFAULT_VARIANT
-    checkpoint_sha = file_sha256(checkpoint) if checkpoint is not None else None
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise InputError(f"checkpoint not found: {checkpoint}")
+    checkpoint_sha = file_sha256(checkpoint) if checkpoint is not None else None
     paths = artifact_paths(output, precision, fused)
     stages: dict[str, dict] = {}
 

@@ -59,8 +59,9 @@ def check_form(form: str, target: Target, fused: bool, graph_name: str, graph_fo
                          f"the graph with `refiner-edge fuse --plugin-form {form}`")
 
 
-def prepare(form: str, tensorrt_version: str | None = None) -> Plugin:
-    """What the build needs for `form`: the library found (or built), or the AOT module set up."""
+def prepare(form: str, tensorrt_version: str | None = None, portable_cc: int | None = None) -> Plugin:
+    """What the build needs for `form`: the library found (or built), or the AOT module set up (its PTX compiled
+    for `portable_cc` where the engine must run on every GPU from that compute capability on)."""
     if form == "none":
         return Plugin("none")
     if form == "library":
@@ -70,7 +71,7 @@ def prepare(form: str, tensorrt_version: str | None = None) -> Plugin:
         raise InputError(f"the aot plugin form needs TensorRT >= 10.9 and this is {tensorrt_version}: use --plugin "
                          "library")
     aot = import_aot()
-    setup = aot.register() if hasattr(aot, "register") else None
+    setup = aot.register(portable_cc)
     return Plugin("aot", setup=setup)
 
 

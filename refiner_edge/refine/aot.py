@@ -11,8 +11,8 @@ map, A's shape and type. Attributes: num_heads, num_expanded.
 The IPluginV3 library in plugins/refiner_dla registers the same name, version and namespace (for TensorRT 10.3 /
 JetPack 6 and C++ apps): load one or the other in a process, not both.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: tensorrt.plugin reads the decorated functions' annotations with
+# inspect.signature() and checks them with issubclass(), which fails on the strings that import would make.
 import re
 from dataclasses import dataclass
 
@@ -21,7 +21,9 @@ from . import PLUGIN_NAME, PLUGIN_NAMESPACE
 
 QUALIFIED_NAME = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"
 FALLBACK_CC = 80  # PTX for sm_80 is JIT-compiled forward by the driver on any newer GPU
+SHARED_MEMORY_LIMIT = 48 * 1024  # a kernel launch without the opt-in attribute gets at most this much
 _registered = False
+_target_cc = None  # compute capability the PTX is compiled for; None: the building GPU's
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ def aot_kernel(heads: int, expanded: int, dtype: str, cc: int) -> AotKernel:
     kernel = triton_kernel.compile_for(heads, expanded, dtype, cc)
     if kernel.metadata.global_scratch_size or kernel.metadata.profile_scratch_size:
         raise RuntimeError("this Triton build asks for scratch memory, which TensorRT's AOT plugins cannot provide")
+    if kernel.metadata.shared > SHARED_MEMORY_LIMIT:  # TensorRT's AOT launch cannot opt in to more
+        raise ValueError(f"the RefinerDLA kernel for {heads} heads in {dtype} needs {kernel.metadata.shared} bytes of "
+                         f"shared memory, over the {SHARED_MEMORY_LIMIT} an AOT plugin launch gets: use FP16 or the "
+                         "plugin library")
     block_c, num_warps = triton_kernel.tile_config(heads)
     return AotKernel(name=kernel.metadata.name, ptx=_strip_unused_params(kernel.asm["ptx"], kernel.metadata.name),
                      block_x=num_warps * 32, shared_mem=kernel.metadata.shared, block_c=block_c,
@@ -90,9 +96,15 @@ def _tensorrt():
     return trt, trtp
 
 
-def register() -> None:
-    """Register refiner_edge::RefinerDLA with TensorRT's plugin registry (once per process)."""
-    global _registered
+def register(portable_cc: int | None = None) -> None:
+    """Register refiner_edge::RefinerDLA with TensorRT's plugin registry (once per process).
+
+    portable_cc: compile the embedded PTX for this compute capability instead of the building GPU's, for engines
+    that must run on every GPU from that one on (hardware compatibility AMPERE_PLUS: 80). Plain sm_80 PTX is
+    JIT-compiled forward by the driver; the building GPU's own (sm_90a on Hopper) runs on that GPU only.
+    """
+    global _registered, _target_cc
+    _target_cc = portable_cc
     if _registered:
         return
     trt, trtp = _tensorrt()
@@ -101,7 +113,7 @@ def register() -> None:
     except ImportError:
         raise MissingDependencyError("the RefinerDLA AOT plugin compiles its kernel with Triton: pip install triton") \
             from None
-    from typing import Tuple
+    from typing import List, Tuple, Union
 
     @trtp.register(QUALIFIED_NAME)
     def _describe(a: trtp.TensorDesc, weights: trtp.TensorDesc, num_heads: int, num_expanded: int) -> trtp.TensorDesc:
@@ -109,17 +121,18 @@ def register() -> None:
 
     @trtp.autotune(QUALIFIED_NAME)
     def _formats(a: trtp.TensorDesc, weights: trtp.TensorDesc, num_heads: int, num_expanded: int,
-                 outputs: Tuple[trtp.TensorDesc]):
+                 outputs: Tuple[trtp.TensorDesc]) -> List[trtp.AutoTuneCombination]:
         combination = trtp.AutoTuneCombination()
         combination.pos([0, 2], "FP32|FP16")  # the map and the output share one type
-        combination.pos(1, "FP32")
+        combination.pos([1], "FP32")
         return [combination]
 
     @trtp.aot_impl(QUALIFIED_NAME)
     def _aot(a: trtp.TensorDesc, weights: trtp.TensorDesc, num_heads: int, num_expanded: int,
-             outputs: Tuple[trtp.TensorDesc], tactic: int):
+             outputs: Tuple[trtp.TensorDesc], tactic: int
+             ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
         kernel = aot_kernel(int(num_heads), int(num_expanded), "fp16" if a.dtype == trt.float16 else "fp32",
-                            _device_cc())
+                            _target_cc or _device_cc())
         shape = a.shape_expr
         n = shape[2]
         params = trtp.KernelLaunchParams()

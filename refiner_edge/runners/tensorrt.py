@@ -8,7 +8,7 @@ plugin library), so a stale engine is one line with the command that rebuilds it
 """
 from __future__ import annotations
 
-import ctypes
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -145,8 +145,10 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
     info = manifest.engine
     trt, runtime = local_runtime(info.flavour)
     check_engine(path, manifest, runtime)
-    if info.plugin_library:
-        ctypes.CDLL(info.plugin_library)   # registers the RefinerDLA creator before deserialization
+    if info.plugin_library:  # the creator must be in the registry before deserialization (getCreators, IPluginV3)
+        if trt.get_plugin_registry().load_library(info.plugin_library) is None:
+            raise InputError(f"TensorRT could not load the plugin library {info.plugin_library}: rebuild with: "
+                             f"{info.rebuild}")
     cuda = cuda_api()
     memory_before = cuda.used_memory()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -168,7 +170,7 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
     in_dtype = np.dtype(trt.nptype(plan.get_tensor_dtype(inp)))
     out_dtype = np.dtype(trt.nptype(plan.get_tensor_dtype(out)))
     profile = info.profiles[0]
-    max_batch = profile["max"][0]
+    min_batch, max_batch = profile["min"][0], profile["max"][0]
     sample = tuple(profile["max"][1:])
     num_classes = manifest.model.num_classes
     in_ptr = cuda.malloc(int(np.prod((max_batch, *sample))) * in_dtype.itemsize)
@@ -183,6 +185,8 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
             raise InputError(f"{path.name}: TensorRT could not run the batch")
 
     def run(x: np.ndarray) -> np.ndarray:
+        if len(x) > max_batch:  # more images than the profile takes: in chunks it does
+            return np.concatenate([run(x[i:i + max_batch]) for i in range(0, len(x), max_batch)])
         batch_in_profile(manifest, len(x))
         x = np.ascontiguousarray(x, dtype=in_dtype)
         if shape_now[0] != len(x):
@@ -203,6 +207,8 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
 
     run.device_memory = lambda: cuda.used_memory() - memory_before   # read by runners/bench.py
     run.keep_alive = (trt_runtime, plan, context, cuda)              # owned by the closure, freed with it
+    weakref.finalize(run, lambda: (cuda.free(in_ptr), cuda.free(out_ptr)))  # device buffers go with the runner
     return Runner("tensorrt", run, Preprocess.from_record(manifest.preprocess), num_classes,
                   manifest.random_weights, f"{info.flavour} {path.name} ({info.precision}, "
-                  f"sm_{info.compute_capability.replace('.', '')})", manifest=manifest)
+                  f"sm_{info.compute_capability.replace('.', '')})", manifest=manifest,
+                  fixed_batch=min_batch if min_batch == max_batch else None)
