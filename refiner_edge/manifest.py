@@ -177,9 +177,11 @@ def write_manifest(artifact: str | Path, manifest: Manifest) -> Path:
     return write_json(manifest_path(artifact), manifest.to_dict())
 
 
-def read_manifest(artifact: str | Path, required: bool = False) -> Manifest | None:
+def read_manifest(artifact: str | Path, required: bool = False, verify: bool = True) -> Manifest | None:
     """The manifest beside `artifact`; None when there is none (unless required). A manifest that is not valid
-    JSON, was written by a newer refiner-edge, or lacks fields is an InputError naming the problem."""
+    JSON, was written by a newer refiner-edge, or lacks fields is an InputError naming the problem; so is one that
+    no longer describes the file beside it (verify: its SHA-256 differs, e.g. a run that replaced the artifact was
+    interrupted before its manifest was written)."""
     path = manifest_path(artifact)
     if not path.is_file():
         if required:
@@ -189,7 +191,11 @@ def read_manifest(artifact: str | Path, required: bool = False) -> Manifest | No
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: not a readable manifest ({e})") from None
-    return parse_manifest(data, str(path))
+    manifest = parse_manifest(data, str(path))
+    if verify and manifest.sha256 and Path(artifact).is_file() and file_sha256(artifact) != manifest.sha256:
+        raise InputError(f"{path.name} does not describe {Path(artifact).name} (SHA-256 differs): the file changed "
+                         "after its manifest was written; make it again")
+    return manifest
 
 
 def parse_manifest(data: Any, where: str = "manifest") -> Manifest:

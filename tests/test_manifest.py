@@ -61,3 +61,18 @@ def test_unknown_fields_are_ignored_and_absent_manifest_is_none(exported, tmp_pa
     assert read_manifest(tmp_path / "none.onnx") is None
     with pytest.raises(InputError, match="has no manifest"):
         read_manifest(tmp_path / "none.onnx", required=True)
+
+
+def test_a_manifest_that_no_longer_describes_its_file_is_refused(exported, tmp_path, sample_photos):
+    import shutil
+
+    copy = tmp_path / "t.onnx"
+    shutil.copy(exported, copy)
+    shutil.copy(exported.with_name("t.onnx.json"), tmp_path / "t.onnx.json")
+    assert read_manifest(copy).sha256 == read_manifest(exported).sha256
+    copy.write_bytes(copy.read_bytes() + b"\0")  # the artifact replaced, its manifest not
+    with pytest.raises(InputError, match="does not describe t.onnx"):
+        read_manifest(copy)
+    from .helpers import assert_clean_failure
+
+    assert_clean_failure(invoke("infer", sample_photos[0], "--onnx", copy), "SHA-256 differs")

@@ -98,7 +98,7 @@ def build_chain(output: str | Path, options: BuildOptions, *, variant: str | Non
 
     output = Path(output)
     if output.suffix == ".onnx" or output.suffix == ".json":
-        raise InputError(f"-o names the engine (e.g. model.engine); the ONNX stages are written beside it")
+        raise InputError("-o names the engine (e.g. model.engine); the ONNX stages are written beside it")
     precision = options.precision or "fp32"
     options = replace(options, precision=precision)
     form = choose_plugin(options, note)

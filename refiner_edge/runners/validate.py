@@ -29,7 +29,8 @@ def reference_runner(reference: str, manifest, checkpoint: str | Path | None, va
                        num_classes=m.num_classes, aux_head=m.aux_head)
 
 
-def validate_onnx(onnx: str | Path | None, images: str | Path, *, engine: str | Path | None = None, labels: str | None = None, reference: str = "torch",
+def validate_onnx(onnx: str | Path | None, images: str | Path, *, engine: str | Path | None = None,
+                  labels: str | None = None, reference: str = "torch",
                   checkpoint: str | Path | None = None, variant: str | None = None, num: int | None = None,
                   seed: int = 0, batch_size: int = 8, overrides: dict | None = None,
                   progress: Callable[[str, int], Callable[[int], None]] = lambda label, total: (lambda n: None),
@@ -65,7 +66,7 @@ def validate_onnx(onnx: str | Path | None, images: str | Path, *, engine: str | 
     out = candidate.logits(imageset.arrays, batch_size, progress(f"running {path.name}", len(imageset)))
     expected = ref.logits(imageset.arrays, batch_size, progress(f"running {ref.description}", len(imageset)))
     comparison = Comparison.of(out, expected, {**THRESHOLDS[precision], **overrides}, labels=truth)
-    return {"engine" if engine is not None else "onnx": str(path), "precision": precision, "candidate": candidate.description,
-            "reference": ref.description, "images": imageset.summary(), "labels": labels,
+    return {"engine" if engine is not None else "onnx": str(path), "precision": precision,
+            "candidate": candidate.description, "reference": ref.description, "images": imageset.summary(), "labels": labels,
             "metrics": comparison.metrics(), "thresholds": comparison.thresholds, "failures": comparison.failures(),
             "passed": bool(comparison)}
