@@ -67,6 +67,7 @@ def validate_onnx(onnx: str | Path | None, images: str | Path, *, engine: str | 
     expected = ref.logits(imageset.arrays, batch_size, progress(f"running {ref.description}", len(imageset)))
     comparison = Comparison.of(out, expected, {**THRESHOLDS[precision], **overrides}, labels=truth)
     return {"engine" if engine is not None else "onnx": str(path), "precision": precision,
-            "candidate": candidate.description, "reference": ref.description, "images": imageset.summary(), "labels": labels,
+            "candidate": candidate.description, "reference": ref.description, "images": imageset.summary(),
+            "labels": labels,
             "metrics": comparison.metrics(), "thresholds": comparison.thresholds, "failures": comparison.failures(),
             "passed": bool(comparison)}
