@@ -101,6 +101,16 @@ class Verification:
 
 
 @dataclass
+class Profile:
+    """One optimisation profile: the input's full shape at its smallest, tuned-for and largest batch."""
+
+    input: str
+    min: list[int]
+    opt: list[int]
+    max: list[int]
+
+
+@dataclass
 class EngineInfo:
     """A TensorRT engine: what built it, for which device, and how to build it again (engine/checks.py reads it)."""
 
@@ -111,7 +121,7 @@ class EngineInfo:
     device: str                   # the target's devices, or the local GPU's name
     precision: str                # fp32, fp16 or int8
     typing: str                   # strong (precision from the graph) or weak (builder flags, calibration cache)
-    profiles: list[dict]          # [{input, min, opt, max}] shapes per optimisation profile
+    profiles: list[Profile]       # shapes per optimisation profile
     plugin_form: str              # none, library or aot
     plugin_library: str | None    # library form: the library the engine needs at run time
     plugin_sha256: str | None

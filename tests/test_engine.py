@@ -13,7 +13,7 @@ from refiner_edge.engine.build import BuildOptions, build_engine, parse_batch, p
 from refiner_edge.engine.checks import Runtime, batch_in_profile, check_engine, read_engine_manifest
 from refiner_edge.engine.targets import TARGETS, Gpu, detect_gpu, get_target, match_target
 from refiner_edge.errors import InputError, MissingDependencyError
-from refiner_edge.manifest import read_manifest
+from refiner_edge.manifest import Profile, read_manifest
 
 from .helpers import assert_clean_failure, invoke
 
@@ -141,8 +141,7 @@ def test_refiner_s_builds_raw_engine_with_manifest(tmp_path, refiner_s_graphs, p
     assert m.stage == "build" and m.artifact == out.name and m.sha256 and m.graph.precision == precision
     assert (e.flavour, e.compute_capability, e.precision, e.typing) == ("tensorrt-rtx", f"{cc[0]}.{cc[1]}",
                                                                         precision, "strong")
-    assert e.profiles == [{"input": "input", "min": [1, 3, 224, 224], "opt": [2, 3, 224, 224],
-                           "max": [8, 3, 224, 224]}]
+    assert e.profiles == [Profile(input="input", min=[1, 3, 224, 224], opt=[2, 3, 224, 224], max=[8, 3, 224, 224])]
     source = read_manifest(onnx)
     assert m.source.artifact == onnx.name and m.source.sha256 == source.sha256
     assert m.preprocess == source.preprocess and m.labels == source.labels and m.model == source.model

@@ -2,6 +2,7 @@
 engine and its manifest, for a target of engine/targets.py."""
 from __future__ import annotations
 
+import dataclasses
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -108,7 +109,8 @@ def build(
     report = {"engine": str(output), "manifest": f"{output}.json", "bytes": output.stat().st_size,
               "target": e.target, "flavour": e.flavour, "tensorrt": e.tensorrt_version,
               "compute_capability": e.compute_capability, "precision": e.precision, "typing": e.typing,
-              "plugin": e.plugin_form, "profiles": e.profiles, "build_seconds": e.build_seconds, "stages": stages}
+              "plugin": e.plugin_form, "profiles": [dataclasses.asdict(p) for p in e.profiles],
+              "build_seconds": e.build_seconds, "stages": stages}
     if as_json:
         print_json(report)
         return

@@ -28,7 +28,7 @@ from typing import Callable
 
 from ..artifacts import atomic_output, file_sha256
 from ..errors import InputError, MissingDependencyError, VerificationError
-from ..manifest import EngineInfo, Manifest, read_manifest, write_manifest
+from ..manifest import EngineInfo, Manifest, Profile, read_manifest, write_manifest
 from . import plugins
 from .targets import Target, detect_gpu
 
@@ -340,8 +340,8 @@ def build_engine(onnx: str | Path, output: str | Path, options: BuildOptions, *,
         flavour=target.flavour, tensorrt_version=trt.__version__, target=target.name,
         compute_capability=target.compute_capability, device=target.devices, precision=network.precision,
         typing="weak" if network.weak else "strong",
-        profiles=[{"input": network.manifest.graph.input, "min": [lo, channels, size, size],
-                   "opt": [opt, channels, size, size], "max": [hi, channels, size, size]}],
+        profiles=[Profile(input=network.manifest.graph.input, min=[lo, channels, size, size],
+                          opt=[opt, channels, size, size], max=[hi, channels, size, size])],
         plugin_form=plugin.form, plugin_library=str(plugin.library) if plugin.library else None,
         plugin_sha256=plugin.sha256, dla_core=options.dla_core, workspace=options.workspace or target.workspace,
         builder_optimization_level=options.opt_level or target.opt_level, hardware_compatibility=target.hardware_compat,

@@ -67,7 +67,7 @@ def check_engine(engine: str | Path, manifest: Manifest, runtime: Runtime, hash_
 def batch_in_profile(manifest: Manifest, batch: int) -> None:
     """A batch outside the engine's optimisation profile is refused before TensorRT sees it."""
     profile = manifest.engine.profiles[0]
-    lo, hi = profile["min"][0], profile["max"][0]
+    lo, hi = profile.min[0], profile.max[0]
     if not lo <= batch <= hi:
         raise InputError(f"batch {batch} is outside the engine's profile ({lo}..{hi}): use --batch-size within "
                          f"it, or rebuild with a wider --batch MIN:OPT:MAX")

@@ -170,8 +170,8 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
     in_dtype = np.dtype(trt.nptype(plan.get_tensor_dtype(inp)))
     out_dtype = np.dtype(trt.nptype(plan.get_tensor_dtype(out)))
     profile = info.profiles[0]
-    min_batch, max_batch = profile["min"][0], profile["max"][0]
-    sample = tuple(profile["max"][1:])
+    min_batch, max_batch = profile.min[0], profile.max[0]
+    sample = tuple(profile.max[1:])
     num_classes = manifest.model.num_classes
     in_ptr = cuda.malloc(int(np.prod((max_batch, *sample))) * in_dtype.itemsize)
     out_ptr = cuda.malloc(max_batch * num_classes * out_dtype.itemsize)
