@@ -380,3 +380,12 @@ def test_tensorrt_engine_runs_and_matches_onnxruntime(tmp_path, tiny_plain, samp
         np.testing.assert_allclose(trt(x), ort(x), rtol=1e-2, atol=1e-2)
         with pytest.raises(InputError, match="outside the engine's profile"):
             trt(np.repeat(x, 5, axis=0))
+
+
+def test_dla_refusals_come_before_the_chain_does_any_work(tmp_path):
+    for args, message in ((["--dla-core", "0", "--precision", "int8", "--batch", "1:4:8"], "DLA needs a static batch"),
+                          (["--dla-core", "0", "--precision", "fp32", "--batch", "4"], "DLA runs FP16 and INT8 only"),
+                          (["--dla-core", "2", "--precision", "int8", "--batch", "4"], "--dla-core must be 0..1")):
+        result = invoke("build", "--target", "orin-agx-jp6", *args, "-o", tmp_path / "s.engine")
+        assert_clean_failure(result, message)
+    assert list(tmp_path.iterdir()) == []  # nothing exported, nothing calibrated

@@ -150,6 +150,22 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
+def check_dla(options: BuildOptions, precision: str) -> None:
+    """What DLA cannot do, refused before any work (the chain calls it before exporting and calibrating)."""
+    target = options.target
+    if options.dla_core is None:
+        return
+    if target.dla_cores == 0:
+        raise InputError(f"{target.name} ({target.devices}) has no DLA: drop --dla-core")
+    if not 0 <= options.dla_core < target.dla_cores:
+        raise InputError(f"--dla-core must be 0..{target.dla_cores - 1} on {target.name}, got {options.dla_core}")
+    if precision == "fp32":
+        raise InputError("DLA runs FP16 and INT8 only: use --precision fp16 or int8 with --dla-core")
+    lo, opt, hi = options.batch or target.batch
+    if not lo == opt == hi:
+        raise InputError(f"DLA needs a static batch: use --batch {opt} (one size) with --dla-core")
+
+
 def describe_network(onnx: str | Path, options: BuildOptions) -> Network:
     """Read the graph's manifest and settle precision, typing and the graph to parse; refuse what cannot build."""
     path = Path(onnx)
@@ -165,13 +181,7 @@ def describe_network(onnx: str | Path, options: BuildOptions) -> Network:
     precision = options.precision or graph.precision
     if precision not in PRECISIONS:
         raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
-    if options.dla_core is not None:
-        if target.dla_cores == 0:
-            raise InputError(f"{target.name} ({target.devices}) has no DLA: drop --dla-core")
-        if not 0 <= options.dla_core < target.dla_cores:
-            raise InputError(f"--dla-core must be 0..{target.dla_cores - 1} on {target.name}, got {options.dla_core}")
-        if precision == "fp32":
-            raise InputError("DLA runs FP16 and INT8 only: use --precision fp16 or int8 with --dla-core")
+    check_dla(options, precision)
     # DLA on JetPack 6 takes INT8 through the calibration cache (weak typing); TensorRT 11 has no weak typing
     weak = options.weak_typing or (options.dla_core is not None and not target.strongly_typed_only)
     if weak and target.strongly_typed_only:
@@ -239,8 +249,6 @@ def engine_bytes(network: Network, options: BuildOptions, plugin: plugins.Plugin
     ptrt = polygraphy_trt(target.flavour)
     name, channels, size = input_shape(network)
     lo, opt, hi = options.batch or target.batch
-    if options.dla_core is not None and not (lo == opt == hi):
-        raise InputError(f"DLA needs a static batch: use --batch {opt} (one size) with --dla-core")
     fixed = network.manifest.graph.batch
     if isinstance(fixed, int) and (lo, opt, hi) != (fixed,) * 3:
         raise InputError(f"{network.onnx.name} has a fixed batch of {fixed}: use --batch {fixed} or export a "

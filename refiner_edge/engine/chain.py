@@ -19,7 +19,7 @@ from ..artifacts import file_sha256
 from ..errors import InputError, RefinerEdgeError
 from ..manifest import Manifest, read_manifest, write_manifest
 from . import plugins
-from .build import BuildOptions, build_engine, import_tensorrt, rebuild_command
+from .build import BuildOptions, build_engine, check_dla, import_tensorrt, rebuild_command
 
 Step = Callable[[str], ContextManager]
 
@@ -101,6 +101,7 @@ def build_chain(output: str | Path, options: BuildOptions, *, variant: str | Non
         raise InputError("-o names the engine (e.g. model.engine); the ONNX stages are written beside it")
     precision = options.precision or "fp32"
     options = replace(options, precision=precision)
+    check_dla(options, precision)  # before minutes of export and calibration
     form = choose_plugin(options, note)
     if options.weak_typing or (options.dla_core is not None and not options.target.strongly_typed_only):
         fused, form = False, "none"   # a weakly typed build parses the plain graph: no RefinerDLA nodes
