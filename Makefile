@@ -1,6 +1,6 @@
 # Two entry points for a fresh machine: `make demo` (set up, export Refiner-ViT-S, classify two photographs,
 # calibrate INT8 on them, validate it, fuse its attention refinements, build an INT8 engine from nothing with
-# TensorRT-RTX for an RTX (sm_89) target, and benchmark the INT8 graph on ONNX Runtime)
+# TensorRT-RTX for an RTX (sm_89) target, and benchmark the FP32 graph on ONNX Runtime)
 # and `make test` (set up, run the test suite). Both create .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
@@ -34,7 +34,7 @@ demo: setup
 		--reference $(OUT)/refiner-vit-s.onnx
 	$(BIN)/refiner-edge fuse $(OUT)/refiner-vit-s.int8.onnx -o $(OUT)/refiner-vit-s.int8.fused.onnx
 	$(BIN)/refiner-edge build --precision int8 --target rtx-sm89 -o $(OUT)/engine/refiner-vit-s.int8.engine
-	$(BIN)/refiner-edge bench --onnx $(OUT)/refiner-vit-s.int8.onnx --batch 1 --iterations 5 --warmup 1
+	$(BIN)/refiner-edge bench --onnx $(OUT)/refiner-vit-s.onnx --batch 1 --iterations 5 --warmup 1
 
 test: setup
 	$(PY) -m pytest -q
