@@ -1,10 +1,15 @@
 // stb_image decoder (Debian/Ubuntu: libstb-dev). JPEG (baseline, progressive, Adobe CMYK), PNG (all bit depths,
 // palettes), BMP, GIF (first frame), PNM. Not TIFF or WebP: those are refused with a message naming the fix.
+#include <algorithm>
 #include <cstdio>
 
 #define STB_IMAGE_STATIC
 #define STB_IMAGE_IMPLEMENTATION
-#define STBI_NO_HDR
+#define STBI_ONLY_JPEG
+#define STBI_ONLY_PNG
+#define STBI_ONLY_BMP
+#define STBI_ONLY_GIF
+#define STBI_ONLY_PNM
 #define STBI_NO_LINEAR
 #define STBI_FAILURE_USERMSG
 #include <stb_image.h>
@@ -12,12 +17,54 @@
 #include "decode.h"
 
 namespace refiner_edge {
+namespace {
+
+// stb_image up to 2.27 (Debian 12's libstb-dev) writes past its Huffman tables when a JPEG's DHT segment declares
+// more than 256 codes (fixed upstream in 2.28; found here by the fuzz loop under AddressSanitizer). Such a file is
+// corrupt: walk every marker segment, between scans too (progressive JPEGs define tables there), and refuse it
+// before stb_image sees it.
+bool jpegTablesSane(const std::vector<uint8_t>& b) {
+    const size_t n = b.size();
+    if (n < 2 || b[0] != 0xFF || b[1] != 0xD8) return true;  // not a JPEG
+    size_t i = 2;
+    while (i + 1 < n) {
+        if (b[i] != 0xFF) { ++i; continue; }                // entropy-coded data
+        const uint8_t marker = b[i + 1];
+        if (marker == 0x00 || marker == 0xFF || (marker >= 0xD0 && marker <= 0xD7) || marker == 0x01 ||
+            marker == 0xD8) {
+            i += marker == 0xFF ? 1 : 2;
+            continue;
+        }
+        if (marker == 0xD9) return true;                      // end of image
+        if (i + 4 > n) return true;                           // truncated: stb_image reports it
+        const size_t len = size_t(b[i + 2]) << 8 | b[i + 3];
+        if (len < 2) return false;
+        const size_t end = std::min(n, i + 2 + len);
+        if (marker == 0xC4) {
+            size_t t = i + 4;
+            while (t + 17 <= end) {
+                size_t codes = 0;
+                for (int k = 1; k <= 16; ++k) codes += b[t + k];
+                if (codes > 256) return false;
+                t += 17 + codes;
+            }
+        }
+        i += 2 + len;
+    }
+    return true;
+}
+
+}  // namespace
 
 const char* decoderName() { return "stb_image"; }
 
 bool decodeImage(const std::vector<uint8_t>& bytes, Decoded& out, std::string& error) {
     if (bytes.size() > static_cast<size_t>(INT32_MAX)) {
         error = "file is too large to decode";
+        return false;
+    }
+    if (!jpegTablesSane(bytes)) {
+        error = "cannot decode image (corrupt JPEG: a Huffman table declares more than 256 codes)";
         return false;
     }
     const auto* data = bytes.data();
