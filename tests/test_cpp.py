@@ -16,11 +16,15 @@ then checked against the Python side it mirrors:
 - an installed package found with find_package(refiner_edge) by a separate project;
 - where TensorRT headers exist (TensorRT_ROOT), the library, the app and the plugin compile against them.
 
-Fuzzing (test_fuzz_readers_never_crash), a Python-driven loop, bounded to 300 cases and 30 s, seeded: PNG and JPEG
-files with random byte flips, truncations at random offsets, inserted and deleted byte runs, and corrupted
-dimensions/lengths in their headers, plus tensor files with wrong headers; manifests truncated, with characters
-deleted or flipped, deeply nested, with values swapped for other JSON types and with huge or negative sizes.
-The check: the process exits 0 or 1 with one `error:` line, never by a signal (a crash) and never hangs.
+Fuzzing (test_fuzz_readers_never_crash), a Python-driven loop, bounded to 1000 cases and 20 s, seeded: PNG, JPEG,
+16-bit, palette, EXIF and CMYK files and a tensor file with random byte flips, truncations at random offsets,
+inserted and deleted byte runs, and corrupted dimensions/lengths in their headers; manifests truncated, with
+characters replaced, nested thousands deep, with values swapped for other JSON types and with huge or negative
+sizes. The check: the process exits 0 or 1 with one `error:` line, never by a signal (a crash) and never hangs.
+The same loop was also run by hand for 5,500 cases (seeds 1 and 7) on a build with
+-fsanitize=address,undefined (GIF, BMP and more seeds added): it found that stb_image 2.27 (Debian 12's libstb-dev) writes past
+its Huffman tables on a JPEG whose DHT segment declares more than 256 codes; the library now refuses such a file
+before stb_image reads it (decode_stb.cpp), and the rerun was clean.
 """
 from __future__ import annotations
 
@@ -443,26 +447,25 @@ def test_topk_json_has_the_shape_of_refiner_edge_infer(build, tmp_path):
 
 def test_installed_package_is_found_by_another_project(build, images, tmp_path):
     """find_package(refiner_edge) + refiner_edge::refiner_edge, as cpp/README.md shows a user."""
-    _need_decoder(build)
     project = tmp_path / "consumer"
     project.mkdir()
     (project / "CMakeLists.txt").write_text(
         "cmake_minimum_required(VERSION 3.18)\nproject(consumer CXX)\nfind_package(refiner_edge 0.1 REQUIRED)\n"
         "add_executable(consumer main.cpp)\ntarget_link_libraries(consumer PRIVATE refiner_edge::refiner_edge)\n")
-    (project / "main.cpp").write_text(
-        "#include <refiner_edge/refiner_edge.h>\n#include <iostream>\n"
-        "int main(int, char** argv) {\n"
-        "  refiner_edge::Preprocessing p; p.img_size = 32; p.resize_size = 36; p.crop_pct = 0.9;\n"
-        "  std::vector<float> x;\n"
-        "  refiner_edge::Status s = refiner_edge::loadInput(argv[1], p, x);\n"
-        "  if (!s) { std::cerr << \"error: \" << s.message() << \"\\n\"; return 1; }\n"
-        "  std::cout << x.size() << \"\\n\"; return 0;\n}\n")
+    readme = (CPP / "README.md").read_text()
+    snippet = readme.split("```cpp\n", 1)[1].split("```", 1)[0]   # the "ten lines" example, as published
+    (project / "main.cpp").write_text(snippet)
     configure = _run(["cmake", "-S", project, "-B", project / "build", f"-DCMAKE_PREFIX_PATH={build['prefix']}"])
     assert configure.returncode == 0, configure.stdout[-2000:] + configure.stderr[-2000:]
     built = _run(["cmake", "--build", project / "build"])
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
-    r = _run([project / "build" / "consumer", images["rgb_odd.png"]])
-    assert r.returncode == 0 and r.stdout.strip() == str(3 * 32 * 32), r.stderr
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"plan")
+    write_manifest(engine, _engine_manifest(tmp_path))
+    r = _run([project / "build" / "consumer", engine, images["rgb_odd.png"]])
+    assert r.returncode == 1 and "built without TensorRT" in r.stderr, r.stderr   # this build has no TensorRT
+    r = _run([project / "build" / "consumer", tmp_path / "none.engine", images["rgb_odd.png"]])
+    assert r.returncode == 1 and r.stderr.startswith("error: engine not found"), r.stderr
 
 
 # ------------------------------------------------------------------------------------------------ TensorRT
@@ -489,9 +492,14 @@ def test_compiles_against_tensorrt_headers(tmp_path):
                       f"-DCMAKE_CUDA_COMPILER={nvcc}", "-DCMAKE_CUDA_ARCHITECTURES=87",
                       "-DREFINER_EDGE_BUILD_PLUGIN=ON"])
     assert configure.returncode == 0, configure.stdout[-2000:] + configure.stderr[-2000:]
-    built = _run(["cmake", "--build", out, "-j2"], timeout=900)
+    # The plugin target comes from plugins/refiner_dla (add_subdirectory); test_native_build.py compiles it, so
+    # only the library and the app are compiled here (the plugin's nvcc pass would double this test's time).
+    targets = _run(["cmake", "--build", out, "--target", "help"]).stdout
+    assert "refiner_edge_plugin" in targets
+    app_target = "refiner_classify" if "refiner_classify_objects" not in targets else "refiner_classify_objects"
+    built = _run(["cmake", "--build", out, "-j2", "--target", "refiner_edge", app_target], timeout=900)
     assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
-    assert (out / "refiner_dla" / "librefiner_edge_plugin.so").is_file()
+    assert "warning:" not in built.stdout + built.stderr
     symbols = _run(["nm", "-DC", "--defined-only", next(out.glob("librefiner_edge.so*"))]).stdout
     assert "refiner_edge::Classifier::create" in symbols
 
