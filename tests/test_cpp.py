@@ -135,6 +135,8 @@ def images(tmp_path_factory) -> dict[str, Path]:
     save("tall_thin.png", Image.fromarray(_pattern(200, 3, 3, 3)))
     save("one_pixel.png", Image.fromarray(_pattern(1, 1, 3, 4)))
     save("small.png", Image.fromarray(_pattern(7, 5, 3, 5)))
+    save("short_side_248.png", Image.fromarray(_pattern(300, 248, 3, 16)))   # S@224: only the vertical pass runs
+    save("square_64.png", Image.fromarray(_pattern(64, 64, 3, 17)))          # bilinear@64, crop 1.0: no resize
     save("gray.png", Image.fromarray(_pattern(200, 150, 1, 6)[..., 0]))
     save("gray_alpha.png", Image.fromarray(_pattern(64, 80, 2, 7), "LA"))
     save("rgba.png", Image.fromarray(_pattern(130, 170, 4, 8), "RGBA"))

@@ -39,6 +39,28 @@ bool isImageSuffix(std::string ext) {
     return false;
 }
 
+// A path as Python's pathlib prints it ("./a//b.png" -> "a/b.png"), so the JSON names images as
+// `refiner-edge infer` does; and its parts, which pathlib sorts by.
+std::vector<std::string> parts(const std::string& path) {
+    std::vector<std::string> out;
+    size_t start = 0;
+    while (start <= path.size()) {
+        size_t end = path.find('/', start);
+        if (end == std::string::npos) end = path.size();
+        std::string part = path.substr(start, end - start);
+        if (!part.empty() && part != ".") out.push_back(part);
+        start = end + 1;
+    }
+    return out;
+}
+
+std::string pathlibStr(const std::string& path) {
+    std::string out = !path.empty() && path[0] == '/' ? "/" : "";
+    auto ps = parts(path);
+    for (size_t i = 0; i < ps.size(); ++i) out += (i ? "/" : "") + ps[i];
+    return out.empty() ? "." : out;
+}
+
 // Files as given; directories expanded to their image files, sorted, recursively (images/preprocess.py).
 bool expand(const std::vector<std::string>& inputs, std::vector<std::string>& out, std::string& error) {
     namespace fs = std::filesystem;
@@ -48,15 +70,16 @@ bool expand(const std::vector<std::string>& inputs, std::vector<std::string>& ou
             std::vector<std::string> found;
             for (fs::recursive_directory_iterator it(item, ec), end; !ec && it != end; it.increment(ec))
                 if (it->is_regular_file(ec) && isImageSuffix(it->path().extension().string()))
-                    found.push_back(it->path().string());
+                    found.push_back(pathlibStr(it->path().string()));
             if (found.empty()) {
                 error = item + ": directory holds no images (.bmp, .gif, .jpeg, .jpg, .png, .rfet, .tif, .tiff, .webp)";
                 return false;
             }
-            std::sort(found.begin(), found.end());
+            std::sort(found.begin(), found.end(),
+                      [](const std::string& a, const std::string& b) { return parts(a) < parts(b); });
             out.insert(out.end(), found.begin(), found.end());
         } else if (fs::is_regular_file(item, ec)) {
-            out.push_back(item);
+            out.push_back(pathlibStr(item));
         } else {
             error = "no such file or directory: " + item;
             return false;
