@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstdlib>
 #include <numeric>
 #include <sstream>
 
@@ -52,13 +53,29 @@ void jsonString(std::ostringstream& o, const std::string& s) {
     o << '"';
 }
 
-// The shortest text that reads back as the same double (Python's repr).
+// The shortest text that reads back as the same double, laid out as Python's repr: positional for exponents
+// -4..15 ("0.0001", "0.25", "1.0"), else scientific with a two-digit exponent ("1e-05", "1.5e+16").
 std::string shortest(double v) {
+    if (!std::isfinite(v)) return v != v ? "NaN" : (v > 0 ? "Infinity" : "-Infinity");  // as json.dumps writes them
     char buf[64];
-    auto r = std::to_chars(buf, buf + sizeof buf, v);
-    std::string s(buf, r.ptr);
-    if (s.find_first_of(".en") == std::string::npos) s += ".0";
-    return s;
+    auto r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::scientific);
+    std::string sci(buf, r.ptr);                       // "-1.2345e-05"
+    size_t e = sci.find('e');
+    int exp = std::atoi(sci.c_str() + e + 1);
+    if (exp < -4 || exp >= 16) return sci;
+    std::string sign = sci[0] == '-' ? "-" : "";
+    std::string digits;
+    for (size_t i = sign.size(); i < e; ++i)
+        if (sci[i] != '.') digits += sci[i];
+    std::string out;
+    if (exp < 0) {
+        out = "0." + std::string(size_t(-exp - 1), '0') + digits;
+    } else if (size_t(exp) + 1 >= digits.size()) {
+        out = digits + std::string(size_t(exp) + 1 - digits.size(), '0') + ".0";
+    } else {
+        out = digits.substr(0, size_t(exp) + 1) + "." + digits.substr(size_t(exp) + 1);
+    }
+    return sign + out;
 }
 
 }  // namespace
