@@ -53,6 +53,7 @@ from refiner_edge.cli.preprocess import read_tensor, write_tensor
 from refiner_edge.engine.checks import Runtime, check_engine
 from refiner_edge.errors import InputError
 from refiner_edge.images.preprocess import Preprocess
+from refiner_edge import manifest as manifest_module
 from refiner_edge.manifest import EngineInfo, GraphInfo, Manifest, ModelInfo, parse_manifest, write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -346,6 +347,29 @@ def test_manifest_reader_refuses_malformed_manifests_as_python_does(build, tmp_p
         r = _cpp_manifest(build, tmp_path, json.dumps(data))
         assert r.returncode == 1, (name, r.stdout)
         assert r.stderr.strip() == f"error: {expected}", name
+    # an engine's manifest: the typed `engine` record (Python's messages where it refuses the same way)
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"plan")
+    write_manifest(engine, _engine_manifest(tmp_path))
+    good = json.loads((tmp_path / "model.engine.json").read_text())   # changed() now edits this one
+    engine_cases = {
+        "missing rebuild": (changed(["engine", "rebuild"], KeyError), "engine: missing field 'rebuild'"),
+        "bool as text": (changed(["engine", "version_compatible"], "yes"), "engine: version_compatible should be bool"),
+        "cc as number": (changed(["engine", "compute_capability"], 8.7), "engine: compute_capability should be str"),
+        "engine as list": (changed(["engine"], []), "engine: expected an object, got list"),
+        "profiles as dict": (changed(["engine", "profiles"], {}), "engine: profiles should be list, got dict"),
+        "profile without max": (changed(["engine", "profiles", 0, "max"], KeyError),
+                                "engine: profiles[0]: missing field 'max'"),
+        "profile shape item": (changed(["engine", "profiles", 0, "min", 1], "3"),
+                               "engine: profiles[0]: min[1] should be int, got str"),
+        "profile not object": (changed(["engine", "profiles", 0], 7), "engine: profiles[0]: expected an object, got int"),
+    }
+    for name, (data, needle) in engine_cases.items():
+        r = _cpp_manifest(build, tmp_path, json.dumps(data))
+        assert r.returncode == 1 and r.stderr.strip().startswith(f"error: M: {needle}"), (name, r.stderr)
+        # Python's words too, where its schema types the profiles (refiner_edge.manifest.Profile) as C++ does
+        if hasattr(manifest_module, "Profile") or "profile" not in name:
+            assert r.stderr.strip() == f"error: {_python_error(data)}", name
     # not JSON, and C++-only refusals (Python defers these to the preprocessing)
     for text, needle in [("{\"schema_version\": 1,", "not a readable manifest (line 1 column"),
                          ("", "not a readable manifest"), ("[" * 10000, "nested deeper than 64"),

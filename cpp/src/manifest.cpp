@@ -122,15 +122,18 @@ void readFloats(Fields& f, const char* name, float (&out)[3], std::string& error
     for (int i = 0; i < 3; ++i) out[i] = static_cast<float>(v->array[i].number);
 }
 
-void readShape(Fields& f, const Value& profile, const char* name, std::vector<int64_t>& out, const std::string& at) {
-    const Value* v = profile.get(name);
-    if (!v) { f.fail(at + ": missing '" + name + "'"); return; }
-    if (v->type != Type::Array) { f.fail(at + ": " + name + " should be a list of ints"); return; }
-    for (const Value& d : v->array) {
-        if (d.type != Type::Int) { f.fail(at + ": " + name + " should be a list of ints"); return; }
+// One profile shape: a list of ints (Python's messages), then [batch, 3, size, size] (the C++ reader's own check).
+void readShape(Fields& g, const char* name, std::vector<int64_t>& out) {
+    const Value* v = g.list(name);
+    if (!v || !g.ok()) return;
+    for (size_t i = 0; i < v->array.size(); ++i) {
+        const Value& d = v->array[i];
+        if (d.type != Type::Int) {
+            g.fail(g.where() + ": " + name + "[" + std::to_string(i) + "] should be int, got " + json::typeName(d));
+            return;
+        }
         out.push_back(d.integer);
     }
-    if (out.size() != 4) f.fail(at + ": " + name + " should be [batch, 3, size, size]");
 }
 
 void readEngine(const Value& v, const std::string& where, EngineInfo& e, std::string& error) {
@@ -145,15 +148,14 @@ void readEngine(const Value& v, const std::string& where, EngineInfo& e, std::st
     const Value* profiles = f.list("profiles");
     if (profiles && error.empty()) {
         for (size_t i = 0; i < profiles->array.size() && error.empty(); ++i) {
-            const Value& p = profiles->array[i];
-            std::string at = where + ": profiles[" + std::to_string(i) + "]";
-            if (p.type != Type::Object) { f.fail(at + " should be dict, got " + json::typeName(p)); break; }
+            Fields g(profiles->array[i], where + ": profiles[" + std::to_string(i) + "]", error);
             Profile prof;
-            const Value* input = p.get("input");
-            if (input && input->type == Type::String) prof.input = input->string;
-            readShape(f, p, "min", prof.min, at);
-            readShape(f, p, "opt", prof.opt, at);
-            readShape(f, p, "max", prof.max, at);
+            prof.input = g.str("input");
+            readShape(g, "min", prof.min);
+            readShape(g, "opt", prof.opt);
+            readShape(g, "max", prof.max);
+            if (error.empty() && (prof.min.size() != 4 || prof.opt.size() != 4 || prof.max.size() != 4))
+                error = g.where() + ": min, opt and max should be [batch, 3, size, size]";
             e.profiles.push_back(std::move(prof));
         }
     }
