@@ -280,6 +280,26 @@ def test_tensor_files_from_refiner_edge_preprocess(build, images, tmp_path):
     assert missing.exit_code == 2 and "has no manifest" in missing.output
 
 
+def test_build_without_a_decoder_reads_tensor_files(build, images, tmp_path):
+    """No OpenCV and no stb_image (what a machine without libstb-dev builds): images are refused with the way out,
+    tensor files from `refiner-edge preprocess` still work."""
+    out = tmp_path / "build"
+    configure = _run(["cmake", "-S", CPP, "-B", out, "-DREFINER_EDGE_WITH_TENSORRT=OFF", "-DREFINER_EDGE_WERROR=ON",
+                      "-DREFINER_EDGE_WITH_OPENCV=OFF", "-DREFINER_EDGE_WITH_STB=OFF"])
+    assert configure.returncode == 0 and "image decoder: none" in configure.stdout, configure.stderr[-2000:]
+    built = _run(["cmake", "--build", out, "-j2", "--target", "refiner_edge_probe"], timeout=600)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    probe = {**build, "probe": out / "refiner_edge_probe"}
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps(_manifest_dict()))
+    ours, err = _cpp_tensor(probe, manifest, images["rgb_odd.png"], tmp_path / "x.rfet")
+    assert ours is None and "no image decoder" in err and "refiner-edge preprocess" in err, err
+    tensor = tmp_path / "in.rfet"
+    write_tensor(tensor, Preprocess(224, 0.9, MEAN, STD).load(images["rgb_odd.png"]))
+    ours, err = _cpp_tensor(probe, manifest, tensor, tmp_path / "x.rfet")
+    assert ours is not None and np.array_equal(ours, read_tensor(tensor)), err
+
+
 # ------------------------------------------------------------------------------------------------ manifests
 
 def _python_error(data) -> str | None:

@@ -94,9 +94,11 @@ def preprocess(
     output: Annotated[Path, typer.Option("--output", "-o", help="Tensor file (one image) or directory "
                                          "(<stem>.rfet per image).")],
     onnx: Annotated[Optional[Path], typer.Option("--onnx", help="Take the preprocessing from this graph's "
-                                                 "manifest.", dir_okay=False)] = None,
+                                                 "manifest [default: none: --variant/--img-size].",
+                                                 dir_okay=False)] = None,
     engine: Annotated[Optional[Path], typer.Option("--engine", help="Take the preprocessing from this engine's "
-                                                   "manifest.", dir_okay=False)] = None,
+                                                   "manifest [default: none: --variant/--img-size].",
+                                                   dir_okay=False)] = None,
     variant: VariantOpt = None,
     img_size: ImgSizeOpt = None,
 ) -> None:
