@@ -56,7 +56,7 @@ std::string sm(const std::string& cc) {
 
 }  // namespace
 
-Status fileSha256(const std::string& path, std::string& hex) {
+Status fileSha256(const std::string& path, std::string& hex) try {
     std::ifstream in(path, std::ios::binary);
     if (!in) return Status::Error("cannot read " + path);
     Sha256 h;
@@ -68,9 +68,11 @@ Status fileSha256(const std::string& path, std::string& hex) {
     if (in.bad()) return Status::Error("cannot read " + path);
     hex = h.hexdigest();
     return Status::Ok();
+} catch (const std::exception& e) {
+    return Status::Error("cannot read " + path + " (" + e.what() + ")");
 }
 
-Status readEngineManifest(const std::string& engine, Manifest& out) {
+Status readEngineManifest(const std::string& engine, Manifest& out) try {
     if (!isFile(engine)) return Status::Error("engine not found: " + engine);
     Manifest m;
     Status s = readManifest(engine, m);
@@ -79,6 +81,8 @@ Status readEngineManifest(const std::string& engine, Manifest& out) {
         return Status::Error(baseName(engine) + "'s manifest is a " + m.stage + " manifest, not an engine's");
     out = std::move(m);
     return Status::Ok();
+} catch (const std::exception& e) {
+    return Status::Error("reading the manifest of " + engine + " failed (" + std::string(e.what()) + ")");
 }
 
 Status checkEngine(const std::string& engine, const Manifest& manifest, const Runtime& runtime, bool hash_file) {

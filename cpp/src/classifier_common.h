@@ -37,6 +37,7 @@ Status classifyImages(const Manifest& m, int min_batch, int max_batch, const std
         Status s = run(batch.data(), run_n, logits.data());
         if (!s) return s;
         auto preds = topK(logits.data(), n, classes, k);
+        if (preds.size() != size_t(n)) return Status::Error("out of memory taking the top-k");
         for (int i = 0; i < n; ++i) results[ok[i]].predictions = std::move(preds[i]);
     }
     return Status::Ok();

@@ -412,7 +412,7 @@ Status readTensorFile(const std::string& path, std::vector<uint32_t>& dims, std:
     }
 }
 
-Status writeTensorFile(const std::string& path, const std::vector<uint32_t>& dims, const float* values) {
+Status writeTensorFile(const std::string& path, const std::vector<uint32_t>& dims, const float* values) try {
     std::vector<uint8_t> b(kTensorMagic, kTensorMagic + 8);
     auto put = [&](uint32_t v) { for (int i = 0; i < 4; ++i) b.push_back(uint8_t(v >> (8 * i))); };
     put(0);
@@ -428,6 +428,8 @@ Status writeTensorFile(const std::string& path, const std::vector<uint32_t>& dim
     out.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
     if (!out) return Status::Error("cannot write " + path);
     return Status::Ok();
+} catch (const std::exception& e) {
+    return Status::Error("cannot write " + path + " (" + e.what() + ")");
 }
 
 Status loadInput(const std::string& path, const Preprocessing& params, std::vector<float>& out) {

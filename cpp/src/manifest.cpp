@@ -310,7 +310,7 @@ Status parseManifest(const std::string& text, const std::string& where, Manifest
     }
 }
 
-Status readManifest(const std::string& artifact, Manifest& out) {
+Status readManifest(const std::string& artifact, Manifest& out) try {
     std::string path = manifestPath(artifact);
     std::ifstream in(path, std::ios::binary);
     if (!in) {
@@ -322,6 +322,8 @@ Status readManifest(const std::string& artifact, Manifest& out) {
     text << in.rdbuf();
     if (in.bad()) return Status::Error(path + ": not a readable manifest (read error)");
     return parseManifest(text.str(), path, out);
+} catch (const std::exception& e) {
+    return Status::Error(manifestPath(artifact) + ": not a readable manifest (" + e.what() + ")");
 }
 
 }  // namespace refiner_edge

@@ -80,13 +80,16 @@ std::string shortest(double v) {
 
 }  // namespace
 
-std::string labelFor(int index, int num_classes) {
+// These return values, not a Status: out of memory (the only exception they can meet) gives an empty result.
+std::string labelFor(int index, int num_classes) try {
     const auto& labels = imagenetLabels();
     if (num_classes == 1000 && labels.size() == 1000 && index >= 0 && index < 1000) return labels[index];
     return "class " + std::to_string(index);
+} catch (...) {
+    return std::string();
 }
 
-std::vector<std::vector<Prediction>> topK(const float* logits, int batch, int num_classes, int k) {
+std::vector<std::vector<Prediction>> topK(const float* logits, int batch, int num_classes, int k) try {
     std::vector<std::vector<Prediction>> out;
     if (batch < 1 || num_classes < 1) return out;
     k = std::max(1, std::min(k, num_classes));
@@ -106,9 +109,11 @@ std::vector<std::vector<Prediction>> topK(const float* logits, int batch, int nu
         out.push_back(std::move(preds));
     }
     return out;
+} catch (...) {
+    return {};
 }
 
-std::string resultsToJson(const std::vector<ImageResult>& results) {
+std::string resultsToJson(const std::vector<ImageResult>& results) try {
     std::ostringstream o;
     if (results.empty()) return "[]";
     o << "[\n";
@@ -134,6 +139,8 @@ std::string resultsToJson(const std::vector<ImageResult>& results) {
     }
     o << "]";
     return o.str();
+} catch (...) {
+    return std::string();
 }
 
 }  // namespace refiner_edge
