@@ -265,6 +265,11 @@ def test_tensor_files_from_refiner_edge_preprocess(build, images, tmp_path):
     assert ours is None and "does not match the model's input [3, 224, 224]" in err
     bad = cli.invoke(app, ["preprocess", str(tmp_path / "nope.png"), "-o", str(single)])
     assert bad.exit_code == 2 and "no such file or directory" in bad.output
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    partial = cli.invoke(app, ["preprocess", str(sources[0]), str(tmp_path / "broken.png"), "-o", str(tmp_path / "p")])
+    assert partial.exit_code == 2 and (tmp_path / "p" / f"{sources[0].stem}.rfet").is_file()
+    assert [line for line in partial.stderr.splitlines() if line.startswith("error:")] == \
+        [f"error: {tmp_path / 'broken.png'}: not an image file (or a format Pillow cannot read)"]
     # the engine's manifest gives the parameters; --variant cannot contradict it; an engine needs its manifest
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"plan")
