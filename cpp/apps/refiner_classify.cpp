@@ -106,7 +106,9 @@ int main(int argc, char** argv) {
             return 0;
         } else if (a == "--version") {
             std::cout << "refiner_classify " << REFINER_EDGE_VERSION_MAJOR << "." << REFINER_EDGE_VERSION_MINOR
-                      << " (decoder: " << refiner_edge::imageDecoder() << ", " << refiner_edge::tensorrtVersion()
+                      << " (image decoder: " << refiner_edge::imageDecoder() << "; " <<
+                      (refiner_edge::tensorrtVersion() == "none" ? std::string("built without TensorRT")
+                                                                 : refiner_edge::tensorrtVersion())
                       << ")\n";
             return 0;
         } else if (a == "--json") {
