@@ -1,0 +1,329 @@
+// The manifest reader: the same rules and messages as refiner_edge/manifest.py (docs/manifest.md).
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "json.h"
+#include "refiner_edge/refiner_edge.h"
+
+namespace refiner_edge {
+namespace {
+
+using json::Value;
+using Type = Value::Type;
+
+// Reads the fields of one JSON object, stopping at the first problem (reported as Python's reader words it).
+class Fields {
+public:
+    Fields(const Value& v, std::string where, std::string& error) : v_(v), where_(std::move(where)), error_(error) {
+        if (v_.type != Type::Object) fail(where_ + ": expected an object, got " + json::typeName(v_));
+    }
+    bool ok() const { return error_.empty(); }
+    const std::string& where() const { return where_; }
+
+    // nullptr when absent (an error if required) or null (an error unless nullable)
+    const Value* field(const char* name, bool required, bool nullable, const char* type) {
+        if (!ok()) return nullptr;
+        const Value* f = v_.get(name);
+        if (!f) {
+            if (required) fail(where_ + ": missing field '" + name + "'");
+            return nullptr;
+        }
+        if (f->type == Type::Null) {
+            if (!nullable) fail(where_ + ": " + name + " must not be null");
+            return nullptr;
+        }
+        (void)type;
+        return f;
+    }
+    void wrong(const char* name, const char* expected, const Value& got) {
+        fail(where_ + ": " + name + " should be " + expected + ", got " + json::typeName(got));
+    }
+    std::string str(const char* name, bool required = true, const std::string& dflt = "") {
+        const Value* f = field(name, required, false, "str");
+        if (!f) return dflt;
+        if (f->type != Type::String) { wrong(name, "str", *f); return dflt; }
+        return f->string;
+    }
+    std::optional<std::string> optStr(const char* name) {
+        const Value* f = field(name, true, true, "str");
+        if (!f) return std::nullopt;
+        if (f->type != Type::String) { wrong(name, "str or NoneType", *f); return std::nullopt; }
+        return f->string;
+    }
+    long long integer(const char* name, bool required = true) {
+        const Value* f = field(name, required, false, "int");
+        if (!f) return 0;
+        if (f->type != Type::Int) { wrong(name, "int", *f); return 0; }
+        return f->integer;
+    }
+    std::optional<long long> optInt(const char* name) {
+        const Value* f = field(name, true, true, "int");
+        if (!f) return std::nullopt;
+        if (f->type != Type::Int) { wrong(name, "int or NoneType", *f); return std::nullopt; }
+        return f->integer;
+    }
+    double number(const char* name) {
+        const Value* f = field(name, true, false, "float");
+        if (!f) return 0;
+        if (f->type != Type::Int && f->type != Type::Float) { wrong(name, "float", *f); return 0; }
+        return f->number;
+    }
+    bool boolean(const char* name) {
+        const Value* f = field(name, true, false, "bool");
+        if (!f) return false;
+        if (f->type != Type::Bool) { wrong(name, "bool", *f); return false; }
+        return f->boolean;
+    }
+    const Value* object(const char* name, bool required = true, bool nullable = false) {
+        const Value* f = field(name, required, nullable, "dict");
+        if (f && f->type != Type::Object) { wrong(name, "dict", *f); return nullptr; }
+        return f;
+    }
+    const Value* list(const char* name, bool required = true) {
+        const Value* f = field(name, required, false, "list");
+        if (f && f->type != Type::Array) { wrong(name, "list", *f); return nullptr; }
+        return f;
+    }
+    void fail(const std::string& message) {
+        if (error_.empty()) error_ = message;
+    }
+
+private:
+    const Value& v_;
+    std::string where_;
+    std::string& error_;
+};
+
+// A nested object field that must hold an object (a dataclass in the Python schema).
+const Value* nested(Fields& f, const char* name, bool required, bool nullable, std::string& error) {
+    const Value* v = f.field(name, required, nullable, "object");
+    if (v && v->type != Type::Object) {
+        if (error.empty()) error = f.where() + ": " + name + ": expected an object, got " + json::typeName(*v);
+        return nullptr;
+    }
+    return v;
+}
+
+void readFloats(Fields& f, const char* name, float (&out)[3], std::string& error) {
+    const Value* v = f.list(name);
+    if (!v || !error.empty()) return;
+    for (size_t i = 0; i < v->array.size(); ++i) {
+        const Value& x = v->array[i];
+        if (x.type != Type::Int && x.type != Type::Float) {
+            f.fail(f.where() + ": " + name + "[" + std::to_string(i) + "] should be float, got " + json::typeName(x));
+            return;
+        }
+    }
+    if (v->array.size() != 3) {
+        f.fail(f.where() + ": " + name + " should hold 3 values (R, G, B), got " + std::to_string(v->array.size()));
+        return;
+    }
+    for (int i = 0; i < 3; ++i) out[i] = static_cast<float>(v->array[i].number);
+}
+
+// One profile shape: a list of ints (Python's messages), then [batch, 3, size, size] (the C++ reader's own check).
+void readShape(Fields& g, const char* name, std::vector<int64_t>& out) {
+    const Value* v = g.list(name);
+    if (!v || !g.ok()) return;
+    for (size_t i = 0; i < v->array.size(); ++i) {
+        const Value& d = v->array[i];
+        if (d.type != Type::Int) {
+            g.fail(g.where() + ": " + name + "[" + std::to_string(i) + "] should be int, got " + json::typeName(d));
+            return;
+        }
+        out.push_back(d.integer);
+    }
+}
+
+void readEngine(const Value& v, const std::string& where, EngineInfo& e, std::string& error) {
+    Fields f(v, where, error);
+    e.flavour = f.str("flavour");
+    e.tensorrt_version = f.str("tensorrt_version");
+    e.target = f.str("target");
+    e.compute_capability = f.str("compute_capability");
+    e.device = f.str("device");
+    e.precision = f.str("precision");
+    e.typing = f.str("typing");
+    const Value* profiles = f.list("profiles");
+    if (profiles && error.empty()) {
+        for (size_t i = 0; i < profiles->array.size() && error.empty(); ++i) {
+            Fields g(profiles->array[i], where + ": profiles[" + std::to_string(i) + "]", error);
+            Profile prof;
+            prof.input = g.str("input");
+            readShape(g, "min", prof.min);
+            readShape(g, "opt", prof.opt);
+            readShape(g, "max", prof.max);
+            if (error.empty() && (prof.min.size() != 4 || prof.opt.size() != 4 || prof.max.size() != 4))
+                error = g.where() + ": min, opt and max should be [batch, 3, size, size]";
+            e.profiles.push_back(std::move(prof));
+        }
+    }
+    e.plugin_form = f.str("plugin_form");
+    e.plugin_library = f.optStr("plugin_library");
+    e.plugin_sha256 = f.optStr("plugin_sha256");
+    auto dla = f.optInt("dla_core");
+    if (dla) e.dla_core = static_cast<int>(*dla);
+    e.workspace = f.integer("workspace");
+    e.builder_optimization_level = static_cast<int>(f.integer("builder_optimization_level"));
+    e.hardware_compatibility = f.str("hardware_compatibility");
+    e.version_compatible = f.boolean("version_compatible");
+    f.optStr("timing_cache");
+    e.build_seconds = f.number("build_seconds");
+    e.rebuild = f.str("rebuild");
+    if (error.empty() && e.profiles.empty()) error = where + ": profiles is empty: the engine has no input shapes";
+}
+
+void readManifestValue(const Value& root, const std::string& where, Manifest& m, std::string& error) {
+    if (root.type != Type::Object) {
+        error = where + ": a manifest is a JSON object";
+        return;
+    }
+    const Value* version = root.get("schema_version");
+    if (!version || version->type != Type::Int) {
+        error = where + ": no schema_version: written before refiner-edge 0.2; make the artifact again";
+        return;
+    }
+    if (version->integer > kManifestSchemaVersion) {
+        error = where + ": manifest schema " + std::to_string(version->integer) +
+                " is newer than this refiner-edge reads (" + std::to_string(kManifestSchemaVersion) +
+                "): upgrade refiner-edge";
+        return;
+    }
+    m.schema_version = static_cast<int>(version->integer);
+    Fields f(root, where, error);
+    // In the schema's field order, so the first problem reported is the one Python reports.
+    m.stage = f.str("stage");
+    m.artifact = f.str("artifact");
+    const Value* model = nested(f, "model", true, false, error);
+    if (model && error.empty()) {
+        Fields g(*model, where + ": model", error);
+        m.model.variant = g.str("variant");
+        m.model.img_size = static_cast<int>(g.integer("img_size"));
+        m.model.num_classes = static_cast<int>(g.integer("num_classes"));
+        m.model.heads = static_cast<int>(g.integer("heads"));
+        m.model.refining_blocks = static_cast<int>(g.integer("refining_blocks"));
+        m.model.aux_head = g.boolean("aux_head");
+        m.model.checkpoint_sha256 = g.optStr("checkpoint_sha256");
+    }
+    const Value* pre = nested(f, "preprocess", true, false, error);
+    if (pre && error.empty()) {
+        Fields g(*pre, where + ": preprocess", error);
+        long long img = g.integer("img_size");
+        m.preprocess.crop_pct = g.number("crop_pct");
+        long long resize = g.integer("resize_size");
+        readFloats(g, "mean", m.preprocess.mean, error);
+        readFloats(g, "std", m.preprocess.std, error);
+        m.preprocess.interpolation = g.str("interpolation");
+        if (error.empty()) {
+            // Bounds first, so a hostile manifest never sizes an allocation.
+            if (img < 1 || img > 8192 || resize < 1 || resize > 65536 || !(m.preprocess.crop_pct > 0.0))
+                error = where + ": preprocess: img_size " + std::to_string(img) + ", crop_pct " +
+                        std::to_string(m.preprocess.crop_pct) + ", resize_size " + std::to_string(resize) +
+                        " are out of range";
+            else if (std::floor(double(img) / m.preprocess.crop_pct) != double(resize))
+                error = "manifest preprocessing is inconsistent: resize_size " + std::to_string(resize) +
+                        " but floor(img_size / crop_pct) = " +
+                        std::to_string(static_cast<long long>(std::floor(double(img) / m.preprocess.crop_pct)));
+            for (int c = 0; c < 3 && error.empty(); ++c)
+                if (!(m.preprocess.std[c] != 0.0f) || !std::isfinite(m.preprocess.std[c]) ||
+                    !std::isfinite(m.preprocess.mean[c]))
+                    error = where + ": preprocess: mean and std must be finite and std non-zero";
+            m.preprocess.img_size = static_cast<int>(img);
+            m.preprocess.resize_size = static_cast<int>(resize);
+        }
+    }
+    m.labels = f.str("labels");
+    const Value* graph = nested(f, "graph", true, false, error);
+    if (graph && error.empty()) {
+        Fields g(*graph, where + ": graph", error);
+        m.graph.input = g.str("input");
+        m.graph.output = g.str("output");
+        const Value* batch = g.field("batch", true, false, "int");
+        if (batch && batch->type == Type::Int) m.graph.batch = static_cast<int>(batch->integer);
+        else if (batch && batch->type == Type::String) m.graph.batch = 0;
+        else if (batch) g.wrong("batch", "int or str", *batch);
+        m.graph.opset = static_cast<int>(g.integer("opset"));
+        m.graph.precision = g.str("precision");
+        m.graph.fused = g.boolean("fused");
+        g.list("fp32_ops", false);
+        g.list("fp16_layers", false);
+        const Value* plugin = nested(g, "plugin", false, true, error);
+        if (plugin && error.empty()) {
+            Fields p(*plugin, where + ": graph: plugin", error);
+            PluginInfo info;
+            info.name = p.str("name");
+            info.version = p.str("version");
+            info.ns = p.str("namespace");
+            info.nodes = static_cast<int>(p.integer("nodes"));
+            info.form = p.str("form", false, "library");
+            m.graph.plugin = info;
+        }
+    }
+    const Value* source = nested(f, "source", false, true, error);
+    if (source && error.empty()) {
+        Fields s(*source, where + ": source", error);
+        s.str("artifact");
+        s.str("sha256");
+        s.str("stage");
+    }
+    const Value* verification = f.list("verification", false);
+    if (verification && error.empty()) {
+        for (size_t i = 0; i < verification->array.size() && error.empty(); ++i) {
+            Fields v(verification->array[i], where + ": verification[" + std::to_string(i) + "]", error);
+            v.str("stage");
+            v.str("candidate");
+            v.str("reference");
+            v.str("inputs");
+            v.object("metrics");
+            v.object("thresholds");
+        }
+    }
+    f.object("report", false);
+    const Value* engine = nested(f, "engine", false, true, error);
+    if (engine && error.empty()) {
+        EngineInfo e;
+        readEngine(*engine, where + ": engine", e, error);
+        m.engine = std::move(e);
+    }
+    m.sha256 = f.str("sha256", false);
+    m.created = f.str("created", false);
+    f.object("versions", false);
+}
+
+}  // namespace
+
+std::string manifestPath(const std::string& artifact) { return artifact + ".json"; }
+
+Status parseManifest(const std::string& text, const std::string& where, Manifest& out) {
+    try {
+        json::Value root;
+        std::string error;
+        if (!json::parse(text, root, error)) return Status::Error(where + ": not a readable manifest (" + error + ")");
+        Manifest m;
+        readManifestValue(root, where, m, error);
+        if (!error.empty()) return Status::Error(error);
+        out = std::move(m);
+        return Status::Ok();
+    } catch (const std::exception& e) {
+        return Status::Error(where + ": not a readable manifest (" + e.what() + ")");
+    }
+}
+
+Status readManifest(const std::string& artifact, Manifest& out) try {
+    std::string path = manifestPath(artifact);
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        size_t slash = path.find_last_of('/');
+        std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+        return Status::Error(artifact + " has no manifest (" + name + "): make it with refiner-edge");
+    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    if (in.bad()) return Status::Error(path + ": not a readable manifest (read error)");
+    return parseManifest(text.str(), path, out);
+} catch (const std::exception& e) {
+    return Status::Error(manifestPath(artifact) + ": not a readable manifest (" + e.what() + ")");
+}
+
+}  // namespace refiner_edge
