@@ -11,7 +11,7 @@ OUT ?= out
 # multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast gpu-check clean
+.PHONY: setup system-deps demo test test-fast gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -36,10 +36,19 @@ demo: setup
 	$(BIN)/refiner-edge build --precision int8 --target rtx-sm89 -o $(OUT)/engine/refiner-vit-s.int8.engine
 	$(BIN)/refiner-edge bench --onnx $(OUT)/refiner-vit-s.onnx --batch 1 --iterations 5 --warmup 1
 
-test: setup
+# tests/test_cpp.py checks the C++ image decoding against Python's with stb_image (Debian's libstb-dev): installed
+# here where apt-get is allowed; without it those tests skip with the reason.
+system-deps:
+	@if [ ! -f /usr/include/stb/stb_image.h ] && command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libstb-dev; } >/dev/null 2>&1 \
+	    || echo "note: could not install libstb-dev: the C++ preprocessing parity tests will skip" >&2; \
+	fi
+
+test: setup system-deps
 	$(PY) -m pytest -q
 
-test-fast: setup
+test-fast: setup system-deps
 	$(PY) -m pytest -q -m "not slow"
 
 # Everything that needs a GPU, in one run (docs/kernel.md); figures go to docs/benchmarks.md.

@@ -13,6 +13,17 @@ from .helpers import assert_clean_failure, invoke
 TINY = ["--variant", "refiner-vit-tiny"]
 
 
+def _commands() -> list[str]:
+    import typer
+
+    from refiner_edge.cli import app
+
+    return sorted(typer.main.get_command(app).commands)
+
+
+ALL_COMMANDS = _commands()
+
+
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory, tiny_checkpoint):
     out = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
@@ -26,8 +37,8 @@ def test_version_and_help():
     assert invoke("--version").stdout.strip() == f"refiner-edge {__version__}"
     result = invoke("--help")
     assert result.exit_code == 0
-    for cmd in ("export", "fuse", "infer", "calibrate", "validate", "info"):
-        assert cmd in result.stdout
+    for cmd in ("export", "calibrate", "fuse", "build", "infer", "validate", "bench", "preprocess", "info"):
+        assert cmd in result.stdout and cmd in ALL_COMMANDS
 
 
 def test_info_lists_runtimes():
@@ -222,7 +233,7 @@ def test_verbose_after_the_command_and_plain_help():
     assert hoist_verbose(["infer", "--", "-v"]) == ["infer", "--", "-v"]  # after --, -v is an image's name
     result = invoke("info", "-v")
     assert result.exit_code == 0, result.output
-    for command in ("export", "calibrate", "fuse", "infer", "validate", "info"):
+    for command in ALL_COMMANDS:
         text = invoke(command, "--help").stdout
         assert "<bool>" not in text, command
         # every option states its default: an explicit [default: ...] or a flag / required option
@@ -238,7 +249,7 @@ def test_help_states_every_default():
     import re
 
     missing = []
-    for command in ("export", "calibrate", "fuse", "infer", "validate", "info"):
+    for command in ALL_COMMANDS:
         text = invoke(command, "--help").stdout.split("Options:", 1)[1]
         for entry in re.split(r"\n  (?=-)", "\n" + text):
             entry = " ".join(entry.split())

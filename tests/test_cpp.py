@@ -388,7 +388,8 @@ def test_manifest_reader_refuses_malformed_manifests_as_python_does(build, tmp_p
                                 "engine: profiles[0]: missing field 'max'"),
         "profile shape item": (changed(["engine", "profiles", 0, "min", 1], "3"),
                                "engine: profiles[0]: min[1] should be int, got str"),
-        "profile not object": (changed(["engine", "profiles", 0], 7), "engine: profiles[0]: expected an object, got int"),
+        "profile not object": (changed(["engine", "profiles", 0], 7),
+                               "engine: profiles[0]: expected an object, got int"),
     }
     for name, (data, needle) in engine_cases.items():
         r = _cpp_manifest(build, tmp_path, json.dumps(data))
