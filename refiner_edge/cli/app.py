@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from .. import __version__
-from . import bench, build, calibrate, export, fuse, infer, info, validate
+from . import bench, build, calibrate, export, fuse, infer, info, serve, validate
 from .common import click, handle_errors, state
 
 VERBOSE_FLAGS = ("-v", "--verbose")
@@ -78,7 +78,7 @@ def main(
 
 # In pipeline order, which is the order `--help` lists them in.
 for command in (export.export, calibrate.calibrate, fuse.fuse, build.build, infer.infer, validate.validate,
-                bench.bench, info.info):
+                bench.bench, serve.serve, info.info):
     app.command()(handle_errors(command))
 
 
