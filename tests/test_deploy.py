@@ -205,3 +205,77 @@ def test_generated_preprocessing_model_runs_in_a_real_tritonserver(tmp_path, tin
             proc.kill()
             proc.wait(timeout=10)
     assert proc.returncode == 0
+
+
+# --- DeepStream -----------------------------------------------------------------------------------------------
+
+def read_nvinfer(path: Path) -> dict[str, str]:
+    """nvinfer's key file (GLib key-file syntax: [group], key=value, # comments), read with configparser."""
+    parser = configparser.ConfigParser(interpolation=None, comment_prefixes=("#",), delimiters=("=",))
+    parser.optionxform = str   # keys are case-sensitive
+    parser.read_string(path.read_text())
+    assert parser.sections() == ["property"]
+    return dict(parser["property"])
+
+
+def nvinfer_input(props: dict[str, str], pixel: np.ndarray) -> np.ndarray:
+    """What nvinfer feeds the network for one RGB pixel: net-scale-factor * (pixel - offsets)."""
+    offsets = np.array([float(v) for v in props["offsets"].split(";")])
+    return float(props["net-scale-factor"]) * (pixel - offsets)
+
+
+def test_deepstream_config_reproduces_the_manifest(tmp_path, tiny_engine):
+    out = tmp_path / "ds"
+    result = invoke("deploy", "deepstream", "--engine", tiny_engine, "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    m = read_manifest(tiny_engine)
+    props = read_nvinfer(out / "config_infer_refiner.txt")
+    assert props["network-type"] == "1" and props["model-color-format"] == "0" and props["process-mode"] == "1"
+    assert props["model-engine-file"] == tiny_engine.name
+    assert (out / props["model-engine-file"]).read_bytes() == tiny_engine.read_bytes()
+    assert (out / props["labelfile-path"]).read_text().splitlines() == list(imagenet_labels())
+    assert props["batch-size"] == str(m.engine.profiles[0].max[0])
+    assert props["infer-dims"] == "3;64;64" and props["output-blob-names"] == m.graph.output
+    assert props["network-mode"] == "0"            # fp32
+    assert "custom-lib-path" not in props and "enable-dla" not in props   # plain engine on a GPU
+    assert summary["preprocessing_exact"] is True
+    # the normalisation, on test pixels, against the package's own preprocessing arithmetic
+    mean, std = np.array(m.preprocess.mean), np.array(m.preprocess.std)
+    for pixel in (np.array([0.0, 0.0, 0.0]), np.array([255.0, 255.0, 255.0]), np.array([200.0, 17.0, 93.0])):
+        np.testing.assert_allclose(nvinfer_input(props, pixel), (pixel / 255.0 - mean) / std, rtol=1e-12,
+                                   atol=1e-12)
+    readme = (out / "README.md").read_text()
+    assert "gst-launch-1.0" in readme and "nvinfer config-file-path=config_infer_refiner.txt" in readme
+    assert "Only on a Jetson" in readme
+    assert_clean_failure(invoke("deploy", "deepstream", "--engine", tiny_engine, "-o", out, "--batch-size", "9"),
+                         "outside the engine's profile")
+
+
+def test_deepstream_library_engine_on_dla_and_unequal_std(tmp_path, tiny_engine):
+    """The same engine file with a manifest that says: library-form plugin, DLA core 1, ImageNet mean/std."""
+    engine = tmp_path / "orin" / "tiny.engine"
+    engine.parent.mkdir()
+    shutil.copyfile(tiny_engine, engine)
+    library = tmp_path / "orin" / "libRefinerDLA.so"
+    library.write_bytes(b"\x7fELF stand-in for the plugin library")
+    data = json.loads(manifest_path(tiny_engine).read_text())
+    data["engine"].update(plugin_form="library", plugin_library=str(library), dla_core=1, precision="fp16")
+    data["preprocess"].update(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    manifest_path(engine).write_text(json.dumps(data))
+    out = tmp_path / "ds"
+    result = invoke("deploy", "deepstream", "--engine", engine, "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    props = read_nvinfer(out / "config_infer_refiner.txt")
+    assert props["custom-lib-path"] == "plugins/libRefinerDLA.so"
+    assert (out / props["custom-lib-path"]).read_bytes() == library.read_bytes()
+    assert props["enable-dla"] == "1" and props["use-dla-core"] == "1" and props["network-mode"] == "2"
+    summary = json.loads(result.stdout)
+    assert summary["preprocessing_exact"] is False
+    assert any("APPROXIMATE" in n for n in summary["notes"])
+    assert "APPROXIMATE" in (out / "config_infer_refiner.txt").read_text()
+    # the offsets still subtract the per-channel mean exactly; only the scale is shared
+    pixel = np.array([200.0, 17.0, 93.0])
+    mean, std = np.array(data["preprocess"]["mean"]), np.array(data["preprocess"]["std"])
+    got, want = nvinfer_input(props, pixel), (pixel / 255.0 - mean) / std
+    assert not np.allclose(got, want, rtol=1e-6) and np.allclose(got, want, rtol=0.03)

@@ -65,4 +65,30 @@ def triton(
     typer.echo(f"serve it: {repo.server_command()}")
 
 
+def deepstream(
+    engine: Annotated[Path, typer.Option("--engine", help="TensorRT engine from `refiner-edge build` (built on "
+                                         "the Jetson or for its TensorRT and GPU/DLA).", dir_okay=False)],
+    out: Annotated[Path, typer.Option("--output", "-o", help="Folder to write: nvinfer config, engine, labels, "
+                                      "plugin library, README with a sample pipeline.", file_okay=False)],
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="nvinfer batch-size [default: the "
+                                                      "engine profile's maximum].")] = None,
+    threshold: Annotated[float, typer.Option("--classifier-threshold", help="classifier-threshold, in logits "
+                                             "(the graph has no softmax).")] = 0.0,
+    gpu_id: Annotated[int, typer.Option("--gpu-id", min=0, help="gpu-id.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a DeepStream nvinfer configuration (classifier) for an engine, from its manifest, and a sample
+    pipeline. Checked here: the keys and values; only a Jetson runs it."""
+    from ..deploy.deepstream import write_deepstream
+
+    result = write_deepstream(engine, out, batch=batch_size, threshold=threshold, gpu_id=gpu_id)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    typer.echo(f"wrote {out}: {', '.join(result.files)}")
+    for line in result.notes:
+        note(line)
+
+
 deploy_app.command()(handle_errors(triton))
+deploy_app.command()(handle_errors(deepstream))
