@@ -181,6 +181,31 @@ def test_bad_requests_get_errors_and_the_server_keeps_serving(server, sample_pho
         grpc.close()
 
 
+@pytest.mark.parametrize("protocol,concurrency", [("http", 1), ("grpc", 8)])
+def test_bench_triton_reports_percentiles_throughput_and_server_batches(server, protocol, concurrency):
+    url = f"{protocol}://{server[protocol]}/refiner"
+    result = invoke("bench", "--triton", url, "--concurrency", concurrency, "--iterations", 24, "--warmup", 2,
+                    "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    lat = report["latency_ms"]
+    assert report["concurrency"] == concurrency and report["iterations"] == 24 and report["model"] == "refiner"
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    assert report["throughput_ips"] > 0
+    executed = {int(k): v for k, v in report["server_batches"].items()}
+    assert sum(k * v for k, v in executed.items()) == 24 + 2   # every request, warmup included, ran once
+    if concurrency > 1:
+        assert max(executed) > 1, executed
+
+
+def test_bench_triton_refusals(server):
+    assert_clean_failure(invoke("bench", "--triton", "ftp://x:1"), "--triton wants")
+    assert_clean_failure(invoke("bench", "--triton", f"{server['http']}/nope", "--iterations", 1),
+                         "cannot query model 'nope'")
+    assert_clean_failure(invoke("bench", "--triton", server["http"], "--onnx", "x.onnx"), "drop --engine/--onnx")
+    assert_clean_failure(invoke("bench", "--concurrency", 2), "--concurrency applies to --triton")
+
+
 def test_zz_ctrl_c_stops_the_server_cleanly(server):
     """Runs last in the module (name order): SIGINT, one `error: interrupted` line, exit 130, both ports free."""
     proc = server["proc"]
