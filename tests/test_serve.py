@@ -59,7 +59,7 @@ def server(tiny_plain):
         yield info
     except Exception:
         proc.kill()
-        out, err = proc.communicate(timeout=30)
+        _out, err = proc.communicate(timeout=30)
         pytest.fail(f"the server did not start: {err[-3000:]}")
     finally:
         if proc.poll() is None:

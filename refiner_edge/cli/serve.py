@@ -36,7 +36,8 @@ def serve(
 ) -> None:
     """Serve a model through Triton Inference Server until Ctrl-C: model NAME takes preprocessed tensors,
     NAME_image encoded image files (JPEG, PNG, ...). Needs the serve extra (pip install 'refiner-edge[serve]')."""
-    from ..deploy.serve import ServeOptions, check_serving, serve as run_server
+    from ..deploy.serve import ServeOptions, check_serving
+    from ..deploy.serve import serve as run_server
     from ..runners.base import load_runner
 
     if (engine is None) == (onnx is None):

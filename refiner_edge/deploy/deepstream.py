@@ -17,7 +17,6 @@ object) to the network's input size; `maintain-aspect-ratio=1` pads rather than 
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field

@@ -27,8 +27,8 @@ import os
 import shutil
 import signal
 import socket
-import tempfile
 import sysconfig
+import tempfile
 import threading
 import time
 import warnings
@@ -55,7 +55,7 @@ def serving_unavailable() -> str | None:
     """Why serving cannot run in this environment (None: it can). Tests print this as their skip reason."""
     try:
         import pytriton.triton  # noqa: F401
-        import tritonclient.grpc  # noqa: F401
+        import tritonclient.grpc
         import tritonclient.http  # noqa: F401
     except ImportError as e:
         return f"serving needs PyTriton and tritonclient ({e.name} is missing): pip install 'refiner-edge[serve]'"

@@ -179,7 +179,7 @@ def ensemble_config(manifest: Manifest, options: RepositoryOptions, max_batch: i
 
 # The Python-backend model: the manifest's preprocessing in Pillow + NumPy (what refiner_edge/images/preprocess.py
 # computes), so the server needs no refiner-edge. A request whose bytes do not decode gets its own error response.
-PREPROCESS_MODEL = '''"""Encoded image bytes -> the preprocessed FP32 [3, S, S] tensor (written by refiner-edge deploy triton).
+PREPROCESS_MODEL = '''"""Encoded image bytes -> the preprocessed FP32 [3, S, S] tensor (by refiner-edge deploy triton).
 
 Resize the short side to resize_size (aspect kept), center-crop img_size, scale to [0, 1], (x - mean) / std, NCHW;
 the parameters come from config.pbtxt's "preprocess" parameter (the artifact's manifest). Needs Pillow and NumPy
