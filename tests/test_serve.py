@@ -206,6 +206,29 @@ def test_bench_triton_refusals(server):
     assert_clean_failure(invoke("bench", "--concurrency", 2), "--concurrency applies to --triton")
 
 
+def test_client_example_prints_the_top_k_of_infer(server, sample_photos, expected):
+    """examples/triton_client.py sends the encoded files; its top-k are refiner-edge infer's."""
+    for protocol in ("grpc", "http"):
+        result = subprocess.run([sys.executable, str(ROOT / "examples" / "triton_client.py"), *map(str, sample_photos),
+                                 "--url", server[protocol], "--protocol", protocol, "--model", "refiner_image",
+                                 "--topk", "3"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        printed: dict[str, list[int]] = {}
+        current = ""
+        for line in result.stdout.splitlines():
+            if line.startswith("  "):
+                printed[current].append(int(line.split()[1]))
+            else:
+                current = Path(line).name
+                printed[current] = []
+        assert printed == {p.name: [q["index"] for q in expected[p.name][:3]] for p in sample_photos}, result.stdout
+    garbage = ROOT / "pyproject.toml"   # not an image: an error line, exit 1, the other images still answered
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "triton_client.py"), str(garbage),
+                             str(sample_photos[0]), "--url", server["grpc"], "--model", "refiner_image"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "error: " in result.stderr and str(sample_photos[0]) in result.stdout
+
+
 def test_zz_ctrl_c_stops_the_server_cleanly(server):
     """Runs last in the module (name order): SIGINT, one `error: interrupted` line, exit 130, both ports free."""
     proc = server["proc"]
