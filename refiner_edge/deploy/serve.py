@@ -217,8 +217,8 @@ def serve(runner: Runner, options: ServeOptions, on_ready: Callable[[dict], None
     # would be the last line after Ctrl-C
     os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
     stop = stop or threading.Event()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() \
-        else None
+    main = threading.current_thread() is threading.main_thread()
+    previous = (signal.signal(signal.SIGTERM, _interrupt), signal.getsignal(signal.SIGINT)) if main else None
     if not logging.getLogger("refiner_edge").isEnabledFor(logging.DEBUG):
         logging.getLogger("pytriton.proxy.inference").addFilter(RejectedRequests())
     triton = Triton(config=config, security_config=security)
@@ -234,11 +234,14 @@ def serve(runner: Runner, options: ServeOptions, on_ready: Callable[[dict], None
                 raise RuntimeError(f"tritonserver exited unexpectedly: {last_line(log_file)} (log: {log_file})")
             stop.wait(0.5)
     finally:
+        if main:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not interrupt the shutdown
         triton.stop()
         if not failed:
             shutil.rmtree(log_file.parent, ignore_errors=True)
         if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
 
 
 class RejectedRequests(logging.Filter):
