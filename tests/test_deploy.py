@@ -279,3 +279,21 @@ def test_deepstream_library_engine_on_dla_and_unequal_std(tmp_path, tiny_engine)
     mean, std = np.array(data["preprocess"]["mean"]), np.array(data["preprocess"]["std"])
     got, want = nvinfer_input(props, pixel), (pixel / 255.0 - mean) / std
     assert not np.allclose(got, want, rtol=1e-6) and np.allclose(got, want, rtol=0.03)
+
+
+def test_help_of_the_serving_commands_imports_nothing_heavy():
+    """`--help` of the root, `serve`, `deploy` and `bench` loads no pytriton, tritonclient, torch or tensorrt."""
+    probe = ("import sys\nfrom refiner_edge.cli import run\nsys.argv = ['refiner-edge', *sys.argv[1:]]\n"
+             "try:\n    run()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+             "print('HEAVY:' + ','.join(m for m in ('pytriton', 'tritonclient', 'torch', 'tensorrt', 'tensorrt_rtx') "
+             "if m in sys.modules))\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    for args in (["--help"], ["serve", "--help"], ["deploy", "--help"], ["deploy", "triton", "--help"],
+                 ["deploy", "deepstream", "--help"], ["bench", "--help"]):
+        result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, env=env,
+                                timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.splitlines()[-1] == "HEAVY:", (args, result.stdout.splitlines()[-1])
+        if len(args) > 1 and args[-2] in ("serve", "triton", "deepstream", "bench"):
+            assert "[default:" in result.stdout
