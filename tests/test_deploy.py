@@ -141,6 +141,12 @@ def test_deploy_triton_refusals_are_one_line(tmp_path, tiny_plain):
     assert_clean_failure(invoke("deploy", "triton", "--onnx", bare, "-o", tmp_path / "r"), "no manifest")
     assert_clean_failure(invoke("deploy", "triton", "--onnx", tiny_plain, "-o", tmp_path / "r", "--max-batch",
                                 "4", "--preferred-batch", "8"), "--preferred-batch")
+    fused = tmp_path / "fused.onnx"
+    shutil.copyfile(tiny_plain, fused)
+    data = json.loads(manifest_path(tiny_plain).read_text())
+    data["graph"]["fused"] = True
+    manifest_path(fused).write_text(json.dumps(data))
+    assert_clean_failure(invoke("deploy", "triton", "--onnx", fused, "-o", tmp_path / "r"), "fused graph")
     assert not (tmp_path / "r").exists()
 
 

@@ -268,6 +268,11 @@ def write_repository(artifact: str | Path, out: str | Path, options: RepositoryO
         raise InputError(f"--kind must be gpu or cpu, got {options.kind}")
     if is_engine and options.kind == "cpu":
         raise InputError("a TensorRT engine runs on a GPU only: drop --kind cpu (or deploy the ONNX graph)")
+    if not is_engine and manifest.graph.fused:
+        # its RefinerDLA nodes run on ONNX Runtime only through refiner-edge's Python op (onnxruntime-extensions),
+        # which Triton's onnxruntime backend cannot load
+        raise InputError(f"{artifact.name} is a fused graph (RefinerDLA nodes): Triton's onnxruntime backend cannot "
+                         "run them; deploy the unfused graph, or build an engine from it and deploy --engine")
     max_batch = batch_limits(manifest, options.max_batch)
     bad = [b for b in options.preferred_batch if not 1 <= b <= max_batch]
     if bad:
