@@ -9,7 +9,8 @@ Two models are served:
   (PyTriton reports an error for every request of a call at once).
 
 Triton checks names, shapes and data types against the model configuration before the runner sees a request: a
-malformed request gets an error response and the server keeps serving.
+malformed request gets an error response and the server keeps serving. Before the server is announced, one request
+through it must give the runner's own answer (`self_check`).
 
 Two facts of PyTriton 0.7.0's Python-backend stub (the process that bridges tritonserver and this one), checked here:
 - it links libpython3.11 by name; under a Python that is not the system's (pyenv's), the system library is found
@@ -226,6 +227,7 @@ def serve(runner: Runner, options: ServeOptions, on_ready: Callable[[dict], None
     try:
         bind_models(triton, runner, options)
         triton.run()
+        self_check(runner, options)
         if on_ready:
             on_ready(endpoints(runner, options))
         while not stop.is_set():
@@ -266,6 +268,31 @@ def last_line(path: Path) -> str:
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def self_check(runner: Runner, options: ServeOptions, seed: int = 0) -> None:
+    """One request through the server (HTTP, to itself) must give what the runner gives directly: a broken bridge
+    between tritonserver and this process (as PyTriton's stub under NumPy 2 was) is refused, not served."""
+    import tritonclient.http as httpclient
+
+    in_name, out_name = io_names(runner)
+    size = runner.preprocess.img_size
+    x = np.random.default_rng(seed).standard_normal((1, 3, size, size), dtype=np.float32)
+    host = "127.0.0.1" if options.host in ("0.0.0.0", "") else options.host
+    client = httpclient.InferenceServerClient(f"{host}:{options.http_port}")
+    broken = "the bridge between tritonserver and this process is broken"
+    try:
+        request = httpclient.InferInput(in_name, list(x.shape), "FP32")
+        request.set_data_from_numpy(x)
+        served = client.infer(options.name, [request]).as_numpy(out_name)
+    except Exception as e:   # an empty or malformed answer fails in the client's decoding
+        raise RuntimeError(f"the server's answer to a test request is unreadable ({e}): {broken}") from None
+    finally:
+        client.close()
+    direct = runner.logits(x, batch_size=1)
+    scale = float(np.abs(direct).max()) or 1.0
+    if served is None or served.shape != direct.shape or float(np.abs(served - direct).max()) > 1e-4 * scale:
+        raise RuntimeError(f"the server's answer to a test request differs from the runner's: {broken}")
 
 
 def endpoints(runner: Runner, options: ServeOptions) -> dict:
