@@ -106,6 +106,7 @@ def test_engine_repository_takes_the_profile_and_plugin_from_the_manifest(tmp_pa
     assert cfg.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
     assert (repo / "tiny" / "1" / "model.plan").read_bytes() == tiny_engine.read_bytes()   # raw, no header
     assert "--backend-config" not in json.loads(result.stdout)["server_command"]   # plugin_form none
+    assert any("built by tensorrt-rtx" in n for n in json.loads(result.stdout)["notes"])
 
     assert_clean_failure(invoke("deploy", "triton", "--engine", tiny_engine, "-o", repo, "--max-batch", "16"),
                          "profile maximum (8)")

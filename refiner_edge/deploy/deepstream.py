@@ -120,6 +120,9 @@ def write_deepstream(engine: str | Path, out: str | Path, batch: int | None = No
                             "normalisation in nvdspreprocess or a custom library for exact inputs")
     result.notes.append("nvinfer scales the whole frame to the input size; the manifest's resize-short-side + "
                         "center-crop is not expressible in nvinfer (crop upstream, e.g. nvvideoconvert src-crop)")
+    if info.flavour != "tensorrt":
+        result.notes.append(f"{engine.name} was built by {info.flavour}: nvinfer loads TensorRT engines only; build "
+                            "with TensorRT on (or for) the Jetson to run it")
     if info.dla_core is not None:
         result.notes.append(f"the engine runs on DLA core {info.dla_core}: enable-dla=1, use-dla-core={info.dla_core}")
 

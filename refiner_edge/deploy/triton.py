@@ -290,6 +290,9 @@ def write_repository(artifact: str | Path, out: str | Path, options: RepositoryO
                              "which is missing: build it (make -C plugins) or point the manifest at it")
     elif is_engine and manifest.engine.plugin_form == "aot":
         repo.notes.append("AOT-plugin engine: the kernel is inside the engine, no plugin library to load")
+    if is_engine and manifest.engine.flavour != "tensorrt":
+        repo.notes.append(f"{artifact.name} was built by {manifest.engine.flavour}: Triton's tensorrt backend loads "
+                          "TensorRT engines only; build with TensorRT (the container's version) to serve it")
     if is_engine and manifest.engine.dla_core is not None:
         repo.notes.append(f"the engine runs on DLA core {manifest.engine.dla_core} (Jetson Orin): Triton on Jetson "
                           "serves it; a datacenter GPU cannot")
