@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from .. import __version__
-from . import bench, build, calibrate, export, fuse, infer, info, preprocess, validate
+from . import bench, build, calibrate, deploy, export, fuse, infer, info, preprocess, serve, validate
 from .common import click, handle_errors, state
 
 VERBOSE_FLAGS = ("-v", "--verbose")
@@ -78,8 +78,9 @@ def main(
 
 # In pipeline order, which is the order `--help` lists them in.
 for command in (export.export, calibrate.calibrate, fuse.fuse, build.build, infer.infer, validate.validate,
-                bench.bench, preprocess.preprocess, info.info):
+                bench.bench, serve.serve, preprocess.preprocess, info.info):
     app.command()(handle_errors(command))
+app.add_typer(deploy.deploy_app, name="deploy")
 
 
 def run() -> None:  # console-script entry point

@@ -24,10 +24,20 @@ def bench(
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed calls first.")] = 5,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="TensorRT: replay the enqueue as a CUDA "
                                              "graph.")] = False,
+    triton: Annotated[Optional[str], typer.Option("--triton", help="Time a model behind a Triton Inference "
+                                                  "Server instead: [http://|grpc://]HOST:PORT[/MODEL] (MODEL "
+                                                  "defaults to refiner) [default: none].")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="--triton: requests in flight at once "
+                                             "(one client each, as perf_analyzer).")] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Time a model: p50/p90/p99 latency, throughput and peak memory. The artifact picks the runtime: --engine
-    TensorRT, --onnx ONNX Runtime, neither PyTorch (--variant/--checkpoint)."""
+    TensorRT, --onnx ONNX Runtime, neither PyTorch (--variant/--checkpoint); --triton a server's model."""
+    if triton is not None:
+        return _bench_triton(triton, concurrency, batch, iterations, warmup, as_json,
+                             engine or onnx or variant or checkpoint or img_size or cuda_graph)
+    if concurrency != 1:
+        raise InputError("--concurrency applies to --triton")
     from ..runners.base import load_runner
     from ..runners.bench import bench as run_bench
     from .infer import check_described
@@ -62,3 +72,26 @@ def bench(
                     f"mean {lat['mean']:.2f}")
     console().print(f"throughput: {report['throughput_ips']:.1f} images/s")
     console().print("memory MB: " + "  ".join(f"{k} {v:.0f}" for k, v in mem.items()))
+
+
+def _bench_triton(url: str, concurrency: int, batch: int, iterations: int, warmup: int, as_json: bool,
+                  local) -> None:
+    from ..runners.triton_client import bench_triton
+
+    if local:
+        raise InputError("--triton times the server's model: drop --engine/--onnx/--variant/--checkpoint/"
+                         "--img-size/--cuda-graph")
+    with phases() as phase:
+        report = bench_triton(url, concurrency=concurrency, batch=batch, iterations=iterations, warmup=warmup,
+                              on_iteration=phase(f"timing {url}", iterations))
+    if as_json:
+        print_json(report)
+        return
+    lat = report["latency_ms"]
+    console().print(f"{report['model']} at {report['url']}, batch {batch}, concurrency {concurrency}, "
+                    f"{iterations} requests after {warmup} warmup")
+    console().print(f"latency ms: p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p95 {lat['p95']:.2f}  "
+                    f"p99 {lat['p99']:.2f}  mean {lat['mean']:.2f}")
+    console().print(f"throughput: {report['throughput_ips']:.1f} images/s")
+    console().print("server batches (size: executions): " + ", ".join(
+        f"{k}: {v}" for k, v in report["server_batches"].items()))

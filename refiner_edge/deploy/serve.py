@@ -1,0 +1,334 @@
+"""`refiner-edge serve`: a real Triton Inference Server (the `tritonserver` binary PyTriton ships) in front of the
+ONNX Runtime or TensorRT runner, HTTP and gRPC, dynamic batching on.
+
+Two models are served:
+- NAME: the preprocessed tensor (the graph's input name, FP32 [B, 3, S, S]) -> logits [B, classes]; Triton batches
+  concurrent requests into one runner call (dynamic batching, up to max_batch, waiting at most queue_delay_us).
+- NAME_image: encoded image files (BYTES [B, 1]: JPEG, PNG, ...) -> logits, decoded and preprocessed exactly as
+  `refiner-edge infer` does. It is not dynamically batched, so an undecodable image fails its own request only
+  (PyTriton reports an error for every request of a call at once).
+
+Triton checks names, shapes and data types against the model configuration before the runner sees a request: a
+malformed request gets an error response and the server keeps serving. Before the server is announced, one request
+through it must give the runner's own answer (`self_check`).
+
+Two facts of PyTriton 0.7.0's Python-backend stub (the process that bridges tritonserver and this one), checked here:
+- it links libpython3.11 by name; under a Python that is not the system's (pyenv's), the system library is found
+  first and the stub fails with "'_thread.RLock' object has no attribute '_recursion_count'". `stub_environment`
+  puts the running interpreter's LIBDIR first on LD_LIBRARY_PATH, which tritonserver and the stub inherit.
+- it is built against NumPy 1.x (pybind11 reading NumPy 1's dtype layout): with NumPy 2 every input tensor arrives
+  as its first element repeated and every output comes back empty ("output tensor shape does not match size of
+  output"). PyTriton declares numpy<2; `check_serving` refuses NumPy 2 in one line instead of serving wrong answers.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import signal
+import socket
+import sysconfig
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import InputError, MissingDependencyError
+from ..runners.base import Runner
+
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_GRPC_PORT = 8001
+DEFAULT_MAX_BATCH = 8
+DEFAULT_QUEUE_DELAY_US = 2000
+IMAGE_INPUT = "image"
+NUMPY2_REASON = ("PyTriton 0.7.0's Python-backend stub is built for NumPy 1.x: under NumPy {version} it receives "
+                 "every tensor as its first element repeated and returns empty outputs; serve from an environment "
+                 "with numpy<2 (pip install 'refiner-edge[serve]' resolves it)")
+
+
+def serving_unavailable() -> str | None:
+    """Why serving cannot run in this environment (None: it can). Tests print this as their skip reason."""
+    try:
+        import pytriton.triton  # noqa: F401
+        import tritonclient.grpc
+        import tritonclient.http  # noqa: F401
+    except ImportError as e:
+        return f"serving needs PyTriton and tritonclient ({e.name} is missing): pip install 'refiner-edge[serve]'"
+    if int(np.__version__.split(".")[0]) >= 2:
+        return NUMPY2_REASON.format(version=np.__version__)
+    return None
+
+
+def check_serving() -> None:
+    reason = serving_unavailable()
+    if reason:
+        raise MissingDependencyError(reason)
+
+
+def stub_environment(env: dict | None = None) -> dict:
+    """Put this interpreter's shared-library folder first on LD_LIBRARY_PATH (in `env`, default os.environ), so the
+    Python-backend stub loads the libpython3.11 this interpreter is, not another 3.11 build found first."""
+    env = os.environ if env is None else env
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir and Path(libdir).is_dir():
+        parts = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p and p != libdir]
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *parts])
+    return env
+
+
+def check_port(host: str, port: int, option: str) -> None:
+    if not 1 <= port <= 65535:
+        raise InputError(f"{option} must be between 1 and 65535, got {port}")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise InputError(f"cannot listen on {host}:{port} ({e.strerror}): pick another {option}") from None
+
+
+def decode_image(data: bytes, preprocess) -> np.ndarray:
+    """Encoded image bytes -> the preprocessed [3, S, S] array, exactly as `Preprocess.load` does for a file."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    from ..images.preprocess import MAX_PIXELS, to_rgb
+
+    if not data:
+        raise InputError("empty image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise InputError(f"{img.width}x{img.height} pixels is over the {MAX_PIXELS:,} limit")
+                img.load()
+                img = to_rgb(ImageOps.exif_transpose(img))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError("image is too large (possible decompression bomb)") from None
+    except UnidentifiedImageError:
+        raise InputError("not an image (or a format Pillow cannot read)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
+            from None
+    return preprocess(img)
+
+
+@dataclass
+class ServeOptions:
+    name: str = "refiner"
+    host: str = "127.0.0.1"
+    http_port: int = DEFAULT_HTTP_PORT
+    grpc_port: int = DEFAULT_GRPC_PORT
+    max_batch: int = DEFAULT_MAX_BATCH
+    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
+    preferred_batch: tuple[int, ...] = ()
+    exit_timeout_s: int = 5   # how long tritonserver waits for in-flight requests on shutdown
+
+    @property
+    def image_name(self) -> str:
+        return f"{self.name}_image"
+
+
+def io_names(runner: Runner) -> tuple[str, str]:
+    """The graph's input and output tensor names (from the manifest; `input`/`logits` without one)."""
+    m = runner.manifest
+    return (m.graph.input, m.graph.output) if m is not None else ("input", "logits")
+
+
+def max_engine_batch(runner: Runner) -> int | None:
+    engine = getattr(runner.manifest, "engine", None)
+    return max(p.max[0] for p in engine.profiles) if engine is not None and engine.profiles else None
+
+
+def check_options(runner: Runner, options: ServeOptions) -> None:
+    if options.max_batch < 1:
+        raise InputError(f"--max-batch must be at least 1, got {options.max_batch}")
+    if options.queue_delay_us < 0:
+        raise InputError(f"--queue-delay-us must be >= 0, got {options.queue_delay_us}")
+    bad = [b for b in options.preferred_batch if not 1 <= b <= options.max_batch]
+    if bad:
+        raise InputError(f"--preferred-batch sizes must be between 1 and --max-batch {options.max_batch}, got {bad}")
+    top = max_engine_batch(runner)
+    if top is not None and options.max_batch > top:
+        raise InputError(f"--max-batch {options.max_batch} is over the engine's profile maximum ({top}): use "
+                         f"--max-batch {top} or rebuild with a larger --batch")
+    if options.http_port == options.grpc_port:
+        raise InputError("--http-port and --grpc-port must differ")
+    check_port(options.host, options.http_port, "--http-port")
+    check_port(options.host, options.grpc_port, "--grpc-port")
+
+
+def bind_models(triton, runner: Runner, options: ServeOptions) -> None:
+    """Bind the tensor model (dynamically batched) and the encoded-image model to `triton`."""
+    from pytriton.decorators import batch
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+
+    in_name, out_name = io_names(runner)
+    size = runner.preprocess.img_size
+    lock = threading.Lock()   # one runner call at a time: a TensorRT execution context is not thread-safe
+
+    def logits(x: np.ndarray) -> np.ndarray:
+        with lock:
+            return runner.logits(np.ascontiguousarray(x, dtype=np.float32), batch_size=options.max_batch)
+
+    @batch
+    def infer_tensor(**inputs):
+        return {out_name: logits(inputs[in_name])}
+
+    def infer_image(requests):
+        out = []
+        for request in requests:
+            encoded = np.asarray(request[IMAGE_INPUT]).reshape(-1)
+            out.append({out_name: logits(np.stack([decode_image(bytes(b), runner.preprocess) for b in encoded]))})
+        return out
+
+    output = [Tensor(name=out_name, dtype=np.float32, shape=(runner.num_classes,))]
+    batcher = DynamicBatcher(max_queue_delay_microseconds=options.queue_delay_us,
+                             preferred_batch_size=list(options.preferred_batch) or None)
+    triton.bind(model_name=options.name, infer_func=infer_tensor,
+                inputs=[Tensor(name=in_name, dtype=np.float32, shape=(3, size, size))], outputs=output,
+                config=ModelConfig(max_batch_size=options.max_batch, batcher=batcher), strict=True)
+    triton.bind(model_name=options.image_name, infer_func=infer_image,
+                inputs=[Tensor(name=IMAGE_INPUT, dtype=np.bytes_, shape=(1,))], outputs=output,
+                config=ModelConfig(max_batch_size=options.max_batch, batcher=None), strict=True)
+
+
+def serve(runner: Runner, options: ServeOptions, on_ready: Callable[[dict], None] | None = None,
+          stop: threading.Event | None = None) -> None:
+    """Serve `runner` until interrupted (Ctrl-C, SIGTERM) or `stop` is set; the server is always stopped."""
+    check_serving()
+    check_options(runner, options)
+    stub_environment()
+    from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
+
+    # tritonserver's own log goes to a file (PyTriton would print it on stdout, where --json puts the endpoints)
+    log_file = Path(tempfile.mkdtemp(prefix="refiner-edge-serve-")) / "tritonserver.log"
+    config = TritonConfig(http_address=options.host, http_port=options.http_port, grpc_address=options.host,
+                          grpc_port=options.grpc_port, allow_metrics=False, exit_timeout_secs=options.exit_timeout_s,
+                          log_file=log_file)
+    # PyTriton guards the statistics endpoint with a token by default; it is read-only and is how a client sees the
+    # batches Triton formed, so it stays open. Loading/unloading models (model-repository) stays guarded.
+    security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
+    # PyTriton's shared-memory blocks are released when it stops; the resource tracker's "leaked" warning at exit
+    # would be the last line after Ctrl-C
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::UserWarning:multiprocessing.resource_tracker")
+    stop = stop or threading.Event()
+    main = threading.current_thread() is threading.main_thread()
+    previous = (signal.signal(signal.SIGTERM, _interrupt), signal.getsignal(signal.SIGINT)) if main else None
+    if not logging.getLogger("refiner_edge").isEnabledFor(logging.DEBUG):
+        logging.getLogger("pytriton.proxy.inference").addFilter(RejectedRequests())
+    triton = Triton(config=config, security_config=security)
+    failed = False
+    try:
+        bind_models(triton, runner, options)
+        triton.run()
+        self_check(runner, options)
+        if on_ready:
+            on_ready(endpoints(runner, options))
+        while not stop.is_set():
+            if not triton.is_alive():
+                failed = True
+                raise RuntimeError(f"tritonserver exited unexpectedly: {last_line(log_file)} (log: {log_file})")
+            stop.wait(0.5)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not interrupt the shutdown
+        triton.stop()
+        if not failed:
+            shutil.rmtree(log_file.parent, ignore_errors=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
+
+
+class RejectedRequests(logging.Filter):
+    """PyTriton logs every exception of an inference call with its traceback; a request this package refused
+    (an InputError: an undecodable image) becomes one line instead, unless --verbose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text.startswith("Exception while performing inference") and "refiner_edge.errors." in text:
+            reason = [line for line in text.splitlines() if "refiner_edge.errors." in line][-1]
+            record.msg, record.args = f"rejected a request: {reason.split(': ', 1)[-1]}", ()
+        return True
+
+
+def last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "empty log"
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def self_check(runner: Runner, options: ServeOptions, seed: int = 0) -> None:
+    """One request through the server (HTTP, to itself) must give what the runner gives directly: a broken bridge
+    between tritonserver and this process (as PyTriton's stub under NumPy 2 was) is refused, not served."""
+    import tritonclient.http as httpclient
+
+    in_name, out_name = io_names(runner)
+    size = runner.preprocess.img_size
+    x = np.random.default_rng(seed).standard_normal((1, 3, size, size), dtype=np.float32)
+    host = "127.0.0.1" if options.host in ("0.0.0.0", "") else options.host
+    client = httpclient.InferenceServerClient(f"{host}:{options.http_port}")
+    broken = "the bridge between tritonserver and this process is broken"
+    try:
+        request = httpclient.InferInput(in_name, list(x.shape), "FP32")
+        request.set_data_from_numpy(x)
+        served = client.infer(options.name, [request]).as_numpy(out_name)
+    except Exception as e:   # an empty or malformed answer fails in the client's decoding
+        raise RuntimeError(f"the server's answer to a test request is unreadable ({e}): {broken}") from None
+    finally:
+        client.close()
+    direct = runner.logits(x, batch_size=1)
+    scale = float(np.abs(direct).max()) or 1.0
+    if served is None or served.shape != direct.shape or float(np.abs(served - direct).max()) > 1e-4 * scale:
+        raise RuntimeError(f"the server's answer to a test request differs from the runner's: {broken}")
+
+
+def endpoints(runner: Runner, options: ServeOptions) -> dict:
+    in_name, out_name = io_names(runner)
+    size = runner.preprocess.img_size
+    return {
+        "http": f"{options.host}:{options.http_port}", "grpc": f"{options.host}:{options.grpc_port}",
+        "backend": runner.name, "model": runner.description,
+        "models": {
+            options.name: {"input": {in_name: ["B", 3, size, size], "datatype": "FP32"},
+                           "output": {out_name: ["B", runner.num_classes]},
+                           "dynamic_batching": {"max_batch": options.max_batch,
+                                                "queue_delay_us": options.queue_delay_us,
+                                                "preferred_batch": list(options.preferred_batch)}},
+            options.image_name: {"input": {IMAGE_INPUT: ["B", 1], "datatype": "BYTES (encoded image file)"},
+                                 "output": {out_name: ["B", runner.num_classes]}},
+        },
+    }
+
+
+def wait_ready(url: str, models: list[str], timeout: float = 60.0, alive: Callable[[], bool] = lambda: True) -> None:
+    """Poll a server over HTTP until `models` are ready (used by clients and tests)."""
+    import tritonclient.http as httpclient
+
+    deadline = time.monotonic() + timeout
+    client = httpclient.InferenceServerClient(url, connection_timeout=2.0, network_timeout=2.0)
+    try:
+        while time.monotonic() < deadline:
+            if not alive():
+                raise RuntimeError("the server exited before it was ready")
+            try:
+                if all(client.is_model_ready(m) for m in models):
+                    return
+            except Exception:   # connection refused while it starts
+                pass
+            time.sleep(0.25)
+    finally:
+        client.close()
+    raise TimeoutError(f"{url}: {', '.join(models)} not ready after {timeout:.0f} s")

@@ -1,0 +1,349 @@
+"""`refiner-edge deploy triton`: a Triton Inference Server model repository made from an artifact's manifest.
+
+    REPO/NAME/config.pbtxt           the model: tensorrt_plan (an engine) or onnxruntime_onnx (a graph)
+    REPO/NAME/1/model.plan|onnx      the artifact, byte for byte (an engine stays raw: Triton loads it as it is)
+    REPO/NAME/labels.txt             class names in index order (Triton's classification extension reads them)
+    REPO/NAME/plugins/<library>      library-form engines: the RefinerDLA plugin library the engine needs
+    REPO/NAME_preprocess/            Python backend: encoded image bytes -> the preprocessed tensor, exactly the
+                                     manifest's preprocessing (Pillow + NumPy, no refiner-edge in the server)
+    REPO/NAME_ensemble/              ensemble: encoded image -> NAME_preprocess -> NAME -> logits
+
+Names, dims and types come from the manifest (graph.input/output, preprocess.img_size, model.num_classes); the
+batch limits from graph.batch and, for engines, the optimisation profile. The whole repository is written to a
+temporary folder beside REPO and renamed into place, so a failed run leaves no half-written repository.
+
+A library-form engine needs its plugin library loaded before Triton deserializes it: `tritonserver
+--backend-config=tensorrt,plugins=/models/NAME/plugins/libX.so` (or `LD_PRELOAD=` that path). An AOT-form engine
+carries its kernel inside it, and a plain engine has no plugin: nothing to load.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import InputError
+from ..manifest import IMAGENET_LABELS, Manifest, read_manifest
+
+IMAGE_INPUT = "image"
+PREPROCESSED = "preprocessed"
+CONTAINER_REPO = "/models"   # where the repository is mounted in NVIDIA's container (docs/serving.md)
+
+
+@dataclass
+class RepositoryOptions:
+    name: str = "refiner"
+    max_batch: int | None = None          # None: 8, capped by an engine's profile maximum
+    preferred_batch: tuple[int, ...] = ()
+    queue_delay_us: int = 100
+    instances: int = 1
+    kind: str | None = None               # "gpu" or "cpu"; None: gpu (an engine runs only on a GPU)
+    ensemble: bool = True
+
+
+@dataclass
+class Repository:
+    path: Path
+    name: str
+    platform: str
+    max_batch: int
+    files: list[str] = field(default_factory=list)
+    plugin_library: str | None = None     # inside the repository, for --backend-config
+    notes: list[str] = field(default_factory=list)
+
+    def server_command(self, image: str = "nvcr.io/nvidia/tritonserver:<yy.mm>-py3") -> str:
+        plugins = f" --backend-config=tensorrt,plugins={CONTAINER_REPO}/{self.plugin_library}" \
+            if self.plugin_library else ""
+        return (f"docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 "
+                f"-v {self.path.resolve()}:{CONTAINER_REPO} {image} "
+                f"tritonserver --model-repository={CONTAINER_REPO}{plugins}")
+
+    def to_dict(self) -> dict:
+        return {"repository": str(self.path), "name": self.name, "platform": self.platform,
+                "max_batch": self.max_batch, "files": self.files, "plugin_library": self.plugin_library,
+                "server_command": self.server_command(), "notes": self.notes}
+
+
+def labels_text(manifest: Manifest) -> str:
+    """One class name a line, in index order: the package's ImageNet names, or `class N` for any other head."""
+    from ..images.labels import imagenet_labels
+
+    n = manifest.model.num_classes
+    if manifest.labels == IMAGENET_LABELS and n == 1000:
+        names = imagenet_labels()
+    else:
+        names = [f"class {i}" for i in range(n)]
+    return "".join(f"{name}\n" for name in names)
+
+
+def batch_limits(manifest: Manifest, requested: int | None) -> int:
+    """The config's max_batch_size: 0 for a fixed-batch graph (full shapes, no batching), else 1..the profile max."""
+    graph, engine = manifest.graph, manifest.engine
+    if graph.batch != "dynamic":
+        if requested not in (None, 0):
+            raise InputError(f"the graph's batch is fixed at {graph.batch}: Triton cannot batch it (export with a "
+                             "dynamic batch, or drop --max-batch)")
+        return 0
+    top = None
+    if engine is not None and engine.profiles:
+        lo, top = engine.profiles[0].min[0], engine.profiles[0].max[0]
+        if lo > 1:
+            raise InputError(f"the engine's profile starts at batch {lo}; Triton sends batches from 1: rebuild with "
+                             f"--batch 1:{engine.profiles[0].opt[0]}:{top}")
+    size = requested if requested is not None else min(8, top or 8)
+    if size < 1:
+        raise InputError(f"--max-batch must be at least 1, got {size}")
+    if top is not None and size > top:
+        raise InputError(f"--max-batch {size} is over the engine's profile maximum ({top}): use --max-batch {top} or "
+                         "rebuild with a larger --batch")
+    return size
+
+
+def _dims(values) -> str:
+    return "[ " + ", ".join(str(int(v)) for v in values) + " ]"
+
+
+def model_config(manifest: Manifest, options: RepositoryOptions, platform: str, max_batch: int,
+                 filename: str) -> str:
+    graph, size, classes = manifest.graph, manifest.preprocess.img_size, manifest.model.num_classes
+    lead = [] if max_batch else [int(graph.batch)]
+    kind = "KIND_CPU" if options.kind == "cpu" else "KIND_GPU"
+    lines = [
+        f"# Written by refiner-edge deploy triton from {manifest.artifact} ({manifest.model.variant}, "
+        f"{graph.precision}, sha256 {manifest.sha256[:12]})",
+        f'name: "{options.name}"',
+        f'platform: "{platform}"',
+        f'default_model_filename: "{filename}"',
+        f"max_batch_size: {max_batch}",
+        "input [",
+        f'  {{ name: "{graph.input}" data_type: TYPE_FP32 dims: {_dims(lead + [3, size, size])} }}',
+        "]",
+        "output [",
+        f'  {{ name: "{graph.output}" data_type: TYPE_FP32 dims: {_dims(lead + [classes])} '
+        'label_filename: "labels.txt" }',
+        "]",
+    ]
+    if max_batch:
+        preferred = f"preferred_batch_size: {_dims(options.preferred_batch)} " if options.preferred_batch else ""
+        lines.append(f"dynamic_batching {{ {preferred}max_queue_delay_microseconds: {options.queue_delay_us} }}")
+    lines.append(f"instance_group [ {{ count: {options.instances} kind: {kind} }} ]")
+    return "\n".join(lines) + "\n"
+
+
+def preprocess_config(manifest: Manifest, options: RepositoryOptions, max_batch: int) -> str:
+    size = manifest.preprocess.img_size
+    pre = json.dumps({k: getattr(manifest.preprocess, k) for k in
+                      ("img_size", "crop_pct", "resize_size", "mean", "std", "interpolation")})
+    lines = [
+        f"# Written by refiner-edge deploy triton: encoded images -> {options.name}'s input tensor",
+        f'name: "{options.name}_preprocess"',
+        'backend: "python"',
+        f"max_batch_size: {max_batch}",
+        f'input [ {{ name: "{IMAGE_INPUT}" data_type: TYPE_STRING dims: [ 1 ] }} ]',
+        f'output [ {{ name: "{PREPROCESSED}" data_type: TYPE_FP32 dims: {_dims([3, size, size])} }} ]',
+    ]
+    if max_batch:
+        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {options.queue_delay_us} }}")
+    lines += [
+        f"instance_group [ {{ count: {options.instances} kind: KIND_CPU }} ]",
+        f"parameters {{ key: \"preprocess\" value {{ string_value: {json.dumps(pre)} }} }}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def ensemble_config(manifest: Manifest, options: RepositoryOptions, max_batch: int) -> str:
+    graph, classes = manifest.graph, manifest.model.num_classes
+    return "\n".join([
+        f"# Written by refiner-edge deploy triton: send encoded image bytes, get {options.name}'s logits",
+        f'name: "{options.name}_ensemble"',
+        'platform: "ensemble"',
+        f"max_batch_size: {max_batch}",
+        f'input [ {{ name: "{IMAGE_INPUT}" data_type: TYPE_STRING dims: [ 1 ] }} ]',
+        f'output [ {{ name: "{graph.output}" data_type: TYPE_FP32 dims: [ {classes} ] '
+        'label_filename: "labels.txt" } ]',
+        "ensemble_scheduling {",
+        "  step [",
+        f'    {{ model_name: "{options.name}_preprocess" model_version: -1 '
+        f'input_map {{ key: "{IMAGE_INPUT}" value: "{IMAGE_INPUT}" }} '
+        f'output_map {{ key: "{PREPROCESSED}" value: "{PREPROCESSED}" }} }},',
+        f'    {{ model_name: "{options.name}" model_version: -1 '
+        f'input_map {{ key: "{graph.input}" value: "{PREPROCESSED}" }} '
+        f'output_map {{ key: "{graph.output}" value: "{graph.output}" }} }}',
+        "  ]",
+        "}",
+    ]) + "\n"
+
+
+# The Python-backend model: the manifest's preprocessing in Pillow + NumPy (what refiner_edge/images/preprocess.py
+# computes), so the server needs no refiner-edge. A request whose bytes do not decode gets its own error response.
+PREPROCESS_MODEL = '''"""Encoded image bytes -> the preprocessed FP32 [3, S, S] tensor (by refiner-edge deploy triton).
+
+Resize the short side to resize_size (aspect kept), center-crop img_size, scale to [0, 1], (x - mean) / std, NCHW;
+the parameters come from config.pbtxt's "preprocess" parameter (the artifact's manifest). Needs Pillow and NumPy
+in the Python backend's environment (pip install pillow in NVIDIA's container).
+"""
+import io
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from PIL import Image, ImageOps
+
+MAX_PIXELS = 89_478_485
+RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+            "nearest": Image.Resampling.NEAREST}
+
+
+def to_rgb(img):
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        arr = arr / 257.0 if arr.max(initial=0) > 255 or img.mode.startswith("I;16") else arr
+        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        if arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+    elif img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.pre = json.loads(config["parameters"]["preprocess"]["string_value"])
+        self.mean = np.asarray(self.pre["mean"], np.float32)
+        self.std = np.asarray(self.pre["std"], np.float32)
+
+    def preprocess(self, data):
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise ValueError(f"{img.width}x{img.height} pixels is over the {MAX_PIXELS:,} limit")
+            img.load()
+            img = to_rgb(ImageOps.exif_transpose(img))
+        size, crop = self.pre["resize_size"], self.pre["img_size"]
+        w, h = img.size
+        new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+        img = img.resize((new_w, new_h), RESAMPLE[self.pre["interpolation"]])
+        top, left = int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0))
+        img = img.crop((left, top, left + crop, top + crop))
+        x = np.asarray(img, dtype=np.float32) / 255.0
+        return np.ascontiguousarray(((x - self.mean) / self.std).transpose(2, 0, 1))
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            encoded = pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)
+            try:
+                batch = np.stack([self.preprocess(bytes(b)) for b in encoded])
+            except Exception as e:   # an undecodable image fails its own request only
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"not a decodable image: {type(e).__name__}: {e}")))
+                continue
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("preprocessed", batch)]))
+        return responses
+'''
+
+
+def write_repository(artifact: str | Path, out: str | Path, options: RepositoryOptions | None = None) -> Repository:
+    """Write the model repository for `artifact` (an engine from `build` or an ONNX graph with a manifest) to
+    `out`, replacing an earlier one only once the new one is complete."""
+    options = options or RepositoryOptions()
+    artifact, out = Path(artifact), Path(out)
+    if not artifact.is_file():
+        raise InputError(f"not found: {artifact}")
+    manifest = read_manifest(artifact, required=True)
+    is_engine = manifest.engine is not None
+    if not options.name or any(c in options.name for c in "/\\ ") or options.name.startswith("."):
+        raise InputError(f"--name must be a plain model name, got {options.name!r}")
+    if options.instances < 1:
+        raise InputError(f"--instances must be at least 1, got {options.instances}")
+    if options.queue_delay_us < 0:
+        raise InputError(f"--queue-delay-us must be >= 0, got {options.queue_delay_us}")
+    if options.kind not in (None, "gpu", "cpu"):
+        raise InputError(f"--kind must be gpu or cpu, got {options.kind}")
+    if is_engine and options.kind == "cpu":
+        raise InputError("a TensorRT engine runs on a GPU only: drop --kind cpu (or deploy the ONNX graph)")
+    if not is_engine and manifest.graph.fused:
+        # its RefinerDLA nodes run on ONNX Runtime only through refiner-edge's Python op (onnxruntime-extensions),
+        # which Triton's onnxruntime backend cannot load
+        raise InputError(f"{artifact.name} is a fused graph (RefinerDLA nodes): Triton's onnxruntime backend cannot "
+                         "run them; deploy the unfused graph, or build an engine from it and deploy --engine")
+    max_batch = batch_limits(manifest, options.max_batch)
+    bad = [b for b in options.preferred_batch if not 1 <= b <= max_batch]
+    if bad:
+        raise InputError(f"--preferred-batch sizes must be between 1 and the max batch {max_batch}, got {bad}")
+    platform, filename = ("tensorrt_plan", "model.plan") if is_engine else ("onnxruntime_onnx", "model.onnx")
+    repo = Repository(out, options.name, platform, max_batch)
+
+    library = None
+    if is_engine and manifest.engine.plugin_form == "library":
+        library = Path(manifest.engine.plugin_library or "")
+        if not library.is_absolute():
+            library = artifact.parent / library
+        if not library.is_file():
+            raise InputError(f"{artifact.name} needs the RefinerDLA plugin library {manifest.engine.plugin_library}, "
+                             "which is missing: build it (make -C plugins) or point the manifest at it")
+    elif is_engine and manifest.engine.plugin_form == "aot":
+        repo.notes.append("AOT-plugin engine: the kernel is inside the engine, no plugin library to load")
+    if is_engine and manifest.engine.flavour != "tensorrt":
+        repo.notes.append(f"{artifact.name} was built by {manifest.engine.flavour}: Triton's tensorrt backend loads "
+                          "TensorRT engines only; build with TensorRT (the container's version) to serve it")
+    if is_engine and manifest.engine.dla_core is not None:
+        repo.notes.append(f"the engine runs on DLA core {manifest.engine.dla_core} (Jetson Orin): Triton on Jetson "
+                          "serves it; a datacenter GPU cannot")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        files: dict[str, str | bytes | Path] = {
+            f"{options.name}/config.pbtxt": model_config(manifest, options, platform, max_batch, filename),
+            f"{options.name}/1/{filename}": artifact,
+            f"{options.name}/labels.txt": labels_text(manifest),
+        }
+        if library is not None:
+            repo.plugin_library = f"{options.name}/plugins/{library.name}"
+            files[repo.plugin_library] = library
+        if options.ensemble:
+            files[f"{options.name}_preprocess/config.pbtxt"] = preprocess_config(manifest, options, max_batch)
+            files[f"{options.name}_preprocess/1/model.py"] = PREPROCESS_MODEL
+            files[f"{options.name}_ensemble/config.pbtxt"] = ensemble_config(manifest, options, max_batch)
+            files[f"{options.name}_ensemble/labels.txt"] = labels_text(manifest)
+            (tmp / f"{options.name}_ensemble" / "1").mkdir(parents=True)   # an ensemble still needs a version
+        for rel, content in files.items():
+            dest = tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, Path):
+                shutil.copyfile(content, dest)
+            else:
+                dest.write_text(content, encoding="utf-8")
+        _publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    repo.files = sorted(files)
+    return repo
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename the finished repository into place; an earlier one at `out` is moved aside first and removed after."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)   # mkdtemp's folder is private
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a folder")
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
