@@ -13,12 +13,17 @@ from .helpers import assert_clean_failure, invoke
 TINY = ["--variant", "refiner-vit-tiny"]
 
 
-def _commands() -> list[str]:
+def _commands() -> list[list[str]]:
+    """Every leaf command as its argument path (["export"], ["deploy", "triton"], ...)."""
     import typer
 
     from refiner_edge.cli import app
 
-    return sorted(typer.main.get_command(app).commands)
+    def walk(group, prefix):
+        for name, command in sorted(group.commands.items()):
+            yield from walk(command, prefix + [name]) if hasattr(command, "commands") else [prefix + [name]]
+
+    return list(walk(typer.main.get_command(app), []))
 
 
 ALL_COMMANDS = _commands()
@@ -37,8 +42,10 @@ def test_version_and_help():
     assert invoke("--version").stdout.strip() == f"refiner-edge {__version__}"
     result = invoke("--help")
     assert result.exit_code == 0
-    for cmd in ("export", "calibrate", "fuse", "build", "infer", "validate", "bench", "preprocess", "info"):
-        assert cmd in result.stdout and cmd in ALL_COMMANDS
+    for cmd in ("export", "calibrate", "fuse", "build", "infer", "validate", "bench", "serve", "deploy",
+                "preprocess", "info"):
+        assert cmd in result.stdout
+    assert ["deploy", "triton"] in ALL_COMMANDS and ["deploy", "deepstream"] in ALL_COMMANDS
 
 
 def test_info_lists_runtimes():
@@ -234,7 +241,7 @@ def test_verbose_after_the_command_and_plain_help():
     result = invoke("info", "-v")
     assert result.exit_code == 0, result.output
     for command in ALL_COMMANDS:
-        text = invoke(command, "--help").stdout
+        text = invoke(*command, "--help").stdout
         assert "<bool>" not in text, command
         # every option states its default: an explicit [default: ...] or a flag / required option
         options = [line.split()[0] for line in text.splitlines() if line.strip().startswith("--")]
@@ -250,14 +257,14 @@ def test_help_states_every_default():
 
     missing = []
     for command in ALL_COMMANDS:
-        text = invoke(command, "--help").stdout.split("Options:", 1)[1]
+        text = invoke(*command, "--help").stdout.split("Options:", 1)[1]
         for entry in re.split(r"\n  (?=-)", "\n" + text):
             entry = " ".join(entry.split())
             if not entry or entry.startswith("-h, --help"):
                 continue
             flag = not re.match(r"^(-\w, )?--[\w-]+( / --[\w-]+)? <", entry)
             if not (flag or "[default:" in entry or "[required]" in entry):
-                missing.append(f"{command} {entry.split()[0]}")
+                missing.append(f"{' '.join(command)} {entry.split()[0]}")
     assert not missing
 
 
