@@ -304,3 +304,19 @@ def test_help_of_the_serving_commands_imports_nothing_heavy():
         assert result.stdout.splitlines()[-1] == "HEAVY:", (args, result.stdout.splitlines()[-1])
         if len(args) > 1 and args[-2] in ("serve", "triton", "deepstream", "bench"):
             assert "[default:" in result.stdout
+
+
+def test_deploying_into_an_existing_repository_keeps_its_other_models(tmp_path, tiny_plain):
+    """A model repository holds many models: deploying one replaces its own folders only, each once complete."""
+    repo = tmp_path / "repo"
+    (repo / "other_model" / "1").mkdir(parents=True)
+    (repo / "other_model" / "config.pbtxt").write_text('name: "other_model"\n')
+    (repo / "refiner" / "1").mkdir(parents=True)
+    (repo / "refiner" / "1" / "stale.bin").write_bytes(b"from an earlier deploy")
+    for _ in range(2):
+        assert invoke("deploy", "triton", "--onnx", tiny_plain, "-o", repo).exit_code == 0
+    assert (repo / "other_model" / "config.pbtxt").read_text() == 'name: "other_model"\n'
+    assert not (repo / "refiner" / "1" / "stale.bin").exists() and (repo / "refiner" / "1" / "model.onnx").is_file()
+    assert sorted(p.name for p in repo.iterdir()) == ["other_model", "refiner", "refiner_ensemble",
+                                                      "refiner_preprocess"]  # nothing temporary left
+    assert [p.name for p in tmp_path.iterdir()] == ["repo"]

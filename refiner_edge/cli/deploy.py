@@ -21,8 +21,9 @@ class Kind(str, Enum):
 
 
 def triton(
-    out: Annotated[Path, typer.Option("--output", "-o", help="Model repository folder to write (replaced as a "
-                                      "whole once complete).", file_okay=False)],
+    out: Annotated[Path, typer.Option("--output", "-o", help="Model repository folder: this model's folders "
+                                      "are written (each replaced once complete), other models stay.",
+                                      file_okay=False)],
     engine: Annotated[Optional[Path], typer.Option("--engine", help="TensorRT engine from `refiner-edge build` "
                                                    "(platform tensorrt_plan) [default: none].",
                                                    dir_okay=False)] = None,
@@ -69,7 +70,8 @@ def deepstream(
     engine: Annotated[Path, typer.Option("--engine", help="TensorRT engine from `refiner-edge build` (built on "
                                          "the Jetson or for its TensorRT and GPU/DLA).", dir_okay=False)],
     out: Annotated[Path, typer.Option("--output", "-o", help="Folder to write: nvinfer config, engine, labels, "
-                                      "plugin library, README with a sample pipeline.", file_okay=False)],
+                                      "plugin library, README with a sample pipeline (each replaced once complete; "
+                                      "other files stay).", file_okay=False)],
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="nvinfer batch-size [default: the "
                                                       "engine profile's maximum].")] = None,
     threshold: Annotated[float, typer.Option("--classifier-threshold", help="classifier-threshold, in logits "

@@ -89,7 +89,7 @@ def nvinfer_properties(manifest: Manifest, engine_name: str, batch: int, thresho
 def write_deepstream(engine: str | Path, out: str | Path, batch: int | None = None, threshold: float = 0.0,
                      gpu_id: int = 0) -> DeepStreamConfig:
     """Write DIR with the nvinfer configuration, the engine, labels, the plugin library (library form) and a README
-    with a sample pipeline; replaces an earlier DIR only once the new one is complete."""
+    with a sample pipeline; earlier files of the same names are replaced only once the new ones are complete."""
     from ..engine.checks import read_engine_manifest
 
     engine, out = Path(engine), Path(out)

@@ -9,8 +9,9 @@
     REPO/NAME_ensemble/              ensemble: encoded image -> NAME_preprocess -> NAME -> logits
 
 Names, dims and types come from the manifest (graph.input/output, preprocess.img_size, model.num_classes); the
-batch limits from graph.batch and, for engines, the optimisation profile. The whole repository is written to a
-temporary folder beside REPO and renamed into place, so a failed run leaves no half-written repository.
+batch limits from graph.batch and, for engines, the optimisation profile. The model folders are written to a
+temporary folder beside REPO and each renamed into place, so a failed run leaves no half-written model, and the
+other models of an existing repository stay as they are.
 
 A library-form engine needs its plugin library loaded before Triton deserializes it: `tritonserver
 --backend-config=tensorrt,plugins=/models/NAME/plugins/libX.so` (or `LD_PRELOAD=` that path). An AOT-form engine
@@ -329,21 +330,25 @@ def write_repository(artifact: str | Path, out: str | Path, options: RepositoryO
 
 
 def _publish(tmp: Path, out: Path) -> None:
-    """Rename the finished repository into place; an earlier one at `out` is moved aside first and removed after."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)   # mkdtemp's folder is private
+    """Move each finished entry of `tmp` (a model folder, a file) into the folder `out`, each atomically: an earlier
+    entry of the same name is moved aside first and removed after. Everything else in `out` stays: a model
+    repository holds other models, a DeepStream folder the user's own files."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} exists and is not a folder")
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(tmp.iterdir()):
+        dest = out / entry.name
+        old = None
+        if dest.exists() or dest.is_symlink():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.replace(dest, old)
+        try:
+            os.replace(entry, dest)
+        except BaseException:
+            if old is not None:
+                os.replace(old, dest)
+            raise
+        if old is not None and old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        elif old is not None:
+            old.unlink()
