@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..manifest import Manifest
-from .triton import _publish, labels_text
+from .triton import _publish, labels_text, write_files
 
 CONFIG_NAME = "config_infer_refiner.txt"
 NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}   # nvinfer's network-mode values
@@ -134,13 +134,7 @@ def write_deepstream(engine: str | Path, out: str | Path, batch: int | None = No
                                         "README.md": _readme(manifest, props, exact, result.notes)}
         if library is not None:
             files[lib_rel] = library
-        for rel, content in files.items():
-            dest = tmp / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, Path):
-                shutil.copyfile(content, dest)
-            else:
-                dest.write_text(content, encoding="utf-8")
+        write_files(tmp, files)
         _publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -19,6 +19,7 @@ carries its kernel inside it, and a plain engine has no plugin: nothing to load.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
+from ..images.preprocess import to_rgb
 from ..manifest import IMAGENET_LABELS, Manifest, read_manifest
 
 IMAGE_INPUT = "image"
@@ -198,20 +200,7 @@ RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BI
             "nearest": Image.Resampling.NEAREST}
 
 
-def to_rgb(img):
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        arr = arr / 257.0 if arr.max(initial=0) > 255 or img.mode.startswith("I;16") else arr
-        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
-    elif img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        if arr.size and arr.max() <= 1.0:
-            arr = arr * 255.0
-        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
-    elif img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    return img.convert("RGB") if img.mode != "RGB" else img
-
+{to_rgb}
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -247,7 +236,7 @@ class TritonPythonModel:
                 continue
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("preprocessed", batch)]))
         return responses
-'''
+'''.replace("{to_rgb}", inspect.getsource(to_rgb).rstrip())
 
 
 def write_repository(artifact: str | Path, out: str | Path, options: RepositoryOptions | None = None) -> Repository:
@@ -315,18 +304,23 @@ def write_repository(artifact: str | Path, out: str | Path, options: RepositoryO
             files[f"{options.name}_ensemble/config.pbtxt"] = ensemble_config(manifest, options, max_batch)
             files[f"{options.name}_ensemble/labels.txt"] = labels_text(manifest)
             (tmp / f"{options.name}_ensemble" / "1").mkdir(parents=True)   # an ensemble still needs a version
-        for rel, content in files.items():
-            dest = tmp / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, Path):
-                shutil.copyfile(content, dest)
-            else:
-                dest.write_text(content, encoding="utf-8")
+        write_files(tmp, files)
         _publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     repo.files = sorted(files)
     return repo
+
+
+def write_files(root: Path, files: dict) -> None:
+    """Write {relative path: text, or a Path to copy} under `root`."""
+    for rel, content in files.items():
+        dest = root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, Path):
+            shutil.copyfile(content, dest)
+        else:
+            dest.write_text(content, encoding="utf-8")
 
 
 def _publish(tmp: Path, out: Path) -> None:
