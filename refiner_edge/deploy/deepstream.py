@@ -17,14 +17,12 @@ object) to the network's input size; `maintain-aspect-ratio=1` pads rather than 
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
 from ..manifest import Manifest
-from .triton import _publish, labels_text, write_files
+from .triton import labels_text, publish_files
 
 CONFIG_NAME = "config_infer_refiner.txt"
 NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}   # nvinfer's network-mode values
@@ -126,18 +124,12 @@ def write_deepstream(engine: str | Path, out: str | Path, batch: int | None = No
     if info.dla_core is not None:
         result.notes.append(f"the engine runs on DLA core {info.dla_core}: enable-dla=1, use-dla-core={info.dla_core}")
 
-    text = _config_text(manifest, props, exact)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        files: dict[str, str | Path] = {CONFIG_NAME: text, engine.name: engine, "labels.txt": labels_text(manifest),
-                                        "README.md": _readme(manifest, props, exact, result.notes)}
-        if library is not None:
-            files[lib_rel] = library
-        write_files(tmp, files)
-        _publish(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    files: dict[str, str | Path] = {CONFIG_NAME: _config_text(manifest, props, exact), engine.name: engine,
+                                    "labels.txt": labels_text(manifest),
+                                    "README.md": _readme(manifest, props, exact, result.notes)}
+    if library is not None:
+        files[lib_rel] = library
+    publish_files(out, files)
     result.files = sorted(files)
     return result
 

@@ -287,40 +287,44 @@ def write_repository(artifact: str | Path, out: str | Path, options: RepositoryO
         repo.notes.append(f"the engine runs on DLA core {manifest.engine.dla_core} (Jetson Orin): Triton on Jetson "
                           "serves it; a datacenter GPU cannot")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        files: dict[str, str | bytes | Path] = {
-            f"{options.name}/config.pbtxt": model_config(manifest, options, platform, max_batch, filename),
-            f"{options.name}/1/{filename}": artifact,
-            f"{options.name}/labels.txt": labels_text(manifest),
-        }
-        if library is not None:
-            repo.plugin_library = f"{options.name}/plugins/{library.name}"
-            files[repo.plugin_library] = library
-        if options.ensemble:
-            files[f"{options.name}_preprocess/config.pbtxt"] = preprocess_config(manifest, options, max_batch)
-            files[f"{options.name}_preprocess/1/model.py"] = PREPROCESS_MODEL
-            files[f"{options.name}_ensemble/config.pbtxt"] = ensemble_config(manifest, options, max_batch)
-            files[f"{options.name}_ensemble/labels.txt"] = labels_text(manifest)
-            (tmp / f"{options.name}_ensemble" / "1").mkdir(parents=True)   # an ensemble still needs a version
-        write_files(tmp, files)
-        _publish(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    files: dict[str, str | Path] = {
+        f"{options.name}/config.pbtxt": model_config(manifest, options, platform, max_batch, filename),
+        f"{options.name}/1/{filename}": artifact,
+        f"{options.name}/labels.txt": labels_text(manifest),
+    }
+    folders = []
+    if library is not None:
+        repo.plugin_library = f"{options.name}/plugins/{library.name}"
+        files[repo.plugin_library] = library
+    if options.ensemble:
+        files[f"{options.name}_preprocess/config.pbtxt"] = preprocess_config(manifest, options, max_batch)
+        files[f"{options.name}_preprocess/1/model.py"] = PREPROCESS_MODEL
+        files[f"{options.name}_ensemble/config.pbtxt"] = ensemble_config(manifest, options, max_batch)
+        files[f"{options.name}_ensemble/labels.txt"] = labels_text(manifest)
+        folders.append(f"{options.name}_ensemble/1")   # an ensemble still needs a version folder
+    publish_files(out, files, folders)
     repo.files = sorted(files)
     return repo
 
 
-def write_files(root: Path, files: dict) -> None:
-    """Write {relative path: text, or a Path to copy} under `root`."""
-    for rel, content in files.items():
-        dest = root / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, Path):
-            shutil.copyfile(content, dest)
-        else:
-            dest.write_text(content, encoding="utf-8")
+def publish_files(out: Path, files: dict[str, str | Path], folders: list[str] = ()) -> None:
+    """Write {relative path: text, or a Path to copy} (and empty `folders`) into a temporary folder beside `out`,
+    then move each top-level entry into `out` (see _publish); nothing half-written is ever left in `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        for folder in folders:
+            (tmp / folder).mkdir(parents=True)
+        for rel, content in files.items():
+            dest = tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, Path):
+                shutil.copyfile(content, dest)
+            else:
+                dest.write_text(content, encoding="utf-8")
+        _publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _publish(tmp: Path, out: Path) -> None:
