@@ -6,8 +6,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +18,7 @@ from refiner_edge.images.labels import imagenet_labels
 from refiner_edge.images.preprocess import Preprocess
 from refiner_edge.manifest import manifest_path, read_manifest
 
-from .helpers import assert_clean_failure, invoke
+from .helpers import assert_clean_failure, free_port, invoke, stop
 
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 HAS_PB = importlib.util.find_spec("tritonclient") is not None and importlib.util.find_spec("google.protobuf") \
@@ -151,12 +149,6 @@ def test_deploy_triton_refusals_are_one_line(tmp_path, tiny_plain):
     assert not (tmp_path / "r").exists()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(serving_unavailable() is not None, reason=str(serving_unavailable()))
 def test_generated_preprocessing_model_runs_in_a_real_tritonserver(tmp_path, tiny_plain, sample_photos):
     """The repository as written, served by PyTriton's tritonserver binary (which has only the Python backend, so
@@ -205,12 +197,7 @@ def test_generated_preprocessing_model_runs_in_a_real_tritonserver(tmp_path, tin
             pytest.fail(f"tritonserver exited: {proc.stdout.read()[-3000:]}")
         raise
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc)
     assert proc.returncode == 0
 
 

@@ -19,18 +19,12 @@ from refiner_edge.deploy.serve import serving_unavailable, wait_ready
 from refiner_edge.images.preprocess import Preprocess
 from refiner_edge.manifest import read_manifest
 
-from .helpers import assert_clean_failure, invoke
+from .helpers import assert_clean_failure, free_port, invoke, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 REASON = serving_unavailable()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=str(REASON))
 REQUESTS, THREADS, TIMEOUT_S = 32, 8, 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_is_free(port: int) -> bool:
@@ -62,13 +56,7 @@ def server(tiny_plain):
         _out, err = proc.communicate(timeout=30)
         pytest.fail(f"the server did not start: {err[-3000:]}")
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop(proc)
 
 
 @pytest.fixture(scope="module")
