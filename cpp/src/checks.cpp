@@ -23,27 +23,28 @@ bool isFile(const std::string& path) {
 
 std::vector<long> parts(const std::string& text, bool& ok) {
     std::vector<long> out;
-    ok = !text.empty();
+    ok = !text.empty() && text.back() != '.';
     std::stringstream in(text);
     std::string item;
     while (std::getline(in, item, '.')) {
-        char* end = nullptr;
-        long v = std::strtol(item.c_str(), &end, 10);
-        if (item.empty() || *end != '\0') ok = false;
+        // digits only, as Python's check: strtol alone would take "+8" and " 8"
+        if (item.empty() || item.size() > 9 || item.find_first_not_of("0123456789") != std::string::npos) ok = false;
+        long v = ok ? std::strtol(item.c_str(), nullptr, 10) : -1;
         out.push_back(v);
     }
     return out;
 }
 
-// "10.3.0" and "10.3.0.26" are the same TensorRT: the C++ API reports four parts, a Python wheel three or four.
-bool sameVersion(const std::string& a, const std::string& b) {
-    if (a == b) return true;
-    bool oka, okb;
-    auto pa = parts(a, oka), pb = parts(b, okb);
-    size_t n = std::min(pa.size(), pb.size());
-    if (!oka || !okb || n < 3) return false;
-    for (size_t i = 0; i < n; ++i)
-        if (pa[i] != pb[i]) return false;
+// The engine-compatibility rule of refiner_edge/engine/checks.py, case for case (tests/data/engine_compat.json
+// holds the cases both are tested against). A plan loads on the TensorRT release that built it: the same
+// major.minor.patch; the build number is left out (getInferLibVersion and JetPack's Python package report three
+// parts, a registry wheel four), missing parts count as 0 (11.4 is 11.4.0). A version-compatible plan also loads on
+// any later release, never an earlier one.
+bool release(const std::string& version, std::vector<long>& out) {
+    bool ok;
+    out = parts(version, ok);
+    if (!ok || out.size() > 4) return false;
+    out.resize(3, 0);
     return true;
 }
 
@@ -54,7 +55,25 @@ std::string sm(const std::string& cc) {
     return "sm_" + out;
 }
 
+std::string tensorrtRefusal(const std::string& built_flavour, const std::string& built_version,
+                            bool version_compatible, const std::string& flavour, const std::string& version) {
+    if (flavour != built_flavour) return "was built by " + built_flavour + " and this is " + flavour;
+    std::vector<long> built, here;
+    bool okb = release(built_version, built), okh = release(version, here);
+    bool same = okb && okh && built == here;
+    bool forward = version_compatible && okb && okh && here >= built;
+    if (!same && !forward) return "was built by " + built_flavour + " " + built_version + " and this is " + version;
+    return "";
+}
+
 }  // namespace
+
+// A relative plugin path is taken against the engine's folder, never the working directory.
+std::string pluginLibraryPath(const std::string& engine, const std::string& recorded) {
+    if (!recorded.empty() && recorded[0] == '/') return recorded;
+    size_t slash = engine.find_last_of('/');
+    return slash == std::string::npos ? recorded : engine.substr(0, slash + 1) + recorded;
+}
 
 Status fileSha256(const std::string& path, std::string& hex) try {
     std::ifstream in(path, std::ios::binary);
@@ -101,9 +120,9 @@ Status checkEngine(const std::string& engine, const Manifest& manifest, const Ru
         }
         if (runtime.flavour != info.flavour)
             return stale("was built by " + info.flavour + " and this is " + runtime.flavour);
-        if (!sameVersion(runtime.version, info.tensorrt_version) && !info.version_compatible)
-            return stale("was built by " + info.flavour + " " + info.tensorrt_version + " and this is " +
-                         runtime.version);
+        std::string why = tensorrtRefusal(info.flavour, info.tensorrt_version, info.version_compatible,
+                                          runtime.flavour, runtime.version);
+        if (!why.empty()) return stale(why);
         if (!runtime.compute_capability)
             return Status::Error(name + " runs on a CUDA GPU (" + sm(info.compute_capability) + ") and " +
                                  runtime.gpu + " has none");
@@ -114,12 +133,13 @@ Status checkEngine(const std::string& engine, const Manifest& manifest, const Ru
             return stale("was built for " + sm(info.compute_capability) + " (" + info.device + ") and " +
                          runtime.gpu + " is " + sm(*runtime.compute_capability));
         if (info.plugin_form == "library") {
-            if (!info.plugin_library || !isFile(*info.plugin_library))
+            const std::string library = pluginLibraryPath(engine, info.plugin_library.value_or(""));
+            if (!info.plugin_library || !isFile(library))
                 return stale("needs the RefinerDLA plugin library " + info.plugin_library.value_or("None") +
                              ", which is missing");
             if (info.plugin_sha256) {
                 std::string hex;
-                Status s = fileSha256(*info.plugin_library, hex);
+                Status s = fileSha256(library, hex);
                 if (!s) return s;
                 if (hex != *info.plugin_sha256)
                     return stale("was built with another RefinerDLA plugin library than " + *info.plugin_library +

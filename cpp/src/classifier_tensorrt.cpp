@@ -102,7 +102,13 @@ public:
         if (!runtime_) return Status::Error("TensorRT could not create a runtime: " + logger().lastError());
         if (info.plugin_form == "library") {
             // checkEngine has seen the file and its hash; the registry calls its getCreators.
-            if (!runtime_->getPluginRegistry().loadLibrary(info.plugin_library->c_str()))
+            // loadLibrary also returns null when a creator is already registered (a second Classifier in this
+            // process): a failure only when RefinerDLA is not in the registry afterwards.
+            const std::string library = pluginLibraryPath(path, *info.plugin_library);
+            nvinfer1::IPluginRegistry& registry = runtime_->getPluginRegistry();
+            const PluginInfo plugin = m_.graph.plugin.value_or(PluginInfo{"RefinerDLA", "1", "refiner_edge"});
+            if (!registry.loadLibrary(library.c_str()) &&
+                !registry.getCreator(plugin.name.c_str(), plugin.version.c_str(), plugin.ns.c_str()))
                 return rebuild("needs the RefinerDLA plugin library " + *info.plugin_library +
                                ", which TensorRT could not load (" + logger().lastError() + ")");
         }
@@ -203,24 +209,30 @@ public:
                                  std::to_string(classes_) + "] as the manifest says");
         Status s;
         if (options_.cuda_graph) {
+            // Graphs are captured per batch size, and after setInputShape changes the shape TensorRT wants one plain
+            // enqueue before a graph captured for that shape is valid again: so a call whose batch differs from the
+            // last one's runs plainly (capturing, the first time for that size), and only a repeat replays. The
+            // Python runner takes the same steps (runners/tensorrt.py, GraphSteps).
             auto it = graphs_.find(batch);
-            if (it == graphs_.end()) {
-                if (fresh && !(s = enqueue())) return s;  // one plain run after a shape change, before capture
-                cudaGraph_t graph;
-                if ((e = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal)) != cudaSuccess)
-                    return Status::Error("CUDA graph capture: " + cudaMessage(e));
-                Status q = enqueue();
-                e = cudaStreamEndCapture(stream_, &graph);
-                if (!q) return q;
-                if (e != cudaSuccess) return Status::Error("CUDA graph capture: " + cudaMessage(e));
-                cudaGraphExec_t exec;
-                e = cudaGraphInstantiate(&exec, graph, 0);
-                cudaGraphDestroy(graph);
-                if (e != cudaSuccess) return Status::Error("CUDA graph instantiate: " + cudaMessage(e));
-                it = graphs_.emplace(batch, exec).first;
-            }
-            if ((e = cudaGraphLaunch(it->second, stream_)) != cudaSuccess)
+            if (fresh || it == graphs_.end()) {
+                if (!(s = enqueue())) return s;
+                if (it == graphs_.end()) {
+                    cudaGraph_t graph;
+                    if ((e = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal)) != cudaSuccess)
+                        return Status::Error("CUDA graph capture: " + cudaMessage(e));
+                    Status q = enqueue();
+                    e = cudaStreamEndCapture(stream_, &graph);
+                    if (!q) return q;
+                    if (e != cudaSuccess) return Status::Error("CUDA graph capture: " + cudaMessage(e));
+                    cudaGraphExec_t exec;
+                    e = cudaGraphInstantiate(&exec, graph, 0);
+                    cudaGraphDestroy(graph);
+                    if (e != cudaSuccess) return Status::Error("CUDA graph instantiate: " + cudaMessage(e));
+                    graphs_.emplace(batch, exec);
+                }
+            } else if ((e = cudaGraphLaunch(it->second, stream_)) != cudaSuccess) {
                 return Status::Error("CUDA graph launch: " + cudaMessage(e));
+            }
         } else if (!(s = enqueue())) {
             return s;
         }

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..engine.checks import check_plugin_library
 from ..errors import InputError
 from ..manifest import Manifest
 from .triton import labels_text, publish_files
@@ -101,14 +102,7 @@ def write_deepstream(engine: str | Path, out: str | Path, batch: int | None = No
         raise InputError(f"--batch-size {batch} is outside the engine's profile ({lo}..{top})")
     if info.precision not in NETWORK_MODE:
         raise InputError(f"{engine.name}: unknown precision {info.precision!r} in its manifest")
-    library = None
-    if info.plugin_form == "library":
-        library = Path(info.plugin_library or "")
-        if not library.is_absolute():
-            library = engine.parent / library
-        if not library.is_file():
-            raise InputError(f"{engine.name} needs the RefinerDLA plugin library {info.plugin_library}, which is "
-                             "missing: build it (make -C plugins) or point the manifest at it")
+    library = check_plugin_library(engine, manifest)
     lib_rel = f"plugins/{library.name}" if library is not None else None
     props, exact = nvinfer_properties(manifest, engine.name, batch, threshold, lib_rel, gpu_id)
     result = DeepStreamConfig(out, props, exact)

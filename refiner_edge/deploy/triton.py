@@ -27,6 +27,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..engine.checks import check_plugin_library
 from ..errors import InputError
 from ..images.preprocess import to_rgb
 from ..manifest import IMAGENET_LABELS, Manifest, read_manifest
@@ -272,12 +273,7 @@ def write_repository(artifact: str | Path, out: str | Path, options: RepositoryO
 
     library = None
     if is_engine and manifest.engine.plugin_form == "library":
-        library = Path(manifest.engine.plugin_library or "")
-        if not library.is_absolute():
-            library = artifact.parent / library
-        if not library.is_file():
-            raise InputError(f"{artifact.name} needs the RefinerDLA plugin library {manifest.engine.plugin_library}, "
-                             "which is missing: build it (make -C plugins) or point the manifest at it")
+        library = check_plugin_library(artifact, manifest)
     elif is_engine and manifest.engine.plugin_form == "aot":
         repo.notes.append("AOT-plugin engine: the kernel is inside the engine, no plugin library to load")
     if is_engine and manifest.engine.flavour != "tensorrt":

@@ -30,7 +30,8 @@ from ..artifacts import atomic_output, file_sha256
 from ..errors import InputError, MissingDependencyError, VerificationError
 from ..manifest import EngineInfo, Manifest, Profile, read_manifest, write_manifest
 from . import plugins
-from .targets import Target, detect_gpu
+from .checks import compute_capability_refusal, on_tensorrt_line
+from .targets import SAME_CC_MIN_TENSORRT, Target, detect_gpu, tensorrt_at_least
 
 MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
 EXTRAS = {"tensorrt": "tensorrt", "tensorrt-rtx": "rtx"}
@@ -166,6 +167,12 @@ def check_dla(options: BuildOptions, precision: str) -> None:
         raise InputError(f"DLA needs a static batch: use --batch {opt} (one size) with --dla-core")
 
 
+def weak_typing(options: BuildOptions) -> bool:
+    """The one typing decision: weak when asked, or for DLA on TensorRT 10 (JetPack 6 takes INT8 on DLA through the
+    calibration cache); TensorRT 11 and TensorRT-RTX have no weak typing (describe_network refuses the request)."""
+    return options.weak_typing or (options.dla_core is not None and not options.target.strongly_typed_only)
+
+
 def describe_network(onnx: str | Path, options: BuildOptions) -> Network:
     """Read the graph's manifest and settle precision, typing and the graph to parse; refuse what cannot build."""
     path = Path(onnx)
@@ -182,8 +189,7 @@ def describe_network(onnx: str | Path, options: BuildOptions) -> Network:
     if precision not in PRECISIONS:
         raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
     check_dla(options, precision)
-    # DLA on JetPack 6 takes INT8 through the calibration cache (weak typing); TensorRT 11 has no weak typing
-    weak = options.weak_typing or (options.dla_core is not None and not target.strongly_typed_only)
+    weak = weak_typing(options)
     if weak and target.strongly_typed_only:
         raise InputError(f"{target.name} ({'TensorRT-RTX' if target.rtx else 'TensorRT ' + target.tensorrt}) builds "
                          "strongly typed networks only: drop --weak-typing")
@@ -232,14 +238,22 @@ def check_device(target: Target, trt_version: str, note: Callable[[str], None]) 
     if gpu is None:
         raise InputError(f"{target.name} engines are built by TensorRT on the target GPU and this machine has none: "
                          "build on the device, or use an RTX target (--target rtx-sm89) to check the graph here")
-    have, want = (tuple(map(int, cc.split("."))) for cc in (gpu.compute_capability, target.compute_capability))
-    if have != want and not (target.hardware_compat == "ampere+" and have >= (8, 0)):
-        raise InputError(f"{target.name} is sm_{target.compute_capability.replace('.', '')} and this GPU "
-                         f"({gpu.name}) is sm_{gpu.compute_capability.replace('.', '')}: build on the target device "
-                         "or use --target auto")
-    if ".".join(trt_version.split(".")[:2]) != target.tensorrt and trt_version.split(".")[0] != target.tensorrt:
+    if compute_capability_refusal(target.compute_capability, target.hardware_compat, target.devices,
+                                  gpu.compute_capability, gpu.name):
+        raise InputError(f"{target.name} is {target.sm} and this GPU ({gpu.name}) is "
+                         f"sm_{gpu.compute_capability.replace('.', '')}: build on the target device or use --target auto")
+    if not on_tensorrt_line(trt_version, target.tensorrt):
         note(f"{target.name} is a TensorRT {target.tensorrt} target and this is TensorRT {trt_version}: the engine "
              f"runs only where TensorRT {trt_version} is installed")
+
+
+def check_hardware_compat(target: Target, trt_version: str) -> None:
+    """HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY exists from TensorRT 10.9 on: refused before, by version,
+    rather than an AttributeError from the binding."""
+    if target.hardware_compat == "same-cc" and not tensorrt_at_least(trt_version, SAME_CC_MIN_TENSORRT):
+        raise InputError(f"{target.name} asks for hardware compatibility same-cc, which TensorRT "
+                         f"{'.'.join(map(str, SAME_CC_MIN_TENSORRT))}+ has and this is TensorRT {trt_version}: "
+                         "build without it on the target device")
 
 
 def engine_bytes(network: Network, options: BuildOptions, plugin: plugins.Plugin) -> bytes:
@@ -285,10 +299,7 @@ def engine_bytes(network: Network, options: BuildOptions, plugin: plugins.Plugin
     strongly = not network.weak and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
     net_loader = ptrt.NetworkFromOnnxPath(str(network.parse), strongly_typed=strongly)
     for library in plugin.libraries():
-        # the library exports getCreators (IPluginV3), so it must go through the registry: a bare dlopen, which is
-        # what Polygraphy's LoadPlugins does, registers nothing and the ONNX parser would not find RefinerDLA
-        if trt.get_plugin_registry().load_library(library) is None:
-            raise InputError(f"TensorRT could not load the plugin library {library}")
+        plugins.load_library(trt.get_plugin_registry(), library, "build it again (see plugins/refiner_dla/README.md)")
     cache = str(options.timing_cache) if options.timing_cache else None
     with polygraphy_errors(f"{target.flavour} could not build {network.onnx.name}"):
         serialized = ptrt.EngineBytesFromNetwork(net_loader, config=config, save_timing_cache=cache)()
@@ -330,10 +341,11 @@ def build_engine(onnx: str | Path, output: str | Path, options: BuildOptions, *,
         raise InputError("-o names the engine; its manifest is written beside it as <engine>.json")
     target = options.target
     network = describe_network(onnx, options)
-    form = options.plugin or (target.plugin if network.fused else "none")
+    form = plugins.default_form(target, network.fused, options.plugin)
     recorded = network.manifest.graph.plugin
     plugins.check_form(form, target, network.fused, network.onnx.name, recorded.form if recorded else None)
     trt = import_tensorrt(target.flavour)
+    check_hardware_compat(target, trt.__version__)
     check_device(target, trt.__version__, note)
     plugin = plugins.prepare(form, None if target.rtx else trt.__version__,
                              portable_cc=80 if target.hardware_compat == "ampere+" else None)

@@ -19,7 +19,7 @@ from ..artifacts import file_sha256
 from ..errors import InputError, RefinerEdgeError
 from ..manifest import Manifest, read_manifest, write_manifest
 from . import plugins
-from .build import BuildOptions, build_engine, check_dla, import_tensorrt, rebuild_command
+from .build import BuildOptions, build_engine, check_dla, import_tensorrt, rebuild_command, weak_typing
 
 Step = Callable[[str], ContextManager]
 
@@ -72,10 +72,9 @@ def choose_plugin(options: BuildOptions, note: Callable[[str], None]) -> str:
     """The form asked for, else the target's; a default form that cannot be used here falls back to the plain
     graph, with a note (an explicit --plugin fails instead)."""
     target = options.target
-    if options.plugin is not None:
-        return options.plugin
-    if target.rtx or target.plugin == "none":
-        return "none"
+    form = plugins.default_form(target, True, options.plugin)
+    if options.plugin is not None or form == "none":
+        return form
     try:
         version = import_tensorrt(target.flavour).__version__
         if target.plugin == "library":
@@ -103,12 +102,11 @@ def build_chain(output: str | Path, options: BuildOptions, *, variant: str | Non
     options = replace(options, precision=precision)
     check_dla(options, precision)  # before minutes of export and calibration
     form = choose_plugin(options, note)
-    if options.weak_typing or (options.dla_core is not None and not options.target.strongly_typed_only):
+    if weak_typing(options):
         fused, form = False, "none"   # a weakly typed build parses the plain graph: no RefinerDLA nodes
     else:
         fused = form != "none"
-    if fused and options.target.rtx:
-        raise InputError(f"TensorRT-RTX ({options.target.name}) has no custom plugins: use --plugin none")
+    plugins.check_target(form, options.target)
     variant = variant or DEFAULT_VARIANT
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise InputError(f"checkpoint not found: {checkpoint}")

@@ -21,8 +21,76 @@ class Runtime:
     gpu: str = "this machine"
 
 
-def _cc(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in text.split("."))
+def _numbers(text: str) -> tuple[int, ...] | None:
+    """'10.3.0' -> (10, 3, 0); None unless dot-separated runs of 1-9 ASCII digits (cpp/src/checks.cpp's parts)."""
+    parts = text.split(".")
+    if not all(p and len(p) <= 9 and p.isascii() and p.isdigit() for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
+def _sm(cc: str) -> str:
+    return "sm_" + cc.replace(".", "")
+
+
+# The one engine-compatibility rule. Build (engine/build.py), these checks, the runner, deploy and the C++ library
+# (cpp/src/checks.cpp, word for word) all call it; tests/data/engine_compat.json holds the cases both languages are
+# tested against.
+
+def tensorrt_release(version: str) -> tuple[int, int, int] | None:
+    """major.minor.patch of a TensorRT version; None when it is not one.
+
+    A plan loads only on the TensorRT release that built it: the same major.minor.patch. The fourth part, the build
+    number, is left out: the C++ API (getInferLibVersion) and JetPack's python3-libnvinfer report three parts where
+    a registry wheel reports four, and each release ships one build per platform, so 10.3.0 and 10.3.0.26 are the
+    same TensorRT. Missing parts count as 0: 11.4 is 11.4.0, another release than 11.4.1.
+    """
+    numbers = _numbers(version)
+    if numbers is None or len(numbers) > 4:
+        return None
+    major, minor, patch = (numbers + (0, 0))[:3]
+    return major, minor, patch
+
+
+def on_tensorrt_line(version: str, line: str) -> bool:
+    """Whether `version` (10.3.0.26) is a release of a target row's TensorRT line (10.3, or 11 for all of 11.x)."""
+    want = line.split(".")
+    return version.split(".")[:len(want)] == want
+
+
+def tensorrt_refusal(built_flavour: str, built_version: str, version_compatible: bool, flavour: str,
+                     version: str) -> str | None:
+    """Why TensorRT `flavour` `version` cannot load a plan built by `built_flavour` `built_version`, or None.
+
+    A version-compatible plan (its lean runtime embedded) also loads on any later release: TensorRT's engine
+    compatibility guide says a TensorRT 10 plan built so runs on TensorRT 11, and never on an earlier release."""
+    if flavour != built_flavour:
+        return f"was built by {built_flavour} and this is {flavour}"
+    built, here = tensorrt_release(built_version), tensorrt_release(version)
+    same = built is not None and built == here
+    forward = version_compatible and built is not None and here is not None and here >= built
+    if not (same or forward):
+        return f"was built by {built_flavour} {built_version} and this is {version}"
+    return None
+
+
+def compute_capability_refusal(built_cc: str, hardware_compatibility: str, device: str, cc: str,
+                               gpu: str) -> str | None:
+    """Why a GPU of compute capability `cc` cannot run a plan built for `built_cc`, or None: the same compute
+    capability, or (hardware compatibility ampere+) any from sm_80 on."""
+    have, want = _numbers(cc), _numbers(built_cc)
+    portable = hardware_compatibility == "ampere+" and have is not None and have[0] >= 8
+    if (have is None or have != want) and not portable:
+        return f"was built for {_sm(built_cc)} ({device}) and {gpu} is {_sm(cc)}"
+    return None
+
+
+def plugin_library_path(engine: str | Path, recorded: str) -> Path:
+    """The plugin library a manifest records. A relative path is taken against the engine's folder (so an engine
+    and its library can move together, as in a Triton repository or a DeepStream folder), never against the
+    working directory; the build records an absolute path."""
+    path = Path(recorded)
+    return path if path.is_absolute() else Path(engine).parent / path
 
 
 def read_engine_manifest(engine: str | Path) -> Manifest:
@@ -44,24 +112,34 @@ def check_engine(engine: str | Path, manifest: Manifest, runtime: Runtime, hash_
 
     if hash_file and manifest.sha256 and file_sha256(engine) != manifest.sha256:
         raise stale("is not the engine its manifest describes (SHA-256 differs)")
-    if runtime.flavour != info.flavour:
-        raise stale(f"was built by {info.flavour} and this is {runtime.flavour}")
-    if runtime.version != info.tensorrt_version and not info.version_compatible:
-        raise stale(f"was built by {info.flavour} {info.tensorrt_version} and this is {runtime.version}")
+    why = tensorrt_refusal(info.flavour, info.tensorrt_version, info.version_compatible, runtime.flavour,
+                           runtime.version)
+    if why:
+        raise stale(why)
     if runtime.compute_capability is None:
-        raise InputError(f"{name} runs on a CUDA GPU (sm_{info.compute_capability.replace('.', '')}) and "
-                         f"{runtime.gpu} has none")
-    have, want = _cc(runtime.compute_capability), _cc(info.compute_capability)
-    portable = info.hardware_compatibility == "ampere+" and have >= (8, 0)
-    if have != want and not portable:
-        raise stale(f"was built for sm_{info.compute_capability.replace('.', '')} ({info.device}) and "
-                    f"{runtime.gpu} is sm_{runtime.compute_capability.replace('.', '')}")
-    if info.plugin_form == "library":
-        library = Path(info.plugin_library or "")
-        if not info.plugin_library or not library.is_file():
-            raise stale(f"needs the RefinerDLA plugin library {info.plugin_library}, which is missing")
-        if info.plugin_sha256 and file_sha256(library) != info.plugin_sha256:
-            raise stale(f"was built with another RefinerDLA plugin library than {library} (SHA-256 differs)")
+        raise InputError(f"{name} runs on a CUDA GPU ({_sm(info.compute_capability)}) and {runtime.gpu} has none")
+    why = compute_capability_refusal(info.compute_capability, info.hardware_compatibility, info.device,
+                                     runtime.compute_capability, runtime.gpu)
+    if why:
+        raise stale(why)
+    check_plugin_library(engine, manifest)
+
+
+def check_plugin_library(engine: str | Path, manifest: Manifest) -> Path | None:
+    """The plugin library a library-form engine needs (None for the other forms), or InputError with the rebuild
+    line when it is missing or is not the one the engine was built with. The runner, the checks and deploy call it."""
+    info = manifest.engine
+    if info.plugin_form != "library":
+        return None
+    library = plugin_library_path(engine, info.plugin_library or "")
+    why = None
+    if not info.plugin_library or not library.is_file():
+        why = f"needs the RefinerDLA plugin library {info.plugin_library}, which is missing"
+    elif info.plugin_sha256 and file_sha256(library) != info.plugin_sha256:
+        why = f"was built with another RefinerDLA plugin library than {info.plugin_library} (SHA-256 differs)"
+    if why:
+        raise InputError(f"{Path(engine).name} {why}: rebuild with: {info.rebuild}")
+    return library
 
 
 def batch_in_profile(manifest: Manifest, batch: int) -> None:

@@ -22,7 +22,12 @@ from .targets import AOT_MIN_TENSORRT, Target, tensorrt_at_least
 FORMS = ("library", "aot", "none")
 LIBRARY_ENV = "REFINER_DLA_PLUGIN"      # a prebuilt library, e.g. from a C++ build tree
 TENSORRT_ROOT_ENV = "TensorRT_ROOT"     # TensorRT include/ and lib/, as plugins/refiner_dla/CMakeLists.txt reads it
-SOURCE_DIR = Path(__file__).resolve().parents[2] / "plugins" / "refiner_dla"
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE_DIR = ROOT / "plugins" / "refiner_dla"
+# The one build folder of the library, the same in the plugin's README and CMakeLists, cpp/README.md and
+# docs/jetson.md: build/plugin at the top of the source checkout (not the working directory).
+BUILD_DIR = ROOT / "build" / "plugin"
+BUILD_COMMAND = "cmake -S plugins/refiner_dla -B build/plugin && cmake --build build/plugin -j"
 LIBRARY_NAMES = ("librefiner_edge_plugin.so", "refiner_edge_plugin.dll")   # plugins/refiner_dla/CMakeLists.txt
 
 
@@ -37,6 +42,37 @@ class Plugin:
         return [str(self.library)] if self.library else []
 
 
+def load_library(registry, library: str | Path, fix: str) -> None:
+    """Register the RefinerDLA library's creators in `registry` (TensorRT's global one, or a runtime's own for a
+    version-compatible plan). The library exports getCreators (IPluginV3), so it goes through the registry: a bare
+    dlopen, which is what Polygraphy's LoadPlugins does, registers nothing.
+
+    IPluginRegistry::loadLibrary returns null both when the library cannot be loaded and when one of its creators
+    is already registered, which is the case for the second build or runner in one process. So a null is a failure
+    only when RefinerDLA is not in the registry afterwards. `fix` ends the error line."""
+    from ..refine import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+
+    if registry.load_library(str(library)) is not None:
+        return
+    find = getattr(registry, "get_creator", None) or registry.get_plugin_creator   # get_creator: TensorRT 10.0+
+    if find(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
+        raise InputError(f"TensorRT could not load the plugin library {library}: {fix}")
+
+
+def default_form(target: Target, fused: bool, asked: str | None = None) -> str:
+    """The one plugin-form decision: the form asked for, else the target's for a fused graph, else none (a plain
+    graph, and every TensorRT-RTX target, has no plugin)."""
+    if asked is not None:
+        return asked
+    return target.plugin if fused and not target.rtx else "none"
+
+
+def check_target(form: str, target: Target) -> None:
+    """TensorRT-RTX has no custom plugins: the one place that says so for a form."""
+    if target.rtx and form != "none":
+        raise InputError(f"TensorRT-RTX ({target.name}) has no custom plugins: use --plugin none")
+
+
 def check_form(form: str, target: Target, fused: bool, graph_name: str, graph_form: str | None = None) -> None:
     """Refuse combinations that cannot build, each with the one fix. graph_form: the form the fused graph's nodes
     were written in (`refiner-edge fuse --plugin-form`), from its manifest."""
@@ -46,8 +82,7 @@ def check_form(form: str, target: Target, fused: bool, graph_name: str, graph_fo
         raise InputError(f"{graph_name} has fused RefinerDLA nodes and TensorRT-RTX ({target.name}) has no custom "
                          "plugins: build the plain graph (`refiner-edge export` without --fuse, or --plugin none "
                          "with no --onnx)")
-    if target.rtx and form != "none":
-        raise InputError(f"TensorRT-RTX ({target.name}) has no custom plugins: use --plugin none")
+    check_target(form, target)
     if fused and form == "none":
         raise InputError(f"{graph_name} has fused RefinerDLA nodes: build it with --plugin library or --plugin aot, "
                          "or build the plain graph")
@@ -88,22 +123,22 @@ def import_aot():
 
 
 def find_library(build: bool = False) -> Path:
-    """$REFINER_DLA_PLUGIN, else a CMake build under plugins/refiner_dla/build, else (build=True) build it there
-    when TensorRT's headers are found ($TENSORRT_ROOT/include or the system's)."""
+    """$REFINER_DLA_PLUGIN (a relative path: against the working directory, as any path given in the environment),
+    else the CMake build in build/plugin of the source checkout, else (build=True) build it there when TensorRT's
+    headers are found ($TENSORRT_ROOT/include or the system's). The path is returned absolute: the manifest
+    records it so, and the checks read it the same way from any folder."""
     given = os.environ.get(LIBRARY_ENV)
     if given:
-        path = Path(given)
+        path = Path(given).resolve()
         if not path.is_file():
-            raise InputError(f"${LIBRARY_ENV} names {path}, which does not exist")
+            raise InputError(f"${LIBRARY_ENV} names {given}, which does not exist")
         return path
-    build_dir = SOURCE_DIR / "build"
     for name in LIBRARY_NAMES:
-        for found in sorted(build_dir.rglob(name)) if build_dir.is_dir() else []:
-            return found
+        if (BUILD_DIR / name).is_file():
+            return BUILD_DIR / name
     if not build:
-        raise InputError(f"no RefinerDLA plugin library: build it (cmake -S plugins/refiner_dla -B "
-                         f"plugins/refiner_dla/build) or set ${LIBRARY_ENV}")
-    return build_library(build_dir)
+        raise InputError(f"no RefinerDLA plugin library: build it ({BUILD_COMMAND}) or set ${LIBRARY_ENV}")
+    return build_library(BUILD_DIR)
 
 
 def tensorrt_headers() -> Path | None:

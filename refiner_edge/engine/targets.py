@@ -7,13 +7,18 @@ Nothing here imports tensorrt, cuda or torch until `detect_gpu` runs.
 from __future__ import annotations
 
 import importlib
+import logging
+import subprocess
 from dataclasses import dataclass
 
 from ..errors import InputError
 
 GiB = 1 << 30
+log = logging.getLogger(__name__)
 # The AOT plugin form (kernel embedded in the engine) needs TensorRT's quickly deployable plugins' AOT path.
 AOT_MIN_TENSORRT = (10, 9)
+# HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY appeared in TensorRT 10.9 (10.3 has NONE and AMPERE_PLUS only).
+SAME_CC_MIN_TENSORRT = (10, 9)
 
 
 @dataclass(frozen=True)
@@ -112,29 +117,62 @@ class Gpu:
     memory: int               # bytes
 
 
-def detect_gpu() -> Gpu | None:
-    """The first local CUDA GPU, read through cuda-python, else torch; None when there is none (or no way to ask)."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        cudart = None
-    if cudart is not None:
-        err, count = cudart.cudaGetDeviceCount()
-        if err == cudart.cudaError_t.cudaSuccess and count > 0:
-            err, prop = cudart.cudaGetDeviceProperties(0)
-            if err == cudart.cudaError_t.cudaSuccess:
-                name = prop.name.decode(errors="replace").rstrip("\0") if isinstance(prop.name, bytes) \
-                    else str(prop.name)
-                return Gpu(name, f"{prop.major}.{prop.minor}", int(prop.totalGlobalMem))
+def _gpu_from_cuda_python() -> Gpu | None:
+    """Through cuda-python's runtime API. RuntimeError when the binding cannot ask: cuda-python 13 carries the
+    CUDA 13 runtime and fails on a CUDA 12 driver (JetPack 6) with cudaErrorInsufficientDriver, and that says
+    nothing about whether there is a GPU."""
+    from cuda.bindings import runtime as cudart   # cuda-python 12.0-12.6.0 has no cuda.bindings: ImportError
+
+    err, count = cudart.cudaGetDeviceCount()
+    if err == cudart.cudaError_t.cudaErrorNoDevice:
         return None
-    try:
-        torch = importlib.import_module("torch")
-    except ImportError:
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise RuntimeError(getattr(err, "name", str(err)))
+    if count == 0:
         return None
+    err, prop = cudart.cudaGetDeviceProperties(0)
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise RuntimeError(getattr(err, "name", str(err)))
+    name = prop.name.decode(errors="replace").rstrip("\0") if isinstance(prop.name, bytes) else str(prop.name)
+    return Gpu(name, f"{prop.major}.{prop.minor}", int(prop.totalGlobalMem))
+
+
+def _gpu_from_nvidia_smi() -> Gpu | None:
+    """Through the driver's own nvidia-smi (compute_cap needs driver 510+). Jetson has no nvidia-smi: that case
+    raises FileNotFoundError and the next way is tried."""
+    done = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap,memory.total", "--format=csv,noheader,nounits",
+                           "--id=0"], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise RuntimeError(((done.stderr or done.stdout).strip().splitlines() or ["nvidia-smi failed"])[-1])
+    line = done.stdout.strip().splitlines()[0] if done.stdout.strip() else ""
+    if not line:
+        return None
+    name, cc, memory = (part.strip() for part in line.rsplit(",", 2))
+    return Gpu(name, cc, int(float(memory)) << 20)
+
+
+def _gpu_from_torch() -> Gpu | None:
+    torch = importlib.import_module("torch")
     if not torch.cuda.is_available():
         return None
     p = torch.cuda.get_device_properties(0)
     return Gpu(p.name, f"{p.major}.{p.minor}", int(p.total_memory))
+
+
+GPU_PROBES = (("cuda-python", _gpu_from_cuda_python), ("nvidia-smi", _gpu_from_nvidia_smi), ("torch", _gpu_from_torch))
+
+
+def detect_gpu() -> Gpu | None:
+    """The first local CUDA GPU, asked through cuda-python, then nvidia-smi, then torch: the first way that can
+    answer decides. A way that cannot ask (not installed, or a binding newer than the driver) passes to the next,
+    so a machine is never called GPU-less because one binding does not fit its driver. None when no way finds one;
+    `-v` logs why each way could not answer."""
+    for name, probe in GPU_PROBES:
+        try:
+            return probe()
+        except (ImportError, OSError, RuntimeError, ValueError, subprocess.SubprocessError) as e:
+            log.debug("GPU detection through %s could not answer: %s", name, e)
+    return None
 
 
 def installed_tensorrt() -> tuple[str, str] | None:

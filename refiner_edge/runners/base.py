@@ -22,6 +22,7 @@ class Runner:
     random_weights: bool
     description: str
     fixed_batch: int | None = None
+    max_batch: int | None = None       # the largest batch run() takes (an engine's profile maximum); None: any
     weights_sha256: str | None = None  # of the checkpoint the weights came from, where the runner knows it
     manifest: object | None = None     # the artifact's manifest, where it has one
 

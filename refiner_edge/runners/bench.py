@@ -65,6 +65,9 @@ def bench(runner: Runner, batch: int = 1, iterations: int = 50, warmup: int = 5,
                          f"{warmup})")
     if runner.fixed_batch is not None and batch != runner.fixed_batch:
         raise InputError(f"the model's batch is fixed at {runner.fixed_batch}: use --batch {runner.fixed_batch}")
+    if runner.max_batch is not None and batch > runner.max_batch:   # timing one batch, never chunks of it
+        raise InputError(f"batch {batch} is above the engine's profile maximum {runner.max_batch}: use --batch "
+                         f"{runner.max_batch} or less, or rebuild with a wider --batch MIN:OPT:MAX")
     size = runner.preprocess.img_size
     # the values do not change the work done; seeded so two runs see the same input
     x = np.random.default_rng(seed).standard_normal((batch, 3, size, size), dtype=np.float32)

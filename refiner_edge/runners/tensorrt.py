@@ -8,6 +8,7 @@ plugin library), so a stale engine is one line with the command that rebuilds it
 """
 from __future__ import annotations
 
+import contextlib
 import weakref
 from pathlib import Path
 
@@ -22,16 +23,22 @@ from .base import Runner
 class CudaBindings:
     """The few CUDA runtime calls the runner makes, on cuda-python's `cuda.bindings.runtime`."""
 
+    label = "cuda-python"
+
     def __init__(self):
         from cuda.bindings import runtime as cudart
 
         self.rt = cudart
         self.stream = self._ok(cudart.cudaStreamCreate())
 
+    def current(self):
+        """The runtime API makes the device's primary context current in any thread by itself."""
+        return contextlib.nullcontext()
+
     def _ok(self, result):
         err, *rest = result if isinstance(result, tuple) else (result,)
         if err != self.rt.cudaError_t.cudaSuccess:
-            raise RuntimeError(f"CUDA error {err}")
+            raise RuntimeError(f"CUDA error {getattr(err, 'name', err)}")
         return rest[0] if len(rest) == 1 else rest
 
     @property
@@ -72,15 +79,31 @@ class CudaBindings:
 
 
 class PyCuda:
-    """The same calls on pycuda, for machines without cuda-python."""
+    """The same calls on pycuda, for machines without working cuda-python.
 
-    def __init__(self):
-        import pycuda.autoinit  # noqa: F401  (creates the context)
+    The device's primary context is pushed for each call and popped after it (`current`), not made current once by
+    pycuda.autoinit: a context is current only in the thread that pushed it, and PyTriton (`serve`) calls the model
+    from threads of its own, where copies and execute_async_v3 would otherwise run with no context."""
+
+    label = "pycuda"
+
+    def __init__(self, device: int = 0):
         import pycuda.driver as cuda
 
+        cuda.init()
         self.cuda = cuda
-        self.stream = cuda.Stream()
+        self.context = cuda.Device(device).retain_primary_context()
+        with self.current():
+            self.stream = cuda.Stream()
         self._allocations: dict[int, object] = {}
+
+    @contextlib.contextmanager
+    def current(self):
+        self.context.push()
+        try:
+            yield
+        finally:
+            self.cuda.Context.pop()
 
     @property
     def stream_handle(self) -> int:
@@ -115,15 +138,20 @@ class PyCuda:
 
 
 def cuda_api():
-    try:
-        return CudaBindings()
-    except ImportError:
-        pass
-    try:
-        return PyCuda()
-    except ImportError:
-        raise MissingDependencyError("running an engine needs cuda-python (pip install 'refiner-edge[tensorrt]') "
-                                     "or pycuda") from None
+    """cuda-python, else pycuda. Any failure to start cuda-python falls back, not only its absence: cuda-python
+    13 on a CUDA 12 driver (JetPack 6) imports fine and then fails with cudaErrorInsufficientDriver. When neither
+    works the error names both causes."""
+    causes = []
+    for api in (CudaBindings, PyCuda):
+        try:
+            return api()
+        except ImportError as e:
+            causes.append(f"{api.label}: not installed ({e.name or e})")
+        except Exception as e:  # noqa: BLE001 - any CUDA failure here means: try the other binding
+            causes.append(f"{api.label}: {str(e).strip() or type(e).__name__}")
+    raise MissingDependencyError("running an engine needs a CUDA binding that works with this driver, and "
+                                 f"{'; '.join(causes)} (pip install 'refiner-edge[tensorrt]' picks cuda-python "
+                                 "for the driver's CUDA major)")
 
 
 def local_runtime(flavour: str):
@@ -137,78 +165,119 @@ def local_runtime(flavour: str):
                         gpu.name if gpu else "this machine")
 
 
+class GraphSteps:
+    """When the runner may replay a CUDA graph. Graphs are captured per batch size; after set_input_shape changes
+    the shape, TensorRT wants one plain enqueue before a graph captured for that shape is valid again. So a call
+    whose batch differs from the last one's enqueues plainly (and captures, the first time for that size); only a
+    repeat of the same batch replays. cpp/src/classifier_tensorrt.cpp follows the same steps."""
+
+    def __init__(self):
+        self.shape: int | None = None
+        self.captured: set[int] = set()
+
+    def step(self, batch: int) -> tuple[str, ...]:
+        """The actions for a call with `batch` images: ("shape", "plain"[, "capture"]) or ("replay",)."""
+        if batch == self.shape:
+            return ("replay",) if batch in self.captured else ("plain", "capture")
+        self.shape = batch
+        return ("shape", "plain") if batch in self.captured else ("shape", "plain", "capture")
+
+    def captured_for(self, batch: int) -> None:
+        self.captured.add(batch)
+
+
 def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, **_) -> Runner:
     if engine is None:
         raise InputError("the tensorrt backend needs --engine MODEL.engine (make one with `refiner-edge build`)")
+    from ..engine import plugins
+    from ..engine.checks import check_plugin_library
+
     path = Path(engine)
     manifest = read_engine_manifest(path)
     info = manifest.engine
     trt, runtime = local_runtime(info.flavour)
     check_engine(path, manifest, runtime)
-    if info.plugin_library:  # the creator must be in the registry before deserialization (getCreators, IPluginV3)
-        if trt.get_plugin_registry().load_library(info.plugin_library) is None:
-            raise InputError(f"TensorRT could not load the plugin library {info.plugin_library}: rebuild with: "
-                             f"{info.rebuild}")
     cuda = cuda_api()
-    memory_before = cuda.used_memory()
-    logger = trt.Logger(trt.Logger.WARNING)
-    trt_runtime = trt.Runtime(logger)
-    if info.version_compatible:
-        trt_runtime.engine_host_code_allowed = True   # the lean runtime embedded in the engine
-    if info.dla_core is not None:
-        trt_runtime.DLA_core = info.dla_core
-    plan = trt_runtime.deserialize_cuda_engine(path.read_bytes())
-    if plan is None:
-        raise InputError(f"{info.flavour} {runtime.version} could not load {path.name}: rebuild with: {info.rebuild}")
-    context = plan.create_execution_context()
-    names = [plan.get_tensor_name(i) for i in range(plan.num_io_tensors)]
-    inputs = [n for n in names if plan.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    outputs = [n for n in names if n not in inputs]
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise InputError(f"{path.name} has {len(inputs)} inputs and {len(outputs)} outputs; expected one each")
-    inp, out = inputs[0], outputs[0]
-    in_dtype = np.dtype(trt.nptype(plan.get_tensor_dtype(inp)))
-    out_dtype = np.dtype(trt.nptype(plan.get_tensor_dtype(out)))
-    profile = info.profiles[0]
-    min_batch, max_batch = profile.min[0], profile.max[0]
-    sample = tuple(profile.max[1:])
-    num_classes = manifest.model.num_classes
-    in_ptr = cuda.malloc(int(np.prod((max_batch, *sample))) * in_dtype.itemsize)
-    out_ptr = cuda.malloc(max_batch * num_classes * out_dtype.itemsize)
-    context.set_tensor_address(inp, in_ptr)
-    context.set_tensor_address(out, out_ptr)
+    with cuda.current():
+        memory_before = cuda.used_memory()
+        logger = trt.Logger(trt.Logger.WARNING)
+        trt_runtime = trt.Runtime(logger)
+        if info.version_compatible:
+            trt_runtime.engine_host_code_allowed = True   # the lean runtime embedded in the engine
+        library = check_plugin_library(path, manifest)
+        if library is not None:
+            # the creator must be registered before deserialization. A version-compatible plan is deserialized by
+            # its embedded lean runtime, which looks in the runtime's own registry (as trtexec loads it there);
+            # the library is not serialized into the plan, so the manifest's hash check keeps applying.
+            registry = trt_runtime.get_plugin_registry() if info.version_compatible else trt.get_plugin_registry()
+            plugins.load_library(registry, library, f"rebuild with: {info.rebuild}")
+        if info.dla_core is not None:
+            trt_runtime.DLA_core = info.dla_core
+        plan = trt_runtime.deserialize_cuda_engine(path.read_bytes())
+        if plan is None:
+            raise InputError(f"{info.flavour} {runtime.version} could not load {path.name}: rebuild with: "
+                             f"{info.rebuild}")
+        context = plan.create_execution_context()
+        names = [plan.get_tensor_name(i) for i in range(plan.num_io_tensors)]
+        inputs = [n for n in names if plan.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if n not in inputs]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise InputError(f"{path.name} has {len(inputs)} inputs and {len(outputs)} outputs; expected one each")
+        inp, out = inputs[0], outputs[0]
+        in_dtype = np.dtype(trt.nptype(plan.get_tensor_dtype(inp)))
+        out_dtype = np.dtype(trt.nptype(plan.get_tensor_dtype(out)))
+        profile = info.profiles[0]
+        min_batch, max_batch = profile.min[0], profile.max[0]
+        sample = tuple(profile.max[1:])
+        num_classes = manifest.model.num_classes
+        in_ptr = cuda.malloc(int(np.prod((max_batch, *sample))) * in_dtype.itemsize)
+        out_ptr = cuda.malloc(max_batch * num_classes * out_dtype.itemsize)
+        context.set_tensor_address(inp, in_ptr)
+        context.set_tensor_address(out, out_ptr)
     graphs: dict[int, object] = {}
-    shape_now: list[int] = [0]
+    steps = GraphSteps()
 
     def enqueue():
         if not context.execute_async_v3(cuda.stream_handle):
             raise InputError(f"{path.name}: TensorRT could not run the batch")
 
     def run(x: np.ndarray) -> np.ndarray:
-        if len(x) > max_batch:  # more images than the profile takes: in chunks it does
-            return np.concatenate([run(x[i:i + max_batch]) for i in range(0, len(x), max_batch)])
+        # one batch, within the profile: a larger one is refused (docs/engines.md), never split here, so a
+        # latency measured on this runner is the latency of that batch
         batch_in_profile(manifest, len(x))
         x = np.ascontiguousarray(x, dtype=in_dtype)
-        if shape_now[0] != len(x):
-            context.set_input_shape(inp, x.shape)
-            shape_now[0] = len(x)
         result = np.empty((len(x), num_classes), dtype=out_dtype)
-        cuda.h2d(in_ptr, x)
-        if cuda_graph:
-            if len(x) not in graphs:
-                enqueue()            # TensorRT wants one plain run after a shape change before capture
+        with cuda.current():
+            actions = steps.step(len(x))
+            if not cuda_graph:
+                actions = ("shape", "plain") if "shape" in actions else ("plain",)
+            if "shape" in actions:
+                context.set_input_shape(inp, x.shape)
+            cuda.h2d(in_ptr, x)
+            if "plain" in actions:
+                enqueue()
+            if "capture" in actions:
                 graphs[len(x)] = cuda.capture(enqueue)
-            cuda.launch(graphs[len(x)])
-        else:
-            enqueue()
-        cuda.d2h(result, out_ptr)
-        cuda.sync()
+                steps.captured_for(len(x))
+            if "replay" in actions:
+                cuda.launch(graphs[len(x)])
+            cuda.d2h(result, out_ptr)
+            cuda.sync()
         return result.astype(np.float32, copy=False)
 
-    run.device_memory = lambda: cuda.used_memory() - memory_before   # read by runners/bench.py
+    def device_memory() -> int:
+        with cuda.current():
+            return cuda.used_memory() - memory_before
+
+    def release() -> None:
+        with cuda.current():
+            cuda.free(in_ptr)
+            cuda.free(out_ptr)
+
+    run.device_memory = device_memory                               # read by runners/bench.py
     run.keep_alive = (trt_runtime, plan, context, cuda)              # owned by the closure, freed with it
-    weakref.finalize(run, lambda: (cuda.free(in_ptr), cuda.free(out_ptr)))  # device buffers go with the runner
+    weakref.finalize(run, release)                                   # device buffers go with the runner
     return Runner("tensorrt", run, Preprocess.from_record(manifest.preprocess), num_classes,
                   manifest.random_weights, f"{info.flavour} {path.name} ({info.precision}, "
                   f"sm_{info.compute_capability.replace('.', '')})", manifest=manifest,
-                  fixed_batch=min_batch if min_batch == max_batch else None)
+                  fixed_batch=min_batch if min_batch == max_batch else None, max_batch=max_batch)

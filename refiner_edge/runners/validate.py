@@ -24,6 +24,10 @@ def reference_runner(reference: str, manifest, checkpoint: str | Path | None, va
     if checkpoint is None and manifest.random_weights:
         raise InputError("the graph was exported with random weights, which PyTorch cannot rebuild: pass "
                          "--checkpoint with the weights it was exported from, or --reference PLAIN.onnx")
+    if checkpoint is None:   # else PyTorch would hold random weights and the comparison would fail for no reason
+        raise InputError(f"{manifest.artifact} holds the weights of a checkpoint (SHA-256 "
+                         f"{manifest.model.checkpoint_sha256[:12]}...): pass --checkpoint with that file, or "
+                         "--reference PLAIN.onnx")
     m = manifest.model
     return load_runner("torch", variant=variant or m.variant, checkpoint=checkpoint, img_size=m.img_size,
                        num_classes=m.num_classes, aux_head=m.aux_head)

@@ -143,6 +143,8 @@ Status checkEngine(const std::string& engine, const Manifest& manifest, const Ru
                    bool hash_file = true);
 // Read an engine's manifest: refuses a missing engine, a missing manifest and a graph's manifest.
 Status readEngineManifest(const std::string& engine, Manifest& out);
+// The plugin library a manifest records: a relative path is taken against the engine's folder.
+std::string pluginLibraryPath(const std::string& engine, const std::string& recorded);
 // SHA-256 of a file as 64 hex digits.
 Status fileSha256(const std::string& path, std::string& hex);
 

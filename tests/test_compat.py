@@ -1,0 +1,121 @@
+"""The one engine-compatibility rule, decided by Python (refiner_edge/engine/checks.py) and by the C++ library
+(cpp/src/checks.cpp, through refiner_edge_probe check-engine) on the same table of cases,
+tests/data/engine_compat.json: TensorRT versions with and without build numbers, minor and patch releases,
+version-compatible plans, the RTX flavour, compute capabilities with and without hardware compatibility, no GPU,
+and the plugin library's presence and hash. Each side must give the table's verdict in the table's words.
+
+The C++ side is the real probe source compiled with g++ from the library's TensorRT-free files (about 5 s here),
+not the CMake build test_cpp.py makes, so this test stays cheap; the ImageNet label list CMake generates is not
+needed by the checks and is given as an empty string.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from refiner_edge.artifacts import file_sha256
+from refiner_edge.engine.checks import Runtime, check_engine, read_engine_manifest
+from refiner_edge.errors import InputError
+from refiner_edge.images.preprocess import Preprocess
+from refiner_edge.manifest import EngineInfo, GraphInfo, Manifest, ModelInfo, Profile, write_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = json.loads((ROOT / "tests" / "data" / "engine_compat.json").read_text())["cases"]
+SOURCES = ["tools/refiner_edge_probe.cpp", "src/checks.cpp", "src/manifest.cpp", "src/json.cpp", "src/sha256.cpp",
+           "src/image.cpp", "src/decode_none.cpp", "src/results.cpp"]
+LIBRARY = "lib/librefiner_edge_plugin.so"
+REBUILD = "refiner-edge build --onnx model.onnx --target orin-agx-jp6 -o model.engine"
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory) -> Path:
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not found: the C++ side of the engine checks cannot be built here")
+    d = tmp_path_factory.mktemp("probe")
+    labels = d / "labels.cpp"
+    labels.write_text("namespace refiner_edge { extern const char* const kImagenetClasses; "
+                      "const char* const kImagenetClasses = \"\"; }\n")
+    out = d / "refiner_edge_probe"
+    cmd = ["g++", "-std=c++17", "-O0", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'cpp/include'}",
+           f"-I{ROOT / 'cpp/src'}", *[str(ROOT / "cpp" / s) for s in SOURCES], str(labels), "-o", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def _manifest(**engine) -> Manifest:
+    m = Manifest(stage="build", artifact="model.engine", labels="imagenet-1k",
+                 model=ModelInfo("refiner-vit-s", 224, 1000, 12, 8, False, None),
+                 preprocess=Preprocess(224, 0.9, (0.5,) * 3, (0.5,) * 3, "bicubic").record(),
+                 graph=GraphInfo(input="input", output="logits", batch="dynamic", opset=19, precision="fp16",
+                                 fused=False))
+    m.engine = EngineInfo(flavour="tensorrt", tensorrt_version="10.3.0", target="orin-agx-jp6",
+                          compute_capability="8.7", device="Jetson AGX Orin", precision="fp16", typing="strong",
+                          profiles=[Profile("input", [1, 3, 224, 224], [4, 3, 224, 224], [8, 3, 224, 224])],
+                          plugin_form="none", plugin_library=None, plugin_sha256=None, dla_core=None,
+                          workspace=1 << 30, builder_optimization_level=3, hardware_compatibility="none",
+                          version_compatible=False, timing_cache=None, build_seconds=1.0, rebuild=REBUILD)
+    for key, value in engine.items():
+        setattr(m.engine, key, value)
+    return m
+
+
+def _engine(folder: Path, case: dict) -> Path:
+    """The case's engine (a stand-in plan) with its manifest, and its plugin library as the case says."""
+    folder.mkdir()
+    engine = folder / "model.engine"
+    engine.write_bytes(b"\x00plan bytes")
+    overrides = dict(case["engine"])
+    plugin = case.get("plugin")
+    if plugin is not None:
+        library = folder / LIBRARY
+        library.parent.mkdir()
+        library.write_bytes(b"the library the engine was built with")
+        overrides.update(plugin_library=LIBRARY, plugin_sha256=file_sha256(library))   # relative: to the engine
+        if plugin == "other":
+            library.write_bytes(b"a library built later")
+        elif plugin == "missing":
+            library.unlink()
+    write_manifest(engine, _manifest(**overrides))
+    return engine
+
+
+def _python(engine: Path, runtime: list) -> str:
+    try:
+        check_engine(engine, read_engine_manifest(engine), Runtime(*runtime))
+    except InputError as e:
+        return str(e)
+    return "ok"
+
+
+def _cpp(probe: Path, engine: Path, runtime: list, cwd: Path) -> str:
+    flavour, version, cc, gpu = runtime
+    done = subprocess.run([str(probe), "check-engine", str(engine), flavour, version, cc or "none", gpu],
+                          capture_output=True, text=True, timeout=60, cwd=cwd)
+    assert done.returncode in (0, 1), done.stderr
+    return done.stdout.strip() if done.returncode == 0 else done.stderr.strip().removeprefix("error: ")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_python_and_cpp_decide_the_table_alike(case, probe, tmp_path, monkeypatch):
+    engine = _engine(tmp_path / "engine", case)
+    expect = case["expect"].format(engine=engine.name, rebuild=REBUILD)
+    elsewhere = tmp_path / "elsewhere"   # relative plugin paths resolve against the engine, not the working dir
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert _python(engine, case["runtime"]) == expect
+    assert _cpp(probe, engine, case["runtime"], elsewhere) == expect
+
+
+def test_table_covers_the_rule():
+    """Both verdicts for each part of the rule, so a side that always says ok (or always refuses) fails."""
+    verdicts = {(c["expect"] == "ok", key) for c in CASES for key in ("tensorrt_version", "compute_capability",
+                                                                      "flavour") if key in c["engine"]}
+    plugin = {c["plugin"]: c["expect"] == "ok" for c in CASES if "plugin" in c}
+    assert {(True, "tensorrt_version"), (False, "tensorrt_version"), (True, "compute_capability"),
+            (False, "compute_capability"), (True, "flavour"), (False, "flavour")} <= verdicts
+    assert plugin == {"same": True, "other": False, "missing": False}
