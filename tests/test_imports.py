@@ -1,5 +1,7 @@
-"""Importing the package, `--help`, and ONNX Runtime inference on a plain graph import no torch (it took 1.6 s of a
-3 s `infer` before the layout by stage), and the package has no import cycle."""
+"""The core install has no torch: importing the package, `--help`, and every command that runs graphs and engines
+(infer, validate against an ONNX reference, bench, fuse, build from a graph, deploy, preprocess, info) import no
+torch (it took 1.6 s of a 3 s `infer` before the layout by stage). A command that needs a missing extra ends with
+one line naming it, exit 3. The package has no import cycle."""
 import os
 import subprocess
 import sys
@@ -8,12 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import invoke
-
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = textwrap.dedent("""
-    import sys
-    heavy = ("torch", "tensorrt", "tensorrt_rtx", "onnx_graphsurgeon")
+    import os, sys
+    heavy = ("torch", "tensorrt", "tensorrt_rtx", "triton", "pytriton")
+    class Absent:   # `import name` raises ModuleNotFoundError, as where it is not installed
+        names = set(filter(None, os.environ.get("PROBE_ABSENT", "").split(",")))
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname.split(".")[0] in self.names:
+                raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+    sys.meta_path.insert(0, Absent())
+    code = 0
     if sys.argv[1:] == ["import"]:
         import refiner_edge
     else:
@@ -22,15 +29,20 @@ PROBE = textwrap.dedent("""
         try:
             run()
         except SystemExit as e:
-            assert e.code in (0, None), e.code
+            code = e.code or 0
     print("HEAVY:" + ",".join(m for m in heavy if m in sys.modules))
+    sys.exit(code)
 """)
 
 
+def probe(*args, absent: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PROBE_ABSENT": ",".join(absent)}
+    return subprocess.run([sys.executable, "-c", PROBE, *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
 def heavy_modules(*args) -> list[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", PROBE, *map(str, args)], capture_output=True, text=True, env=env,
-                            timeout=120)
+    result = probe(*args)
     assert result.returncode == 0, result.stderr[-2000:]
     line = [s for s in result.stdout.splitlines() if s.startswith("HEAVY:")][-1]
     return [m for m in line[len("HEAVY:"):].split(",") if m]
@@ -42,10 +54,47 @@ def test_import_and_help_load_no_torch():
     assert heavy_modules("infer", "--help") == []
 
 
-def test_onnxruntime_inference_on_a_plain_graph_loads_no_torch(tmp_path, sample_photos):
-    plain = tmp_path / "plain.onnx"
-    assert invoke("export", "--variant", "refiner-vit-tiny", "-o", plain).exit_code == 0
-    assert heavy_modules("infer", sample_photos[0], "--onnx", plain, "--json") == []
+def test_graph_and_engine_commands_run_without_torch(tmp_path, tiny_plain, sample_photos):
+    """What a Jetson without torch runs, each in a fresh interpreter where `import torch` fails as it does there."""
+    photo = sample_photos[0]
+    runs = [("infer", photo, "--onnx", tiny_plain, "--json"),
+            ("validate", "--onnx", tiny_plain, "--images", photo.parent, "--reference", tiny_plain, "--json"),
+            ("bench", "--onnx", tiny_plain, "--iterations", 2, "--warmup", 1, "--json"),
+            ("preprocess", photo, "--onnx", tiny_plain, "-o", tmp_path / "tensors"),
+            ("deploy", "triton", "--onnx", tiny_plain, "-o", tmp_path / "models"),
+            ("info", "--json")]
+    if _importable("onnxruntime_extensions"):   # fuse checks the fused graph with the reference op
+        runs.append(("fuse", tiny_plain, "-o", tmp_path / "tiny.fused.onnx"))
+    if _importable("tensorrt_rtx"):
+        runs.append(("build", "--onnx", tiny_plain, "--target", "rtx-sm89", "-o", tmp_path / "t.engine"))
+    for args in runs:
+        result = probe(*args, absent=("torch",))
+        assert result.returncode == 0, (args, result.stderr[-2000:])
+    assert heavy_modules("infer", photo, "--onnx", tiny_plain, "--json") == []
+
+
+@pytest.mark.parametrize("args,module,extra", [
+    (("export", "--variant", "refiner-vit-tiny", "-o", "{tmp}/x.onnx"), "torch", "torch"),
+    (("infer", "{photo}"), "torch", "torch"),   # no --onnx: the PyTorch model
+    (("bench", "--variant", "refiner-vit-tiny", "--iterations", "1"), "torch", "torch"),
+    (("build", "--target", "rtx-sm89", "-o", "{tmp}/e.engine"), "torch", "torch"),   # no --onnx: exports first
+    (("build", "--onnx", "{graph}", "--target", "rtx-sm89", "-o", "{tmp}/e.engine"), "tensorrt_rtx", "rtx"),
+])
+def test_a_missing_extra_is_one_line_naming_it_exit_3(tmp_path, tiny_plain, sample_photos, args, module, extra):
+    """The package really absent (its import raising ModuleNotFoundError, as in a core install)."""
+    fill = {"tmp": tmp_path, "photo": sample_photos[0], "graph": tiny_plain}
+    result = probe(*(a.format(**fill) for a in args), absent=(module,))
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert len(errors) >= 1 and errors[-1].startswith("error: ") and "Traceback" not in result.stderr
+    assert f"pip install 'refiner-edge[{extra}]'" in errors[-1], errors[-1]
+    assert not list(tmp_path.iterdir())   # nothing written
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
 
 
 def test_no_import_cycles():

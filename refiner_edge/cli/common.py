@@ -15,6 +15,7 @@ except ImportError:  # pragma: no cover
     import click
 
 from ..errors import RefinerEdgeError
+from ..extras import missing_dependency
 
 log = logging.getLogger("refiner_edge")
 state = {"verbose": False}
@@ -51,13 +52,23 @@ def handle_errors(func):
             fail("interrupted", 130)
         except (typer.Exit, typer.Abort, click.ClickException):
             raise
+        except ModuleNotFoundError as e:   # an optional package (torch, tensorrt ...): name the extra, exit 3
+            missing = missing_dependency(e, f"'{func.__name__.replace('_', ' ')}'")
+            if missing is None:
+                unexpected(e)
+            fail(str(missing), missing.exit_code)
         except Exception as e:
-            if state["verbose"]:
-                raise
-            first = str(e).splitlines()[0] if str(e) else ""
-            fail(f"unexpected {type(e).__name__}: {first} (run with -v for the traceback)", 1)
+            unexpected(e)
 
     return wrapper
+
+
+def unexpected(e: Exception) -> None:
+    """A bug: its traceback with --verbose, else one line."""
+    if state["verbose"]:
+        raise e
+    first = str(e).splitlines()[0] if str(e) else ""
+    fail(f"unexpected {type(e).__name__}: {first} (run with -v for the traceback)", 1)
 
 
 @contextlib.contextmanager

@@ -8,10 +8,15 @@ the map. Every consumer (graph surgery, PyTorch op, plugin fields, tests) uses t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# torch is imported where a PyTorch module is folded: the ONNX surgery, the plugin fields and the ONNX Runtime op
+# use FoldedDLA and compose on graphs, without torch (the core install has none).
 
 # Order of the tensors in the packed float32 buffer the CUDA kernel reads (refinerDLAKernel.h says the same).
 PACK_ORDER = ("w1", "b1", "wd", "bd", "w2", "b2", "alpha")
@@ -68,12 +73,6 @@ def packed_size(heads: int, expanded: int) -> int:
     return 2 * expanded * heads + 11 * expanded + 2 * heads  # W1, W2; b1, Wd (9), bd; b2, alpha
 
 
-def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """BatchNorm in eval mode as y = s * x + t."""
-    s = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    return s, bn.bias.double() - bn.running_mean.double() * s
-
-
 def compose(w1, b1, wd, bd, w3, b3, bn_scale, bn_shift, scale) -> FoldedDLA:
     """Fold the tail `scale * adapt_bn(W3 x2 + b3 + A)` (adapt_bn as y = bn_scale * x + bn_shift) into W2, b2, alpha.
 
@@ -89,13 +88,21 @@ def compose(w1, b1, wd, bd, w3, b3, bn_scale, bn_shift, scale) -> FoldedDLA:
 
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
     """BatchNorm in eval mode as y = s * x + t (float64)."""
+    import torch
+
     s = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
     return s.cpu().numpy(), (bn.bias.double() - bn.running_mean.double() * s).cpu().numpy()
 
 
-@torch.no_grad()
 def fold_refinement(dla: nn.Module, adapt_bn: nn.BatchNorm2d, scale: float) -> FoldedDLA:
     """Fold `adapt_bn(DLA(A)) * scale` (the official refining block) into FoldedDLA."""
+    import torch
+
+    with torch.no_grad():
+        return _fold_refinement(dla, adapt_bn, scale)
+
+
+def _fold_refinement(dla, adapt_bn, scale: float) -> FoldedDLA:
     if dla.depth_sep_conv.kernel_size != (3, 3):
         raise ValueError("RefinerDLA supports the official 3x3 depthwise kernel only")
     s1, t1 = _bn_affine(dla.bn1)

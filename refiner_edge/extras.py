@@ -1,0 +1,58 @@
+"""Which extra brings which optional package: the one place the install hints of MissingDependencyError come from.
+
+The core install (`pip install refiner-edge`) has no torch, TensorRT or Triton: a command that needs one ends with
+one line naming the extra to install, exit 3 (cli/common.py turns the ModuleNotFoundError into that line).
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from .errors import MissingDependencyError
+
+# module -> the extra that installs it
+EXTRAS = {
+    "torch": "torch",
+    "safetensors": "torch",
+    "tensorrt_rtx": "rtx",
+    "onnxruntime_extensions": "ref",
+    "triton": "triton",
+    "tritonclient": "client",
+    "pytriton": "serve",
+}
+# TensorRT, cuda-python and pycuda depend on the platform: JetPack's system packages or NVIDIA's index bring TensorRT itself.
+PLATFORM_HINT = ("pip install 'refiner-edge[cuda12]' (or [cuda13], [jetpack6], [jetpack7]; TensorRT itself comes "
+                 "from JetPack or NVIDIA's index: docs/jetson.md)")
+
+
+def install_hint(module: str) -> str:
+    """The pip command that brings `module` (a top-level module name)."""
+    top = module.split(".")[0]
+    if top in EXTRAS:
+        hint = f"pip install 'refiner-edge[{EXTRAS[top]}]'"
+        if top == "torch":   # the registry's generic aarch64 torch is not JetPack's build
+            hint += " (on a Jetson, NVIDIA's Jetson build of torch: docs/jetson.md)"
+        return hint
+    return PLATFORM_HINT
+
+
+PLATFORM_MODULES = ("tensorrt", "cuda", "pycuda", "polygraphy")
+
+
+def missing_dependency(e: ModuleNotFoundError, needed_for: str) -> MissingDependencyError | None:
+    """The one-line error for an optional package that is not installed (None: `e` is not about one, so a bug)."""
+    top = (e.name or "").split(".")[0]
+    if top not in EXTRAS and top not in PLATFORM_MODULES:
+        return None
+    return MissingDependencyError(f"{needed_for} needs {top}, which is not installed: {install_hint(top)}")
+
+
+def require(module: str, needed_for: str) -> ModuleType:
+    """Import `module`, or raise MissingDependencyError: '<needed_for> needs <module>: <install hint>'."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        error = missing_dependency(e, needed_for)
+        if error is None:
+            raise
+        raise error from None
