@@ -10,8 +10,20 @@ OUT ?= out
 # torch 2.13.0 is pinned: on the project's CPU machines it is a local CPU wheel; an unpinned torch pulls a
 # multi-GB CUDA build.
 TORCH ?= torch==2.13.0
+# serve's own environment (PyTriton with numpy<2: refiner_edge/deploy/serve_env.py), kept inside the checkout here
+export REFINER_EDGE_SERVE_ENV ?= $(CURDIR)/.venv-serve
+# The torch-free leg of `make test`: JetPack 6's Python 3.10 in an environment without torch (`.[test]`), as on a
+# Jetson. It runs the tests of ONNX Runtime inference, validate against an ONNX reference, bench, TensorRT-RTX builds,
+# deploy and the C++ parity on the tiny graph the 3.11 leg writes (the others skip there with the reason; the server
+# tests run in the 3.11 leg). A python3.10 on PATH, else pyenv's.
+PY310 ?= $(shell for p in python3.10 $$(pyenv root 2>/dev/null)/versions/3.10*/bin/python3.10; do \
+	"$$p" -c "" 2>/dev/null && { echo "$$p"; break; }; done)
+VENV310 ?= .venv310
+NO_TORCH_TESTS := tests/test_imports.py tests/test_bench.py tests/test_engine.py tests/test_deploy.py \
+	tests/test_cpp.py tests/test_manifest.py tests/test_preprocess.py
+TEST_GRAPHS := build/test-graphs
 
-.PHONY: setup system-deps demo test test-fast gpu-check clean
+.PHONY: setup serve-env system-deps demo test test-fast test-py310 gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -20,6 +32,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+serve-env: setup
+	@$(BIN)/refiner-edge serve --setup >/dev/null \
+	  || echo "note: serve's environment could not be made: the server tests will skip with the reason" >&2
+
+$(VENV310)/.installed: pyproject.toml
+	$(PY310) -m venv $(VENV310)
+	$(VENV310)/bin/python -m pip install -q --upgrade pip
+	$(VENV310)/bin/python -m pip install -q -e ".[test]"
 	touch $@
 
 # The main job on a built-in default: no weights, no data downloaded (the photographs ship inside scikit-learn).
@@ -45,15 +67,25 @@ system-deps:
 	    || echo "note: could not install libstb-dev: the C++ preprocessing parity tests will skip" >&2; \
 	fi
 
-test: setup system-deps
+test: setup system-deps serve-env
 	$(PY) -m pytest -q
+	@$(MAKE) --no-print-directory test-py310
 
-test-fast: setup system-deps
+test-fast: setup system-deps serve-env
 	$(PY) -m pytest -q -m "not slow"
+
+test-py310: setup system-deps
+	@if [ -z "$(PY310)" ]; then \
+	  echo "note: no Python 3.10 interpreter (python3.10 or pyenv's): the torch-free Python 3.10 leg is skipped"; \
+	else \
+	  $(MAKE) --no-print-directory PY310="$(PY310)" $(VENV310)/.installed \
+	  && $(PY) -m tests.graphs $(TEST_GRAPHS) >/dev/null \
+	  && REFINER_EDGE_TEST_GRAPHS=$(TEST_GRAPHS) $(VENV310)/bin/python -m pytest -q -m "not serve" $(NO_TORCH_TESTS); \
+	fi
 
 # Everything that needs a GPU, in one run (docs/kernel.md); figures go to docs/benchmarks.md.
 gpu-check:
 	bash benchmarks/gpu_check.sh
 
 clean:
-	rm -rf $(OUT) .pytest_cache
+	rm -rf $(OUT) .pytest_cache $(TEST_GRAPHS)

@@ -1,15 +1,38 @@
+"""Shared fixtures. Without torch (the torch-free leg of `make test`, as on JetPack 6), tests that need it are skipped
+with the reason, and the tiny graph comes from REFINER_EDGE_TEST_GRAPHS, written by `python -m tests.graphs DIR` in
+an environment with torch."""
+import importlib.util
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from refiner_edge.models.factory import create_model
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+GRAPHS_ENV = "REFINER_EDGE_TEST_GRAPHS"
+NO_TORCH = "needs PyTorch, which this environment lacks (the core install has none: pip install 'refiner-edge[torch]')"
+# fixtures that build a PyTorch model: a test using one needs torch as surely as one marked `torch`
+TORCH_FIXTURES = {"tiny_model", "tiny_checkpoint", "refiner_s_graphs"}
 
-from .helpers import randomize
+if HAS_TORCH:
+    import torch
 
-torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    from refiner_edge.models.factory import create_model
+
+    from .helpers import randomize
+
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_TORCH:
+        return
+    skip = pytest.mark.skip(reason=NO_TORCH)
+    for item in items:
+        if "torch" in item.keywords or TORCH_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -28,13 +51,21 @@ def tiny_model():
 
 
 @pytest.fixture(scope="session")
-def tiny_plain(tmp_path_factory, tiny_model) -> Path:
+def tiny_plain(tmp_path_factory) -> Path:
     """The tiny model's plain ONNX graph and its manifest, shared by the precision and engine tests."""
-    from refiner_edge.onnx.export import export_onnx
+    from .graphs import TINY, write_graphs
 
-    path = tmp_path_factory.mktemp("tiny_plain") / "tiny.onnx"
-    export_onnx(tiny_model, path)
-    return path
+    folder = tmp_path_factory.mktemp("tiny_plain")
+    if HAS_TORCH:
+        write_graphs(folder)
+    else:
+        made = Path(os.environ.get(GRAPHS_ENV, "")) if os.environ.get(GRAPHS_ENV) else None
+        if made is None or not (made / TINY).is_file():
+            pytest.skip(f"no torch to export the tiny graph, and {GRAPHS_ENV} names no folder holding {TINY} "
+                        "(python -m tests.graphs DIR writes it where torch is installed)")
+        for name in (TINY, TINY + ".json"):
+            shutil.copy2(made / name, folder / name)
+    return folder / TINY
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +103,19 @@ def refiner_s_graphs(tmp_path_factory, sample_photos) -> dict:
         graphs[precision] = root / f"s.{precision}.onnx"
         calibrate_onnx(graphs["fp32"], sample_photos[0].parent, graphs[precision], precision=precision)
     return graphs
+
+
+@pytest.fixture(scope="session")
+def serve_python() -> Path:
+    """The interpreter `refiner-edge serve` runs under: this one where it can serve, else serve's own environment
+    (PyTriton with numpy<2; made here on first use, a minute or two); skipped with the reason where it cannot be."""
+    from refiner_edge.deploy import serve_env
+    from refiner_edge.deploy.serve import serving_unavailable
+    from refiner_edge.errors import MissingDependencyError
+
+    if serving_unavailable() is None:
+        return Path(sys.executable)
+    try:
+        return serve_env.ensure(progress=lambda message: print(f"note: {message}", file=sys.stderr))
+    except MissingDependencyError as e:
+        pytest.skip(str(e))

@@ -3,7 +3,6 @@ import signal
 import socket
 import subprocess
 
-import torch
 from typer.testing import CliRunner
 
 from refiner_edge.cli import app
@@ -27,11 +26,13 @@ def assert_clean_failure(result, *needles):
         assert needle in lines[0], lines[0]
 
 
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+def randomize(model, seed: int = 0):
     """Give every parameter and BatchNorm statistic non-trivial values, so that folding and export bugs show.
 
     The official init leaves BNs at identity and scale_channel at 1e-5, which would hide most mistakes.
     """
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refiner_edge.deploy.serve import serving_unavailable, stub_environment, wait_ready
+from refiner_edge.deploy.serve import wait_ready
 from refiner_edge.images.labels import imagenet_labels
 from refiner_edge.images.preprocess import Preprocess
 from refiner_edge.manifest import manifest_path, read_manifest
@@ -149,26 +149,28 @@ def test_deploy_triton_refusals_are_one_line(tmp_path, tiny_plain):
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.skipif(serving_unavailable() is not None, reason=str(serving_unavailable()))
-def test_generated_preprocessing_model_runs_in_a_real_tritonserver(tmp_path, tiny_plain, sample_photos):
+@pytest.mark.serve
+def test_generated_preprocessing_model_runs_in_a_real_tritonserver(tmp_path, tiny_plain, sample_photos, serve_python):
     """The repository as written, served by PyTriton's tritonserver binary (which has only the Python backend, so
     only NAME_preprocess is loaded): its tensors equal refiner-edge's preprocessing, a garbage image gets an error
-    of its own, and the server keeps serving."""
-    import pytriton
+    of its own, and the server keeps serving. The binary and the stub come from serve's environment."""
     import tritonclient.http as httpclient
-    from pytriton.utils.distribution import get_libs_path
     from tritonclient.utils import InferenceServerException
 
+    where = subprocess.run([str(serve_python), "-c", SERVER_PATHS], capture_output=True, text=True, timeout=120,
+                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert where.returncode == 0, where.stderr[-2000:]
+    pytriton_dir, libs, libdir, version = where.stdout.split()
     repo = tmp_path / "repo"
     assert invoke("deploy", "triton", "--onnx", tiny_plain, "-o", repo).exit_code == 0
-    server = Path(pytriton.__file__).parent / "tritonserver"
+    server = Path(pytriton_dir) / "tritonserver"
     backends = tmp_path / "backends"
     shutil.copytree(server / "backends", backends)
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
     shutil.copy2(server / "python_backend_stubs" / version / "triton_python_backend_stub", backends / "python")
-    env = stub_environment(dict(os.environ))
-    env["LD_LIBRARY_PATH"] += os.pathsep + str(get_libs_path())
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # the stub loads the libpython of serve's interpreter (DESIGN.md), then the model's imports from its packages
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, libs, env.get("LD_LIBRARY_PATH", "")])
+    env["PATH"] = os.pathsep.join([str(Path(serve_python).parent), env.get("PATH", "")])
     http = free_port()
     cmd = [str(server / "bin" / "tritonserver"), f"--model-repository={repo}", f"--backend-directory={backends}",
            "--model-control-mode=explicit", "--load-model=refiner_preprocess", "--http-address=127.0.0.1",
@@ -199,6 +201,12 @@ def test_generated_preprocessing_model_runs_in_a_real_tritonserver(tmp_path, tin
     finally:
         stop(proc)
     assert proc.returncode == 0
+
+
+# Where serve's interpreter has PyTriton's tritonserver, its libraries, its libpython and its version.
+SERVER_PATHS = ("import sys, sysconfig, pytriton\nfrom pathlib import Path\nfrom pytriton.utils.distribution import "
+                "get_libs_path\nprint(Path(pytriton.__file__).parent, get_libs_path(), sysconfig.get_config_var('LIBDIR'), "
+                "f'{sys.version_info.major}.{sys.version_info.minor}')")
 
 
 # --- DeepStream -----------------------------------------------------------------------------------------------

@@ -170,6 +170,7 @@ def test_cli_builds_refiner_s_from_its_graph(tmp_path, refiner_s_graphs):
 
 
 @rtx
+@pytest.mark.torch   # from nothing: exports the PyTorch model first
 def test_cli_chain_from_nothing_reuses_its_stages(tmp_path):
     out = tmp_path / "t.engine"
     args = ("build", "--precision", "int8", "--target", "rtx-sm89", "--variant", "refiner-vit-tiny", "-o", out,

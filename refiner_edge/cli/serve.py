@@ -3,13 +3,15 @@ TensorRT runner, HTTP and gRPC, dynamic batching on."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from ..errors import InputError
-from .common import note
+from .common import note, state
 
 
 def serve(
@@ -33,21 +35,40 @@ def serve(
                                                 "for others to batch with, microseconds.")] = 2000,
     as_json: Annotated[bool, typer.Option("--json", help="Print the endpoints as one JSON line on stdout once "
                                           "ready.")] = False,
+    setup: Annotated[bool, typer.Option("--setup", help="Make serve's own environment (PyTriton with numpy<2; "
+                                        "once, a few minutes) and print its interpreter; serving makes it on first "
+                                        "use too. Where: $REFINER_EDGE_SERVE_ENV, else ~/.cache/refiner-edge.")]
+    = False,
 ) -> None:
     """Serve a model through Triton Inference Server until Ctrl-C: model NAME takes preprocessed tensors,
-    NAME_image encoded image files (JPEG, PNG, ...). Needs the serve extra (pip install 'refiner-edge[serve]')."""
-    from ..deploy.serve import ServeOptions, check_serving
+    NAME_image encoded image files (JPEG, PNG, ...). PyTriton runs in an environment of its own with numpy<2
+    (made by --setup or on first use), so this one can be on NumPy 2."""
+    from ..deploy import serve_env
+    from ..deploy.serve import ServeOptions, check_options, check_serving, serving_unavailable
     from ..deploy.serve import serve as run_server
+    from ..manifest import read_manifest
     from ..runners.base import load_runner
 
+    here = serving_unavailable() is None or os.environ.get(serve_env.INSIDE_VAR)
+    if setup:
+        typer.echo(sys.executable if here else serve_env.ensure(progress=note))
+        return
     if (engine is None) == (onnx is None):
         raise InputError("give one of --onnx and --engine")
+    model = engine if engine is not None else onnx
+    if not model.is_file():
+        raise InputError(f"{'engine' if engine is not None else 'ONNX file'} not found: {model}")
+    options = ServeOptions(name=name, host=host, http_port=http_port, grpc_port=grpc_port, max_batch=max_batch,
+                           queue_delay_us=queue_delay_us, preferred_batch=tuple(preferred_batch or ()))
+    if not here:
+        # refused here, before minutes of making the environment; then the same command runs there
+        check_options(read_manifest(model), options)
+        python = serve_env.ensure(progress=note)
+        serve_env.exec_serve(python, serve_args(onnx, engine, options, as_json))
     check_serving()   # before loading the model: a missing dependency is the first thing to hear about
     runner = load_runner("tensorrt" if engine is not None else "onnxruntime", onnx=onnx, engine=engine)
     if runner.random_weights:
         note("random weights: the predictions are meaningless")
-    options = ServeOptions(name=name, host=host, http_port=http_port, grpc_port=grpc_port, max_batch=max_batch,
-                           queue_delay_us=queue_delay_us, preferred_batch=tuple(preferred_batch or ()))
 
     def ready(info: dict) -> None:
         if as_json:
@@ -58,3 +79,15 @@ def serve(
                        "Ctrl-C stops")
 
     run_server(runner, options, on_ready=ready)
+
+
+def serve_args(onnx: Optional[Path], engine: Optional[Path], options, as_json: bool) -> list[str]:
+    """This command line, for serve's environment."""
+    args = ["-v"] if state["verbose"] else []
+    args += ["serve", "--engine", str(engine)] if engine is not None else ["serve", "--onnx", str(onnx)]
+    args += ["--name", options.name, "--host", options.host, "--http-port", str(options.http_port),
+             "--grpc-port", str(options.grpc_port), "--max-batch", str(options.max_batch),
+             "--queue-delay-us", str(options.queue_delay_us)]
+    for size in options.preferred_batch:
+        args += ["--preferred-batch", str(size)]
+    return args + (["--json"] if as_json else [])

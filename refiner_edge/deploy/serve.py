@@ -18,7 +18,8 @@ Two facts of PyTriton 0.7.0's Python-backend stub (the process that bridges trit
   puts the running interpreter's LIBDIR first on LD_LIBRARY_PATH, which tritonserver and the stub inherit.
 - it is built against NumPy 1.x (pybind11 reading NumPy 1's dtype layout): with NumPy 2 every input tensor arrives
   as its first element repeated and every output comes back empty ("output tensor shape does not match size of
-  output"). PyTriton declares numpy<2; `check_serving` refuses NumPy 2 in one line instead of serving wrong answers.
+  output"). PyTriton declares numpy<2; `check_serving` refuses NumPy 2 in one line instead of serving wrong answers,
+  and `refiner-edge serve` runs in an environment of its own with numpy<2 (serve_env.py) when this one lacks it.
 """
 from __future__ import annotations
 
@@ -48,8 +49,8 @@ DEFAULT_MAX_BATCH = 8
 DEFAULT_QUEUE_DELAY_US = 2000
 IMAGE_INPUT = "image"
 NUMPY2_REASON = ("PyTriton 0.7.0's Python-backend stub is built for NumPy 1.x: under NumPy {version} it receives "
-                 "every tensor as its first element repeated and returns empty outputs; serve from an environment "
-                 "with numpy<2 (pip install 'refiner-edge[serve]' resolves it)")
+                 "every tensor as its first element repeated and returns empty outputs; serve from serve's own "
+                 "environment (refiner-edge serve --setup)")
 
 
 def serving_unavailable() -> str | None:
@@ -59,7 +60,8 @@ def serving_unavailable() -> str | None:
         import tritonclient.grpc
         import tritonclient.http  # noqa: F401
     except ImportError as e:
-        return f"serving needs PyTriton and tritonclient ({e.name} is missing): pip install 'refiner-edge[serve]'"
+        return f"serving needs PyTriton and tritonclient ({e.name} is missing): refiner-edge serve --setup makes " \
+            "an environment with them"
     if int(np.__version__.split(".")[0]) >= 2:
         return NUMPY2_REASON.format(version=np.__version__)
     return None
@@ -140,12 +142,13 @@ def io_names(runner: Runner) -> tuple[str, str]:
     return (m.graph.input, m.graph.output) if m is not None else ("input", "logits")
 
 
-def max_engine_batch(runner: Runner) -> int | None:
-    engine = getattr(runner.manifest, "engine", None)
+def max_engine_batch(manifest) -> int | None:
+    engine = getattr(manifest, "engine", None)
     return max(p.max[0] for p in engine.profiles) if engine is not None and engine.profiles else None
 
 
-def check_options(runner: Runner, options: ServeOptions) -> None:
+def check_options(manifest, options: ServeOptions) -> None:
+    """Refuse options that cannot serve the model of `manifest` (None: no manifest), before a server starts."""
     if options.max_batch < 1:
         raise InputError(f"--max-batch must be at least 1, got {options.max_batch}")
     if options.queue_delay_us < 0:
@@ -153,7 +156,7 @@ def check_options(runner: Runner, options: ServeOptions) -> None:
     bad = [b for b in options.preferred_batch if not 1 <= b <= options.max_batch]
     if bad:
         raise InputError(f"--preferred-batch sizes must be between 1 and --max-batch {options.max_batch}, got {bad}")
-    top = max_engine_batch(runner)
+    top = max_engine_batch(manifest)
     if top is not None and options.max_batch > top:
         raise InputError(f"--max-batch {options.max_batch} is over the engine's profile maximum ({top}): use "
                          f"--max-batch {top} or rebuild with a larger --batch")
@@ -202,7 +205,7 @@ def serve(runner: Runner, options: ServeOptions, on_ready: Callable[[dict], None
           stop: threading.Event | None = None) -> None:
     """Serve `runner` until interrupted (Ctrl-C, SIGTERM) or `stop` is set; the server is always stopped."""
     check_serving()
-    check_options(runner, options)
+    check_options(runner.manifest, options)
     stub_environment()
     from pytriton.triton import DEFAULT_PROTECTED_ENDPOINTS, Triton, TritonConfig, TritonSecurityConfig
 
