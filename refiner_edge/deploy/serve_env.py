@@ -112,14 +112,14 @@ def ensure(progress: Callable[[str], None] = lambda message: None) -> Path:
         return found
     root = folder()
     root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{root.name}.lock", "w") as lock:
+    with open(root.parent / f"{root.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         found = find()   # made by another process while this one waited
         if found is not None:
             return found
         s = spec()
         progress(f"making serve's environment (PyTriton with numpy<2) in {root}: once, a few minutes")
-        building = root.with_name(f".{root.name}.building")
+        building = root.with_name(f"{root.name}.building")
         shutil.rmtree(building, ignore_errors=True)
         try:
             venv = [sys.executable, "-m", "venv", str(building)]
