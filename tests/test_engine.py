@@ -233,6 +233,30 @@ def test_polygraphy_is_rebound_when_the_flavour_changes():
     assert sys.modules["polygraphy.backend.trt.config"].trt.__name__ == "tensorrt_rtx"
 
 
+def test_default_batch_fits_the_models_attention_maps():
+    from refiner_edge.engine.targets import attention_bytes, fitted_batch
+
+    rtx89 = TARGETS["rtx-sm89"]
+    l448 = attention_bytes(16, 448, "fp32")   # TensorRT-RTX asked for 4.62 GB at batch 32: 144 MB per image
+    assert 140e6 < l448 < 170e6
+    assert fitted_batch(rtx89.batch, rtx89.workspace, l448) == (1, 4, 8)   # 1:4:8 builds in 10 s
+    assert fitted_batch(rtx89.batch, rtx89.workspace, attention_bytes(12, 224, "fp32")) == rtx89.batch
+    assert fitted_batch((1, 1, 4), 1 << 29, attention_bytes(16, 448, "fp16")) == (1, 1, 2)
+    listing = invoke("build", "--list-targets")
+    assert listing.exit_code == 0 and "lowers MAX" in listing.output
+
+
+@rtx
+def test_builder_error_names_its_cause(tmp_path, tiny_plain):
+    """TensorRT-RTX runs out of memory for a profile far beyond the workspace: the one error line carries the
+    builder's own error, as advice, instead of Polygraphy's 'Invalid Engine ... see the log above'."""
+    result = invoke("build", "--onnx", tiny_plain, "--precision", "fp32", "--target", "rtx-sm89",
+                    "--batch", "1:8:65536", "--workspace", "64M", "-o", tmp_path / "t.engine")
+    assert_clean_failure(result, "out of memory:", "GB requested for batch 65536 at 64x64; try --batch 1:")
+    assert "see the log above" not in result.stderr and "Invalid Engine" not in result.stderr.splitlines()[-1]
+    assert not (tmp_path / "t.engine").exists()
+
+
 # --- refusals, each one line ------------------------------------------------------------------------------------
 
 @rtx

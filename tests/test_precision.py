@@ -348,3 +348,57 @@ def test_fixed_batch_graph_calibrates_and_validates(tiny_model, sample_photos, t
     check = invoke("validate", "--onnx", out, "--images", sample_photos[0].parent, "--reference", plain, "--json")
     assert check.exit_code == 0, check.output
     assert json.loads(check.stdout)["metrics"]["images"] == 2
+
+
+# ---------------------------------------------------------------- ranges: segment by segment = all outputs at once
+
+def _ranges_both_ways(path: Path, x: np.ndarray, method: str, memory_gb: float, every: int = 1):
+    """(segmented, all-outputs reference) ranges of the graph at `path` on two batches: the images and their
+    mirror images; `every`: histogram only every n-th quantized tensor (the entropy search is the slow part)."""
+    from refiner_edge.precision.int8 import activation_inputs
+    from refiner_edge.precision.ranges import _collect_ranges_all_outputs, collect_ranges
+
+    model = onnx.load(str(path))
+    refinement = {n for unit in refinement_subgraphs(model) for n in unit}
+    quantized = set(sorted(activation_inputs(model, quantizable_nodes(model, refinement)))[::every])
+    batches = [x, np.ascontiguousarray(x[..., ::-1])]
+    new = collect_ranges(path, batches, method, "input", quantized, memory_gb=memory_gb)
+    return new, _collect_ranges_all_outputs(path, batches, method, "input", quantized)
+
+
+def _assert_same_ranges(new: Ranges, old: Ranges) -> None:
+    assert new.minmax.keys() == old.minmax.keys() and new.amax.keys() == old.amax.keys() and old.amax
+    for name, (lo, hi) in old.minmax.items():
+        np.testing.assert_allclose(new.minmax[name], (lo, hi), rtol=1e-5, atol=1e-6, err_msg=name)
+    for name, a in old.amax.items():
+        np.testing.assert_allclose(new.amax[name], a, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("method", ["max", "entropy", "percentile", "mse"])
+def test_segmented_ranges_equal_all_outputs_tiny(tiny_plain, sample_photos, method):
+    x = load_image_set(sample_photos, TINY_PRE).arrays
+    new, old = _ranges_both_ways(tiny_plain, x, method, memory_gb=0.002)
+    assert new.segments > 5 and new.batch == len(x)  # the budget cut the graph, not the batch
+    _assert_same_ranges(new, old)
+
+
+@pytest.mark.parametrize("method", ["max", "entropy", "percentile", "mse"])
+def test_segmented_ranges_equal_all_outputs_refiner_s(refiner_s_graphs, sample_photos, method):
+    x = load_image_set(sample_photos[:1], Preprocess.from_config(get_variant("refiner-vit-s"))).arrays
+    new, old = _ranges_both_ways(refiner_s_graphs["fp32"], x, method, memory_gb=0.05, every=16)
+    assert new.segments > 16 and new.batch == len(x)
+    _assert_same_ranges(new, old)
+
+
+def test_range_batch_shrinks_to_the_budget(tiny_plain):
+    from refiner_edge.precision.memory import GraphMemory
+    from refiner_edge.precision.ranges import plan_segments
+
+    memory = GraphMemory.of(onnx.load(str(tiny_plain)))
+    floats = set(memory.sizes)
+    segments, batch = plan_segments(memory, 1e12, 16, floats)
+    assert batch == 16 and len(segments) == 1
+    per_image = sum(memory.sizes[t] for t in floats)  # every tensor at once, as the reference collector holds
+    segments, batch = plan_segments(memory, per_image * 4, 16, floats)
+    assert 1 < len(segments) and 4 <= batch < 16
+    assert all(s.bytes_per_image * batch <= per_image * 4 for s in segments)

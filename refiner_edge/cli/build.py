@@ -130,3 +130,6 @@ def print_targets(rows: list[dict]) -> None:
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     for row in cells:
         typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    from ..engine.targets import BATCH_NOTE
+
+    typer.echo("\n" + BATCH_NOTE)

@@ -48,7 +48,11 @@ def calibrate(
                                               "minutes for Refiner-ViT-S on a CPU (lower --eval-num).")] = False,
     eval_num: Annotated[int, typer.Option("--eval-num", min=1, help="Calibration images the budget and the "
                                           "report evaluate on.")] = 64,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per ONNX Runtime run.")] = 16,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per ONNX Runtime run (fewer where "
+                                            "--memory needs).")] = 16,
+    memory: Annotated[Optional[float], typer.Option("--memory", min=0.05, help="GB of activations the stage may "
+                                                    "hold at once; the graph runs in segments and batches shrink "
+                                                    "to fit [default: 1].")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the image sample.")] = 0,
     tensorrt_version: Annotated[str, typer.Option("--tensorrt-version", help="TensorRT version written into the "
                                                   "calibration cache header (the reader rewrites it).")] = "10.3.0",
@@ -68,7 +72,7 @@ def calibrate(
                                 method=(method or MethodName.percentile).value,
                                 max_drop=max_drop, min_sqnr=min_sqnr, sensitivity=sensitivity, eval_num=eval_num,
                                 batch_size=batch_size, seed=seed, tensorrt_version=tensorrt_version,
-                                listing=listing, progress=phase)
+                                listing=listing, memory_gb=memory, progress=phase)
     if as_json:
         print_json(report)
         return

@@ -19,6 +19,7 @@ import importlib
 import logging
 import math
 import os
+import re
 import shlex
 import sys
 import time
@@ -31,7 +32,7 @@ from ..errors import InputError, MissingDependencyError, VerificationError
 from ..manifest import EngineInfo, Manifest, Profile, read_manifest, write_manifest
 from . import plugins
 from .checks import compute_capability_refusal, on_tensorrt_line
-from .targets import SAME_CC_MIN_TENSORRT, Target, detect_gpu, tensorrt_at_least
+from .targets import SAME_CC_MIN_TENSORRT, Target, attention_bytes, detect_gpu, fitted_batch, tensorrt_at_least
 
 MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
 EXTRAS = {"tensorrt": "tensorrt", "tensorrt-rtx": "rtx"}
@@ -81,19 +82,50 @@ def polygraphy_trt(flavour: str):
 
 
 @contextlib.contextmanager
-def polygraphy_errors(what: str):
+def polygraphy_errors(what: str, explain: Callable[[str], str | None] = lambda message: None):
     """Polygraphy logs to stdout and raises PolygraphyException on failure: keep stdout for results (--json), and
-    turn its failures into our one-line errors."""
+    turn its failures into our one-line errors. The builder's own messages reach Polygraphy's logger (through its
+    TensorRT ILogger) whether or not they are shown, so the error names the builder's first one, which is the
+    cause ('Invalid Engine' is only Polygraphy's conclusion); `explain` may turn it into advice."""
     from polygraphy.exception import PolygraphyException
     from polygraphy.logger import G_LOGGER
 
     verbose = logging.getLogger("refiner_edge").isEnabledFor(logging.DEBUG)   # refiner-edge -v
     G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.ERROR
+    logged: list[tuple[int, str]] = []
+    shown = G_LOGGER.log
+
+    def log(message, severity, *args, stack_depth=2, **kwargs):
+        if severity >= G_LOGGER.VERBOSE and isinstance(message, str):  # TensorRT's INFO arrives as VERBOSE
+            logged.append((severity, message))
+        return shown(message, severity, *args, stack_depth=stack_depth + 1, **kwargs)
+
+    G_LOGGER.log = log
     try:
         with contextlib.redirect_stdout(sys.stderr):
             yield
     except PolygraphyException as e:
-        raise VerificationError(f"{what}: {str(e).strip().splitlines()[0]} (see the log above)") from None
+        cause = builder_error(logged, str(e))
+        advice = explain(cause) if cause else None
+        where = "see the log above" if verbose else "refiner-edge -v shows the builder's log"
+        detail = advice or cause or str(e).strip().splitlines()[0]
+        raise VerificationError(f"{what}: {detail} ({where})") from None
+    finally:
+        del G_LOGGER.log   # back to the class's method
+
+
+def builder_error(logged: list[tuple[int, str]], conclusion: str) -> str | None:
+    """The builder's first error among the logged messages: the first at ERROR or above that is not Polygraphy's
+    own conclusion, else the first message that reports an error or running out of memory at any severity
+    (TensorRT-RTX reports OutOfMemory below ERROR)."""
+    from polygraphy.logger import G_LOGGER
+
+    conclusion = conclusion.strip().splitlines()[0] if conclusion.strip() else ""
+    ours = [m for s, m in logged if s >= G_LOGGER.ERROR and conclusion not in m]
+    keywords = ("error", "outofmemory", "out of memory", "failed")
+    worded = [m for s, m in logged if any(k in m.lower() for k in keywords)]
+    first = (ours or worded or [None])[0]
+    return None if first is None else " ".join(first.split())[:300]
 
 
 @dataclass
@@ -262,7 +294,7 @@ def engine_bytes(network: Network, options: BuildOptions, plugin: plugins.Plugin
     trt = import_tensorrt(target.flavour)
     ptrt = polygraphy_trt(target.flavour)
     name, channels, size = input_shape(network)
-    lo, opt, hi = options.batch or target.batch
+    lo, opt, hi = batch_profile(options, network)
     fixed = network.manifest.graph.batch
     if isinstance(fixed, int) and (lo, opt, hi) != (fixed,) * 3:
         raise InputError(f"{network.onnx.name} has a fixed batch of {fixed}: use --batch {fixed} or export a "
@@ -301,9 +333,45 @@ def engine_bytes(network: Network, options: BuildOptions, plugin: plugins.Plugin
     for library in plugin.libraries():
         plugins.load_library(trt.get_plugin_registry(), library, "build it again (see plugins/refiner_dla/README.md)")
     cache = str(options.timing_cache) if options.timing_cache else None
-    with polygraphy_errors(f"{target.flavour} could not build {network.onnx.name}"):
+    explain = out_of_memory_advice((lo, opt, hi), size, options.workspace or target.workspace)
+    with polygraphy_errors(f"{target.flavour} could not build {network.onnx.name}", explain):
         serialized = ptrt.EngineBytesFromNetwork(net_loader, config=config, save_timing_cache=cache)()
     return bytes(memoryview(serialized))
+
+
+def batch_profile(options: BuildOptions, network: Network) -> tuple[int, int, int]:
+    """The profile asked for, else the target's default lowered to what the model's activations allow."""
+    if options.batch:
+        return options.batch
+    model = network.manifest.model
+    return fitted_batch(options.target.batch, options.workspace or options.target.workspace,
+                        attention_bytes(model.heads, model.img_size, network.precision))
+
+
+def capped_note(target: Target, network: Network, batch: tuple[int, int, int]) -> str:
+    model = network.manifest.model
+    per_image = attention_bytes(model.heads, model.img_size, network.precision)
+    return (f"batch profile {':'.join(map(str, batch))} instead of {target.name}'s default "
+            f"{':'.join(map(str, target.batch))}: {model.variant} at {model.img_size} holds about "
+            f"{per_image / 1e6:.0f} MB of {network.precision} attention maps per image; pass --batch to choose")
+
+
+def out_of_memory_advice(batch: tuple[int, int, int], size: int, workspace: int) -> Callable[[str], str | None]:
+    """Advice for the builder's OutOfMemory error: the profile's largest batch needs more than the memory allowed;
+    a MAX batch that asks for at most half of it (a power of two), or a larger --workspace at batch 1."""
+    def explain(cause: str) -> str | None:
+        found = re.search(r"OutOfMemory \(Requested size was (\d+) bytes", cause)
+        if found is None:
+            return None
+        requested, hi = int(found.group(1)), batch[2]
+        head = f"out of memory: {requested / 1e9:.1f} GB requested for batch {hi} at {size}x{size}"
+        fit = hi * workspace // (2 * requested)
+        if fit < 1:
+            return f"{head}; the workspace is {workspace / 1e9:.1f} GB: try a larger --workspace"
+        fit = 1 << (fit.bit_length() - 1)
+        return f"{head}; try --batch {min(batch[0], fit)}:{max(1, fit // 2)}:{fit}"
+
+    return explain
 
 
 def rebuild_command(output: str | Path, options: BuildOptions, onnx: str | Path | None = None,
@@ -354,7 +422,10 @@ def build_engine(onnx: str | Path, output: str | Path, options: BuildOptions, *,
     seconds = time.perf_counter() - started
     if not data or data[:1] in (b"{", b"["):
         raise VerificationError(f"{target.flavour} returned no engine for {network.onnx.name}")
-    lo, opt, hi = options.batch or target.batch
+    lo, opt, hi = batch_profile(options, network)
+    if (lo, opt, hi) != (options.batch or target.batch):
+        report = {**(report or {}), "batch_profile": capped_note(target, network, (lo, opt, hi))}
+        note(report["batch_profile"])
     _, channels, size = input_shape(network)
     info = EngineInfo(
         flavour=target.flavour, tensorrt_version=trt.__version__, target=target.name,

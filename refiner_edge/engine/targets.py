@@ -100,6 +100,30 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
 )}
 
 
+BATCH_NOTE = ("batch: the default MIN:OPT:MAX; a build lowers MAX (and OPT) where the model's attention maps would "
+              "not fit half the workspace (4 x heads x N^2 values per image, N = (img/16)^2 + 1 tokens: "
+              "refiner-vit-l at 448 builds 1:4:8 on the rtx rows) and says so in the engine's manifest")
+
+
+def attention_bytes(heads: int, img_size: int, precision: str) -> int:
+    """Bytes one image's attention maps take in an engine at their peak: a refinement reads the map A (heads
+    channels) while its 3 x heads expansion is alive, over N x N positions. Measured: TensorRT-RTX asked for
+    4.62 GB at batch 32 for Refiner-ViT-L@448 in FP32, 144 MB per image; this gives 158 MB."""
+    tokens = (img_size // 16) ** 2 + 1
+    return 4 * heads * tokens * tokens * (4 if precision == "fp32" else 2)
+
+
+def fitted_batch(batch: tuple[int, int, int], workspace: int, per_image: int) -> tuple[int, int, int]:
+    """`batch` with MAX lowered to the largest power of two whose activations fit half the workspace (and OPT
+    to half of that), or unchanged when it fits."""
+    lo, opt, hi = batch
+    fit = max(1, workspace // (2 * per_image))
+    if hi <= fit:
+        return batch
+    top = 1 << (fit.bit_length() - 1)
+    return min(lo, top), min(opt, max(1, top // 2)), top
+
+
 def get_target(name: str) -> Target:
     """A row of the table, or the local GPU's row for 'auto'."""
     if name == "auto":

@@ -9,12 +9,16 @@ from pathlib import Path
 from ..errors import InputError, MissingDependencyError
 
 
-def ort_session(model, providers: list[str] | None = None):
-    """A session for an ONNX file, serialized bytes or an onnx.ModelProto."""
+def ort_session(model, providers: list[str] | None = None, arena: bool = True):
+    """A session for an ONNX file, serialized bytes or an onnx.ModelProto.
+
+    arena=False: CPU buffers are freed after each run instead of kept in ONNX Runtime's arena, which otherwise
+    holds the largest run's memory for the life of the session (what a memory budget has to avoid)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = arena
     if providers is None:
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]

@@ -18,6 +18,7 @@ from ..onnx.graph import graph_precision, graph_preprocess, load_onnx, opset_of
 from .fp16 import RULES, convert_to_fp16, fp32_nodes
 from .int8 import (QUANTIZED_OPS, Budget, activation_inputs, layer_sensitivity, meet_budget, quantizable_nodes,
                    quantize, run_logits)
+from .memory import GB, budget_bytes, forward_batch
 from .ranges import METHODS, collect_ranges
 from .tensorrt_cache import DEFAULT_VERSION, write_cache
 
@@ -52,11 +53,13 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
                    num: int = DEFAULT_NUM, method: str = "percentile", max_drop: float | None = None,
                    min_sqnr: float | None = None, sensitivity: bool = False, eval_num: int = DEFAULT_EVAL,
                    batch_size: int = 16, seed: int = 0, tensorrt_version: str = DEFAULT_VERSION,
-                   listing: str | Path | None = None,
+                   listing: str | Path | None = None, memory_gb: float | None = None,
                    progress: Progress = _no_progress) -> dict:
     """Calibrate the plain graph `source` on `images` and write the `precision` graph to `output`.
 
     listing: a calibration list (calibration/*.txt: image file names relative to `images`) to sample from.
+    memory_gb: the activations the stage may hold at once (range collection and every evaluation run); batches
+    shrink to fit it [default: memory.DEFAULT_MEMORY_GB].
     Returns the report, which is also the `report` of the manifest written to `<output>.json`.
     """
     import onnx
@@ -92,22 +95,25 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
     nodes = quantizable_nodes(model, in_refinement) if precision == "int8" else []
     range_method = method if precision == "int8" else "max"  # FP16 needs the observed ranges, nothing clipped
     tick = progress(f"calibrating ({range_method})", len(imageset))
-    ranges = collect_ranges(source, batches, range_method, graph_input.name, activation_inputs(model, nodes), tick)
+    ranges = collect_ranges(source, batches, range_method, graph_input.name, activation_inputs(model, nodes), tick,
+                            memory_gb=memory_gb)
     calibrated = time.perf_counter()
+    eval_batch = forward_batch(model, budget_bytes(memory_gb), batch_size)
     keep = fp32_nodes(model, ranges, units)
     keep_names = [k.node for k in keep]
 
     x_eval = imageset.arrays[:eval_num]
-    reference = run_logits(model, x_eval)
+    reference = run_logits(model, x_eval, eval_batch)
     report: dict = {"precision": precision, "fp16": {"rules": RULES, "fp32_nodes": [k.to_dict() for k in keep]}}
     comparison = None
     if precision == "fp16":
         result = convert_to_fp16(model, keep_names)
     else:
         result, report["int8"], comparison = _int8_graph(source, model, ranges, nodes, len(units), keep_names,
-                                                         x_eval, reference, budget, sensitivity, progress)
+                                                         x_eval, reference, budget, sensitivity, progress,
+                                                         eval_batch)
     if comparison is None:
-        comparison = Comparison.of(run_logits(result, x_eval), reference)
+        comparison = Comparison.of(run_logits(result, x_eval, eval_batch), reference)
     finished = time.perf_counter()
 
     onnx.checker.check_model(result)
@@ -119,7 +125,8 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
                             tensorrt_version)
     report.update({
         "calibration": {"images": str(images), "method": range_method, "num": num, "seed": seed,
-                        **imageset.summary(), "batch": int(batches[0].shape[0]),
+                        **imageset.summary(), "batch": ranges.batch, "segments": ranges.segments,
+                        "memory_gb": budget_bytes(memory_gb) / GB, "evaluation_batch": eval_batch,
                         "seconds": round(calibrated - started, 2), "total_seconds": round(finished - started, 2)},
         "evaluation": {"against": f"{source.name} (FP32) on ONNX Runtime", "images": len(x_eval),
                        **comparison.metrics()},
@@ -143,7 +150,7 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
 
 def _int8_graph(source: Path, model, ranges, nodes: list[str], refinements: int, keep_fp32: list[str],
                 x_eval: np.ndarray, reference: np.ndarray, budget: Budget | None, sensitivity: bool,
-                progress: Progress):
+                progress: Progress, batch: int):
     """(INT8 graph, its report section, its comparison with FP32 or None): all layers quantized, or the fewest
     most-sensitive left in FP16 that meet `budget`."""
     report: dict = {"quantized_ops": list(QUANTIZED_OPS), "candidates": len(nodes),
@@ -152,7 +159,7 @@ def _int8_graph(source: Path, model, ranges, nodes: list[str], refinements: int,
     comparison = None
     if sensitivity or budget is not None:
         report["sensitivity"] = layer_sensitivity(source, model, ranges, nodes, x_eval, reference,
-                                                  progress("sensitivity (one layer at a time)", len(nodes)))
+                                                  progress("sensitivity (one layer at a time)", len(nodes)), batch)
     if budget is None:
         result = quantize(source, ranges, nodes, keep_fp32)
     else:
@@ -160,7 +167,7 @@ def _int8_graph(source: Path, model, ranges, nodes: list[str], refinements: int,
         ranking = [r["node"] for r in report["sensitivity"]]
         tick = progress(f"meeting the budget ({budget})", 2 * max(1, int(np.log2(max(len(nodes), 1)))) + 1)
         result, fp16_layers, comparison, steps = meet_budget(source, ranges, nodes, ranking, keep_fp32, x_eval,
-                                                             reference, budget, tick)
+                                                             reference, budget, tick, batch)
         report["budget"] = {"rule": str(budget), "max_drop": budget.max_drop, "min_sqnr_db": budget.min_sqnr_db,
                             "steps": steps}
         report["fp16_layers"] = [{"node": n, "op": rows[n]["op"],

@@ -98,23 +98,24 @@ def _float_for_other_consumers(model, quantized: set[str]):
 
 
 def run_logits(model, x: np.ndarray, batch: int = 16) -> np.ndarray:
-    """Logits of an in-memory graph on ONNX Runtime (CPU)."""
+    """Logits of an in-memory graph on ONNX Runtime (CPU), `batch` images per run (memory.forward_batch)."""
     from ..batching import run_batched
     from ..onnx.session import ort_session
 
-    session = ort_session(model, ["CPUExecutionProvider"])
+    session = ort_session(model, ["CPUExecutionProvider"], arena=False)
     inp = session.get_inputs()[0]
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
     return run_batched(lambda b: session.run(None, {inp.name: b})[0], x, batch, fixed)
 
 
 def layer_sensitivity(plain: str | Path, model, ranges: Ranges, nodes: list[str], x: np.ndarray,
-                      reference: np.ndarray, on_layer: Callable[[int], None] | None = None) -> list[dict]:
+                      reference: np.ndarray, on_layer: Callable[[int], None] | None = None,
+                      batch: int = 16) -> list[dict]:
     """Quantize one layer at a time (the rest FP32) and measure the logit error; most sensitive first."""
     ops = {n.name: n.op_type for n in model.graph.node}
     rows = []
     for node in nodes:
-        c = Comparison.of(run_logits(quantize(plain, ranges, [node], None), x), reference)
+        c = Comparison.of(run_logits(quantize(plain, ranges, [node], None), x, batch), reference)
         rows.append({"node": node, "op": ops.get(node, "?"), "sqnr_db": c.sqnr_db, "agreement": c.agreement,
                      "cosine": c.cosine})
         if on_layer:
@@ -144,36 +145,41 @@ class Budget:
 
 def meet_budget(plain: str | Path, ranges: Ranges, nodes: list[str], ranking: list[str], keep_fp32: list[str],
                 x: np.ndarray, reference: np.ndarray, budget: Budget,
-                on_step: Callable[[int], None] | None = None):
+                on_step: Callable[[int], None] | None = None, batch: int = 16):
     """Leave the fewest most-sensitive layers (`ranking` order) unquantized such that `budget` is met.
 
     Returns (model, layers left in FP16, comparison, tried steps). Doubling then bisection: about 2 log2(n) builds.
     """
-    tried: dict[int, tuple] = {}
+    tried: dict[int, Comparison] = {}
+    best: dict[int, object] = {}   # the graph of the fewest FP16 layers that met the budget so far, only that one
+    # (each graph is a copy of the model: keeping all ~2 log2(n) of them took GBs at Refiner-ViT-L)
 
-    def attempt(k: int):
+    def attempt(k: int) -> Comparison:
         if k not in tried:
             excluded = set(ranking[:k])
             model = quantize(plain, ranges, [n for n in nodes if n not in excluded], keep_fp32)
-            tried[k] = (model, Comparison.of(run_logits(model, x), reference))
+            tried[k] = Comparison.of(run_logits(model, x, batch), reference)
+            if budget.met(tried[k]) and (not best or k < min(best)):
+                best.clear()
+                best[k] = model
             if on_step:
                 on_step(1)
         return tried[k]
 
     n = len(ranking)
-    if budget.met(attempt(0)[1]):
+    if budget.met(attempt(0)):
         hi = 0
     else:
         lo, hi = 0, 1
-        while hi < n and not budget.met(attempt(hi)[1]):
+        while hi < n and not budget.met(attempt(hi)):
             lo, hi = hi, min(2 * hi, n)
-        if not budget.met(attempt(hi)[1]):
+        if not budget.met(attempt(hi)):
             raise VerificationError(f"the budget ({budget}) is not met even with every layer in FP16: "
-                                    f"{attempt(hi)[1].agreement:.2f}% agreement, {attempt(hi)[1].sqnr_db:.2f} dB")
+                                    f"{attempt(hi).agreement:.2f}% agreement, {attempt(hi).sqnr_db:.2f} dB")
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if budget.met(attempt(mid)[1]) else (mid, hi)
-    model, comparison = attempt(hi)
+            lo, hi = (lo, mid) if budget.met(attempt(mid)) else (mid, hi)
+    model, comparison = best[hi], tried[hi]
     steps = [{"fp16_layers": k, "agreement": c.agreement, "sqnr_db": c.sqnr_db, "met": budget.met(c)}
-             for k, (_, c) in sorted(tried.items())]
+             for k, c in sorted(tried.items())]
     return model, ranking[:hi], comparison, steps
