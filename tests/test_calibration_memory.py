@@ -47,6 +47,7 @@ def run_measured(args: list, kill_at: float) -> tuple[int, float, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.torch   # the export
 def test_refiner_l448_calibration_stays_in_budget(tmp_path, sample_photos):
     """Export L@448 (about a minute) and calibrate it to INT8 on one photograph at default options: it used to
     pass 20 GB within 41 s (every activation of a batch held at once, 22 GB per image)."""
