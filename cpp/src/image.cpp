@@ -1,7 +1,8 @@
 // Decoding to upright 8-bit RGB, and the official evaluation transform, as refiner_edge/images/preprocess.py
 // computes them with Pillow: the resampling below follows Pillow's two-pass fixed-point convolution (22-bit
 // coefficients, rounding and clipping to 8 bits after each pass), so on the same decoded pixels the tensor is
-// bit-identical; only the decoders (stb_image or OpenCV vs Pillow's libjpeg-turbo) can differ, on JPEG.
+// bit-identical. JPEG goes to libjpeg-turbo with Pillow's settings where it was found (decode_jpeg.cpp), and is
+// then bit-identical too; stb_image and OpenCV's own JPEG paths differ (cpp/README.md has the measured bounds).
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -308,7 +309,14 @@ const char kTensorMagic[8] = {'R', 'F', 'E', 'T', 'N', 'S', 'R', '1'};
 
 }  // namespace
 
-const char* imageDecoder() { return decoderName(); }
+const char* imageDecoder() {
+#ifdef REFINER_EDGE_HAVE_LIBJPEG_TURBO
+    static const std::string name = std::string(jpegDecoderName()) + " + " + decoderName();
+    return name.c_str();
+#else
+    return decoderName();
+#endif
+}
 
 Status loadImage(const std::string& path, Image& out) {
     try {
@@ -317,11 +325,26 @@ Status loadImage(const std::string& path, Image& out) {
         if (!s) return s;
         Decoded d;
         std::string error;
-        if (!decodeImage(bytes, d, error)) return Status::Error(path + ": " + error);
+        GifFrame gif;
+        bool decoded;
+#ifdef REFINER_EDGE_HAVE_LIBJPEG_TURBO
+        if (bytes.size() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF)
+            decoded = decodeJpeg(bytes, d, error);
+        else
+#endif
+        if (parseGif(bytes, gif) && gif.transparent) {
+            std::vector<uint8_t> opaque = bytes;
+            for (size_t at : gif.transparency_flags) opaque[at] &= 0xFE;
+            decoded = decodeImage(opaque, d, error);
+        } else {
+            decoded = decodeImage(bytes, d, error);
+        }
+        if (!decoded) return Status::Error(path + ": " + error);
         if (d.width < 1 || d.height < 1 || d.channels < 1 || d.channels > 4)
             return Status::Error(path + ": cannot decode image (no pixels)");
         Image img;
         toRgb(d, img);
+        paintOutsideFrame(gif, img);
         orient(img, exifOrientation(bytes));
         out = std::move(img);
         return Status::Ok();

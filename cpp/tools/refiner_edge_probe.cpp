@@ -1,5 +1,7 @@
 // The library's TensorRT-free parts from the command line, for tests/test_cpp.py (not installed):
-//   refiner_edge_probe preprocess MANIFEST.json IMAGE OUT.rfet   the C++ input tensor of IMAGE
+//   refiner_edge_probe preprocess MANIFEST.json IMAGE OUT.rfet [IMAGE OUT.rfet ...]
+//                                                                the C++ input tensor of each IMAGE
+//   refiner_edge_probe decode IMAGE OUT.rfet [IMAGE OUT.rfet ...] the decoded upright RGB, [H, W, 3] floats 0-255
 //   refiner_edge_probe manifest MANIFEST.json                    parse a manifest: "ok ..." or the error
 //   refiner_edge_probe check-engine ENGINE FLAVOUR VERSION CC GPU  checkEngine against a described machine
 //                                                                  (CC "none": no GPU)
@@ -34,7 +36,7 @@ Status readManifestFile(const std::string& path, Manifest& m) {
 int main(int argc, char** argv) {
     std::vector<std::string> a(argv + 1, argv + argc);
     if (a.empty()) {
-        std::cerr << "usage: refiner_edge_probe preprocess|manifest|check-engine|topk ...\n";
+        std::cerr << "usage: refiner_edge_probe preprocess|decode|manifest|check-engine|topk ...\n";
         return 2;
     }
     if (a[0] == "decoder" && a.size() == 1) {
@@ -50,16 +52,33 @@ int main(int argc, char** argv) {
                   << m.model.num_classes << (m.engine ? " engine " + m.engine->tensorrt_version : "") << "\n";
         return 0;
     }
-    if (a[0] == "preprocess" && a.size() == 4) {
+    // Many images in one process keeps the parity tests fast; each refusal is one line, the exit status 1.
+    if (a[0] == "preprocess" && a.size() >= 4 && a.size() % 2 == 0) {
         Manifest m;
         Status s = readManifestFile(a[1], m);
         if (!s) return refuse(s);
-        std::vector<float> x;
-        s = loadInput(a[2], m.preprocess, x);
-        if (!s) return refuse(s);
         const uint32_t S = static_cast<uint32_t>(m.preprocess.img_size);
-        s = writeTensorFile(a[3], {3, S, S}, x.data());
-        return s ? 0 : refuse(s);
+        int status = 0;
+        for (size_t i = 2; i < a.size(); i += 2) {
+            std::vector<float> x;
+            s = loadInput(a[i], m.preprocess, x);
+            if (s) s = writeTensorFile(a[i + 1], {3, S, S}, x.data());
+            if (!s) status = refuse(s);
+        }
+        return status;
+    }
+    if (a[0] == "decode" && a.size() >= 3 && a.size() % 2 == 1) {
+        int status = 0;
+        for (size_t i = 1; i < a.size(); i += 2) {
+            Image img;
+            Status s = loadImage(a[i], img);
+            if (s) {
+                std::vector<float> v(img.rgb.begin(), img.rgb.end());
+                s = writeTensorFile(a[i + 1], {uint32_t(img.height), uint32_t(img.width), 3}, v.data());
+            }
+            if (!s) status = refuse(s);
+        }
+        return status;
     }
     if (a[0] == "check-engine" && a.size() == 6) {
         Manifest m;
@@ -87,6 +106,6 @@ int main(int argc, char** argv) {
         std::cout << resultsToJson(results) << "\n";
         return 0;
     }
-    std::cerr << "usage: refiner_edge_probe preprocess|manifest|check-engine|topk ... (see the source's header)\n";
+    std::cerr << "usage: refiner_edge_probe preprocess|decode|manifest|check-engine|topk ... (see its header)\n";
     return 2;
 }
