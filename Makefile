@@ -58,13 +58,14 @@ demo: setup
 	$(BIN)/refiner-edge build --precision int8 --target rtx-sm89 -o $(OUT)/engine/refiner-vit-s.int8.engine
 	$(BIN)/refiner-edge bench --onnx $(OUT)/refiner-vit-s.onnx --batch 1 --iterations 5 --warmup 1
 
-# tests/test_cpp.py checks the C++ image decoding against Python's with stb_image (Debian's libstb-dev): installed
-# here where apt-get is allowed; without it those tests skip with the reason.
+# tests/test_cpp.py checks the C++ image decoding against Python's with libjpeg-turbo (libjpeg-dev: Debian's
+# libjpeg62-turbo-dev, Ubuntu's libjpeg-turbo8-dev) and stb_image (libstb-dev): installed here where apt-get is
+# allowed; without them those tests skip with the reason.
 system-deps:
-	@if [ ! -f /usr/include/stb/stb_image.h ] && command -v apt-get >/dev/null 2>&1; then \
+	@if { [ ! -f /usr/include/stb/stb_image.h ] || [ ! -f /usr/include/jpeglib.h ]; } && command -v apt-get >/dev/null 2>&1; then \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
-	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libstb-dev; } >/dev/null 2>&1 \
-	    || echo "note: could not install libstb-dev: the C++ preprocessing parity tests will skip" >&2; \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libstb-dev libjpeg-dev; } >/dev/null 2>&1 \
+	    || echo "note: could not install libstb-dev and libjpeg-dev: C++ image tests skip or use stb_image bounds" >&2; \
 	fi
 
 test: setup system-deps serve-env

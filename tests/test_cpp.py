@@ -313,6 +313,10 @@ def decoder_images(tmp_path_factory) -> dict[str, tuple[Path, str]]:
     Image.fromarray(_pattern(150, 101, 3, 15)).convert("CMYK").save(made["cmyk.jpg"][0], quality=95)
     made["gray.jpg"] = d / "gray.jpg", "other"
     Image.fromarray(_pattern(100, 141, 1, 14)[..., 0]).save(made["gray.jpg"][0], quality=90)
+    for name, img in (("rgb.bmp", Image.fromarray(_pattern(33, 47, 3, 11))),
+                      ("one_bit.png", Image.fromarray(_pattern(33, 47, 1, 12)[..., 0]).convert("1"))):
+        made[name] = d / name, "exact"
+        img.save(made[name][0])
     # GIF: a transparent index keeps its palette colour in Python (P -> RGBA -> RGB), whatever the decoder
     pal = Image.fromarray(_pattern(90, 61, 3, 10)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     for name, kw in (("transparent.gif", {"transparency": 3}), ("opaque.gif", {})):
@@ -918,7 +922,7 @@ def _mutate_manifest(good: dict, rnd: random.Random) -> str:
     return json.dumps(data)
 
 
-def test_fuzz_readers_never_crash(build, images, tmp_path):
+def test_fuzz_readers_never_crash(build, images, decoder_images, tmp_path):
     """REFINER_EDGE_FUZZ_ASAN=1: the same loop on a build with AddressSanitizer and UBSan (a second build, ~30 s),
     where any sanitizer report fails the case."""
     _need_decoder(build)
@@ -936,6 +940,7 @@ def test_fuzz_readers_never_crash(build, images, tmp_path):
     manifest.write_text(json.dumps(_manifest_dict(img_size=32, crop_pct=0.875)))
     seeds = [images[n].read_bytes() for n in ("rgb_odd.png", "q90.jpg", "palette.png", "gray16.png", "exif6.jpg",
                                               "cmyk.jpg")]
+    seeds += [decoder_images[n][0].read_bytes() for n in ("canvas_transparent.gif", "progressive_422.jpg")]
     tensor = tmp_path / "seed.rfet"
     write_tensor(tensor, np.zeros((3, 32, 32), np.float32))
     seeds.append(tensor.read_bytes())
