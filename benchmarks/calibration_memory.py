@@ -118,7 +118,7 @@ def ranges_worker(which: str, onnx_path: str, images: str, num: int, batch: int)
     quantized = activation_inputs(model, quantizable_nodes(model, {n for u in units for n in u}))
     del model
     arrays = load_image_set([Path(images)], preprocess, num=num).arrays
-    batches = _batches(arrays, batch, pad=False)
+    batches = list(_batches(arrays, batch, pad=False))
     started = time.perf_counter()
     if which == "old":
         ranges = _collect_ranges_all_outputs(onnx_path, batches, "percentile", "input", quantized)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -70,6 +70,17 @@ def load_image_set(inputs: list[str | Path], preprocess: Preprocess, num: int | 
     listing: only the images a calibration list names, inside the one folder `inputs` gives.
     A file that cannot be decoded is skipped and recorded; the next one in the sample takes its place.
     """
+    images, decoded = stream_image_set(inputs, preprocess, num, seed, on_image, listing)
+    images.arrays = np.stack(list(decoded)).astype(np.float32)
+    return images
+
+
+def stream_image_set(inputs: list[str | Path], preprocess: Preprocess, num: int | None = None, seed: int = 0,
+                     on_image: Callable[[int], None] | None = None, listing: str | Path | None = None
+                     ) -> tuple[ImageSet, Iterator[np.ndarray]]:
+    """load_image_set's images, decoded one at a time as the iterator is consumed, so only what the caller keeps
+    stays in memory (512 images at 448 are 1.2 GB). The ImageSet's paths and skipped files fill in as the iterator
+    runs (its arrays stay empty); the iterator raises InputError at its end when no image was readable."""
     if num is not None and num < 1:
         raise InputError(f"--num must be at least 1, got {num}")
     if listing is not None:
@@ -80,21 +91,28 @@ def load_image_set(inputs: list[str | Path], preprocess: Preprocess, num: int | 
         paths = find_images(list(inputs))
     order = sample(paths, seed) if num is not None and num < len(paths) else paths
     want = len(order) if num is None else min(num, len(order))
-    used, arrays, skipped = [], [], []
-    for path in order:
-        if len(used) == want:
-            break
-        try:
-            arrays.append(preprocess.load(path))
-            used.append(path)
-        except InputError as e:
-            skipped.append((str(path), str(e)))
-        if on_image:
-            on_image(1)
-    if not used:
-        where = ", ".join(str(i) for i in inputs)
-        raise InputError(f"no readable images in {where} ({len(skipped)} files could not be decoded)")
-    return ImageSet(used, np.stack(arrays).astype(np.float32), skipped, len(paths))
+    images = ImageSet([], np.empty((0, 3, preprocess.img_size, preprocess.img_size), np.float32), [], len(paths))
+
+    def decode() -> Iterator[np.ndarray]:
+        for path in order:
+            if len(images.paths) == want:
+                break
+            try:
+                array = preprocess.load(path)
+            except InputError as e:
+                images.skipped.append((str(path), str(e)))
+                array = None
+            else:
+                images.paths.append(path)
+            if on_image:
+                on_image(1)
+            if array is not None:
+                yield array
+        if not images.paths:
+            where = ", ".join(str(i) for i in inputs)
+            raise InputError(f"no readable images in {where} ({len(images.skipped)} files could not be decoded)")
+
+    return images, decode()
 
 
 def load_labels(spec: str | Path, images: ImageSet, root: Path) -> np.ndarray:

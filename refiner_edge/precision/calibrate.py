@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -64,7 +64,7 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
     """
     import onnx
 
-    from ..images.imageset import load_image_set
+    from ..images.imageset import stream_image_set
     from ..refine.surgery import refinement_subgraphs
 
     if precision not in ("fp16", "int8"):
@@ -87,14 +87,17 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
     preprocess = graph_preprocess(source, manifest, shape)
 
     found_tick = progress("decoding images", num)
-    imageset = load_image_set([images], preprocess, num=num, seed=seed, on_image=found_tick, listing=listing)
-    batches = _batches(imageset.arrays, shape[0] or batch_size, pad=shape[0] is not None)
+    # decoded as range collection consumes them: only one batch and the evaluation images stay in memory
+    imageset, decoded = stream_image_set([images], preprocess, num=num, seed=seed, on_image=found_tick,
+                                         listing=listing)
+    evaluated: list[np.ndarray] = []
+    batches = _batches(_keeping(decoded, evaluated, eval_num), shape[0] or batch_size, pad=shape[0] is not None)
 
     units = refinement_subgraphs(model)
     in_refinement = {n for unit in units for n in unit}
     nodes = quantizable_nodes(model, in_refinement) if precision == "int8" else []
     range_method = method if precision == "int8" else "max"  # FP16 needs the observed ranges, nothing clipped
-    tick = progress(f"calibrating ({range_method})", len(imageset))
+    tick = progress(f"calibrating ({range_method})", min(num, imageset.found))
     ranges = collect_ranges(source, batches, range_method, graph_input.name, activation_inputs(model, nodes), tick,
                             memory_gb=memory_gb)
     calibrated = time.perf_counter()
@@ -102,7 +105,8 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
     keep = fp32_nodes(model, ranges, units)
     keep_names = [k.node for k in keep]
 
-    x_eval = imageset.arrays[:eval_num]
+    x_eval = np.stack(evaluated)
+    del evaluated
     reference = run_logits(model, x_eval, eval_batch)
     report: dict = {"precision": precision, "fp16": {"rules": RULES, "fp32_nodes": [k.to_dict() for k in keep]}}
     comparison = None
@@ -178,6 +182,22 @@ def _int8_graph(source: Path, model, ranges, nodes: list[str], refinements: int,
     return result, report, comparison
 
 
-def _batches(arrays: np.ndarray, size: int, pad: bool) -> list[np.ndarray]:
-    """Batches of `size`; for a fixed-batch graph (pad) the last is filled with repeats of its last image."""
-    return [pad_batch(arrays[i:i + size], size if pad else None) for i in range(0, len(arrays), size)]
+def _batches(images: Iterable[np.ndarray], size: int, pad: bool) -> Iterator[np.ndarray]:
+    """Batches of `size` from images arriving one at a time; for a fixed-batch graph (pad) the last is filled with
+    repeats of its last image."""
+    batch: list[np.ndarray] = []
+    for image in images:
+        batch.append(image)
+        if len(batch) == size:
+            yield np.stack(batch).astype(np.float32, copy=False)
+            batch = []
+    if batch:
+        yield pad_batch(np.stack(batch).astype(np.float32, copy=False), size if pad else None)
+
+
+def _keeping(images: Iterable[np.ndarray], kept: list[np.ndarray], count: int) -> Iterator[np.ndarray]:
+    """The images, passed through; the first `count` are also appended to `kept`."""
+    for image in images:
+        if len(kept) < count:
+            kept.append(image)
+        yield image
