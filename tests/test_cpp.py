@@ -492,13 +492,19 @@ def test_unreadable_images_are_one_clear_line(build, tmp_path):
     manifest = tmp_path / "m.json"
     manifest.write_text(json.dumps(_manifest_dict()))
     cases = {"missing.png": None, "empty.png": b"", "text.jpg": b"not an image at all",
-             "truncated.png": None}
+             "truncated.png": None, "truncated.jpg": None, "no_end.jpg": None}
     for name, data in cases.items():
         if data is not None:
             (tmp_path / name).write_bytes(data)
-    png = tmp_path / "full.png"
+    png, jpg = tmp_path / "full.png", tmp_path / "full.jpg"
     Image.fromarray(_pattern(64, 64, 3, 0)).save(png)
+    Image.fromarray(_pattern(64, 64, 3, 0)).save(jpg)
     (tmp_path / "truncated.png").write_bytes(png.read_bytes()[:100])
+    (tmp_path / "truncated.jpg").write_bytes(jpg.read_bytes()[:len(jpg.read_bytes()) // 2])
+    (tmp_path / "no_end.jpg").write_bytes(jpg.read_bytes()[:-2])   # Pillow refuses it too ("truncated")
+    for name in ("truncated.jpg", "no_end.jpg"):
+        with pytest.raises(InputError, match="truncated"):
+            load_image(tmp_path / name)
     for name in cases:
         ours, err = _cpp_tensor(build, manifest, tmp_path / name, tmp_path / "x.rfet")
         assert ours is None and err.startswith("error: ") and len(err.splitlines()) == 1, err

@@ -156,7 +156,8 @@ struct Image {
     std::vector<uint8_t> rgb;
 };
 
-// The decoder compiled in: "opencv", "stb_image" or "none" (raw tensor files only).
+// The decoders compiled in: "opencv", "stb_image" or "none" (raw tensor files only), after "libjpeg-turbo X.Y.Z + "
+// where JPEG is decoded by libjpeg-turbo (as Pillow decodes it).
 const char* imageDecoder();
 // Decode an image file to upright RGB as Pillow does (refiner_edge/images/preprocess.py: load_image, to_rgb).
 Status loadImage(const std::string& path, Image& out);
