@@ -1,4 +1,5 @@
 """The CUDA kernel and the TensorRT plugin compile (CPU machines: nvcc yes, TensorRT headers only where found)."""
+import math
 import os
 import shutil
 import subprocess
@@ -56,6 +57,35 @@ def test_kernel_header_needs_only_cuda_runtime(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert subprocess.run([str(exe)]).returncode == 0
+
+
+def test_cpp_layout_agrees_with_python(tmp_path):
+    """The generated refinerDLALayout.h computes the sizes, offsets, names and E that refine/layout.py does."""
+    from refiner_edge.refine import layout
+
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not found")
+    cases = [(1, 1), (4, 12), (12, 36), (16, 48), (32, 128)]
+    src = tmp_path / "layout.cpp"
+    src.write_text('#include "refinerDLALayout.h"\n#include <cstdio>\nusing namespace refiner_edge;\nint main() {\n'
+                   + "".join(f"  for (int f = 0; f < kRefinerDLANbWeightFields; ++f) std::printf(\"%s %zu %zu\\n\", "
+                             f"kRefinerDLAWeightFieldNames[f], refinerDLAFieldOffset<size_t>(f, {h}, {e}), "
+                             f"refinerDLAFieldSize<size_t>(f, {h}, {e}));\n"
+                             f"  std::printf(\"count %zu %d %d\\n\", refinerDLAWeightCount({h}, {e}), "
+                             f"refinerDLAExpandedOf(refinerDLAWeightCount({h}, {e}), {h}), "
+                             f"refinerDLAExpandedOf(refinerDLAWeightCount({h}, {e}) + 1, {h}));\n" for h, e in cases)
+                   + "}\n")
+    exe = tmp_path / "layout"
+    built = subprocess.run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", f"-I{PLUGIN_DIR}", str(src), "-o",
+                            str(exe)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    got = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.splitlines()
+    expected = []
+    for h, e in cases:
+        starts, shapes = layout.offsets(h, e), layout.shapes(h, e)
+        expected += [f"{k} {starts[k]} {math.prod(shapes[k])}" for k in layout.PACK_ORDER]
+        expected.append(f"count {layout.packed_size(h, e)} {e} -1")
+    assert got == expected
 
 
 def test_plugin_builds_with_cmake(tmp_path):

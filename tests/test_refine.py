@@ -1,5 +1,7 @@
 """The fused refinement on CPU: folding, references, graph surgery, ONNX Runtime op, PyTorch op."""
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -10,7 +12,9 @@ from refiner_edge.models.factory import create_model
 from refiner_edge.errors import InputError, VerificationError
 from refiner_edge.onnx.export import export_onnx
 from refiner_edge.refine import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
-from refiner_edge.refine.fold import FoldedDLA, fold_attention, packed_size
+from refiner_edge.refine.fold import FoldedDLA, fold_attention
+from refiner_edge.refine import layout
+from refiner_edge.refine.layout import packed_size
 from refiner_edge.refine.reference import refiner_dla_numpy, refiner_dla_torch
 from refiner_edge.refine.attributes import folded_from_attributes
 from refiner_edge.refine.fuse import fuse_onnx
@@ -20,7 +24,11 @@ from refiner_edge.onnx.session import ort_session
 
 from .helpers import randomize
 
-pytest.importorskip("onnxruntime_extensions", reason="the reference RefinerDLA op on ONNX Runtime needs it")
+# Only the tests that run a fused graph on ONNX Runtime need onnxruntime-extensions (the reference RefinerDLA op);
+# folding, the references, the layout and the PyTorch op run without it.
+needs_ort_extensions = pytest.mark.skipif(importlib.util.find_spec("onnxruntime_extensions") is None,
+                                          reason="the reference RefinerDLA op on ONNX Runtime needs "
+                                                 "onnxruntime-extensions")
 
 
 def _maps(b, h, n, seed=0):
@@ -57,6 +65,34 @@ def test_references_agree_and_pack_round_trips():
     assert np.abs(np_out - torch_out).max() / np.abs(np_out).max() < 1e-6
 
 
+def test_layout_is_one_description():
+    """Offsets, the packed length and its inverse all come from layout.FIELDS, and FoldedDLA packs in that order."""
+    heads, expanded = 4, 12
+    starts, sizes = layout.offsets(heads, expanded), layout.shapes(heads, expanded)
+    assert list(starts) == list(layout.PACK_ORDER) == [name for name, _ in layout.FIELDS]
+    assert sizes["w1"] == (12, 4) and sizes["wd"] == (12, 3, 3) and sizes["alpha"] == (4,)
+    ends = [starts[k] + int(np.prod(sizes[k])) for k in layout.PACK_ORDER]
+    assert ends[:-1] == [starts[k] for k in layout.PACK_ORDER[1:]] and ends[-1] == packed_size(heads, expanded)
+    assert packed_size(heads, expanded) == 2 * 12 * 4 + 11 * 12 + 2 * 4
+    for h in (1, 4, 12, 16, 32):
+        for e in (1, 3 * h, 4 * h, 127):
+            assert layout.expanded_of(packed_size(h, e), h) == e
+    for bad in (packed_size(4, 12) - 1, packed_size(4, 12) + 1, 0):
+        with pytest.raises(ValueError, match="do not fit"):
+            layout.expanded_of(bad, 4)
+    folded = fold_attention(randomize(create_model("refiner-vit-tiny"), seed=2).blocks[1].attn)
+    flat = folded.packed()
+    starts = layout.offsets(folded.heads, folded.expanded)
+    assert np.array_equal(flat[starts["b2"]:starts["alpha"]], folded.b2)
+
+
+def test_cpp_layout_header_is_generated_from_python():
+    """plugins/refiner_dla/refinerDLALayout.h is what refine/layout.py generates (regenerate it when this fails)."""
+    header = Path(__file__).resolve().parents[1] / "plugins" / "refiner_dla" / "refinerDLALayout.h"
+    assert header.read_text() == layout.cpp_header(), \
+        "stale header: python -m refiner_edge.refine.layout > plugins/refiner_dla/refinerDLALayout.h"
+
+
 def test_depthwise_padding_is_zero_outside_the_map():
     """x1 is zero outside the map, not relu6(b1): a positive b1 shows the difference at the border."""
     h, e = 1, 1
@@ -79,6 +115,7 @@ def plain_s(tmp_path_factory):
     return model, path
 
 
+@needs_ort_extensions
 def test_fused_refiner_s_equals_plain_graph(plain_s, tmp_path):
     model, plain = plain_s
     fused = tmp_path / "s.fused.onnx"
@@ -112,6 +149,7 @@ def test_fused_refiner_s_equals_plain_graph(plain_s, tmp_path):
     assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-5
 
 
+@needs_ort_extensions
 @pytest.mark.slow
 @pytest.mark.parametrize("variant,blocks", [("refiner-vit-m", 16), ("refiner-vit-l", 16)])
 def test_every_variant_fuses(tmp_path, variant, blocks):
@@ -122,6 +160,7 @@ def test_every_variant_fuses(tmp_path, variant, blocks):
     assert report["fused_nodes"] == blocks and report["comparison"]
 
 
+@needs_ort_extensions
 def test_fuse_tiny_at_other_resolution_and_in_place(tmp_path):
     model = randomize(create_model("refiner-vit-tiny", img_size=96), seed=8)
     path = tmp_path / "t.onnx"
@@ -131,6 +170,7 @@ def test_fuse_tiny_at_other_resolution_and_in_place(tmp_path):
     assert json.loads((tmp_path / "t.onnx.json").read_text())["stage"] == "fuse"
 
 
+@needs_ort_extensions
 def test_fuse_fp16_graph(tmp_path, tiny_model):
     """An FP16 copy of the plain graph fuses too, and the op runs with FP16 maps."""
     from onnx import numpy_helper
@@ -171,6 +211,7 @@ def _to_fp16(model, numpy_helper):
     return model
 
 
+@needs_ort_extensions
 def test_fuse_with_qdq_elsewhere(tmp_path, tiny_model):
     """Q/DQ pairs on a MatMul input (as the INT8 graphs carry) do not disturb the refinement match."""
     from onnx import helper
@@ -196,6 +237,7 @@ def test_fuse_with_qdq_elsewhere(tmp_path, tiny_model):
     assert ops.count("QuantizeLinear") == 1 and ops.count("DequantizeLinear") == 1
 
 
+@needs_ort_extensions
 def test_fuse_refuses_wrong_count_and_keeps_files(tmp_path, tiny_model):
     plain = tmp_path / "t.onnx"
     export_onnx(tiny_model, plain)
@@ -238,9 +280,12 @@ def test_torch_fused_model_matches_unfused():
     assert torch.allclose(torch.ops.refiner_edge.refiner_dla(a, weights, 4), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_create_model_fused_flag(tiny_checkpoint):
-    fused = create_model("refiner-vit-tiny", checkpoint=tiny_checkpoint, fused=True)
+def test_torch_runner_fused_flag(tiny_checkpoint):
+    from refiner_edge.runners.base import load_runner
+
+    fused = load_runner("torch", variant="refiner-vit-tiny", checkpoint=tiny_checkpoint, fused=True)
     plain = create_model("refiner-vit-tiny", checkpoint=tiny_checkpoint)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert torch.allclose(fused(x), plain(x), rtol=1e-5, atol=1e-6)
+        assert torch.allclose(torch.from_numpy(fused(x.numpy())), plain(x), rtol=1e-5, atol=1e-6)
+    assert "fused refinement" in fused.description

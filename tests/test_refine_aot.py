@@ -10,7 +10,8 @@ from onnx import helper, numpy_helper
 from refiner_edge.errors import InputError, MissingDependencyError
 from refiner_edge.onnx.export import export_onnx
 from refiner_edge.refine import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
-from refiner_edge.refine.fold import PACK_ORDER, FoldedDLA
+from refiner_edge.refine.fold import FoldedDLA
+from refiner_edge.refine.layout import PACK_ORDER
 from refiner_edge.refine.plugin_form import aot_form, is_aot
 from refiner_edge.refine.attributes import folded_from_attributes
 from refiner_edge.refine.surgery import fuse_graph

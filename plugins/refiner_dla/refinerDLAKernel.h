@@ -9,6 +9,10 @@
 // and the tests share the kernel.
 #pragma once
 
+// The packed weight buffer (tensor order, sizes, offsets, refinerDLAWeightCount), generated from
+// refiner_edge/refine/layout.py.
+#include "refinerDLALayout.h"
+
 #include <cstddef>
 #include <cstdint>
 #include <cuda_runtime.h>
@@ -24,13 +28,6 @@ enum class RefinerDLAType : int32_t
 
 //! Largest head count the kernel is instantiated for (Refiner-ViT uses 12 and 16).
 constexpr int32_t kRefinerDLAMaxHeads = 32;
-
-//! Number of floats in the packed weight buffer. Order (refiner_edge/refine/fold.py PACK_ORDER):
-//! W1 [E,H], b1 [E], Wd [E,3,3], bd [E], W2 [H,E], b2 [H], alpha [H].
-inline size_t refinerDLAWeightCount(int32_t heads, int32_t expanded)
-{
-    return 2 * static_cast<size_t>(expanded) * heads + 11 * static_cast<size_t>(expanded) + 2 * static_cast<size_t>(heads);
-}
 
 //! Dynamic shared memory one block needs (weights, the input tile with its halo, one chunk of x1).
 size_t refinerDLASharedBytes(int32_t heads, int32_t expanded);

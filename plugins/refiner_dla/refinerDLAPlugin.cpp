@@ -19,20 +19,8 @@ char const* const kPluginName = "RefinerDLA";
 char const* const kPluginVersion = "1";
 char const* const kPluginNamespace = "refiner_edge";
 
-// Field names in packed-weight order: the creator's field list is the serialization format.
-char const* const kWeightFields[] = {"w1", "b1", "wd", "bd", "w2", "b2", "alpha"};
-constexpr int32_t kNbWeightFields = 7;
 constexpr int32_t kIn = 0;  // input index: the attention map
 constexpr int32_t kOut = 1; // position of the output in supportsFormatCombination
-
-// Sizes of the weight fields for H heads and E expanded channels, in kWeightFields order.
-size_t weightFieldSize(int32_t field, int32_t heads, int32_t expanded)
-{
-    size_t const h = heads;
-    size_t const e = expanded;
-    size_t const sizes[kNbWeightFields] = {e * h, e, 9 * e, e, h * e, h, h};
-    return sizes[field];
-}
 
 ILoggerFinder* gLoggerFinder{nullptr};
 std::mutex gLoggerMutex;
@@ -310,13 +298,11 @@ PluginFieldCollection const* RefinerDLAPlugin::getFieldsToSerialize() noexcept
         mFieldsToSerialize.clear();
         mFieldsToSerialize.emplace_back("num_heads", &mHeads, PluginFieldType::kINT32, 1);
         mFieldsToSerialize.emplace_back("num_expanded", &mExpanded, PluginFieldType::kINT32, 1);
-        size_t offset = 0;
-        for (int32_t i = 0; i < kNbWeightFields; ++i)
+        for (int32_t i = 0; i < kRefinerDLANbWeightFields; ++i)
         {
-            size_t const n = weightFieldSize(i, mHeads, mExpanded);
-            mFieldsToSerialize.emplace_back(
-                kWeightFields[i], mWeights.data() + offset, PluginFieldType::kFLOAT32, static_cast<int32_t>(n));
-            offset += n;
+            mFieldsToSerialize.emplace_back(kRefinerDLAWeightFieldNames[i],
+                mWeights.data() + refinerDLAFieldOffset<size_t>(i, mHeads, mExpanded), PluginFieldType::kFLOAT32,
+                static_cast<int32_t>(refinerDLAFieldSize<size_t>(i, mHeads, mExpanded)));
         }
         mFCToSerialize.nbFields = static_cast<int32_t>(mFieldsToSerialize.size());
         mFCToSerialize.fields = mFieldsToSerialize.data();
@@ -336,7 +322,7 @@ RefinerDLAPluginCreator::RefinerDLAPluginCreator()
 {
     mFields.emplace_back("num_heads", nullptr, PluginFieldType::kINT32, 1);
     mFields.emplace_back("num_expanded", nullptr, PluginFieldType::kINT32, 1);
-    for (char const* name : kWeightFields)
+    for (char const* name : kRefinerDLAWeightFieldNames)
     {
         mFields.emplace_back(name, nullptr, PluginFieldType::kFLOAT32, 0);
     }
@@ -376,7 +362,7 @@ IPluginV3* RefinerDLAPluginCreator::createPlugin(
         }
         int32_t heads = -1;
         int32_t expanded = -1;
-        PluginField const* weights[kNbWeightFields] = {};
+        PluginField const* weights[kRefinerDLANbWeightFields] = {};
         for (int32_t i = 0; i < fc->nbFields; ++i)
         {
             PluginField const& f = fc->fields[i];
@@ -391,9 +377,9 @@ IPluginV3* RefinerDLAPluginCreator::createPlugin(
                 continue;
             }
             bool known = false;
-            for (int32_t w = 0; w < kNbWeightFields; ++w)
+            for (int32_t w = 0; w < kRefinerDLANbWeightFields; ++w)
             {
-                if (field == kWeightFields[w])
+                if (field == kRefinerDLAWeightFieldNames[w])
                 {
                     if (f.type != PluginFieldType::kFLOAT32 || f.data == nullptr)
                     {
@@ -420,14 +406,14 @@ IPluginV3* RefinerDLAPluginCreator::createPlugin(
         }
         std::vector<float> packed;
         packed.reserve(refinerDLAWeightCount(heads, expanded));
-        for (int32_t w = 0; w < kNbWeightFields; ++w)
+        for (int32_t w = 0; w < kRefinerDLANbWeightFields; ++w)
         {
-            size_t const expected = weightFieldSize(w, heads, expanded);
+            size_t const expected = refinerDLAFieldSize<size_t>(w, heads, expanded);
             if (weights[w] == nullptr || static_cast<size_t>(weights[w]->length) != expected)
             {
                 std::ostringstream msg;
-                msg << "field " << kWeightFields[w] << " must hold " << expected << " floats for " << heads
-                    << " heads and " << expanded << " expanded channels";
+                msg << "field " << kRefinerDLAWeightFieldNames[w] << " must hold " << expected << " floats for "
+                    << heads << " heads and " << expanded << " expanded channels";
                 logError(msg.str());
                 return nullptr;
             }

@@ -17,12 +17,10 @@ torch::Tensor forwardOut(torch::Tensor const& a, torch::Tensor const& weights, i
         "RefinerDLA: the map must be float32 or float16");
     TORCH_CHECK(out.scalar_type() == a.scalar_type() && out.sizes() == a.sizes(), "RefinerDLA: bad output tensor");
     TORCH_CHECK(weights.scalar_type() == torch::kFloat32 && weights.dim() == 1, "RefinerDLA: weights must be 1-D float32");
-    int64_t const n = weights.numel();
-    int64_t const expanded = (n - 2 * heads) / (2 * heads + 11);
-    TORCH_CHECK(expanded > 0
-            && static_cast<size_t>(n) == refiner_edge::refinerDLAWeightCount(static_cast<int32_t>(heads),
-                   static_cast<int32_t>(expanded)),
-        "RefinerDLA: ", n, " packed weights do not fit ", heads, " heads");
+    TORCH_CHECK(heads >= 1 && heads <= refiner_edge::kRefinerDLAMaxHeads,
+        "RefinerDLA: the number of heads must be between 1 and ", refiner_edge::kRefinerDLAMaxHeads, ", got ", heads);
+    int32_t const expanded = refiner_edge::refinerDLAExpandedOf(weights.numel(), static_cast<int32_t>(heads));
+    TORCH_CHECK(expanded > 0, "RefinerDLA: ", weights.numel(), " packed weights do not fit ", heads, " heads");
     auto const input = a.contiguous();
     TORCH_CHECK(out.is_contiguous(), "RefinerDLA: the output must be contiguous");
     c10::cuda::CUDAGuard guard(a.device());

@@ -4,7 +4,7 @@ form: `aot_impl` hands TensorRT the PTX of the same @triton.jit kernel that the 
 this package, Python, nor a plugin library.
 
 In that form the plugin's attributes are not serialized into the engine, so the weights cannot travel as attributes:
-the AOT node takes them as a second input, an FP32 initializer in fold.PACK_ORDER (refine/plugin_form.py rewrites
+the AOT node takes them as a second input, an FP32 initializer in layout.PACK_ORDER (refine/plugin_form.py rewrites
 fused nodes that way). Inputs: the map A [B, H, N, N] (FP32 or FP16) and the packed weights; output: the refined
 map, A's shape and type. Attributes: num_heads, num_expanded.
 

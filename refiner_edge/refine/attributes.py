@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import PLUGIN_NAMESPACE, PLUGIN_VERSION
-from .fold import PACK_ORDER, FoldedDLA
+from .fold import FoldedDLA
+from .layout import PACK_ORDER, shapes
 
 
 def plugin_attributes(folded: FoldedDLA) -> dict:
@@ -18,6 +19,5 @@ def plugin_attributes(folded: FoldedDLA) -> dict:
 
 def folded_from_attributes(attrs: dict) -> FoldedDLA:
     """Inverse of plugin_attributes, for the reference executors."""
-    h, e = int(attrs["num_heads"]), int(attrs["num_expanded"])
-    shapes = {"w1": (e, h), "b1": (e,), "wd": (e, 3, 3), "bd": (e,), "w2": (h, e), "b2": (h,), "alpha": (h,)}
-    return FoldedDLA(**{k: np.asarray(attrs[k], np.float32).reshape(shapes[k]) for k in PACK_ORDER}).validate()
+    layout = shapes(int(attrs["num_heads"]), int(attrs["num_expanded"]))
+    return FoldedDLA(**{k: np.asarray(attrs[k], np.float32).reshape(shape) for k, shape in layout.items()}).validate()

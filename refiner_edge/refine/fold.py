@@ -12,14 +12,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .layout import PACK_ORDER, expanded_of, offsets, shapes
+
 if TYPE_CHECKING:
     from torch import nn
 
 # torch is imported where a PyTorch module is folded: the ONNX surgery, the plugin fields and the ONNX Runtime op
 # use FoldedDLA and compose on graphs, without torch (the core install has none).
-
-# Order of the tensors in the packed float32 buffer the CUDA kernel reads (refinerDLAKernel.h says the same).
-PACK_ORDER = ("w1", "b1", "wd", "bd", "w2", "b2", "alpha")
 
 
 @dataclass
@@ -41,9 +40,7 @@ class FoldedDLA:
         return self.w1.shape[0]
 
     def validate(self) -> "FoldedDLA":
-        e, h = self.expanded, self.heads
-        shapes = {"w1": (e, h), "b1": (e,), "wd": (e, 3, 3), "bd": (e,), "w2": (h, e), "b2": (h,), "alpha": (h,)}
-        for name, shape in shapes.items():
+        for name, shape in shapes(self.heads, self.expanded).items():
             got = getattr(self, name).shape
             if got != shape:
                 raise ValueError(f"RefinerDLA weight {name} has shape {got}, expected {shape}")
@@ -56,21 +53,10 @@ class FoldedDLA:
     @classmethod
     def unpack(cls, flat: np.ndarray, heads: int) -> "FoldedDLA":
         flat = np.asarray(flat, np.float32).ravel()
-        e = (flat.size - 2 * heads) // (2 * heads + 11) if heads > 0 else 0
-        if e < 1 or packed_size(heads, e) != flat.size:
-            raise ValueError(f"packed RefinerDLA weights of size {flat.size} do not fit {heads} heads")
-        sizes = {"w1": (e, heads), "b1": (e,), "wd": (e, 3, 3), "bd": (e,), "w2": (heads, e), "b2": (heads,),
-                 "alpha": (heads,)}
-        out, pos = {}, 0
-        for name in PACK_ORDER:
-            n = int(np.prod(sizes[name]))
-            out[name] = flat[pos:pos + n].reshape(sizes[name])
-            pos += n
-        return cls(**out).validate()
-
-
-def packed_size(heads: int, expanded: int) -> int:
-    return 2 * expanded * heads + 11 * expanded + 2 * heads  # W1, W2; b1, Wd (9), bd; b2, alpha
+        e = expanded_of(flat.size, heads)
+        starts = offsets(heads, e)
+        return cls(**{name: flat[starts[name]:starts[name] + int(np.prod(shape))].reshape(shape)
+                      for name, shape in shapes(heads, e).items()}).validate()
 
 
 def compose(w1, b1, wd, bd, w3, b3, bn_scale, bn_shift, scale) -> FoldedDLA:

@@ -3,7 +3,7 @@
 A fused node (refine/surgery.py) carries its weights as attributes, the fields of the IPluginV3 library
 (plugins/refiner_dla). TensorRT's ahead-of-time quickly-deployable form (refine/aot.py) does not serialize
 attributes into the engine, so `aot_form` moves the weights into a second input, one FP32 initializer in
-fold.PACK_ORDER, and marks the node with `aot` = 1, the attribute TensorRT's ONNX parser reads to pick the AOT
+layout.PACK_ORDER, and marks the node with `aot` = 1, the attribute TensorRT's ONNX parser reads to pick the AOT
 implementation. num_heads, num_expanded, plugin_version and plugin_namespace stay.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import copy
 
 from ..errors import InputError
 from . import PLUGIN_NAME
-from .fold import PACK_ORDER
+from .layout import PACK_ORDER
 
 AOT_ATTRIBUTE = "aot"
 

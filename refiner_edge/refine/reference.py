@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .fold import FoldedDLA
+from .layout import PACK_ORDER
 
 
 def refiner_dla_numpy(a: np.ndarray, p: FoldedDLA, dtype=np.float32) -> np.ndarray:
@@ -40,7 +41,7 @@ def refiner_dla_torch(a, weights, heads: int, compute_dtype=None):
         compute_dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
     p = FoldedDLA.unpack(weights.detach().cpu().numpy(), heads)
     t = {k: torch.from_numpy(np.ascontiguousarray(getattr(p, k))).to(a.device, compute_dtype)
-         for k in ("w1", "b1", "wd", "bd", "w2", "b2", "alpha")}
+         for k in PACK_ORDER}
     x = a.to(compute_dtype)
     e = p.expanded
     x1 = F.conv2d(x, t["w1"][:, :, None, None], t["b1"]).clamp_(0, 6)

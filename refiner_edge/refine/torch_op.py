@@ -50,7 +50,7 @@ def cuda_extension():
 
 @torch.library.custom_op("refiner_edge::refiner_dla", mutates_args=())
 def refiner_dla(a: torch.Tensor, weights: torch.Tensor, heads: int) -> torch.Tensor:
-    """out = W2 · relu6(dw3x3(relu6(W1·a + b1)) + bd) + b2 + alpha ⊙ a, weights packed as in fold.PACK_ORDER."""
+    """out = W2 · relu6(dw3x3(relu6(W1·a + b1)) + bd) + b2 + alpha ⊙ a, weights packed as in layout.PACK_ORDER."""
     return refiner_dla_torch(a, weights, heads)
 
 

@@ -5,7 +5,7 @@ CPU tests (Triton's interpreter).
     x2  = relu6(dw3x3(x1) + bd)          [E]
     out = W2 x2 + b2 + alpha * A         [H]
 
-Tiling, and why (DESIGN.md section 3). One program owns a strip of BLOCK_C columns and a run of about ROWS rows of
+Tiling, and why (docs/kernel.md says more). One program owns a strip of BLOCK_C columns and a run of about ROWS rows of
 one image's N x N map, and walks down it a row at a time:
 - The two head mixes run on tensor cores (`tl.dot`, FP16 in / FP32 accumulate; FP32 maps use tf32x3, three TF32
   products, which keeps FP32 accuracy). On CUDA cores they alone would take longer than the memory floor.
@@ -29,6 +29,8 @@ import functools
 
 import triton
 import triton.language as tl
+
+from .layout import expanded_of, offsets
 
 ROWS = 32  # rows per program run: the two halo rows cost 2/32 of the mixes
 NUM_STAGES = 1  # the row loop's loads are tiny and L1-resident: pipelining them only raised register use
@@ -66,8 +68,11 @@ def _mix_in(a_img, r, cols, heads, n, w1, b1, H: tl.constexpr, BIAS_COL: tl.cons
 @triton.jit
 def refiner_dla_kernel(a_ptr, w_ptr, n, out_ptr,
                        H: tl.constexpr, E: tl.constexpr, HP: tl.constexpr, EP: tl.constexpr,
-                       BLOCK_C: tl.constexpr, ROWS: tl.constexpr):
-    """a_ptr/out_ptr: [B, H, n, n] FP32 or FP16 (the same), w_ptr: packed FP32 weights in fold.PACK_ORDER.
+                       BLOCK_C: tl.constexpr, ROWS: tl.constexpr,
+                       AT_W1: tl.constexpr, AT_B1: tl.constexpr, AT_WD: tl.constexpr, AT_BD: tl.constexpr,
+                       AT_W2: tl.constexpr, AT_B2: tl.constexpr, AT_ALPHA: tl.constexpr):
+    """a_ptr/out_ptr: [B, H, n, n] FP32 or FP16 (the same), w_ptr: packed FP32 weights as refine/layout.py lays
+    them out; AT_<tensor> is where each tensor starts in them (layout.offsets).
 
     The argument order (inputs, then the scalar, then the output) is what TensorRT's AOT plugins pass. One program
     per (image, run of rows, strip of columns); the grid is B * cdiv(n, ROWS) * cdiv(n, BLOCK_C).
@@ -90,24 +95,18 @@ def refiner_dla_kernel(a_ptr, w_ptr, n, out_ptr,
     h_ok = heads < H
     e_ok = chans < E
 
-    # packed weights (fold.PACK_ORDER): w1 [E,H], b1 [E], wd [E,9], bd [E], w2 [H,E], b2 [H], alpha [H]
-    o_b1 = E * H
-    o_wd = o_b1 + E
-    o_bd = o_wd + 9 * E
-    o_w2 = o_bd + E
-    o_b2 = o_w2 + H * E
-    o_al = o_b2 + H
-    b1 = tl.load(w_ptr + o_b1 + chans, mask=e_ok, other=0.0)
-    w1 = tl.load(w_ptr + chans[:, None] * H + heads[None, :], mask=e_ok[:, None] & h_ok[None, :], other=0.0)
+    # packed weights (refine/layout.py): w1 [E,H], b1 [E], wd [E,3,3], bd [E], w2 [H,E], b2 [H], alpha [H]
+    b1 = tl.load(w_ptr + AT_B1 + chans, mask=e_ok, other=0.0)
+    w1 = tl.load(w_ptr + AT_W1 + chans[:, None] * H + heads[None, :], mask=e_ok[:, None] & h_ok[None, :], other=0.0)
     if BIAS_COL:
         w1 = tl.where(heads[None, :] == H, b1[:, None], w1)
     w1 = w1.to(dt)
-    w2 = tl.load(w_ptr + o_w2 + heads[:, None] * E + chans[None, :],
+    w2 = tl.load(w_ptr + AT_W2 + heads[:, None] * E + chans[None, :],
                  mask=h_ok[:, None] & e_ok[None, :], other=0.0).to(dt)
-    bd = tl.load(w_ptr + o_bd + chans, mask=e_ok, other=0.0)
-    b2 = tl.load(w_ptr + o_b2 + heads, mask=h_ok, other=0.0)
-    alpha = tl.load(w_ptr + o_al + heads, mask=h_ok, other=0.0)
-    wd = w_ptr + o_wd + chans * 9
+    bd = tl.load(w_ptr + AT_BD + chans, mask=e_ok, other=0.0)
+    b2 = tl.load(w_ptr + AT_B2 + heads, mask=h_ok, other=0.0)
+    alpha = tl.load(w_ptr + AT_ALPHA + heads, mask=h_ok, other=0.0)
+    wd = w_ptr + AT_WD + chans * 9
 
     plane = H * n * n
     a_img = a_ptr + img.to(tl.int64) * plane
@@ -152,22 +151,13 @@ def constexprs(heads: int, expanded: int) -> dict:
     hp = max(16, triton.next_power_of_2(heads))
     ep = max(16, triton.next_power_of_2(expanded))
     block_c, _ = tile_config(heads)
-    return {"H": heads, "E": expanded, "HP": hp, "EP": ep, "BLOCK_C": block_c, "ROWS": ROWS}
+    at = {f"AT_{name.upper()}": start for name, start in offsets(heads, expanded).items()}
+    return {"H": heads, "E": expanded, "HP": hp, "EP": ep, "BLOCK_C": block_c, "ROWS": ROWS, **at}
 
 
 def grid_size(batch: int, n: int, heads: int) -> int:
     """Programs to launch: one per (image, run of rows, strip of columns)."""
     return batch * triton.cdiv(n, ROWS) * triton.cdiv(n, tile_config(heads)[0])
-
-
-def expanded_of(weights_numel: int, heads: int) -> int:
-    """E from the packed weights' length (fold.packed_size inverted); ValueError where it does not fit."""
-    from .fold import packed_size
-
-    e = (weights_numel - 2 * heads) // (2 * heads + 11) if heads > 0 else 0
-    if e < 1 or packed_size(heads, e) != weights_numel:
-        raise ValueError(f"packed RefinerDLA weights of size {weights_numel} do not fit {heads} heads")
-    return e
 
 
 def launch(a, weights, heads: int, out=None):
