@@ -97,10 +97,39 @@ def _importable(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def test_no_import_cycles():
-    tool = ROOT.parent / "shared" / "tools" / "import_cycles.py"
-    if not tool.is_file():
-        pytest.skip(f"the import-cycle checker is not beside the checkout ({tool.name} missing)")
-    result = subprocess.run([sys.executable, str(tool), "refiner_edge", "--lazy-too"], capture_output=True,
+def test_no_import_cycles_and_imports_flow_down_the_stages():
+    """tools/import_check.py, the project's own check: no cycle, no stage importing one above it."""
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "import_check.py")], capture_output=True,
                             text=True, cwd=ROOT, timeout=120)
-    assert "0 module-scope cycles, 0 cycles counting lazy imports" in result.stdout, result.stdout
+    assert result.returncode == 0 and result.stdout.endswith(" 0 problems\n"), result.stdout + result.stderr
+
+
+def test_import_check_finds_cycles_and_upward_imports(tmp_path, monkeypatch):
+    """The checker itself: a module-scope cycle, a cycle through a function's import, and an import of a higher
+    stage are each reported; a submodule's use of its own package is not a cycle."""
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    import import_check
+
+    def package(files: dict[str, str]) -> list[str]:
+        root = tmp_path / str(len(list(tmp_path.iterdir())))
+        for name, text in {"__init__.py": "", "errors.py": "", **files}.items():
+            path = root / import_check.PACKAGE / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(textwrap.dedent(text))
+        return import_check.problems(root)[0]
+
+    clean = {"models/__init__.py": "", "models/a.py": "from ..errors import x\nfrom . import b\n",
+             "models/b.py": "from .. import errors\n", "onnx/__init__.py": "from .c import y\n",
+             "onnx/c.py": "from ..models import a\nfrom . import d\n", "onnx/d.py": ""}
+    assert package(clean) == []
+    found = package({**clean, "models/b.py": "from . import a\n"})
+    assert found == [f"import cycle: {import_check.PACKAGE}.models.a -> {import_check.PACKAGE}.models.b",
+                     f"import cycle (counting imports inside functions): {import_check.PACKAGE}.models.a -> "
+         f"{import_check.PACKAGE}.models.b"]
+    found = package({**clean, "models/b.py": "def f():\n    from . import a\n"})
+    assert len(found) == 1 and found[0].startswith("import cycle (counting imports inside functions)")
+    found = package({**clean, "models/e.py": "def f():\n    from ..onnx.d import z\n"})
+    assert found == [f"{import_check.PACKAGE}.models.e imports {import_check.PACKAGE}.onnx (inside a function): "
+                     "onnx is above models",
+                     f"{import_check.PACKAGE}.models.e imports {import_check.PACKAGE}.onnx.d (inside a function): "
+                     "onnx is above models"]

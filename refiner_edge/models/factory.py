@@ -9,14 +9,11 @@ from .variants import get_variant
 
 
 def create_model(variant: str = "refiner-vit-s", img_size: int | None = None, num_classes: int | None = None,
-                 checkpoint: str | Path | None = None, aux_head: bool = True, fused: bool = False,
-                 seed: int = 0) -> RefinerViT:
+                 checkpoint: str | Path | None = None, aux_head: bool = True, seed: int = 0) -> RefinerViT:
     """Build a Refiner-ViT in eval mode mapping [B, 3, H, W] floats to logits [B, num_classes].
 
     img_size defaults to the variant's (224 for S/M/L); any multiple of 16 works, and a checkpoint trained at another
     resolution has its position embedding resized. Without a checkpoint the weights are random.
-    fused=True computes each attention refinement with the fused RefinerDLA op (the Triton kernel on GPU tensors,
-    the reference implementation elsewhere); the weights are folded after the checkpoint is loaded.
     seed: the random initialisation is drawn with it (without touching the global RNG), so a model without a
     checkpoint is the same on every run with the same torch version.
     """
@@ -30,9 +27,5 @@ def create_model(variant: str = "refiner-vit-s", img_size: int | None = None, nu
     if checkpoint is not None:
         model.checkpoint_sha256 = load_into(model, checkpoint)
     model.eval()
-    if fused:
-        from ..refine.torch_op import fuse_model
-
-        fuse_model(model)
     return model
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
-from ..refine import PLUGIN_NAME
 
 
 def load_onnx(path: str | Path, load_external_data: bool = True):
@@ -36,11 +35,6 @@ def graph_precision(model) -> str:
     if any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer):
         return "fp16"
     return "fp32"
-
-
-def plugin_node_count(model) -> int:
-    """RefinerDLA nodes in an onnx.ModelProto (0 for a plain graph)."""
-    return sum(n.op_type == PLUGIN_NAME for n in model.graph.node)
 
 
 def graph_preprocess(path: str | Path, manifest, input_shape, variant: str | None = None,

@@ -2,11 +2,22 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import signal
 import threading
 from pathlib import Path
 
-from ..errors import InputError, MissingDependencyError
+from ..errors import InputError
+
+# Custom ops a graph may hold -> "module:function" that lets ONNX Runtime run such a graph: (path, onnx.ModelProto
+# with its external data) -> (SessionOptions, serialized model). The stage that defines an op registers it
+# (refine/__init__.py: RefinerDLA), so this stage, which is below it, names none of them; imported on use, so a
+# plain graph never loads a custom op's dependencies.
+_CUSTOM_OPS: dict[str, str] = {}
+
+
+def register_custom_op(op_type: str, support: str) -> None:
+    _CUSTOM_OPS[op_type] = support
 
 
 def ort_session(model, providers: list[str] | None = None, arena: bool = True):
@@ -69,28 +80,26 @@ def interrupts_deferred():
 
 
 def _options_for_graph(path: str | Path, opts, source):
-    """Session options a graph needs: the reference RefinerDLA op (onnxruntime-extensions) for fused graphs, no
-    graph optimizations for FP16 graphs with Q/DQ."""
+    """Session options a graph needs: a registered custom op's support (fused graphs: the reference RefinerDLA op),
+    no graph optimizations for FP16 graphs with Q/DQ."""
     import onnx
-
-    from .graph import plugin_node_count
 
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # not an ONNX file: let ONNX Runtime report it
         return opts, source, False
     _unoptimized_if_fp16_qdq(model, opts)
-    if not plugin_node_count(model):
+    held = sorted({n.op_type for n in model.graph.node} & set(_CUSTOM_OPS))
+    if not held:
         return opts, source, False
-    from ..refine.ort_op import available, session_options_and_bytes  # imports torch: only for fused graphs
-
-    if not available():
-        raise MissingDependencyError(f"{path} holds fused RefinerDLA nodes; running them on ONNX Runtime needs "
-                                     "onnxruntime-extensions (pip install 'refiner-edge[ref]')")
+    if len(held) > 1:
+        raise InputError(f"{path} holds custom ops of {len(held)} kinds ({', '.join(held)}); ONNX Runtime runs "
+                         "graphs with one kind")
     from onnx.external_data_helper import load_external_data_for_model
 
     load_external_data_for_model(model, str(Path(path).parent))  # the probe above skipped it; no second parse
-    opts, source = session_options_and_bytes(model)
+    module, function = _CUSTOM_OPS[held[0]].split(":")
+    opts, source = getattr(importlib.import_module(module), function)(path, model)
     _unoptimized_if_fp16_qdq(model, opts)
     return opts, source, True
 

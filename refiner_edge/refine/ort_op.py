@@ -11,7 +11,7 @@ import copy
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, MissingDependencyError
 from . import PLUGIN_NAME
 from .reference import refiner_dla_numpy
 
@@ -86,9 +86,14 @@ def for_onnxruntime(model):
     return model
 
 
-def session_options_and_bytes(model):
-    """(SessionOptions with the extensions library registered, serialized model) for a fused graph."""
+def session_options_and_bytes(path, model):
+    """(SessionOptions with the extensions library registered, serialized model) for the fused graph `model` read
+    from `path`: how onnx/session.py runs fused graphs (registered in refine/__init__.py)."""
     import onnxruntime as ort
+
+    if not available():
+        raise MissingDependencyError(f"{path} holds fused RefinerDLA nodes; running them on ONNX Runtime needs "
+                                     "onnxruntime-extensions (pip install 'refiner-edge[ref]')")
     from onnxruntime_extensions import get_library_path
 
     _register()

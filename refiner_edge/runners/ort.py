@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import refine  # noqa: F401 (registers how ONNX Runtime runs fused graphs; imports no torch)
 from ..errors import InputError
 from ..manifest import read_manifest
 from ..onnx.graph import graph_preprocess

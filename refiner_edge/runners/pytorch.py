@@ -17,7 +17,11 @@ def torch_runner(variant: str | None = None, checkpoint: str | Path | None = Non
     from ..models.factory import create_model
 
     model = create_model(variant or DEFAULT_VARIANT, img_size=img_size, num_classes=num_classes,
-                         checkpoint=checkpoint, aux_head=aux_head, fused=fused)
+                         checkpoint=checkpoint, aux_head=aux_head)
+    if fused:  # each attention refinement as the fused RefinerDLA op, folded from the loaded weights
+        from ..refine.torch_op import fuse_model
+
+        fuse_model(model)
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
