@@ -25,11 +25,19 @@ class Runner:
     max_batch: int | None = None       # the largest batch run() takes (an engine's profile maximum); None: any
     weights_sha256: str | None = None  # of the checkpoint the weights came from, where the runner knows it
     manifest: object | None = None     # the artifact's manifest, where it has one
+    device_memory: Callable[[], int] | None = None  # bytes of device memory it holds now; None: it holds none
+    close: Callable[[], None] = lambda: None        # frees what it holds (device buffers, engine); safe to repeat
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Logits of one batch (of at most fixed_batch images where the model's batch is fixed)."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
         return self.run(pad_batch(x, self.fixed_batch))[: len(x)]
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def logits(self, arrays: np.ndarray, batch_size: int = 8,
                on_batch: Callable[[int], None] | None = None) -> np.ndarray:

@@ -90,9 +90,8 @@ def bench(runner: Runner, batch: int = 1, iterations: int = 50, warmup: int = 5,
         "throughput_ips": float(batch * iterations / times.sum()),
         "memory_mb": {"peak_rss": rss.peak / 1e6, "rss_growth": max(0, rss.peak - rss.start) / 1e6},
     }
-    device = getattr(runner.run, "device_memory", None)
-    if device is not None:
-        result["memory_mb"]["device"] = device() / 1e6
+    if runner.device_memory is not None:
+        result["memory_mb"]["device"] = runner.device_memory() / 1e6
     elif torch_cuda is not None:
         result["memory_mb"]["device_peak"] = torch_cuda.max_memory_allocated() / 1e6
     return result
