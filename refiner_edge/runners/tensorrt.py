@@ -242,6 +242,8 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
             raise InputError(f"{path.name}: TensorRT could not run the batch")
 
     def run(x: np.ndarray) -> np.ndarray:
+        if not free_buffers.alive:
+            raise InputError(f"{path.name}: the runner was closed")
         # one batch, within the profile: a larger one is refused (docs/engines.md), never split here, so a
         # latency measured on this runner is the latency of that batch
         batch_in_profile(manifest, len(x))
@@ -274,10 +276,15 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
             cuda.free(in_ptr)
             cuda.free(out_ptr)
 
-    run.device_memory = device_memory                               # read by runners/bench.py
-    run.keep_alive = (trt_runtime, plan, context, cuda)              # owned by the closure, freed with it
-    weakref.finalize(run, release)                                   # device buffers go with the runner
+    free_buffers = weakref.finalize(run, release)  # when the runner is collected, or at close(): at most once
+    held = [trt_runtime, plan, context, cuda]      # the engine lives as long as the runner, or until close()
+
+    def close() -> None:
+        free_buffers()
+        held.clear()
+
     return Runner("tensorrt", run, Preprocess.from_record(manifest.preprocess), num_classes,
                   manifest.random_weights, f"{info.flavour} {path.name} ({info.precision}, "
                   f"sm_{info.compute_capability.replace('.', '')})", manifest=manifest,
-                  fixed_batch=min_batch if min_batch == max_batch else None, max_batch=max_batch)
+                  fixed_batch=min_batch if min_batch == max_batch else None, max_batch=max_batch,
+                  device_memory=device_memory, close=close)
