@@ -74,7 +74,7 @@ class GraphInfo:
     opset: int
     precision: str             # fp32, fp16 or int8 (Q/DQ over FP16)
     fused: bool
-    fp32_ops: list[dict] = field(default_factory=list)      # FP16/INT8 graphs: ops kept FP32 {node, op, reason}
+    fp32_ops: list[dict] = field(default_factory=list)  # FP16/INT8 graphs: ops kept FP32 {node, op, reason, max_abs}
     fp16_layers: list[dict] = field(default_factory=list)   # INT8: layers left unquantized {node, op, reason}
     plugin: PluginInfo | None = None
 

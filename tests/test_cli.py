@@ -246,26 +246,43 @@ def test_verbose_after_the_command_and_plain_help():
         # every option states its default: an explicit [default: ...] or a flag / required option
         options = [line.split()[0] for line in text.splitlines() if line.strip().startswith("--")]
         assert options, command
+        assert options_without_default(text) == [], command
     text = " ".join(invoke("infer", "--help").stdout.split())
     assert "[default: 5; x>=1]" in text and "[default: refiner-vit-s]" in text
 
 
-def test_help_states_every_default():
-    """Each option's help entry says its default, or is a flag / a required option (help text is wrapped, so
-    entries are joined before looking)."""
+def options_without_default(help_text: str) -> list[str]:
+    """The options of one --help whose entry states no default and is neither a flag nor required (help text is
+    wrapped, so entries are joined before looking)."""
     import re
 
     missing = []
-    for command in ALL_COMMANDS:
-        text = invoke(*command, "--help").stdout.split("Options:", 1)[1]
-        for entry in re.split(r"\n  (?=-)", "\n" + text):
-            entry = " ".join(entry.split())
-            if not entry or entry.startswith("-h, --help"):
-                continue
-            flag = not re.match(r"^(-\w, )?--[\w-]+( / --[\w-]+)? <", entry)
-            if not (flag or "[default:" in entry or "[required]" in entry):
-                missing.append(f"{' '.join(command)} {entry.split()[0]}")
+    for entry in re.split(r"\n  (?=-)", "\n" + help_text.split("Options:", 1)[1]):
+        entry = " ".join(entry.split())
+        if not entry or entry.startswith("-h, --help"):
+            continue
+        flag = not re.match(r"^(-\w, )?--[\w-]+( / --[\w-]+)? <", entry)
+        if not (flag or "[default:" in entry or "[required]" in entry):
+            missing.append(entry.split()[0])
+    return missing
+
+
+def test_help_states_every_default():
+    """Each option's help entry says its default, or is a flag / a required option."""
+    missing = [f"{' '.join(command)} {option}" for command in ALL_COMMANDS
+               for option in options_without_default(invoke(*command, "--help").stdout)]
     assert not missing
+
+
+def test_json_output_is_where_the_readme_says():
+    """The README says which commands print --json for scripts; `preprocess`, which writes tensor files and prints
+    their paths, is the one without."""
+    from pathlib import Path
+
+    without = [" ".join(c) for c in ALL_COMMANDS if "--json" not in invoke(*c, "--help").stdout]
+    assert without == ["preprocess"]
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert "Every command but `preprocess` (which prints the paths it writes) has `--json`" in readme
 
 
 def test_notes_go_to_stderr(tmp_path, sample_photos):

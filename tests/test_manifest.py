@@ -77,3 +77,17 @@ def test_a_manifest_that_no_longer_describes_its_file_is_refused(exported, tmp_p
     from .helpers import assert_clean_failure
 
     assert_clean_failure(invoke("infer", sample_photos[0], "--onnx", copy), "SHA-256 differs")
+
+
+def test_manifest_doc_names_the_fp32_op_fields_the_code_writes():
+    """docs/manifest.md lists the keys of each `fp32_ops` entry; calibrate writes precision.fp16.Fp32Node's fields."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from refiner_edge.precision.fp16 import Fp32Node
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "manifest.md").read_text()
+    row = next(line for line in doc.splitlines() if line.startswith("| `fp32_ops`"))
+    documented = re.search(r"`\{([^}]*)\}`", row).group(1)
+    assert [k.strip() for k in documented.split(",")] == [f.name for f in dataclasses.fields(Fp32Node)]

@@ -9,7 +9,7 @@ from refiner_edge.models.variants import VARIANTS, get_variant
 from .helpers import randomize
 from .official_reference import OfficialRefinerViT
 
-# DESIGN.md section 2: parameter counts without the token-labelling aux head.
+# Parameter counts without the token-labelling aux head, as the official Refiner-ViT code builds them.
 EXPECTED_PARAMS = {"refiner-vit-s": 25.02e6, "refiner-vit-m": 55.03e6, "refiner-vit-l": 80.64e6}
 
 

@@ -63,7 +63,8 @@ def fast_results(interpreter_job):
     return _results(interpreter_job)
 
 
-# Datacenter and Jetson targets (DESIGN.md section 1), then newer ones where this Triton knows them.
+# Datacenter and Jetson targets (A100 sm_80, A10/A40 sm_86, Orin sm_87, L4/L40S sm_89, H100/H200 sm_90), then newer
+# ones where this Triton knows them.
 TARGETS = [80, 86, 87, 89, 90]
 NEWER = [100, 103, 110, 120, 121]
 SHAPES = [(12, "float16"), (16, "float16"), (16, "float32"), (32, "float16"), (32, "float32")]

@@ -1,4 +1,5 @@
-"""Refiner-ViT for inference, computing exactly what the official code computes (DESIGN.md section 2).
+"""Refiner-ViT for inference, computing exactly what the official code computes (tests/test_model.py holds it to
+tests/official_reference.py, a transcription of the official forward pass).
 
 Module and parameter names follow the official code so its checkpoints load without renaming.
 Even blocks compute a fresh softmax attention map (plus head_dim^-0.5 times the previous map); odd blocks

@@ -61,7 +61,8 @@ def export_onnx(model: RefinerViT, output: str | Path, *, opset: int | None = No
                 tolerance: float | None = None, verify_batch: int | None = None) -> dict:
     """Export `model` to a plain ONNX graph at `output`, verified against PyTorch before it is kept.
 
-    batch: "dynamic" (default) or a fixed batch size. Returns the manifest written beside the file.
+    batch: "dynamic" (default) or a fixed batch size. Returns {"manifest": the Manifest written beside the file,
+    "comparison": the Comparison of its outputs with PyTorch's}.
     """
     opset = DEFAULT_OPSET if opset is None else opset
     batch = "dynamic" if batch is None else batch

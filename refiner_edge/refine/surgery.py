@@ -1,7 +1,7 @@
 """ONNX graph surgery (a pure rewrite of an onnx.ModelProto): each attention-refinement subgraph becomes one
 RefinerDLA plugin node. The `fuse` stage around it (files, verification, manifest) is refine/fuse.py.
 
-The subgraph is found by structure, not by tensor names (DESIGN.md section 4):
+The subgraph is found by structure, not by tensor names (those differ between exporters and torch versions):
 
     A -> Conv1x1 -> Clip(0,6) -> Conv3x3(depthwise) -> Clip(0,6) -> Conv1x1 -> Add(., A)
       -> BatchNormalization -> Mul(scalar)
