@@ -29,7 +29,7 @@ def _triton(a, w, heads, out):
     pytest.importorskip("triton", reason="Triton is not installed")
     from refiner_edge.refine.triton_kernel import launch
 
-    launch(a, w, heads, out)
+    return launch(a, w, heads, out)
 
 
 KERNELS = {"triton": lambda request: _triton,
@@ -68,10 +68,16 @@ def test_kernel_matches_float64_reference(request, kernel, n, heads, batch, dtyp
 
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
 def test_batch_zero(request, kernel):
+    """An empty batch returns an empty output of its shape without a launch, and still gets the shape checks."""
     run = KERNELS[kernel](request)
     empty = torch.empty(0, 12, 197, 197, device="cuda")
-    run(empty, torch.from_numpy(random_folded(12, 0).packed()).cuda(), 12, torch.empty_like(empty))
+    weights = torch.from_numpy(random_folded(12, 0).packed()).cuda()
+    out = torch.empty_like(empty)
+    got = run(empty, weights, 12, out)
     torch.cuda.synchronize()
+    assert got.shape == (0, 12, 197, 197) and got.dtype == empty.dtype and got.device == empty.device
+    with pytest.raises((ValueError, RuntimeError), match="heads"):
+        run(torch.empty(0, 11, 197, 197, device="cuda"), weights, 12, torch.empty(0, 11, 197, 197, device="cuda"))
 
 
 def test_cuda_kernel_reports_unsupported_shapes(ext):
