@@ -10,11 +10,11 @@ then checked against the Python side it mirrors:
 - decoders: JPEG with libjpeg-turbo (the decoder inside Pillow, called with Pillow's settings) is bit-identical,
   decoded pixels and tensors at S@224 and L@448, on the images users have where decoders disagree (decoder_images:
   4:2:2, 4:2:0, 4:4:0, 4:1:1 at odd and even widths with the edge column inside the crop, every size from 1x1
-  to 5x5, progressive, restart markers, 4:2:2 in all EXIF orientations, CMYK, gray; GIFs with a transparent index,
-  on a canvas larger than the frame). Measured 2026-11-29: libjpeg-turbo 2.1.5 (Debian 12) against Pillow 13.0's
-  bundled 3.2.0: 0 levels on all of them. The stb_image fallback (a second build, -DREFINER_EDGE_WITH_LIBJPEG=OFF)
-  is held to STB_JPEG_BOUNDS, which state its two deviations. (OpenCV's JPEG path is not built here: with
-  libjpeg-turbo found, JPEG never reaches it; cpp/README.md.)
+  to 5x5, progressive, restart markers, 4:2:2 in all EXIF orientations, CMYK, gray, RGB-coded; BMP, 1-bit PNG;
+  GIFs with a transparent index, also on a canvas larger than the frame). Measured 2026-11-29: libjpeg-turbo
+  2.1.5 (Debian 12) against Pillow 13.0's bundled 3.2.0: 0 levels on all of them. The stb_image fallback (a
+  second build, -DREFINER_EDGE_WITH_LIBJPEG=OFF) is held to STB_JPEG_BOUNDS, which state its two deviations.
+  (OpenCV's JPEG path is not built here: with libjpeg-turbo found, JPEG never reaches it; cpp/README.md.)
 - `refiner-edge preprocess` tensor files are read back by the C++ library unchanged;
 - the manifest reader refuses malformed manifests with Python's own messages;
 - the engine checks give Python's exact "rebuild with: refiner-edge build ..." lines;
@@ -182,15 +182,18 @@ def images(tmp_path_factory) -> dict[str, Path]:
     return made
 
 
-def _jpeg_sampled(arr: np.ndarray, sampling: tuple[tuple[int, int], ...], restart: int = 0) -> bytes:
+def _jpeg_sampled(arr: np.ndarray, sampling: tuple[tuple[int, int], ...], restart: int = 0, rgb: bool = False) \
+        -> bytes:
     """A baseline YCbCr JPEG with any sampling factors per component ((h, v) for Y, Cb, Cr), for the layouts
-    Pillow's encoder does not write (4:4:0, 4:1:1). Fixed-length Huffman codes keep it short: every DC category
-    is a 4-bit code, every AC symbol an 8-bit one."""
+    Pillow's encoder does not write (4:4:0, 4:1:1), or with rgb=True an RGB one (components named R, G, B, no
+    JFIF or Adobe marker: decoders must tell it from YCbCr by those names). Fixed-length Huffman codes keep it
+    short: every DC category is a 4-bit code, every AC symbol an 8-bit one."""
     h, w, _ = arr.shape
     x = arr.astype(np.float64)
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    planes = [0.299 * r + 0.587 * g + 0.114 * b, 128 - 0.168736 * r - 0.331264 * g + 0.5 * b,
-              128 + 0.5 * r - 0.418688 * g - 0.081312 * b]
+    planes = [r, g, b] if rgb else [0.299 * r + 0.587 * g + 0.114 * b, 128 - 0.168736 * r - 0.331264 * g + 0.5 * b,
+                                    128 + 0.5 * r - 0.418688 * g - 0.081312 * b]
+    ids = b"RGB" if rgb else bytes([1, 2, 3])
     hmax, vmax = max(s[0] for s in sampling), max(s[1] for s in sampling)
     mx, my = -(-w // (8 * hmax)), -(-h // (8 * vmax))
     n = np.arange(8)
@@ -260,11 +263,11 @@ def _jpeg_sampled(arr: np.ndarray, sampling: tuple[tuple[int, int], ...], restar
         return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
 
     dqt = bytes([0]) + bytes(int(quant.reshape(64)[k]) for k in zigzag)
-    sof = struct.pack(">BHHB", 8, h, w, 3) + b"".join(bytes([i + 1, hs << 4 | vs, 0])
+    sof = struct.pack(">BHHB", 8, h, w, 3) + b"".join(bytes([ids[i], hs << 4 | vs, 0])
                                                       for i, (hs, vs) in enumerate(sampling))
     dht = bytes([0x00]) + bytes([0, 0, 0, 12] + [0] * 12) + bytes(range(12))
     dht += bytes([0x10]) + bytes([0] * 7 + [162] + [0] * 8) + bytes(ac_symbols)
-    sos = bytes([3, 1, 0x00, 2, 0x00, 3, 0x00, 0, 63, 0])
+    sos = bytes([3, ids[0], 0x00, ids[1], 0x00, ids[2], 0x00, 0, 63, 0])
     dri = segment(0xDD, struct.pack(">H", restart)) if restart else b""
     return (b"\xff\xd8" + segment(0xDB, dqt) + segment(0xC0, sof) + segment(0xC4, dht) + dri + segment(0xDA, sos)
             + bytes(out) + b"\xff\xd9")
@@ -305,6 +308,8 @@ def decoder_images(tmp_path_factory) -> dict[str, tuple[Path, str]]:
     jpeg("progressive_422.jpg", photo, "4:2:2", progressive=True)
     jpeg("restart_420.jpg", photo, "4:2:0", restart_marker_blocks=3)
     jpeg("restart_440.jpg", _pattern(45, 61, 3, 8), "4:4:0", restart=5)
+    made["rgb_components.jpg"] = d / "rgb_components.jpg", "other"
+    made["rgb_components.jpg"][0].write_bytes(_jpeg_sampled(_pattern(37, 53, 3, 9), ((1, 1),) * 3, rgb=True))
     for o in range(1, 9):
         exif = Image.Exif()
         exif[0x0112] = o
@@ -390,6 +395,11 @@ def _cpp_tensor(build, manifest: Path, image: Path, out: Path) -> tuple[np.ndarr
 
 def test_library_builds_without_tensorrt_and_without_warnings(build):
     assert build["probe"].is_file() and build["app"].is_file()
+    # libjpeg-turbo's headers on the compiler's default paths (Debian/Ubuntu's libjpeg-dev): CMake must find them,
+    # or the parity tests below would fall back to stb_image's bounds without saying why
+    headers = [*Path("/usr/include").glob("jconfig.h"), *Path("/usr/include").glob("*/jconfig.h")]
+    turbo = [p for p in headers if "LIBJPEG_TURBO_VERSION" in p.read_text(errors="replace")]
+    assert not turbo or _jpeg_is_exact(build["decoder"]), (build["decoder"], turbo)
     warnings = [line for line in build["log"].splitlines() if "warning:" in line]
     assert not warnings, warnings   # -Werror would have failed the build; this names them if flags change
     for path in ("include/refiner_edge/refiner_edge.h", "lib/cmake/refiner_edge/refiner_edgeConfig.cmake",
