@@ -47,7 +47,7 @@ class GraphMemory:
         """`model`: a float graph (loaded, weights included). Its shapes are inferred here."""
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        from .ranges import quiet
+        from .quiet import quiet
 
         with quiet():
             inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)

@@ -8,10 +8,7 @@ pytorch-quantization toolkit does).
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -19,6 +16,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import InputError
+from .quiet import quiet
 
 METHODS = ("entropy", "percentile", "max", "mse")
 ENTROPY_BINS = 1024         # histogram bins (ORT's default 128 leaves entropy almost no thresholds to choose from)
@@ -255,15 +253,3 @@ def mse_amax(hist: np.ndarray, edges: np.ndarray, levels: int = 127) -> float:
     mse = ((q - centers[None, :]) ** 2 * hist[None, :]).sum(axis=1)
     return float(candidates[int(np.argmin(mse))])
 
-
-@contextlib.contextmanager
-def quiet():
-    """onnxruntime.quantization prints progress with print() and advises its quant_pre_process on the root logger
-    at every call; we skip that pre-processing on purpose (its graph rewrites would hide the refinement subgraphs
-    from the fusion), so neither is news to the user."""
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logging.disable(logging.NOTSET)

@@ -1,0 +1,19 @@
+"""Silencing onnxruntime.quantization, which ranges, int8 and memory all call."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+
+
+@contextlib.contextmanager
+def quiet():
+    """onnxruntime.quantization prints progress with print() and advises its quant_pre_process on the root logger
+    at every call; we skip that pre-processing on purpose (its graph rewrites would hide the refinement subgraphs
+    from the fusion), so neither is news to the user."""
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
