@@ -416,7 +416,7 @@ def build_engine(onnx: str | Path, output: str | Path, options: BuildOptions, *,
     check_hardware_compat(target, trt.__version__)
     check_device(target, trt.__version__, note)
     plugin = plugins.prepare(form, None if target.rtx else trt.__version__,
-                             portable_cc=80 if target.hardware_compat == "ampere+" else None)
+                             portable_cc=80 if target.hardware_compat == "ampere+" else None, min_cuda=target.min_cuda)
     started = time.perf_counter()
     data = engine_bytes(network, options, plugin)
     seconds = time.perf_counter() - started
@@ -441,7 +441,8 @@ def build_engine(onnx: str | Path, output: str | Path, options: BuildOptions, *,
         rebuild=rebuild or rebuild_command(output, options, onnx=network.onnx))
     graph = dataclasses.replace(network.manifest.graph, precision=network.precision)
     record = network.manifest.derive("build", output, network.onnx, graph=graph, engine=info,
-                                     report={**(report or {}), "engine_bytes": len(data)})
+                                     report={**(report or {}), "engine_bytes": len(data),
+                                             **({"aot_ptx": plugin.setup} if plugin.setup else {})})
     with atomic_output(output) as tmp:
         tmp.write_bytes(data)
     try:

@@ -36,7 +36,7 @@ class Plugin:
     form: str
     library: Path | None = None
     sha256: str | None = None
-    setup: object | None = None    # aot: what refiner_edge.refine.aot returned (registers the plugin's AOT impl)
+    setup: dict | None = None      # aot: what refiner_edge.refine.aot.register returned (the PTX's cc and version)
 
     def libraries(self) -> list[str]:
         return [str(self.library)] if self.library else []
@@ -94,7 +94,8 @@ def check_form(form: str, target: Target, fused: bool, graph_name: str, graph_fo
                          f"the graph with `refiner-edge fuse --plugin-form {form}`")
 
 
-def prepare(form: str, tensorrt_version: str | None = None, portable_cc: int | None = None) -> Plugin:
+def prepare(form: str, tensorrt_version: str | None = None, portable_cc: int | None = None,
+            min_cuda: str | None = None) -> Plugin:
     """What the build needs for `form`: the library found (or built), or the AOT module set up (its PTX compiled
     for `portable_cc` where the engine must run on every GPU from that compute capability on)."""
     if form == "none":
@@ -106,7 +107,7 @@ def prepare(form: str, tensorrt_version: str | None = None, portable_cc: int | N
         raise InputError(f"the aot plugin form needs TensorRT >= 10.9 and this is {tensorrt_version}: use --plugin "
                          "library")
     aot = import_aot()
-    setup = aot.register(portable_cc)
+    setup = aot.register(portable_cc, min_cuda)
     return Plugin("aot", setup=setup)
 
 

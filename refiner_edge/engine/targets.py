@@ -35,6 +35,7 @@ class Target:
     batch: tuple[int, int, int]   # default (min, opt, max) batch profile
     plugin: str                   # default plugin form: library, aot or none
     jetpack: str | None = None
+    min_cuda: str | None = None   # the oldest CUDA driver the row supports: the AOT PTX must assemble with it
 
     @property
     def sm(self) -> str:
@@ -54,15 +55,25 @@ class Target:
                 "tensorrt": self.tensorrt, "jetpack": self.jetpack, "dla_cores": self.dla_cores,
                 "workspace_gib": self.workspace / GiB, "opt_level": self.opt_level,
                 "hardware_compat": self.hardware_compat, "batch": ":".join(map(str, self.batch)),
-                "plugin": self.plugin}
+                "plugin": self.plugin, "min_cuda": self.min_cuda}
+
+
+# The oldest CUDA driver a row supports, which assembles the AOT plugin's PTX on the device (refine/aot.py picks
+# the PTX ISA version from it). Jetson: the JetPack's CUDA (6.x: 12.6; 7.0 on Thor: 13.0; later 7.x ship 13.x, so
+# 13.0 is the floor). Datacenter: TensorRT 10.x supports every CUDA 12 from 12.0 on (its support matrix); sm_100
+# (B200) first appears in CUDA 12.8.
+JETPACK_CUDA = {"6.2": "12.6", "7.0": "13.0", "7.2": "13.0"}
+DATACENTER_CUDA = {"8.0": "12.0", "8.6": "12.0", "8.9": "12.0", "9.0": "12.0", "10.0": "12.8"}
 
 
 def _jetson(name, devices, cc, trt, jetpack, dla, workspace, batch, plugin):
-    return Target(name, devices, cc, "tensorrt", trt, dla, workspace, 3, "none", batch, plugin, jetpack)
+    return Target(name, devices, cc, "tensorrt", trt, dla, workspace, 3, "none", batch, plugin, jetpack,
+                  min_cuda=JETPACK_CUDA[jetpack])
 
 
 def _dc(name, devices, cc, batch=(1, 16, 64), trt="10.13", compat="none"):
-    return Target(name, devices, cc, "tensorrt", trt, 0, 8 * GiB, 3, compat, batch, "aot")
+    return Target(name, devices, cc, "tensorrt", trt, 0, 8 * GiB, 3, compat, batch, "aot",
+                  min_cuda=DATACENTER_CUDA[cc])
 
 
 def _rtx(cc, devices):

@@ -24,6 +24,7 @@ FALLBACK_CC = 80  # PTX for sm_80 is JIT-compiled forward by the driver on any n
 SHARED_MEMORY_LIMIT = 48 * 1024  # a kernel launch without the opt-in attribute gets at most this much
 _registered = False
 _target_cc = None  # compute capability the PTX is compiled for; None: the building GPU's
+_ptx_version = None  # PTX ISA version the PTX declares (80 = 8.0); None: Triton's newest
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,28 @@ def _strip_unused_params(ptx: str, name: str) -> str:
     return ptx[:head.start(1)] + "\n\t" + ",\n\t".join(params) + "\n" + ptx[head.end(1):]
 
 
-def aot_kernel(heads: int, expanded: int, dtype: str, cc: int) -> AotKernel:
-    """Compile the Triton kernel for compute capability `cc` (no GPU needed) as TensorRT's AOT form takes it."""
+def ptx_version(min_cuda: str, cc: int) -> int:
+    """The PTX ISA version (80 = 8.0) to compile for a device whose driver may be as old as CUDA `min_cuda`.
+
+    TensorRT hands the AOT plugin's PTX to the driver of the machine that runs the engine, which assembles only
+    PTX versions it knows: Triton 3.9 writes .version 9.4 for sm_90/100/110 and 8.8 for sm_80/87 by default, which
+    CUDA 13.0's ptxas (JetPack 7.0) and CUDA 12.0-12.8 drivers reject. So: the newest version that driver knows,
+    and no newer than Triton's own ptxas for `cc` knows (triton.compile assembles the PTX too; CUDA 12.9's
+    ptxas, which Triton ships for sm_87, stops at 8.8 while JetPack 7 is CUDA 13). Triton's own table maps CUDA
+    versions to PTX versions."""
+    from triton.backends.nvidia.compiler import get_ptxas_version, ptx_get_version
+
+    own = re.search(r"release (\d+\.\d+)", get_ptxas_version(cc))
+    limits = [ptx_get_version(min_cuda)] + ([ptx_get_version(own.group(1))] if own else [])
+    return min(limits)
+
+
+def aot_kernel(heads: int, expanded: int, dtype: str, cc: int, ptx: int | None = None) -> AotKernel:
+    """Compile the Triton kernel for compute capability `cc` (no GPU needed) as TensorRT's AOT form takes it, its
+    PTX declaring ISA version `ptx` (see ptx_version)."""
     from . import triton_kernel
 
-    kernel = triton_kernel.compile_for(heads, expanded, dtype, cc)
+    kernel = triton_kernel.compile_for(heads, expanded, dtype, cc, ptx)
     if kernel.metadata.global_scratch_size or kernel.metadata.profile_scratch_size:
         raise RuntimeError("this Triton build asks for scratch memory, which TensorRT's AOT plugins cannot provide")
     if kernel.metadata.shared > SHARED_MEMORY_LIMIT:  # TensorRT's AOT launch cannot opt in to more
@@ -96,17 +114,18 @@ def _tensorrt():
     return trt, trtp
 
 
-def register(portable_cc: int | None = None) -> None:
-    """Register refiner_edge::RefinerDLA with TensorRT's plugin registry (once per process).
+def register(portable_cc: int | None = None, min_cuda: str | None = None) -> dict:
+    """Register refiner_edge::RefinerDLA with TensorRT's plugin registry (once per process); returns what the
+    engine's manifest records about the embedded PTX.
 
     portable_cc: compile the embedded PTX for this compute capability instead of the building GPU's, for engines
     that must run on every GPU from that one on (hardware compatibility AMPERE_PLUS: 80). Plain sm_80 PTX is
     JIT-compiled forward by the driver; the building GPU's own (sm_90a on Hopper) runs on that GPU only.
+    min_cuda: the oldest CUDA driver the target supports; the PTX declares a version that driver assembles.
     """
-    global _registered, _target_cc
-    _target_cc = portable_cc
+    global _registered
     if _registered:
-        return
+        return _configure(portable_cc, min_cuda)
     trt, trtp = _tensorrt()
     try:
         import triton  # noqa: F401
@@ -132,7 +151,7 @@ def register(portable_cc: int | None = None) -> None:
              outputs: Tuple[trtp.TensorDesc], tactic: int
              ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
         kernel = aot_kernel(int(num_heads), int(num_expanded), "fp16" if a.dtype == trt.float16 else "fp32",
-                            _target_cc or _device_cc())
+                            _target_cc or _device_cc(), _ptx_version)
         shape = a.shape_expr
         n = shape[2]
         params = trtp.KernelLaunchParams()
@@ -144,3 +163,14 @@ def register(portable_cc: int | None = None) -> None:
         return kernel.name.encode(), kernel.ptx.encode(), params, extra
 
     _registered = True
+    return _configure(portable_cc, min_cuda)
+
+
+def _configure(portable_cc: int | None, min_cuda: str | None) -> dict:
+    """What aot_impl compiles for from now on, as the engine's manifest records it."""
+    global _target_cc, _ptx_version
+    _target_cc = portable_cc
+    cc = portable_cc or _device_cc()
+    _ptx_version = ptx_version(min_cuda, cc) if min_cuda else None
+    return {"compute_capability": cc, "min_cuda": min_cuda,
+            "ptx_version": f"{_ptx_version // 10}.{_ptx_version % 10}" if _ptx_version else None}

@@ -189,10 +189,12 @@ def launch(a, weights, heads: int, out=None):
 
 
 @functools.lru_cache(maxsize=64)
-def compile_for(heads: int, expanded: int, dtype: str, cc: int):
+def compile_for(heads: int, expanded: int, dtype: str, cc: int, ptx_version: int | None = None):
     """Ahead-of-time compile for compute capability `cc` (80, 86, 87, 89, 90, ...) without a GPU. dtype "fp16" or
     "fp32". Returns Triton's CompiledKernel: .asm["ptx"], .asm["cubin"], .metadata (name, shared, num_warps),
-    .n_regs and .n_spills. TensorRT's AOT plugin hands TensorRT this PTX."""
+    .n_regs and .n_spills. TensorRT's AOT plugin hands TensorRT this PTX. ptx_version (80 = PTX ISA 8.0): the
+    `.version` the PTX declares; None: the newest Triton's own ptxas knows, which a device's older driver may
+    reject (refine/aot.py picks it from the target's oldest CUDA)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -203,6 +205,8 @@ def compile_for(heads: int, expanded: int, dtype: str, cc: int):
                  **{k: "constexpr" for k in meta}}
     src = ASTSource(fn=refiner_dla_kernel, signature=signature, constexprs=meta)
     options = {"num_warps": tile_config(heads)[1], "num_stages": NUM_STAGES, "enable_fp_fusion": True}
+    if ptx_version is not None:
+        options["ptx_version"] = ptx_version
     return triton.compile(src, target=GPUTarget("cuda", cc, 32), options=options)
 
 
