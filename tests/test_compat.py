@@ -1,12 +1,11 @@
 """The one engine-compatibility rule, decided by Python (refiner_edge/engine/checks.py) and by the C++ library
-(cpp/src/checks.cpp, through refiner_edge_probe check-engine) on the same table of cases,
+(cpp/src/checks.cpp) on the same table of cases,
 tests/data/engine_compat.json: TensorRT versions with and without build numbers, minor and patch releases,
 version-compatible plans, the RTX flavour, compute capabilities with and without hardware compatibility, no GPU,
 and the plugin library's presence and hash. Each side must give the table's verdict in the table's words.
 
-The C++ side is the real probe source compiled with g++ from the library's TensorRT-free files (about 5 s here),
-not the CMake build test_cpp.py makes, so this test stays cheap; the ImageNet label list CMake generates is not
-needed by the checks and is given as an empty string.
+The C++ side is the library's checks.cpp with the manifest reader it needs, compiled with g++ into the small
+driver tests/cpp/check_engine_main.cpp (about 5 s here), not the CMake build test_cpp.py makes.
 """
 from __future__ import annotations
 
@@ -25,8 +24,8 @@ from refiner_edge.manifest import EngineInfo, GraphInfo, Manifest, ModelInfo, Pr
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = json.loads((ROOT / "tests" / "data" / "engine_compat.json").read_text())["cases"]
-SOURCES = ["tools/refiner_edge_probe.cpp", "src/checks.cpp", "src/manifest.cpp", "src/json.cpp", "src/sha256.cpp",
-           "src/image.cpp", "src/decode_none.cpp", "src/results.cpp"]
+SOURCES = [ROOT / "tests" / "cpp" / "check_engine_main.cpp",
+           *(ROOT / "cpp" / "src" / name for name in ("checks.cpp", "manifest.cpp", "json.cpp", "sha256.cpp"))]
 LIBRARY = "lib/librefiner_edge_plugin.so"
 REBUILD = "refiner-edge build --onnx model.onnx --target orin-agx-jp6 -o model.engine"
 
@@ -35,13 +34,9 @@ REBUILD = "refiner-edge build --onnx model.onnx --target orin-agx-jp6 -o model.e
 def probe(tmp_path_factory) -> Path:
     if shutil.which("g++") is None:
         pytest.skip("g++ not found: the C++ side of the engine checks cannot be built here")
-    d = tmp_path_factory.mktemp("probe")
-    labels = d / "labels.cpp"
-    labels.write_text("namespace refiner_edge { extern const char* const kImagenetClasses; "
-                      "const char* const kImagenetClasses = \"\"; }\n")
-    out = d / "refiner_edge_probe"
+    out = tmp_path_factory.mktemp("probe") / "check_engine"
     cmd = ["g++", "-std=c++17", "-O0", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'cpp/include'}",
-           f"-I{ROOT / 'cpp/src'}", *[str(ROOT / "cpp" / s) for s in SOURCES], str(labels), "-o", str(out)]
+           f"-I{ROOT / 'cpp/src'}", *map(str, SOURCES), "-o", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
@@ -94,7 +89,7 @@ def _python(engine: Path, runtime: list) -> str:
 
 def _cpp(probe: Path, engine: Path, runtime: list, cwd: Path) -> str:
     flavour, version, cc, gpu = runtime
-    done = subprocess.run([str(probe), "check-engine", str(engine), flavour, version, cc or "none", gpu],
+    done = subprocess.run([str(probe), str(engine), flavour, version, cc or "none", gpu],
                           capture_output=True, text=True, timeout=60, cwd=cwd)
     assert done.returncode in (0, 1), done.stderr
     return done.stdout.strip() if done.returncode == 0 else done.stderr.strip().removeprefix("error: ")
