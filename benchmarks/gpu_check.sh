@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything about RefinerDLA that needs a GPU, in one run (docs/kernel.md): the kernels' resource use for this GPU,
-# the CUDA C++ extension build, the GPU tests (Triton and CUDA kernels against a float64 reference),
+# the CUDA C++ extension build, the GPU tests (Triton and CUDA kernels against a float64 reference, GPU
+# detection, and the TensorRT engine runner and C++ classifier where tensorrt is importable),
 # compute-sanitizer memcheck and racecheck, and the benchmarks. Each step's log and status go to $OUT (default
 # out/gpu); a step that fails or times out is recorded and the next one still runs. A short table is printed last.
 #   bash benchmarks/gpu_check.sh            # from the checkout; needs python3 with torch (CUDA), triton, cupy
@@ -57,7 +58,11 @@ from refiner_edge.refine.torch_op import cuda_extension
 assert cuda_extension() is not None, 'the RefinerDLA CUDA extension did not build (see the warning above)'
 print('extension built')"
 
-step pytest_gpu 200 "$PY" -m pytest -q -m gpu -p no:cacheprovider -rs tests/test_refine_gpu.py
+# every GPU test: the kernels against float64, GPU detection and pycuda from a worker thread, and where tensorrt is
+# importable the engine runner (shape changes between CUDA-graph replays, the batch refusal, two runners in one
+# process) and the C++ classifier; without tensorrt those skip and -rs prints why
+step pytest_gpu 240 "$PY" -m pytest -q -m "gpu or tensorrt" -p no:cacheprovider -rs tests/
+step pytest_cpp_engine 120 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cpp.py -k engine_runs_through
 
 # without PyTorch's caching allocator every tensor is its own allocation, so small out-of-bounds accesses show
 if command -v compute-sanitizer > /dev/null; then

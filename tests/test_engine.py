@@ -400,11 +400,16 @@ def test_tensorrt_engine_runs_and_matches_onnxruntime(tmp_path, tiny_plain, samp
     assert out.read_bytes()[:1] not in (b"{", b"[")
     ort = load_runner("onnxruntime", onnx=tiny_plain)
     x = np.stack([ort.preprocess.load(p) for p in sample_photos])
-    for graph in (False, True):
+    expected = {n: ort(np.resize(x, (n, *x.shape[1:]))) for n in (8, 3)}
+    for graph in (False, True):   # two runners in one process: the second creates everything again
         trt = load_runner("tensorrt", engine=out, cuda_graph=graph)
         np.testing.assert_allclose(trt(x), ort(x), rtol=1e-2, atol=1e-2)
-        with pytest.raises(InputError, match="outside the engine's profile"):
+        # shape changes between graph replays: 8, 3, 8 again (a plain run after each change), then repeats
+        for n in (8, 3, 8, 8, 3, 3):
+            np.testing.assert_allclose(trt(np.resize(x, (n, *x.shape[1:]))), expected[n], rtol=1e-2, atol=1e-2)
+        with pytest.raises(InputError, match="outside the engine's profile"):   # refused, never split
             trt(np.repeat(x, 5, axis=0))
+        trt.close()
 
 
 def test_dla_refusals_come_before_the_chain_does_any_work(tmp_path):

@@ -107,6 +107,25 @@ def test_runner_falls_back_to_pycuda_and_names_both_causes(monkeypatch):
     assert isinstance(cuda_api(), PyCuda)
 
 
+@pytest.mark.gpu
+def test_every_way_of_detecting_the_gpu_agrees_on_a_gpu_machine():
+    """On a machine with a GPU (benchmarks/gpu_check.sh): each detection way that is installed names the same
+    compute capability, so the fallback order cannot change the target `auto` picks."""
+    from refiner_edge.engine.targets import GPU_PROBES
+
+    answers = {}
+    for name, probe in GPU_PROBES:
+        try:
+            answers[name] = probe()
+        except (ImportError, OSError, RuntimeError):
+            continue
+    found = {name: gpu.compute_capability for name, gpu in answers.items() if gpu is not None}
+    if not found:
+        pytest.skip(f"no CUDA GPU found by any of {', '.join(n for n, _ in GPU_PROBES)}")
+    assert len(set(found.values())) == 1, found
+    assert detect_gpu().compute_capability in found.values()
+
+
 # --- pycuda under serve: a context per call --------------------------------------------------------------------
 
 def _pycuda_driver():
@@ -153,6 +172,32 @@ def test_pycuda_context_is_current_in_a_worker_thread(monkeypatch):
     thread.start()
     thread.join()
     assert errors == ["cuMemcpyHtoDAsync failed: invalid device context"]
+
+
+@pytest.mark.gpu
+def test_real_pycuda_copies_from_a_worker_thread():
+    pytest.importorskip("pycuda.driver", reason="pycuda is not installed")
+    try:
+        api = PyCuda()
+    except Exception as e:  # noqa: BLE001 - pycuda raises its own error types
+        pytest.skip(f"pycuda cannot start here: {e}")
+    x = np.arange(16, dtype=np.float32)
+    back = np.empty_like(x)
+    box = []
+
+    def worker():
+        with api.current():
+            ptr = api.malloc(x.nbytes)
+            api.h2d(ptr, x)
+            api.d2h(back, ptr)
+            api.sync()
+            api.free(ptr)
+        box.append(True)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert box == [True] and np.array_equal(back, x)
 
 
 # --- the plugin library, loaded twice in one process -----------------------------------------------------------
