@@ -29,6 +29,7 @@ from typing import Callable
 
 from ..artifacts import atomic_output, file_sha256
 from ..errors import InputError, MissingDependencyError, VerificationError
+from ..extras import PLATFORM_HINT
 from ..manifest import EngineInfo, Manifest, Profile, read_manifest, write_manifest
 from . import plugins
 from .checks import compute_capability_refusal, on_tensorrt_line
@@ -59,7 +60,7 @@ def polygraphy_trt(flavour: str):
         from polygraphy import config as pconfig
         from polygraphy.logger import logger as plogger
     except ImportError:
-        raise MissingDependencyError("polygraphy is not installed (pip install 'refiner-edge[tensorrt]')") from None
+        raise MissingDependencyError(f"polygraphy is not installed ({PLATFORM_HINT})") from None
     rtx = flavour == "tensorrt-rtx"
     if _bound != flavour:
         # Re-importing Polygraphy's modules would register its JSON encoders twice (an error), so rebind the `trt`

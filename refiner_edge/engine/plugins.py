@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..artifacts import file_sha256
 from ..errors import InputError, MissingDependencyError, VerificationError
+from ..extras import PLATFORM_HINT
 from .targets import AOT_MIN_TENSORRT, Target, tensorrt_at_least
 
 FORMS = ("library", "aot", "none")
@@ -119,8 +120,7 @@ def import_aot():
         if e.name and e.name.startswith("refiner_edge"):
             raise MissingDependencyError("the aot plugin form needs refiner_edge.refine.aot (the Triton kernel's "
                                          "AOT plugin), which this installation lacks: use --plugin library") from None
-        raise MissingDependencyError(f"the aot plugin form needs {e.name} (pip install 'refiner-edge[tensorrt]' "
-                                     "triton)") from None
+        raise MissingDependencyError(f"the aot plugin form needs {e.name} ({PLATFORM_HINT})") from None
 
 
 def find_library(build: bool = False) -> Path:

@@ -12,6 +12,7 @@ import subprocess
 from dataclasses import dataclass
 
 from ..errors import InputError
+from ..extras import PLATFORM_HINT
 
 GiB = 1 << 30
 log = logging.getLogger(__name__)
@@ -244,7 +245,7 @@ def auto_target() -> Target:
     installed = installed_tensorrt()
     if installed is None:
         raise InputError(f"found {gpu.name} but neither tensorrt nor tensorrt-rtx is installed "
-                         "(pip install 'refiner-edge[tensorrt]' or 'refiner-edge[rtx]')")
+                         f"({PLATFORM_HINT}; or pip install 'refiner-edge[rtx]')")
     return match_target(gpu, *installed)
 
 

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import MissingDependencyError
+from ..extras import PLATFORM_HINT
 from . import PLUGIN_NAME, PLUGIN_NAMESPACE
 
 QUALIFIED_NAME = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"
@@ -109,7 +110,7 @@ def _tensorrt():
     except ImportError:
         raise MissingDependencyError(
             "the RefinerDLA AOT plugin needs TensorRT >= 10.9 with its Python package (tensorrt, tensorrt.plugin): "
-            "pip install 'refiner-edge[tensorrt]' (NVIDIA's index), or use the plugin library in plugins/refiner_dla"
+            f"{PLATFORM_HINT}, or use the plugin library in plugins/refiner_dla"
         ) from None
     return trt, trtp
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..engine.checks import Runtime, batch_in_profile, check_engine, read_engine_manifest
 from ..errors import InputError, MissingDependencyError
+from ..extras import PLATFORM_HINT
 from ..images.preprocess import Preprocess
 from .base import Runner
 
@@ -150,8 +151,8 @@ def cuda_api():
         except Exception as e:  # noqa: BLE001 - any CUDA failure here means: try the other binding
             causes.append(f"{api.label}: {str(e).strip() or type(e).__name__}")
     raise MissingDependencyError("running an engine needs a CUDA binding that works with this driver, and "
-                                 f"{'; '.join(causes)} (pip install 'refiner-edge[tensorrt]' picks cuda-python "
-                                 "for the driver's CUDA major)")
+                                 f"{'; '.join(causes)}: cuda-python's major must be the driver's CUDA major, "
+                                 f"{PLATFORM_HINT}")
 
 
 def local_runtime(flavour: str):
