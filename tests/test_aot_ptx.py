@@ -102,3 +102,17 @@ def test_triton_default_ptx_is_what_the_old_drivers_reject():
     kernel = aot.aot_kernel(12, 36, "fp16", 90)
     done = assemble(ptxas("12.0"), kernel.ptx)
     assert done.returncode != 0 and "Unsupported .version" in done.stderr, done.stderr
+
+
+def test_the_version_chosen_is_what_the_manifest_records():
+    """register() (which needs TensorRT) returns this record, and build_engine writes it to the engine manifest's
+    report.aot_ptx; the record itself is made without TensorRT."""
+    pytest.importorskip("triton", reason="Triton is not installed: pip install triton")
+    from refiner_edge.refine import aot
+
+    try:
+        assert aot._configure(80, "12.0") == {"compute_capability": 80, "min_cuda": "12.0", "ptx_version": "8.0"}
+        assert aot._configure(110, "13.0")["ptx_version"] == "9.0"
+        assert aot._ptx_version == 90 and aot._target_cc == 110   # what aot_impl compiles with
+    finally:
+        aot._target_cc = aot._ptx_version = None
