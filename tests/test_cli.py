@@ -340,3 +340,25 @@ def test_fuse_in_the_aot_plugin_form(tmp_path, tiny_onnx, sample_photos):
     assert_clean_failure(invoke("infer", sample_photos[0], "--onnx", out), "AOT plugin form, which only TensorRT")
     assert_clean_failure(invoke("fuse", tiny_onnx, "-o", tmp_path / "x.onnx", "--plugin-form", "jit"),
                          "--plugin-form")
+
+
+def test_precisions_and_plugin_forms_are_defined_once():
+    """The CLI's choices are the library's tuples, and the package spells each list out in one place only."""
+    import re
+    from pathlib import Path
+
+    from refiner_edge.cli import build, calibrate, fuse
+    from refiner_edge.engine.plugins import FORMS
+    from refiner_edge.precision import CALIBRATED, PRECISIONS
+    from refiner_edge.refine import plugin_form
+
+    assert [p.value for p in build.Precision] == list(PRECISIONS)
+    assert [p.value for p in calibrate.Precision] == list(CALIBRATED)
+    assert [f.value for f in build.PluginForm] == list(FORMS) == [*plugin_form.FORMS, "none"]
+    assert [f.value for f in fuse.PluginForm] == list(plugin_form.FORMS)
+    package = Path(__file__).resolve().parents[1] / "refiner_edge"
+    source = "\n".join(p.read_text() for p in sorted(package.rglob("*.py")))
+    between = r"""["']\s*[,\n]\s*(?:\w+ = )?["']"""  # the next item of a tuple, or the next member of an Enum
+    for words in (["fp32", "fp16", "int8"], ["library", "aot"]):
+        spelled = re.findall("[\"']" + between.join(words) + "[\"']", source)
+        assert len(spelled) == 1, (words, spelled)

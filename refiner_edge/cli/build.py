@@ -3,26 +3,19 @@ engine and its manifest, for a target of engine/targets.py."""
 from __future__ import annotations
 
 import dataclasses
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from ..errors import InputError
-from .common import CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, console, note, print_json, status
+from ..engine.plugins import FORMS
+from ..precision import PRECISIONS
+from .common import CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, choices, console, note, print_json, status
 
 
-class Precision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    int8 = "int8"
-
-
-class PluginForm(str, Enum):
-    library = "library"
-    aot = "aot"
-    none = "none"
+Precision = choices("Precision", PRECISIONS)
+PluginForm = choices("PluginForm", FORMS)
 
 
 def build(

@@ -7,12 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import JsonOpt, console, note, phases, print_json
+from ..precision import CALIBRATED
+from .common import JsonOpt, choices, console, note, phases, print_json
 
 
-class PrecisionName(str, Enum):
-    int8 = "int8"
-    fp16 = "fp16"
+Precision = choices("Precision", CALIBRATED)
 
 
 class MethodName(str, Enum):
@@ -30,8 +29,8 @@ def calibrate(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the calibrated graph; the report "
                                          "goes to <output>.json, the TensorRT 10 cache to <stem>.calib.",
                                          dir_okay=False)],
-    precision: Annotated[PrecisionName, typer.Option("--precision", help="int8: Q/DQ on Conv/MatMul/Gemm inputs "
-                                                     "over an FP16 graph; fp16: FP16 graph.")] = PrecisionName.int8,
+    precision: Annotated[Precision, typer.Option("--precision", help="int8: Q/DQ on Conv/MatMul/Gemm inputs "
+                                                 "over an FP16 graph; fp16: FP16 graph.")] = Precision.int8,
     num: Annotated[int, typer.Option("--num", min=1, help="Calibration images to use (a seeded random sample "
                                      "when the folder holds more).")] = 512,
     method: Annotated[Optional[MethodName], typer.Option("--method", help="How INT8 activation ranges are chosen "
@@ -65,7 +64,7 @@ def calibrate(
     """Calibrate a plain graph on real images into a strongly typed FP16 or INT8 (Q/DQ) graph for TensorRT 10/11."""
     from ..precision.calibrate import calibrate_onnx
 
-    if method is not None and precision is PrecisionName.fp16:
+    if method is not None and precision is Precision.fp16:
         note("--method sets INT8 ranges; an FP16 graph is decided from the observed ranges")
     with phases() as phase:
         report = calibrate_onnx(onnx, images, output, precision=precision.value, num=num,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,6 +20,11 @@ from ..extras import missing_dependency
 
 log = logging.getLogger("refiner_edge")
 state = {"verbose": False}
+
+
+def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str Enum for Typer over the library's own tuple of values, so the CLI states no list of its own."""
+    return Enum(name, {v: v for v in values}, type=str)
 
 
 def console(stderr: bool = False):

@@ -1,18 +1,16 @@
 """`refiner-edge fuse`: each attention-refinement subgraph -> one RefinerDLA plugin node, checked on real images."""
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .common import JsonOpt, console, note, print_json, status
+from ..refine.plugin_form import FORMS
+from .common import JsonOpt, choices, console, note, print_json, status
 
 
-class PluginForm(str, Enum):
-    library = "library"
-    aot = "aot"
+PluginForm = choices("PluginForm", FORMS)
 
 
 def run_fuse(source: Path, output: Path, verify: bool, images: Path | None = None, num: int = 8,

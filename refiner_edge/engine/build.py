@@ -31,13 +31,13 @@ from ..artifacts import atomic_output, file_sha256
 from ..errors import InputError, MissingDependencyError, VerificationError
 from ..extras import PLATFORM_HINT
 from ..manifest import EngineInfo, Manifest, Profile, read_manifest, write_manifest
+from ..precision import PRECISIONS
 from . import plugins
 from .checks import compute_capability_refusal, on_tensorrt_line
 from .targets import SAME_CC_MIN_TENSORRT, Target, attention_bytes, detect_gpu, fitted_batch, tensorrt_at_least
 
 MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
 EXTRAS = {"tensorrt": "tensorrt", "tensorrt-rtx": "rtx"}
-PRECISIONS = ("fp32", "fp16", "int8")
 HARDWARE_COMPAT = {"none": "NONE", "ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
 DEFAULT_WORKSPACE = 4 << 30
 _bound: str | None = None   # the flavour Polygraphy's TensorRT backend was last imported for

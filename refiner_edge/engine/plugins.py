@@ -18,9 +18,10 @@ from pathlib import Path
 from ..artifacts import file_sha256
 from ..errors import InputError, MissingDependencyError, VerificationError
 from ..extras import PLATFORM_HINT
+from ..refine import plugin_form
 from .targets import AOT_MIN_TENSORRT, Target, tensorrt_at_least
 
-FORMS = ("library", "aot", "none")
+FORMS = (*plugin_form.FORMS, "none")  # "none": an engine without the plugin (a plain graph)
 LIBRARY_ENV = "REFINER_DLA_PLUGIN"      # a prebuilt library, e.g. from a C++ build tree
 TENSORRT_ROOT_ENV = "TensorRT_ROOT"     # TensorRT include/ and lib/, as plugins/refiner_dla/CMakeLists.txt reads it
 ROOT = Path(__file__).resolve().parents[2]

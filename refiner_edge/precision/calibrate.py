@@ -15,6 +15,7 @@ from ..compare import Comparison
 from ..errors import InputError
 from ..manifest import Verification, read_manifest, write_manifest
 from ..onnx.graph import graph_precision, graph_preprocess, load_onnx, opset_of
+from . import CALIBRATED
 from .fp16 import RULES, convert_to_fp16, fp32_nodes
 from .int8 import (QUANTIZED_OPS, Budget, activation_inputs, layer_sensitivity, meet_budget, quantizable_nodes,
                    quantize, run_logits)
@@ -67,8 +68,8 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
     from ..images.imageset import stream_image_set
     from ..refine.surgery import refinement_subgraphs
 
-    if precision not in ("fp16", "int8"):
-        raise InputError(f"--precision must be fp16 or int8, got '{precision}'")
+    if precision not in CALIBRATED:
+        raise InputError(f"--precision must be {' or '.join(CALIBRATED)}, got '{precision}'")
     if method not in METHODS:
         raise InputError(f"unknown calibration method '{method}'; choose one of: {', '.join(METHODS)}")
     budget = Budget(max_drop, min_sqnr) if (max_drop is not None or min_sqnr is not None) else None

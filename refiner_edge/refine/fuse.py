@@ -13,13 +13,13 @@ from ..errors import InputError, VerificationError
 from ..manifest import PluginInfo, Verification, read_manifest, write_manifest
 from ..onnx.graph import graph_precision, graph_preprocess, load_onnx
 from . import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from .plugin_form import FORMS
 from .surgery import fuse_graph
 
 # The fused op computes in FP32 from its input and rounds once; an FP16 subgraph rounds after every op, so an FP16
 # or INT8 graph and its fused form differ by FP16 rounding: they are held to `validate`'s criteria for their
 # precision. An FP32 graph must match to FP32 rounding.
 FP32_TOLERANCE = 1e-4
-PLUGIN_FORMS = ("library", "aot")
 
 
 def fuse_thresholds(precision: str) -> dict:
@@ -40,8 +40,8 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, image
     """
     import onnx
 
-    if form not in PLUGIN_FORMS:
-        raise InputError(f"unknown plugin form '{form}'; choose one of: {', '.join(PLUGIN_FORMS)}")
+    if form not in FORMS:
+        raise InputError(f"unknown plugin form '{form}'; choose one of: {', '.join(FORMS)}")
     source, output = Path(source), Path(output)
     model = load_onnx(source)
     manifest = read_manifest(source)

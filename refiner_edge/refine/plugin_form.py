@@ -14,6 +14,7 @@ from ..errors import InputError
 from . import PLUGIN_NAME
 from .layout import PACK_ORDER
 
+FORMS = ("library", "aot")  # the forms a fused graph's nodes take: the IPluginV3 library's, the AOT plugin's
 AOT_ATTRIBUTE = "aot"
 
 
