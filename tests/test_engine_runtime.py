@@ -31,7 +31,7 @@ import pytest
 
 from refiner_edge.engine import plugins
 from refiner_edge.engine.build import check_hardware_compat
-from refiner_edge.engine.targets import TARGETS, Gpu, detect_gpu
+from refiner_edge.engine.targets import TARGETS, Gpu, detect_gpu, get_target
 from refiner_edge.errors import InputError, MissingDependencyError
 from refiner_edge.images.preprocess import Preprocess
 from refiner_edge.runners.base import Runner
@@ -89,6 +89,11 @@ def test_gpu_detection_falls_back_when_cuda_python_is_newer_than_the_driver(tmp_
     said = caplog.text
     assert "cuda-python could not answer: cudaErrorInsufficientDriver" in said
     assert "nvidia-smi could not answer: NVIDIA-SMI has failed" in said and "torch could not answer" in said
+    # and `build --target auto` says what failed rather than that there is no GPU
+    with pytest.raises(InputError, match="could not read the GPU \\(cuda-python: cudaErrorInsufficientDriver; "
+                                         "nvidia-smi: NVIDIA-SMI has failed") as e:
+        get_target("auto")
+    assert "none was found" not in str(e.value)
 
 
 def test_runner_falls_back_to_pycuda_and_names_both_causes(monkeypatch):

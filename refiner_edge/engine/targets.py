@@ -198,16 +198,21 @@ def _gpu_from_torch() -> Gpu | None:
 GPU_PROBES = (("cuda-python", _gpu_from_cuda_python), ("nvidia-smi", _gpu_from_nvidia_smi), ("torch", _gpu_from_torch))
 
 
-def detect_gpu() -> Gpu | None:
+def detect_gpu(failures: list[str] | None = None) -> Gpu | None:
     """The first local CUDA GPU, asked through cuda-python, then nvidia-smi, then torch: the first way that can
     answer decides. A way that cannot ask (not installed, or a binding newer than the driver) passes to the next,
     so a machine is never called GPU-less because one binding does not fit its driver. None when no way finds one;
-    `-v` logs why each way could not answer."""
+    `failures` (when given) collects the ways that were there but failed, and `-v` logs every way that could not
+    answer."""
     for name, probe in GPU_PROBES:
         try:
             return probe()
-        except (ImportError, OSError, RuntimeError, ValueError, subprocess.SubprocessError) as e:
+        except (ImportError, FileNotFoundError) as e:
             log.debug("GPU detection through %s could not answer: %s", name, e)
+        except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as e:
+            log.debug("GPU detection through %s could not answer: %s", name, e)
+            if failures is not None:
+                failures.append(f"{name}: {e}")
     return None
 
 
@@ -238,7 +243,11 @@ def match_target(gpu: Gpu, flavour: str, version: str | None = None) -> Target:
 
 
 def auto_target() -> Target:
-    gpu = detect_gpu()
+    failures: list[str] = []
+    gpu = detect_gpu(failures)
+    if gpu is None and failures:   # a driver may well be there: say what failed, not that there is no GPU
+        raise InputError(f"--target auto could not read the GPU ({'; '.join(failures)}): install the cuda-python "
+                         f"that matches the driver's CUDA major ({PLATFORM_HINT}), or name a target")
     if gpu is None:
         raise InputError("--target auto needs a local CUDA GPU and none was found: name a target instead, e.g. "
                          "--target rtx-sm89 (TensorRT-RTX builds without a GPU); see docs/engines.md")
