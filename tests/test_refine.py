@@ -93,6 +93,15 @@ def test_cpp_layout_header_is_generated_from_python():
         "stale header: python -m refiner_edge.refine.layout > plugins/refiner_dla/refinerDLALayout.h"
 
 
+def test_plugin_readme_lists_the_layout():
+    """The field table of plugins/refiner_dla/README.md names the weight fields in layout order, with their shapes."""
+    readme = (Path(__file__).resolve().parents[1] / "plugins" / "refiner_dla" / "README.md").read_text()
+    rows = [line.split("|")[1:4] for line in readme.splitlines() if line.startswith("| `") and "FLOAT32 |" in line]
+    table = [(name.strip().strip("`"), length.strip()) for name, _, length in rows]
+    expected = [(name, " x ".join(map(str, shape))) for name, shape in layout.FIELDS]
+    assert table == expected
+
+
 def test_depthwise_padding_is_zero_outside_the_map():
     """x1 is zero outside the map, not relu6(b1): a positive b1 shows the difference at the border."""
     h, e = 1, 1
