@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import stat
+import subprocess
 import sys
 import threading
 import types
@@ -251,6 +252,27 @@ def test_cuda_graph_replays_only_after_a_plain_run_at_that_shape():
         seen.append(actions)
     assert seen == [("shape", "plain", "capture"), ("replay",), ("shape", "plain", "capture"),
                     ("shape", "plain"), ("replay",), ("shape", "plain"), ("replay",)]
+
+
+def test_cpp_classifier_takes_the_same_graph_steps(tmp_path):
+    """cpp/src/graph_steps.h, which classifier_tensorrt.cpp follows, against the Python steps on a sequence with
+    every transition; built without TensorRT (tests/cpp/graph_steps_main.cpp)."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not found: the C++ graph steps cannot be built here")
+    exe = tmp_path / "graph_steps"
+    built = subprocess.run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'cpp' / 'src'}",
+                            str(ROOT / "tests" / "cpp" / "graph_steps_main.cpp"), "-o", str(exe)],
+                           capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
+    batches = [8, 8, 3, 8, 8, 3, 3, 1, 8, 1, 1]
+    cpp = subprocess.run([str(exe), *map(str, batches)], capture_output=True, text=True, timeout=60).stdout
+    steps, python = GraphSteps(), []
+    for batch in batches:
+        actions = steps.step(batch)
+        if "capture" in actions:
+            steps.captured_for(batch)
+        python.append(" ".join(actions))
+    assert cpp.splitlines() == python
 
 
 # --- the batch contract ----------------------------------------------------------------------------------------

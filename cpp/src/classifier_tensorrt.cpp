@@ -12,6 +12,7 @@
 #include <mutex>
 
 #include "classifier_common.h"
+#include "graph_steps.h"
 
 namespace refiner_edge {
 namespace {
@@ -194,47 +195,40 @@ public:
         std::memcpy(h_in_, input, in_count_ * batch * sizeof(float));
         if ((e = cudaMemcpyAsync(d_in_, h_in_, in_count_ * batch * sizeof(float), cudaMemcpyHostToDevice, stream_)) != cudaSuccess)
             return Status::Error("copying the input: " + cudaMessage(e));
-        bool fresh = false;
-        if (batch != shape_now_) {
+        // the CUDA-graph steps of graph_steps.h (and runners/tensorrt.py): a plain enqueue after every shape change
+        const GraphSteps::Actions steps = steps_.step(batch);
+        if (steps.shape) {
             const int S = m_.preprocess.img_size;
             if (!context_->setInputShape(input_.c_str(), nvinfer1::Dims4(batch, 3, S, S)))
                 return Status::Error(name_ + ": TensorRT refused input shape batch " + std::to_string(batch) + ": " +
                                      logger().lastError());
-            shape_now_ = batch;
-            fresh = true;
         }
         nvinfer1::Dims out = context_->getTensorShape(output_.c_str());
         if (out.nbDims != 2 || out.d[0] != batch || out.d[1] != classes_)
             return Status::Error(name_ + ": output shape is not [" + std::to_string(batch) + ", " +
                                  std::to_string(classes_) + "] as the manifest says");
         Status s;
-        if (options_.cuda_graph) {
-            // Graphs are captured per batch size, and after setInputShape changes the shape TensorRT wants one plain
-            // enqueue before a graph captured for that shape is valid again: so a call whose batch differs from the
-            // last one's runs plainly (capturing, the first time for that size), and only a repeat replays. The
-            // Python runner takes the same steps (runners/tensorrt.py, GraphSteps).
-            auto it = graphs_.find(batch);
-            if (fresh || it == graphs_.end()) {
-                if (!(s = enqueue())) return s;
-                if (it == graphs_.end()) {
-                    cudaGraph_t graph;
-                    if ((e = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal)) != cudaSuccess)
-                        return Status::Error("CUDA graph capture: " + cudaMessage(e));
-                    Status q = enqueue();
-                    e = cudaStreamEndCapture(stream_, &graph);
-                    if (!q) return q;
-                    if (e != cudaSuccess) return Status::Error("CUDA graph capture: " + cudaMessage(e));
-                    cudaGraphExec_t exec;
-                    e = cudaGraphInstantiate(&exec, graph, 0);
-                    cudaGraphDestroy(graph);
-                    if (e != cudaSuccess) return Status::Error("CUDA graph instantiate: " + cudaMessage(e));
-                    graphs_.emplace(batch, exec);
-                }
-            } else if ((e = cudaGraphLaunch(it->second, stream_)) != cudaSuccess) {
+        if (!options_.cuda_graph || steps.plain) {
+            if (!(s = enqueue())) return s;
+        }
+        if (options_.cuda_graph && steps.capture) {
+            cudaGraph_t graph;
+            if ((e = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal)) != cudaSuccess)
+                return Status::Error("CUDA graph capture: " + cudaMessage(e));
+            Status q = enqueue();
+            e = cudaStreamEndCapture(stream_, &graph);
+            if (!q) return q;
+            if (e != cudaSuccess) return Status::Error("CUDA graph capture: " + cudaMessage(e));
+            cudaGraphExec_t exec;
+            e = cudaGraphInstantiate(&exec, graph, 0);
+            cudaGraphDestroy(graph);
+            if (e != cudaSuccess) return Status::Error("CUDA graph instantiate: " + cudaMessage(e));
+            graphs_[batch] = exec;
+            steps_.capturedFor(batch);
+        }
+        if (options_.cuda_graph && steps.replay) {
+            if ((e = cudaGraphLaunch(graphs_.at(batch), stream_)) != cudaSuccess)
                 return Status::Error("CUDA graph launch: " + cudaMessage(e));
-            }
-        } else if (!(s = enqueue())) {
-            return s;
         }
         const size_t out_bytes = size_t(classes_) * batch * sizeof(float);
         if ((e = cudaMemcpyAsync(h_out_, d_out_, out_bytes, cudaMemcpyDeviceToHost, stream_)) != cudaSuccess)
@@ -266,7 +260,7 @@ private:
     void* h_out_ = nullptr;
     size_t in_count_ = 0;
     int classes_ = 0;
-    int shape_now_ = 0;
+    GraphSteps steps_;
     std::map<int, cudaGraphExec_t> graphs_;
 };
 

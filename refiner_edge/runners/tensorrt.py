@@ -170,7 +170,8 @@ class GraphSteps:
     """When the runner may replay a CUDA graph. Graphs are captured per batch size; after set_input_shape changes
     the shape, TensorRT wants one plain enqueue before a graph captured for that shape is valid again. So a call
     whose batch differs from the last one's enqueues plainly (and captures, the first time for that size); only a
-    repeat of the same batch replays. cpp/src/classifier_tensorrt.cpp follows the same steps."""
+    repeat of the same batch replays. The C++ classifier takes the same steps (cpp/src/graph_steps.h; the two
+    are compared in tests/test_engine_runtime.py)."""
 
     def __init__(self):
         self.shape: int | None = None
