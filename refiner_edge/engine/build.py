@@ -274,7 +274,8 @@ def check_device(target: Target, trt_version: str, note: Callable[[str], None]) 
     if compute_capability_refusal(target.compute_capability, target.hardware_compat, target.devices,
                                   gpu.compute_capability, gpu.name):
         raise InputError(f"{target.name} is {target.sm} and this GPU ({gpu.name}) is "
-                         f"sm_{gpu.compute_capability.replace('.', '')}: build on the target device or use --target auto")
+                         f"sm_{gpu.compute_capability.replace('.', '')}: build on the target device or use "
+                         "--target auto")
     if not on_tensorrt_line(trt_version, target.tensorrt):
         note(f"{target.name} is a TensorRT {target.tensorrt} target and this is TensorRT {trt_version}: the engine "
              f"runs only where TensorRT {trt_version} is installed")

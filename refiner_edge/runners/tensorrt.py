@@ -147,7 +147,7 @@ def cuda_api():
         try:
             return api()
         except ImportError as e:
-            causes.append(f"{api.label}: not installed ({e.name or e})")
+            causes.append(f"{api.label}: cannot import {e.name or e}")   # cuda-python < 12.6.1: no cuda.bindings
         except Exception as e:  # noqa: BLE001 - any CUDA failure here means: try the other binding
             causes.append(f"{api.label}: {str(e).strip() or type(e).__name__}")
     raise MissingDependencyError("running an engine needs a CUDA binding that works with this driver, and "
