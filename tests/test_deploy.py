@@ -24,7 +24,7 @@ HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 HAS_PB = importlib.util.find_spec("tritonclient") is not None and importlib.util.find_spec("google.protobuf") \
     is not None
 needs_pb = pytest.mark.skipif(not HAS_PB, reason="tritonclient[grpc] is not installed (pip install "
-                              "'refiner-edge[serve]'): it holds Triton's model-config protobuf")
+                              "'refiner-edge[client]'): it holds Triton's model-config protobuf")
 
 
 def parse_config(path: Path):

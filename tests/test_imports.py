@@ -79,6 +79,8 @@ def test_graph_and_engine_commands_run_without_torch(tmp_path, tiny_plain, sampl
     (("bench", "--variant", "refiner-vit-tiny", "--iterations", "1"), "torch", "torch"),
     (("build", "--target", "rtx-sm89", "-o", "{tmp}/e.engine"), "torch", "torch"),   # no --onnx: exports first
     (("build", "--onnx", "{graph}", "--target", "rtx-sm89", "-o", "{tmp}/e.engine"), "tensorrt_rtx", "rtx"),
+    # TensorRT depends on the platform: the line names the platform extras (and where TensorRT itself comes from)
+    (("build", "--onnx", "{graph}", "--target", "orin-agx-jp6", "-o", "{tmp}/e.engine"), "tensorrt", "cuda12"),
 ])
 def test_a_missing_extra_is_one_line_naming_it_exit_3(tmp_path, tiny_plain, sample_photos, args, module, extra):
     """The package really absent (its import raising ModuleNotFoundError, as in a core install)."""

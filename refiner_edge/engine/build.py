@@ -29,7 +29,7 @@ from typing import Callable
 
 from ..artifacts import atomic_output, file_sha256
 from ..errors import InputError, MissingDependencyError, VerificationError
-from ..extras import PLATFORM_HINT
+from ..extras import PLATFORM_HINT, install_hint
 from ..manifest import EngineInfo, Manifest, Profile, read_manifest, write_manifest
 from ..precision import PRECISIONS
 from . import plugins
@@ -37,7 +37,6 @@ from .checks import compute_capability_refusal, on_tensorrt_line
 from .targets import SAME_CC_MIN_TENSORRT, Target, attention_bytes, detect_gpu, fitted_batch, tensorrt_at_least
 
 MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
-EXTRAS = {"tensorrt": "tensorrt", "tensorrt-rtx": "rtx"}
 HARDWARE_COMPAT = {"none": "NONE", "ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
 DEFAULT_WORKSPACE = 4 << 30
 _bound: str | None = None   # the flavour Polygraphy's TensorRT backend was last imported for
@@ -48,7 +47,7 @@ def import_tensorrt(flavour: str):
     try:
         return importlib.import_module(MODULES[flavour])
     except ImportError:
-        raise MissingDependencyError(f"{flavour} is not installed (pip install 'refiner-edge[{EXTRAS[flavour]}]')"
+        raise MissingDependencyError(f"{flavour} is not installed ({install_hint(MODULES[flavour])})"
                                      ) from None
 
 

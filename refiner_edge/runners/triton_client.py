@@ -46,7 +46,7 @@ class Endpoint:
             module = __import__(f"tritonclient.{self.protocol}", fromlist=["InferenceServerClient"])
         except ImportError as e:
             raise MissingDependencyError(f"bench --triton needs tritonclient ({e.name} is missing): pip install "
-                                         "'refiner-edge[serve]'") from None
+                                         "'refiner-edge[client]'") from None
         return module, module.InferenceServerClient(self.address)
 
 
