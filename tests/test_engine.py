@@ -362,6 +362,13 @@ def test_batch_outside_the_profile(tiny_engine):
     for bad in (0, 9):
         with pytest.raises(InputError, match=r"outside the engine's profile \(1..8\)"):
             batch_in_profile(m, bad)
+    # images of another shape would overrun the runner's input buffer, which is sized for the profile
+    image = tuple(m.engine.profiles[0].max[1:])
+    batch_in_profile(m, 8, image)
+    size = image[-1]
+    for bad in ((3, 2 * size, 2 * size), (1, size, size), (size, size)):
+        with pytest.raises(InputError, match="do not fit the engine's input 3x"):
+            batch_in_profile(m, 8, bad)
 
 
 @rtx
@@ -409,6 +416,8 @@ def test_tensorrt_engine_runs_and_matches_onnxruntime(tmp_path, tiny_plain, samp
             np.testing.assert_allclose(trt(np.resize(x, (n, *x.shape[1:]))), expected[n], rtol=1e-2, atol=1e-2)
         with pytest.raises(InputError, match="outside the engine's profile"):   # refused, never split
             trt(np.repeat(x, 5, axis=0))
+        with pytest.raises(InputError, match="do not fit the engine's input"):   # never copied past the buffer
+            trt(np.zeros((2, 3, 2 * x.shape[-1], 2 * x.shape[-1]), np.float32))
         trt.close()
 
 

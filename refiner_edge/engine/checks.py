@@ -142,10 +142,16 @@ def check_plugin_library(engine: str | Path, manifest: Manifest) -> Path | None:
     return library
 
 
-def batch_in_profile(manifest: Manifest, batch: int) -> None:
-    """A batch outside the engine's optimisation profile is refused before TensorRT sees it."""
+def batch_in_profile(manifest: Manifest, batch: int, image: tuple[int, ...] | None = None) -> None:
+    """A batch outside the engine's optimisation profile, or (`image`: one image's shape) images of another shape
+    than its input, are refused before TensorRT, and the runner's copy into buffers sized for the profile, see them."""
     profile = manifest.engine.profiles[0]
     lo, hi = profile.min[0], profile.max[0]
     if not lo <= batch <= hi:
         raise InputError(f"batch {batch} is outside the engine's profile ({lo}..{hi}): use --batch-size within "
                          f"it, or rebuild with a wider --batch MIN:OPT:MAX")
+    want = tuple(profile.max[1:])
+    if image is not None and tuple(image) != want:
+        raise InputError(f"images of shape {'x'.join(map(str, image))} do not fit the engine's input "
+                         f"{'x'.join(map(str, want))}: preprocess them as its manifest says (refiner-edge preprocess "
+                         "--engine ...)")

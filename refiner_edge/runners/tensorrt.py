@@ -247,16 +247,18 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
         if not free_buffers.alive:
             raise InputError(f"{path.name}: the runner was closed")
         # one batch, within the profile: a larger one is refused (docs/engines.md), never split here, so a
-        # latency measured on this runner is the latency of that batch
-        batch_in_profile(manifest, len(x))
+        # latency measured on this runner is the latency of that batch; images of another shape would overrun
+        # the input buffer, which is sized for the profile
+        batch_in_profile(manifest, len(x), x.shape[1:])
         x = np.ascontiguousarray(x, dtype=in_dtype)
         result = np.empty((len(x), num_classes), dtype=out_dtype)
         with cuda.current():
             actions = steps.step(len(x))
             if not cuda_graph:
                 actions = ("shape", "plain") if "shape" in actions else ("plain",)
-            if "shape" in actions:
-                context.set_input_shape(inp, x.shape)
+            if "shape" in actions and not context.set_input_shape(inp, x.shape):
+                steps.shape = None   # the context kept its old shape: the next call must set it again
+                raise InputError(f"{path.name}: TensorRT refused the input shape {x.shape}")
             cuda.h2d(in_ptr, x)
             if "plain" in actions:
                 enqueue()
