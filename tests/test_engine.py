@@ -419,6 +419,24 @@ def test_tensorrt_engine_runs_and_matches_onnxruntime(tmp_path, tiny_plain, samp
         with pytest.raises(InputError, match="do not fit the engine's input"):   # never copied past the buffer
             trt(np.zeros((2, 3, 2 * x.shape[-1], 2 * x.shape[-1]), np.float32))
         trt.close()
+        assert not [type(v).__name__ for v in _closure_objects(trt.run)
+                    if type(v).__name__ in ("IExecutionContext", "ICudaEngine", "Runtime")]   # the engine is freed
+
+
+def _closure_objects(fn, seen=None) -> list:
+    """What a function's closure holds, through the functions it holds."""
+    seen = set() if seen is None else seen
+    found = []
+    for cell in fn.__closure__ or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:   # an empty cell
+            continue
+        if callable(value) and getattr(value, "__closure__", None) is not None and id(value) not in seen:
+            seen.add(id(value))
+            found += _closure_objects(value, seen)
+        found.append(value)
+    return found
 
 
 def test_dla_refusals_come_before_the_chain_does_any_work(tmp_path):

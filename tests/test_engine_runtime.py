@@ -207,6 +207,30 @@ def test_real_pycuda_copies_from_a_worker_thread():
     assert box == [True] and np.array_equal(back, x)
 
 
+@pytest.mark.gpu
+def test_real_cuda_python_graph_capture_and_release():
+    """The cuda-python calls the runner makes for --cuda-graph and close(), on a real GPU: a captured memset replays,
+    and the graph, its instantiation, the buffer and the stream are each freed (cudaGraphDestroy after
+    instantiating, cudaGraphExecDestroy and cudaStreamDestroy at close)."""
+    pytest.importorskip("cuda.bindings.runtime", reason="cuda-python (cuda.bindings) is not installed")
+    from refiner_edge.runners.tensorrt import CudaBindings
+
+    try:
+        api = CudaBindings()
+    except RuntimeError as e:
+        pytest.skip(f"cuda-python cannot start here: {e}")
+    back = np.zeros(64, np.uint8)
+    ptr = api.malloc(back.nbytes)
+    graph = api.capture(lambda: api._ok(api.rt.cudaMemsetAsync(ptr, 7, back.nbytes, api.stream)))
+    api.launch(graph)
+    api.d2h(back, ptr)
+    api.sync()
+    assert (back == 7).all()
+    api.destroy(graph)
+    api.free(ptr)
+    api.close()
+
+
 # --- the plugin library, loaded twice in one process -----------------------------------------------------------
 
 class _Registry:

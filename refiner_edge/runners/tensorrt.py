@@ -73,10 +73,20 @@ class CudaBindings:
         self._ok(rt.cudaStreamBeginCapture(self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
         enqueue()
         graph = self._ok(rt.cudaStreamEndCapture(self.stream))
-        return self._ok(rt.cudaGraphInstantiate(graph, 0))
+        try:
+            return self._ok(rt.cudaGraphInstantiate(graph, 0))
+        finally:
+            rt.cudaGraphDestroy(graph)   # the instantiated graph does not need it
 
     def launch(self, graph) -> None:
         self._ok(self.rt.cudaGraphLaunch(graph, self.stream))
+
+    def destroy(self, graph) -> None:
+        """Free what capture() instantiated."""
+        self.rt.cudaGraphExecDestroy(graph)
+
+    def close(self) -> None:
+        self.rt.cudaStreamDestroy(self.stream)
 
 
 class PyCuda:
@@ -136,6 +146,12 @@ class PyCuda:
 
     def launch(self, graph) -> None:  # pragma: no cover - capture refuses first
         raise InputError("--cuda-graph needs cuda-python")
+
+    def destroy(self, graph) -> None:  # pragma: no cover - capture refuses first
+        pass
+
+    def close(self) -> None:
+        """The stream and allocations go with this object (pycuda frees them when collected)."""
 
 
 def cuda_api():
@@ -277,15 +293,22 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
 
     def release() -> None:
         with cuda.current():
+            for graph in graphs.values():
+                cuda.destroy(graph)
+            graphs.clear()
             cuda.free(in_ptr)
             cuda.free(out_ptr)
+            cuda.close()
 
     free_buffers = weakref.finalize(run, release)  # when the runner is collected, or at close(): at most once
-    held = [trt_runtime, plan, context, cuda]      # the engine lives as long as the runner, or until close()
 
     def close() -> None:
+        # The engine lives as long as the runner, or until close(): `run` and `enqueue` hold the context (which
+        # keeps the engine, and the engine its runtime, alive), so dropping it here frees the engine's device memory.
+        nonlocal context, plan, trt_runtime
         free_buffers()
-        held.clear()
+        with cuda.current():
+            context = plan = trt_runtime = None
 
     return Runner("tensorrt", run, Preprocess.from_record(manifest.preprocess), num_classes,
                   manifest.random_weights, f"{info.flavour} {path.name} ({info.precision}, "
