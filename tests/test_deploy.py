@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refiner_edge.deploy.serve import wait_ready
+from refiner_edge.deploy.serve import decode_image, wait_ready
 from refiner_edge.images.labels import imagenet_labels
 from refiner_edge.images.preprocess import Preprocess
 from refiner_edge.manifest import manifest_path, read_manifest
 
 from .helpers import assert_clean_failure, free_port, invoke, stop
+
+ROOT = Path(__file__).resolve().parents[1]
 
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 HAS_PB = importlib.util.find_spec("tritonclient") is not None and importlib.util.find_spec("google.protobuf") \
@@ -152,8 +154,9 @@ def test_deploy_triton_refusals_are_one_line(tmp_path, tiny_plain):
 @pytest.mark.serve
 def test_generated_preprocessing_model_runs_in_a_real_tritonserver(tmp_path, tiny_plain, sample_photos, serve_python):
     """The repository as written, served by PyTriton's tritonserver binary (which has only the Python backend, so
-    only NAME_preprocess is loaded): its tensors equal refiner-edge's preprocessing, a garbage image gets an error
-    of its own, and the server keeps serving. The binary and the stub come from serve's environment."""
+    only NAME_preprocess is loaded): its tensors are refiner-edge's preprocessing bit for bit (it runs the package's
+    images/transform.py, copied beside it), a garbage image gets an error of its own, and the server keeps serving.
+    The binary and the stub come from serve's environment."""
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
@@ -163,6 +166,8 @@ def test_generated_preprocessing_model_runs_in_a_real_tritonserver(tmp_path, tin
     pytriton_dir, libs, libdir, version = where.stdout.split()
     repo = tmp_path / "repo"
     assert invoke("deploy", "triton", "--onnx", tiny_plain, "-o", repo).exit_code == 0
+    shipped = repo / "refiner_preprocess" / "1" / "refiner_edge_transform.py"
+    assert shipped.read_bytes() == (ROOT / "refiner_edge" / "images" / "transform.py").read_bytes()
     server = Path(pytriton_dir) / "tritonserver"
     backends = tmp_path / "backends"
     shutil.copytree(server / "backends", backends)
@@ -187,10 +192,11 @@ def test_generated_preprocessing_model_runs_in_a_real_tritonserver(tmp_path, tin
             x.set_data_from_numpy(np.array([[data]], dtype=object))
             return client.infer("refiner_preprocess", [x])
 
-        for photo in sample_photos:
+        for photo in sample_photos:   # the very tensors of `infer` (a file) and of `serve` (bytes)
             got = request(photo.read_bytes()).as_numpy("preprocessed")[0]
-            np.testing.assert_allclose(got, pre.load(photo), atol=1e-6)
-        with pytest.raises(InferenceServerException, match="not a decodable image"):
+            np.testing.assert_array_equal(got, pre.load(photo))
+            np.testing.assert_array_equal(got, decode_image(photo.read_bytes(), pre))
+        with pytest.raises(InferenceServerException, match="not a decodable image: not an image file"):
             request(b"garbage")
         assert request(sample_photos[0].read_bytes()).as_numpy("preprocessed").shape == (1, 3, 64, 64)
         client.close()
@@ -289,8 +295,7 @@ def test_help_of_the_serving_commands_imports_nothing_heavy():
              "try:\n    run()\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
              "print('HEAVY:' + ','.join(m for m in ('pytriton', 'tritonclient', 'torch', 'tensorrt', 'tensorrt_rtx') "
              "if m in sys.modules))\n")
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for args in (["--help"], ["serve", "--help"], ["deploy", "--help"], ["deploy", "triton", "--help"],
                  ["deploy", "deepstream", "--help"], ["bench", "--help"]):
         result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, env=env,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from refiner_edge.images import preprocess as pp
+from refiner_edge.images import transform
 from refiner_edge.errors import InputError
 from refiner_edge.images.preprocess import Preprocess, find_images, load_image
 from refiner_edge.models.variants import get_variant
@@ -98,7 +98,7 @@ def test_decompression_bomb_refused(tmp_path):
 
 
 def test_bomb_limit_is_ours(tmp_path, monkeypatch, sample_photos):
-    monkeypatch.setattr(pp, "MAX_PIXELS", 1000)
+    monkeypatch.setattr(transform, "MAX_PIXELS", 1000)
     with pytest.raises(InputError, match="over the 1,000 limit"):
         load_image(sample_photos[0])
 

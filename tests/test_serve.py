@@ -170,6 +170,63 @@ def test_bad_requests_get_errors_and_the_server_keeps_serving(server, sample_pho
         grpc.close()
 
 
+def batch_counts(url: str, model: str) -> dict[int, int]:
+    """{batch size: executions} from the server's statistics for `model`."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url)
+    try:
+        stats = client.get_inference_statistics(model)["model_stats"][0]
+    finally:
+        client.close()
+    return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats["batch_stats"]}
+
+
+def test_encoded_images_reach_the_model_as_the_tensors_infer_makes(server, tiny_plain, sample_photos):
+    """An encoded file sent to refiner_image, and the tensor refiner-edge's own preprocessing makes of it sent to
+    refiner, each alone (batch 1): the same runner gives the same logits bit for bit, so it was given the same
+    tensor (the decoding and transform are images/transform.py in both)."""
+    import tritonclient.http as httpclient
+
+    pre = Preprocess.from_record(read_manifest(tiny_plain).preprocess)
+    client = httpclient.InferenceServerClient(server["http"])
+    try:
+        for photo in sample_photos:
+            from_bytes = client.infer("refiner_image", image_request(httpclient, photo.read_bytes())).as_numpy("logits")
+            local = client.infer("refiner", tensor_request(httpclient, pre.load(photo)[None])).as_numpy("logits")
+            assert from_bytes.shape == local.shape == (1, 1000)
+            np.testing.assert_array_equal(from_bytes, local)
+    finally:
+        client.close()
+
+
+def test_concurrent_encoded_requests_are_batched_by_the_tensor_model(server, sample_photos):
+    """16 clients sending only encoded files: each is decoded on its own, then joins the tensor model's dynamic
+    batches, whose statistics show executions of more than one request."""
+    import tritonclient.http as httpclient
+
+    before = batch_counts(server["http"], "refiner")
+    encoded = [p.read_bytes() for p in sample_photos]
+
+    def one(i: int) -> np.ndarray:
+        client = httpclient.InferenceServerClient(server["http"], network_timeout=TIMEOUT_S)
+        try:
+            return client.infer("refiner_image", image_request(httpclient, encoded[i % len(encoded)])) \
+                .as_numpy("logits")
+        finally:
+            client.close()
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(one, range(REQUESTS), timeout=TIMEOUT_S))
+    assert time.monotonic() - started < TIMEOUT_S
+    assert len(answers) == REQUESTS and all(a.shape == (1, 1000) for a in answers)
+    after = batch_counts(server["http"], "refiner")
+    ran = {size: after[size] - before.get(size, 0) for size in after if after[size] > before.get(size, 0)}
+    assert sum(size * count for size, count in ran.items()) == REQUESTS, ran   # each request ran there once
+    assert max(ran) > 1, f"no execution of encoded requests batched more than one: {ran}"
+
+
 @pytest.mark.parametrize("protocol,concurrency", [("http", 1), ("grpc", 8)])
 def test_bench_triton_reports_percentiles_throughput_and_server_batches(server, protocol, concurrency):
     url = f"{protocol}://{server[protocol]}/refiner"

@@ -4,9 +4,10 @@ ONNX Runtime or TensorRT runner, HTTP and gRPC, dynamic batching on.
 Two models are served:
 - NAME: the preprocessed tensor (the graph's input name, FP32 [B, 3, S, S]) -> logits [B, classes]; Triton batches
   concurrent requests into one runner call (dynamic batching, up to max_batch, waiting at most queue_delay_us).
-- NAME_image: encoded image files (BYTES [B, 1]: JPEG, PNG, ...) -> logits, decoded and preprocessed exactly as
-  `refiner-edge infer` does. It is not dynamically batched, so an undecodable image fails its own request only
-  (PyTriton reports an error for every request of a call at once).
+- NAME_image: encoded image files (BYTES [B, 1]: JPEG, PNG, ...) -> logits, decoded and preprocessed by the code
+  `refiner-edge infer` runs (images/transform.py), per request, so an undecodable image fails its own request only
+  (PyTriton reports an error for every request of a call at once); the tensor then goes to NAME through the server
+  and is batched there with the other requests (ImageModel).
 
 Triton checks names, shapes and data types against the model configuration before the runner sees a request: a
 malformed request gets an error response and the server keeps serving. Before the server is announced, one request
@@ -23,7 +24,6 @@ Two facts of PyTriton 0.7.0's Python-backend stub (the process that bridges trit
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import shutil
@@ -33,7 +33,6 @@ import sysconfig
 import tempfile
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -47,6 +46,9 @@ DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_MAX_BATCH = 8
 DEFAULT_QUEUE_DELAY_US = 2000
+# Encoded-image instances: each is a Python-backend stub process of its own, about 50 MB resident (measured: 10 stubs,
+# 502 MB), and they add ~5 s to a start on a 2-core machine (11 s -> 16 s for 8)
+MAX_IMAGE_INSTANCES = 8
 IMAGE_INPUT = "image"
 NUMPY2_REASON = ("PyTriton 0.7.0's Python-backend stub is built for NumPy 1.x: under NumPy {version} it receives "
                  "every tensor as its first element repeated and returns empty outputs; serve from serve's own "
@@ -95,29 +97,10 @@ def check_port(host: str, port: int, option: str) -> None:
 
 
 def decode_image(data: bytes, preprocess) -> np.ndarray:
-    """Encoded image bytes -> the preprocessed [3, S, S] array, exactly as `Preprocess.load` does for a file."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """Encoded image bytes -> the preprocessed [3, S, S] array: `Preprocess.load`'s code, on bytes instead of a file."""
+    from ..images.preprocess import decode_bytes
 
-    from ..images.preprocess import MAX_PIXELS, to_rgb
-
-    if not data:
-        raise InputError("empty image")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise InputError(f"{img.width}x{img.height} pixels is over the {MAX_PIXELS:,} limit")
-                img.load()
-                img = to_rgb(ImageOps.exif_transpose(img))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError("image is too large (possible decompression bomb)") from None
-    except UnidentifiedImageError:
-        raise InputError("not an image (or a format Pillow cannot read)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
-            from None
-    return preprocess(img)
+    return preprocess(decode_bytes(data))
 
 
 @dataclass
@@ -134,6 +117,12 @@ class ServeOptions:
     @property
     def image_name(self) -> str:
         return f"{self.name}_image"
+
+    @property
+    def image_instances(self) -> int:
+        """How many encoded-image requests are decoded, and wait in the tensor model's queue, at once: a full batch,
+        at most MAX_IMAGE_INSTANCES (each instance is a Python-backend process of its own)."""
+        return min(self.max_batch, MAX_IMAGE_INSTANCES)
 
 
 def io_names(runner: Runner) -> tuple[str, str]:
@@ -175,20 +164,11 @@ def bind_models(triton, runner: Runner, options: ServeOptions) -> None:
     size = runner.preprocess.img_size
     lock = threading.Lock()   # one runner call at a time: a TensorRT execution context is not thread-safe
 
-    def logits(x: np.ndarray) -> np.ndarray:
-        with lock:
-            return runner.logits(np.ascontiguousarray(x, dtype=np.float32), batch_size=options.max_batch)
-
     @batch
     def infer_tensor(**inputs):
-        return {out_name: logits(inputs[in_name])}
-
-    def infer_image(requests):
-        out = []
-        for request in requests:
-            encoded = np.asarray(request[IMAGE_INPUT]).reshape(-1)
-            out.append({out_name: logits(np.stack([decode_image(bytes(b), runner.preprocess) for b in encoded]))})
-        return out
+        with lock:
+            return {out_name: runner.logits(np.ascontiguousarray(inputs[in_name], dtype=np.float32),
+                                            batch_size=options.max_batch)}
 
     output = [Tensor(name=out_name, dtype=np.float32, shape=(runner.num_classes,))]
     batcher = DynamicBatcher(max_queue_delay_microseconds=options.queue_delay_us,
@@ -196,9 +176,47 @@ def bind_models(triton, runner: Runner, options: ServeOptions) -> None:
     triton.bind(model_name=options.name, infer_func=infer_tensor,
                 inputs=[Tensor(name=in_name, dtype=np.float32, shape=(3, size, size))], outputs=output,
                 config=ModelConfig(max_batch_size=options.max_batch, batcher=batcher), strict=True)
-    triton.bind(model_name=options.image_name, infer_func=infer_image,
+    triton.bind(model_name=options.image_name,
+                infer_func=[ImageModel(runner, options) for _ in range(options.image_instances)],
                 inputs=[Tensor(name=IMAGE_INPUT, dtype=np.bytes_, shape=(1,))], outputs=output,
                 config=ModelConfig(max_batch_size=options.max_batch, batcher=None), strict=True)
+
+
+class ImageModel:
+    """One instance of the encoded-image model. It decodes each request's images itself, so an undecodable image
+    fails its own request only (PyTriton answers every request of a call with the call's error, so this model is
+    not dynamically batched), then sends the tensor to the tensor model through the server, where Triton's dynamic
+    batcher joins it with the other requests, as the ensemble `deploy triton` writes does. A Python-backend instance
+    takes one call at a time: `image_instances` of them decode and wait for a batch concurrently."""
+
+    def __init__(self, runner: Runner, options: ServeOptions):
+        self.preprocess = runner.preprocess
+        self.input, self.output = io_names(runner)
+        self.model = options.name
+        self.url = f"{local_host(options.host)}:{options.http_port}"
+
+    def __call__(self, requests):
+        import tritonclient.http as httpclient
+
+        out = []
+        for request in requests:
+            encoded = np.asarray(request[IMAGE_INPUT]).reshape(-1)
+            x = np.stack([decode_image(bytes(b), self.preprocess) for b in encoded])
+            tensor = httpclient.InferInput(self.input, list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            # a connection per request, closed by this side: a kept-alive one would be closed by the server as it
+            # stops, leaving its port in TIME_WAIT (not bindable for a minute) after Ctrl-C
+            client = httpclient.InferenceServerClient(self.url)
+            try:
+                out.append({self.output: client.infer(self.model, [tensor]).as_numpy(self.output)})
+            finally:
+                client.close()
+        return out
+
+
+def local_host(host: str) -> str:
+    """The address this machine reaches a server listening on `host` at."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
 
 
 def serve(runner: Runner, options: ServeOptions, on_ready: Callable[[dict], None] | None = None,
@@ -281,8 +299,7 @@ def self_check(runner: Runner, options: ServeOptions, seed: int = 0) -> None:
     in_name, out_name = io_names(runner)
     size = runner.preprocess.img_size
     x = np.random.default_rng(seed).standard_normal((1, 3, size, size), dtype=np.float32)
-    host = "127.0.0.1" if options.host in ("0.0.0.0", "") else options.host
-    client = httpclient.InferenceServerClient(f"{host}:{options.http_port}")
+    client = httpclient.InferenceServerClient(f"{local_host(options.host)}:{options.http_port}")
     broken = "the bridge between tritonserver and this process is broken"
     try:
         request = httpclient.InferInput(in_name, list(x.shape), "FP32")
@@ -311,7 +328,8 @@ def endpoints(runner: Runner, options: ServeOptions) -> dict:
                                                 "queue_delay_us": options.queue_delay_us,
                                                 "preferred_batch": list(options.preferred_batch)}},
             options.image_name: {"input": {IMAGE_INPUT: ["B", 1], "datatype": "BYTES (encoded image file)"},
-                                 "output": {out_name: ["B", runner.num_classes]}},
+                                 "output": {out_name: ["B", runner.num_classes]},
+                                 "instances": options.image_instances, "batched_by": options.name},
         },
     }
 

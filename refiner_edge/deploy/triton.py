@@ -4,8 +4,9 @@
     REPO/NAME/1/model.plan|onnx      the artifact, byte for byte (an engine stays raw: Triton loads it as it is)
     REPO/NAME/labels.txt             class names in index order (Triton's classification extension reads them)
     REPO/NAME/plugins/<library>      library-form engines: the RefinerDLA plugin library the engine needs
-    REPO/NAME_preprocess/            Python backend: encoded image bytes -> the preprocessed tensor, exactly the
-                                     manifest's preprocessing (Pillow + NumPy, no refiner-edge in the server)
+    REPO/NAME_preprocess/            Python backend: encoded image bytes -> the preprocessed tensor, the manifest's
+                                     preprocessing by the package's own images/transform.py, copied beside the
+                                     model (Pillow + NumPy, no refiner-edge in the server)
     REPO/NAME_ensemble/              ensemble: encoded image -> NAME_preprocess -> NAME -> logits
 
 Names, dims and types come from the manifest (graph.input/output, preprocess.img_size, model.num_classes); the
@@ -19,7 +20,6 @@ carries its kernel inside it, and a plain engine has no plugin: nothing to load.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shutil
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..engine.checks import check_plugin_library
 from ..errors import InputError
-from ..images.preprocess import to_rgb
+from ..images import transform
 from ..manifest import IMAGENET_LABELS, Manifest, read_manifest
 
 IMAGE_INPUT = "image"
@@ -181,63 +181,51 @@ def ensemble_config(manifest: Manifest, options: RepositoryOptions, max_batch: i
     ]) + "\n"
 
 
-# The Python-backend model: the manifest's preprocessing in Pillow + NumPy (what refiner_edge/images/preprocess.py
-# computes), so the server needs no refiner-edge. A request whose bytes do not decode gets its own error response.
+# The Python-backend model runs the package's own decoding and transform: refiner_edge/images/transform.py, which
+# imports only Pillow and NumPy, is copied beside it (the server needs no refiner-edge). A request whose bytes do not
+# decode gets its own error response.
+TRANSFORM_FILE = "refiner_edge_transform.py"
 PREPROCESS_MODEL = '''"""Encoded image bytes -> the preprocessed FP32 [3, S, S] tensor (by refiner-edge deploy triton).
 
-Resize the short side to resize_size (aspect kept), center-crop img_size, scale to [0, 1], (x - mean) / std, NCHW;
-the parameters come from config.pbtxt's "preprocess" parameter (the artifact's manifest). Needs Pillow and NumPy
-in the Python backend's environment (pip install pillow in NVIDIA's container).
+Decoding and transform are refiner-edge's own: TRANSFORM_FILE beside this file is refiner_edge/images/transform.py
+as it is. The parameters come from config.pbtxt's "preprocess" parameter (the artifact's manifest). Needs Pillow and
+NumPy in the Python backend's environment (pip install pillow in NVIDIA's container).
 """
+import importlib.util
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from PIL import Image, ImageOps
 
-MAX_PIXELS = 89_478_485
-RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-            "nearest": Image.Resampling.NEAREST}
+_spec = importlib.util.spec_from_file_location("refiner_edge_transform", Path(__file__).with_name("TRANSFORM_FILE"))
+transform = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(transform)
 
-
-{to_rgb}
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        self.pre = json.loads(config["parameters"]["preprocess"]["string_value"])
-        self.mean = np.asarray(self.pre["mean"], np.float32)
-        self.std = np.asarray(self.pre["std"], np.float32)
-
-    def preprocess(self, data):
-        with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise ValueError(f"{img.width}x{img.height} pixels is over the {MAX_PIXELS:,} limit")
-            img.load()
-            img = to_rgb(ImageOps.exif_transpose(img))
-        size, crop = self.pre["resize_size"], self.pre["img_size"]
-        w, h = img.size
-        new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-        img = img.resize((new_w, new_h), RESAMPLE[self.pre["interpolation"]])
-        top, left = int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0))
-        img = img.crop((left, top, left + crop, top + crop))
-        x = np.asarray(img, dtype=np.float32) / 255.0
-        return np.ascontiguousarray(((x - self.mean) / self.std).transpose(2, 0, 1))
+        pre = json.loads(config["parameters"]["preprocess"]["string_value"])
+        if transform.resize_size(pre["img_size"], pre["crop_pct"]) != pre["resize_size"]:
+            raise ValueError(f"inconsistent preprocess parameter: {pre}")
+        self.params = {k: pre[k] for k in ("img_size", "crop_pct", "mean", "std", "interpolation")}
 
     def execute(self, requests):
         responses = []
         for request in requests:
             encoded = pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)
             try:
-                batch = np.stack([self.preprocess(bytes(b)) for b in encoded])
+                batch = np.stack([transform.evaluate(transform.decode(io.BytesIO(bytes(b))), **self.params)
+                                  for b in encoded])
             except Exception as e:   # an undecodable image fails its own request only
                 responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"not a decodable image: {type(e).__name__}: {e}")))
+                    error=pb_utils.TritonError(f"not a decodable image: {e}")))
                 continue
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("preprocessed", batch)]))
         return responses
-'''.replace("{to_rgb}", inspect.getsource(to_rgb).rstrip())
+'''.replace("TRANSFORM_FILE", TRANSFORM_FILE)
 
 
 def write_repository(artifact: str | Path, out: str | Path, options: RepositoryOptions | None = None) -> Repository:
@@ -295,6 +283,7 @@ def write_repository(artifact: str | Path, out: str | Path, options: RepositoryO
     if options.ensemble:
         files[f"{options.name}_preprocess/config.pbtxt"] = preprocess_config(manifest, options, max_batch)
         files[f"{options.name}_preprocess/1/model.py"] = PREPROCESS_MODEL
+        files[f"{options.name}_preprocess/1/{TRANSFORM_FILE}"] = Path(transform.__file__)
         files[f"{options.name}_ensemble/config.pbtxt"] = ensemble_config(manifest, options, max_batch)
         files[f"{options.name}_ensemble/labels.txt"] = labels_text(manifest)
         folders.append(f"{options.name}_ensemble/1")   # an ensemble still needs a version folder

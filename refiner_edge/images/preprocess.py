@@ -1,21 +1,18 @@
 """Image decoding and the official evaluation transform, with the parameters read from the variant's config."""
 from __future__ import annotations
 
-import math
-import warnings
+import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import InputError
 from ..models.variants import VariantConfig
+from . import transform
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit; larger images are refused, never decoded
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-             "nearest": Image.Resampling.NEAREST}
 
 
 @dataclass(frozen=True)
@@ -36,7 +33,7 @@ class Preprocess:
 
     @property
     def resize_size(self) -> int:
-        return math.floor(self.img_size / self.crop_pct)
+        return transform.resize_size(self.img_size, self.crop_pct)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "resize_size": self.resize_size}
@@ -58,19 +55,11 @@ class Preprocess:
         return pre
 
     def __call__(self, img: Image.Image) -> np.ndarray:
-        """RGB PIL image -> float32 array [3, img_size, img_size]."""
-        if self.interpolation not in _RESAMPLE:
-            raise InputError(f"unknown interpolation '{self.interpolation}'; use one of {', '.join(_RESAMPLE)}")
-        w, h = img.size
-        size = self.resize_size
-        new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-        img = img.resize((new_w, new_h), _RESAMPLE[self.interpolation])
-        top = int(round((new_h - self.img_size) / 2.0))
-        left = int(round((new_w - self.img_size) / 2.0))
-        img = img.crop((left, top, left + self.img_size, top + self.img_size))
-        x = np.asarray(img, dtype=np.float32) / 255.0
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        """RGB PIL image -> float32 array [3, img_size, img_size] (transform.evaluate, the served models' code)."""
+        try:
+            return transform.evaluate(img, self.img_size, self.crop_pct, self.mean, self.std, self.interpolation)
+        except transform.ImageError as e:
+            raise InputError(str(e)) from None
 
     def load(self, path: str | Path) -> np.ndarray:
         return self(load_image(path))
@@ -82,39 +71,19 @@ def load_image(path: str | Path) -> Image.Image:
     if not path.is_file():
         raise InputError(f"image not found: {path}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise InputError(f"{path}: {img.width}x{img.height} pixels is over the {MAX_PIXELS:,} limit "
-                                     "(possible decompression bomb)")
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return to_rgb(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"{path}: image is too large (possible decompression bomb)") from None
-    except UnidentifiedImageError:
-        raise InputError(f"{path}: not an image file (or a format Pillow cannot read)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
-            from None
+        return transform.decode(path)
+    except transform.ImageError as e:
+        raise InputError(f"{path}: {e}") from None
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB from any Pillow mode: 16/32-bit integer and float images are scaled, not clipped."""
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        arr = arr / 257.0 if arr.max(initial=0) > 255 or img.mode.startswith("I;16") else arr
-        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
-    elif img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        if arr.size and arr.max() <= 1.0:
-            arr = arr * 255.0
-        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
-    elif img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    # Like the official evaluation (timm's loader): alpha is dropped, not composited.
-    return img.convert("RGB") if img.mode != "RGB" else img
+def decode_bytes(data: bytes) -> Image.Image:
+    """load_image for an encoded file's bytes (what a server receives)."""
+    if not data:
+        raise InputError("empty image")
+    try:
+        return transform.decode(io.BytesIO(data))
+    except transform.ImageError as e:
+        raise InputError(str(e)) from None
 
 
 def find_images(inputs: list[str | Path], recursive: bool = True) -> list[Path]:
