@@ -23,15 +23,24 @@ class Runner:
     description: str
     fixed_batch: int | None = None
     max_batch: int | None = None       # the largest batch run() takes (an engine's profile maximum); None: any
+    min_batch: int | None = None       # the smallest (an engine's profile minimum): shorter batches are padded
     weights_sha256: str | None = None  # of the checkpoint the weights came from, where the runner knows it
     manifest: object | None = None     # the artifact's manifest, where it has one
     device_memory: Callable[[], int] | None = None  # bytes of device memory it holds now; None: it holds none
     close: Callable[[], None] = lambda: None        # frees what it holds (device buffers, engine); safe to repeat
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Logits of one batch (of at most fixed_batch images where the model's batch is fixed)."""
+        """Logits of one batch of at most batch_size() images; a batch below the model's minimum (its fixed batch,
+        or an engine profile's minimum) is padded with repeats of its last image."""
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        return self.run(pad_batch(x, self.fixed_batch))[: len(x)]
+        return self.run(pad_batch(x, self.fixed_batch or self.min_batch))[: len(x)]
+
+    def batch_size(self, requested: int) -> int:
+        """The batch size to feed it when asked for `requested`: the model's fixed batch, else at most the largest
+        batch run() takes. An engine refuses batches outside its profile (bench must time the batch it names), so
+        callers that classify many images (infer, validate) split them here instead."""
+        size = self.fixed_batch or requested
+        return size if self.max_batch is None else min(size, self.max_batch)
 
     def __enter__(self) -> "Runner":
         return self
@@ -41,8 +50,8 @@ class Runner:
 
     def logits(self, arrays: np.ndarray, batch_size: int = 8,
                on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-        """Logits of many preprocessed images, in batches (the model's own size where it is fixed)."""
-        return run_batched(self.run, arrays, batch_size, self.fixed_batch, on_batch)
+        """Logits of many preprocessed images, in batches of batch_size(batch_size)."""
+        return run_batched(self, arrays, self.batch_size(batch_size), on_batch=on_batch)
 
 
 # name -> "module:factory"; a factory takes keyword options and ignores those it does not use. Imported on use so

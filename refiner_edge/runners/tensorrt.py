@@ -313,5 +313,5 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
     return Runner("tensorrt", run, Preprocess.from_record(manifest.preprocess), num_classes,
                   manifest.random_weights, f"{info.flavour} {path.name} ({info.precision}, "
                   f"sm_{info.compute_capability.replace('.', '')})", manifest=manifest,
-                  fixed_batch=min_batch if min_batch == max_batch else None, max_batch=max_batch,
+                  fixed_batch=min_batch if min_batch == max_batch else None, min_batch=min_batch, max_batch=max_batch,
                   device_memory=device_memory, close=close)
