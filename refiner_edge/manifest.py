@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any, Union
 
 from . import __version__
-from .artifacts import file_sha256, write_json
+from .artifacts import MANIFEST_SUFFIX, file_sha256, manifest_path, write_json
 from .errors import InputError
 
 # Bump on any change a reader of an older version would misread (a renamed or retyped field, a new required one).
 SCHEMA_VERSION = 1
-MANIFEST_SUFFIX = ".json"
 STAGES = ("export", "calibrate", "fuse", "build")
 IMAGENET_LABELS = "imagenet-1k"   # the labels shipped with the package, in the official models' index order
 INDEX_LABELS = "class-index"      # any other head: classes are named by their index
@@ -168,11 +167,6 @@ class Manifest:
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         return {"schema_version": data.pop("schema_version"), **data}
-
-
-def manifest_path(artifact: str | Path) -> Path:
-    artifact = Path(artifact)
-    return artifact.with_name(artifact.name + MANIFEST_SUFFIX)
 
 
 def write_manifest(artifact: str | Path, manifest: Manifest) -> Path:

@@ -202,16 +202,16 @@ def test_cli_chain_from_nothing_reuses_its_stages(tmp_path):
 
 @rtx
 def test_failed_build_leaves_the_earlier_engine(tmp_path, tiny_plain, tiny_engine, monkeypatch):
-    import refiner_edge.engine.build as build_module
+    import refiner_edge.engine.worker as worker
 
     out = tmp_path / "keep.engine"
     out.write_bytes(tiny_engine.read_bytes())
     before = out.read_bytes()
 
-    def interrupted(*a, **k):   # failure injection: Ctrl-C in the middle of TensorRT's build
+    def interrupted(*a, **k):   # failure injection: Ctrl-C while the builder runs (tests/test_atomic.py: a real one)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(build_module, "engine_bytes", interrupted)
+    monkeypatch.setattr(worker, "build_in_child", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_rtx(tiny_plain, out)
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["keep.engine"]

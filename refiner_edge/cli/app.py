@@ -22,6 +22,7 @@ class OneLineErrors(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         args = hoist_verbose(sys.argv[1:] if args is None else list(args))
+        state["reported"] = False
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
@@ -36,6 +37,8 @@ class OneLineErrors(TyperGroup):
         except typer.Abort:
             typer.echo("error: interrupted", err=True)
             sys.exit(130)
+        if rv == 130 and not state["reported"]:   # Typer's own exit for a Ctrl-C while it parses the options
+            typer.echo("error: interrupted", err=True)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -84,4 +87,8 @@ app.add_typer(deploy.deploy_app, name="deploy")
 
 
 def run() -> None:  # console-script entry point
-    app(prog_name="refiner-edge")
+    try:
+        app(prog_name="refiner-edge")
+    except KeyboardInterrupt:   # while Typer builds the command, before any command's own handling
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)

@@ -8,10 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..artifacts import manifest_path
 from ..errors import InputError
 from ..engine.plugins import FORMS
 from ..precision import PRECISIONS
-from .common import CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, choices, console, note, print_json, status
+from .common import (CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, choices, console, note, output_file,
+                     print_json, status)
 
 
 Precision = choices("Precision", PRECISIONS)
@@ -22,7 +24,7 @@ def build(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="The engine file (raw TensorRT plan); "
                                                    "its manifest goes beside it (<output>.json), and with no --onnx "
                                                    "the chain's ONNX stages too [default: none: required unless "
-                                                   "--list-targets].", dir_okay=False)] = None,
+                                                   "--list-targets].", parser=output_file, metavar="FILE")] = None,
     precision: Annotated[Optional[Precision], typer.Option("--precision", help="Engine precision [default: the "
                                                            "graph's with --onnx, else fp32].",
                                                            show_default=False)] = None,
@@ -49,7 +51,7 @@ def build(
                                                      "[default: the target's].")] = None,
     timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="Tactic timing cache to read and "
                                                          "update (valid for one GPU, CUDA and TensorRT version) "
-                                                         "[default: none].", dir_okay=False)] = None,
+                                                         "[default: none].", parser=output_file, metavar="FILE")] = None,
     version_compatible: Annotated[bool, typer.Option("--version-compatible", help="Embed a lean runtime so later "
                                                      "TensorRT versions load the engine (TensorRT only).")] = False,
     weak_typing: Annotated[bool, typer.Option("--weak-typing", help="TensorRT 10 only: parse the plain graph and "
@@ -62,7 +64,7 @@ def build(
 ) -> None:
     """Build a TensorRT engine (raw plan + manifest) for a Jetson, datacenter or RTX target; with no --onnx, run
     export, calibration and fusion first, reusing up-to-date artifacts."""
-    from ..engine.build import BuildOptions, build_engine, parse_batch, parse_size
+    from ..engine.build import BuildOptions, build_engine, check_build_outputs, parse_batch, parse_size
     from ..engine.targets import TARGETS, get_target
 
     if list_targets:
@@ -85,6 +87,7 @@ def build(
     if options.version_compatible and options.target.rtx:
         raise InputError("--version-compatible is a TensorRT option; TensorRT-RTX engines are not version compatible")
     if onnx is not None:
+        check_build_outputs(output, options, onnx)   # before anything is read or built
         with status(f"building {onnx.name} for {options.target.name} ..."):
             manifest = build_engine(onnx, output, options, note=note)
         stages = {"build": {"artifact": str(output), "reused": False}}
@@ -99,7 +102,7 @@ def build(
                              calib_images=calib_images, force=force, step=step, note=note)
         manifest, stages = result["manifest"], result["stages"]
     e = manifest.engine
-    report = {"engine": str(output), "manifest": f"{output}.json", "bytes": output.stat().st_size,
+    report = {"engine": str(output), "manifest": str(manifest_path(output)), "bytes": output.stat().st_size,
               "target": e.target, "flavour": e.flavour, "tensorrt": e.tensorrt_version,
               "compute_capability": e.compute_capability, "precision": e.precision, "typing": e.typing,
               "plugin": e.plugin_form, "profiles": [dataclasses.asdict(p) for p in e.profiles],
@@ -111,7 +114,7 @@ def build(
         console().print(f"{name:>9}: {'reused ' if stage['reused'] else ''}{stage['artifact']}")
     console().print(f"wrote {output} ({report['bytes'] / 1e6:.1f} MB, {e.precision}, {e.flavour} "
                     f"{e.tensorrt_version}, sm_{e.compute_capability.replace('.', '')}, built in "
-                    f"{e.build_seconds:.1f} s) and {output.name}.json")
+                    f"{e.build_seconds:.1f} s) and {manifest_path(output)}")
 
 
 def print_targets(rows: list[dict]) -> None:

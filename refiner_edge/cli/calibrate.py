@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..precision import CALIBRATED
-from .common import JsonOpt, choices, console, note, phases, print_json
+from .common import JsonOpt, choices, console, note, output_file, phases, print_json
 
 
 Precision = choices("Precision", CALIBRATED)
@@ -28,7 +28,7 @@ def calibrate(
                                          "jpg/png/webp/bmp/...) or one file.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the calibrated graph; the report "
                                          "goes to <output>.json, the TensorRT 10 cache to <stem>.calib.",
-                                         dir_okay=False)],
+                                         parser=output_file, metavar="FILE")],
     precision: Annotated[Precision, typer.Option("--precision", help="int8: Q/DQ on Conv/MatMul/Gemm inputs "
                                                  "over an FP16 graph; fp16: FP16 graph.")] = Precision.int8,
     num: Annotated[int, typer.Option("--num", min=1, help="Calibration images to use (a seeded random sample "
@@ -81,6 +81,8 @@ def calibrate(
 def print_calibration(report: dict, output: Path) -> None:
     from rich.table import Table
 
+    from ..artifacts import manifest_path
+
     out = console()
     cal, ev = report["calibration"], report["evaluation"]
     out.print(f"calibrated on {cal['used']} images from {cal['images']} ({cal['skipped']} unreadable skipped), "
@@ -110,4 +112,4 @@ def print_calibration(report: dict, output: Path) -> None:
               f"{ev['cosine']:.6f}, SQNR {ev['sqnr_db']:.2f} dB, max abs error {ev['max_abs']:.4g}")
     cache = report.get("tensorrt_calibration_cache")
     extra = f", {cache['file']}" if cache else ""
-    out.print(f"wrote {output}, {output.name}.json{extra}")
+    out.print(f"wrote {output}, {manifest_path(output)}{extra}")

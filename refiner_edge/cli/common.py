@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -19,7 +20,7 @@ from ..errors import RefinerEdgeError
 from ..extras import missing_dependency
 
 log = logging.getLogger("refiner_edge")
-state = {"verbose": False}
+state = {"verbose": False, "reported": False}
 
 
 def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -41,6 +42,7 @@ def note(message: str) -> None:
 def fail(message: str, code: int = 1) -> None:
     """Print one line to stderr and exit with `code`."""
     typer.echo(f"error: {message}", err=True)
+    state["reported"] = True
     raise typer.Exit(code)
 
 
@@ -110,6 +112,16 @@ def print_json(data) -> None:
     import json
 
     typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def output_file(value: str) -> Path:
+    """-o FILE as typed: Path() would drop a trailing slash, which names a folder, and the run would write a file
+    with the folder's name. The rest (not a device, not an input, a writable folder) is artifacts.check_outputs."""
+    if value.endswith(("/", os.sep)):
+        raise typer.BadParameter(f"'{value}' ends in '/', which names a folder: give a file name inside it")
+    if not value:
+        raise typer.BadParameter("an empty name: give a file name")
+    return Path(value)
 
 
 VariantOpt = Annotated[Optional[str], typer.Option(

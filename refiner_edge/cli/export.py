@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .common import CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, console, note, print_json, status
+from .common import CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, console, note, output_file, print_json, status
 
 
 def parse_batch(value: str) -> int | str:
@@ -23,7 +23,7 @@ def parse_batch(value: str) -> int | str:
 
 def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the ONNX file; its manifest "
-                                         "goes beside it (<output>.json).", dir_okay=False)],
+                                         "goes beside it (<output>.json).", parser=output_file, metavar="FILE")],
     variant: VariantOpt = None,
     checkpoint: CheckpointOpt = None,
     img_size: ImgSizeOpt = None,
@@ -35,12 +35,14 @@ def export(
     as_json: JsonOpt = False,
 ) -> None:
     """Export a Refiner-ViT to ONNX, checked against PyTorch on ONNX Runtime before it is kept."""
+    from ..artifacts import check_artifact, manifest_path
     from ..models.factory import create_model
     from ..models.variants import DEFAULT_VARIANT
     from ..onnx.export import export_onnx
     from .fuse import run_fuse
 
     batch_value = parse_batch(batch)
+    check_artifact(output, inputs=[checkpoint])   # before the model is made
     model = create_model(variant or DEFAULT_VARIANT, img_size=img_size, checkpoint=checkpoint)
     out = console()
     name = f"{model.cfg.name}@{model.cfg.img_size}"
@@ -67,4 +69,4 @@ def export(
     if as_json:
         print_json(report)
     else:
-        out.print(f"wrote {output} and {output.name}.json")
+        out.print(f"wrote {output} and {manifest_path(output)}")

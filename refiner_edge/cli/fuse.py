@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..refine.plugin_form import FORMS
-from .common import JsonOpt, choices, console, note, print_json, status
+from .common import JsonOpt, choices, console, note, output_file, print_json, status
 
 
 PluginForm = choices("PluginForm", FORMS)
@@ -35,7 +35,7 @@ def fuse(
     source: Annotated[Path, typer.Argument(help="Plain ONNX graph from `refiner-edge export` or `calibrate` "
                                            "(FP32, FP16 or INT8 Q/DQ).", dir_okay=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the fused graph (may be SOURCE).",
-                                         dir_okay=False)],
+                                         parser=output_file, metavar="FILE")],
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Run fused and plain graphs on ONNX "
                                          "Runtime (reference op) on real images and require the same "
                                          "predictions, within the criteria of the graph's precision.")] = True,

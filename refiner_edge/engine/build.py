@@ -21,13 +21,14 @@ import math
 import os
 import re
 import shlex
+import shutil
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..artifacts import atomic_output, file_sha256
+from ..artifacts import (MANIFEST_SUFFIX, Staging, atomic_output, check_artifact, check_outputs, file_sha256,
+                         manifest_path, staged_outputs)
 from ..errors import InputError, MissingDependencyError, VerificationError
 from ..extras import PLATFORM_HINT, install_hint
 from ..manifest import EngineInfo, Manifest, Profile, read_manifest, write_manifest
@@ -398,6 +399,14 @@ def rebuild_command(output: str | Path, options: BuildOptions, onnx: str | Path 
     return shlex.join(args + ["-o", str(output)])
 
 
+def check_build_outputs(output: Path, options: BuildOptions, onnx: str | Path | None = None) -> None:
+    """The engine, its manifest and the timing cache, refused before any work (artifacts.check_outputs)."""
+    if output.suffix == MANIFEST_SUFFIX:
+        raise InputError("-o names the engine; its manifest is written beside it as <engine>.json")
+    check_artifact(output, inputs=[onnx, options.timing_cache])
+    check_outputs(options.timing_cache, inputs=[onnx, output, manifest_path(output)], option="--timing-cache")
+
+
 def build_engine(onnx: str | Path, output: str | Path, options: BuildOptions, *, rebuild: str | None = None,
                  report: dict | None = None, note: Callable[[str], None] = lambda message: None) -> Manifest:
     """Build `onnx` into the raw engine `output` and write its manifest `<output>.json` beside it.
@@ -406,8 +415,7 @@ def build_engine(onnx: str | Path, output: str | Path, options: BuildOptions, *,
     is. Nothing is written unless the build succeeds; an earlier engine at `output` stays until then.
     """
     output = Path(output)
-    if output.suffix == ".json":
-        raise InputError("-o names the engine; its manifest is written beside it as <engine>.json")
+    check_build_outputs(output, options, onnx)
     target = options.target
     network = describe_network(onnx, options)
     form = plugins.default_form(target, network.fused, options.plugin)
@@ -416,40 +424,58 @@ def build_engine(onnx: str | Path, output: str | Path, options: BuildOptions, *,
     trt = import_tensorrt(target.flavour)
     check_hardware_compat(target, trt.__version__)
     check_device(target, trt.__version__, note)
-    plugin = plugins.prepare(form, None if target.rtx else trt.__version__,
-                             portable_cc=80 if target.hardware_compat == "ampere+" else None, min_cuda=target.min_cuda)
-    started = time.perf_counter()
-    data = engine_bytes(network, options, plugin)
-    seconds = time.perf_counter() - started
-    if not data or data[:1] in (b"{", b"["):
-        raise VerificationError(f"{target.flavour} returned no engine for {network.onnx.name}")
-    lo, opt, hi = batch_profile(options, network)
-    if (lo, opt, hi) != (options.batch or target.batch):
-        report = {**(report or {}), "batch_profile": capped_note(target, network, (lo, opt, hi))}
-        note(report["batch_profile"])
-    _, channels, size = input_shape(network)
-    info = EngineInfo(
-        flavour=target.flavour, tensorrt_version=trt.__version__, target=target.name,
-        compute_capability=target.compute_capability, device=target.devices, precision=network.precision,
-        typing="weak" if network.weak else "strong",
-        profiles=[Profile(input=network.manifest.graph.input, min=[lo, channels, size, size],
-                          opt=[opt, channels, size, size], max=[hi, channels, size, size])],
-        plugin_form=plugin.form, plugin_library=str(plugin.library) if plugin.library else None,
-        plugin_sha256=plugin.sha256, dla_core=options.dla_core, workspace=options.workspace or target.workspace,
-        builder_optimization_level=options.opt_level or target.opt_level, hardware_compatibility=target.hardware_compat,
-        version_compatible=options.version_compatible,
-        timing_cache=str(options.timing_cache) if options.timing_cache else None, build_seconds=round(seconds, 2),
-        rebuild=rebuild or rebuild_command(output, options, onnx=network.onnx))
-    graph = dataclasses.replace(network.manifest.graph, precision=network.precision)
-    record = network.manifest.derive("build", output, network.onnx, graph=graph, engine=info,
-                                     report={**(report or {}), "engine_bytes": len(data),
-                                             **({"aot_ptx": plugin.setup} if plugin.setup else {})})
-    with atomic_output(output) as tmp:
-        tmp.write_bytes(data)
-    try:
-        write_manifest(output, record)
-    except BaseException:
-        output.unlink(missing_ok=True)   # an engine without its manifest would load with no checks
-        raise
+    spec = {"form": form, "tensorrt_version": None if target.rtx else trt.__version__,
+            "portable_cc": 80 if target.hardware_compat == "ampere+" else None, "min_cuda": target.min_cuda}
+    plugin = plugins.prepare(**spec)
+    with staged_outputs(output, locks=[options.timing_cache], inputs=[network.onnx, network.parse],
+                        note=note) as staging:
+        built = build_isolated(network, options, spec, staging.path(output), staging, note)
+        lo, opt, hi = batch_profile(options, network)
+        if (lo, opt, hi) != (options.batch or target.batch):
+            report = {**(report or {}), "batch_profile": capped_note(target, network, (lo, opt, hi))}
+            note(report["batch_profile"])
+        _, channels, size = input_shape(network)
+        info = EngineInfo(
+            flavour=target.flavour, tensorrt_version=trt.__version__, target=target.name,
+            compute_capability=target.compute_capability, device=target.devices, precision=network.precision,
+            typing="weak" if network.weak else "strong",
+            profiles=[Profile(input=network.manifest.graph.input, min=[lo, channels, size, size],
+                              opt=[opt, channels, size, size], max=[hi, channels, size, size])],
+            plugin_form=plugin.form, plugin_library=str(plugin.library) if plugin.library else None,
+            plugin_sha256=plugin.sha256, dla_core=options.dla_core, workspace=options.workspace or target.workspace,
+            builder_optimization_level=options.opt_level or target.opt_level,
+            hardware_compatibility=target.hardware_compat, version_compatible=options.version_compatible,
+            timing_cache=str(options.timing_cache) if options.timing_cache else None,
+            build_seconds=round(built["seconds"], 2), rebuild=rebuild or rebuild_command(output, options,
+                                                                                         onnx=network.onnx))
+        graph = dataclasses.replace(network.manifest.graph, precision=network.precision)
+        record = network.manifest.derive("build", output, network.onnx, graph=graph, engine=info,
+                                         report={**(report or {}), "engine_bytes": built["bytes"],
+                                                 **({"aot_ptx": plugin.setup} if plugin.setup else {})})
+        write_manifest(staging.path(output), record)
     return record
 
+
+def build_isolated(network: Network, options: BuildOptions, plugin: dict, engine: Path, staging: Staging,
+                   note: Callable[[str], None]) -> dict:
+    """Build in a child process (engine/worker.py: so Ctrl-C stops the compile) into the staging folder, and
+    publish the updated timing cache. Returns {"seconds", "bytes"}."""
+    from .worker import build_in_child
+
+    cache = staging.folder / ".timing-cache"
+    if options.timing_cache is not None and Path(options.timing_cache).is_file():
+        # the builder reads and writes a private copy: Polygraphy locks a cache with a `.lock` file it leaves behind
+        shutil.copyfile(options.timing_cache, cache)
+    child_options = dataclasses.replace(options, timing_cache=cache if options.timing_cache else None)
+    built = build_in_child({"network": network, "options": child_options, "plugin": plugin, "engine": str(engine),
+                            "timing_cache_name": str(options.timing_cache)}, staging.folder / ".result")
+    for line in built.get("notes", []):
+        note(line)
+    with open(engine, "rb") as f:
+        head = f.read(1)
+    if not head or head in (b"{", b"["):
+        raise VerificationError(f"{options.target.flavour} returned no engine for {network.onnx.name}")
+    if options.timing_cache is not None and cache.is_file():
+        with atomic_output(options.timing_cache) as tmp:
+            shutil.copyfile(cache, tmp)
+    return built

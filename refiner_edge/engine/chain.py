@@ -2,8 +2,8 @@
 photographs) -> fuse (when the plugin form needs a fused graph) -> build, each artifact kept beside the engine.
 
 A stage is skipped when its artifact is there, matches its manifest's SHA-256, and its manifest's report holds the
-same `chain_key`: the SHA-256 of the stage's inputs (files by content) and options. Every artifact is written
-atomically by its stage, so a failed or interrupted stage leaves the earlier ones as they were.
+same `chain_key`: the SHA-256 of the stage's inputs (files by content) and options. The stages of one run are
+published together or not at all (build_chain), so an interrupted or failed run leaves the earlier generation whole.
 """
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Callable, ContextManager
 
 from .. import __version__
-from ..artifacts import file_sha256
+from ..artifacts import Staging, check_artifact, file_sha256, staged_outputs
 from ..errors import InputError, RefinerEdgeError
 from ..manifest import Manifest, read_manifest, write_manifest
 from . import plugins
-from .build import BuildOptions, build_engine, check_dla, import_tensorrt, rebuild_command, weak_typing
+from .build import (BuildOptions, build_engine, check_build_outputs, check_dla, import_tensorrt, rebuild_command,
+                    weak_typing)
 
 Step = Callable[[str], ContextManager]
 
@@ -94,6 +95,7 @@ def build_chain(output: str | Path, options: BuildOptions, *, variant: str | Non
                 note: Callable[[str], None] = lambda message: None) -> dict:
     """Make the engine `output` from a variant (and checkpoint) through every stage; returns what each stage did."""
     from ..models.variants import DEFAULT_VARIANT
+    from ..precision.calibrate import calibration_cache_path
 
     output = Path(output)
     if output.suffix == ".onnx" or output.suffix == ".json":
@@ -110,26 +112,47 @@ def build_chain(output: str | Path, options: BuildOptions, *, variant: str | Non
     variant = variant or DEFAULT_VARIANT
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise InputError(f"checkpoint not found: {checkpoint}")
-    checkpoint_sha = file_sha256(checkpoint) if checkpoint is not None else None
     paths = artifact_paths(output, precision, fused)
+    stage_paths = [p for p in paths.values() if p is not None]
+    calib = calibration_cache_path(paths["calibrate"]) if precision == "int8" else None
+    inputs_given = [checkpoint, calib_images, options.timing_cache]
+    for path in (*stage_paths, output):
+        check_artifact(path, inputs=inputs_given, extra=[calib] if calib and path == paths["calibrate"] else [])
+    check_build_outputs(output, options)
+    checkpoint_sha = file_sha256(checkpoint) if checkpoint is not None else None
+    # Every stage writes into one staging folder and everything is published together at the end (the engine's
+    # manifest last), under the locks of every stage's file: an interrupted or failed chain leaves the earlier
+    # generation whole, and a concurrent chain to the same -o waits instead of mixing its stages with this one's.
+    with staged_outputs(*stage_paths, output, extra=[calib] if calib else [], locks=[options.timing_cache],
+                        inputs=inputs_given, note=note) as staging:
+        return _run_stages(output, options, paths, staging, form=form, variant=variant, checkpoint=checkpoint,
+                           checkpoint_sha=checkpoint_sha, img_size=img_size, calib_images=calib_images,
+                           precision=precision, force=force, step=step, note=note)
+
+
+def _run_stages(output: Path, options: BuildOptions, paths: dict[str, Path | None], staging: Staging, *, form: str,
+                variant: str, checkpoint, checkpoint_sha: str | None, img_size: int | None, calib_images,
+                precision: str, force: bool, step: Step, note: Callable[[str], None]) -> dict:
+    """Each stage: reuse the published artifact when up to date, else make it in the staging folder (where the next
+    stage reads it)."""
     stages: dict[str, dict] = {}
 
     # export
     inputs = {"variant": variant, "checkpoint_sha256": checkpoint_sha, "img_size": img_size, "batch": "dynamic",
               "refiner_edge": __version__}
-    current, key = paths["export"], chain_key(stage="export", **inputs)
-    if force or reusable(current, key) is None:
+    final, key = paths["export"], chain_key(stage="export", **inputs)
+    current = final
+    if force or reusable(final, key) is None:
         from ..models.factory import create_model
         from ..onnx.export import export_onnx
 
-        with step(f"export {variant} -> {current.name}"):
+        current = staging.path(final)
+        with step(f"export {variant} -> {final.name}"):
             if checkpoint is None:
                 note("no --checkpoint: the weights are random")
             export_onnx(create_model(variant, img_size=img_size, checkpoint=checkpoint), current)
         stamp(current, key, inputs)
-        stages["export"] = {"artifact": str(current), "reused": False}
-    else:
-        stages["export"] = {"artifact": str(current), "reused": True}
+    stages["export"] = {"artifact": str(final), "reused": current == final}
 
     # calibrate
     if paths["calibrate"] is not None:
@@ -138,35 +161,34 @@ def build_chain(output: str | Path, options: BuildOptions, *, variant: str | Non
         images = Path(calib_images) if calib_images is not None else sample_image_dir()
         if not images.exists():
             raise InputError(f"--calib-images: {images} does not exist")
-        source = current
-        current = paths["calibrate"]
+        source, final = current, paths["calibrate"]
+        current = final
         inputs = {"onnx_sha256": file_sha256(source), "images_sha256": images_digest(images) if images.is_dir()
                   else file_sha256(images), "precision": precision, "refiner_edge": __version__}
         key = chain_key(stage="calibrate", **inputs)
-        if force or reusable(current, key) is None:
+        if force or reusable(final, key) is None:
             from ..precision.calibrate import calibrate_onnx
 
-            with step(f"calibrate {precision} on {images} -> {current.name}"):
+            current = staging.path(final)
+            with step(f"calibrate {precision} on {images} -> {final.name}"):
                 calibrate_onnx(source, images, current, precision=precision)
             stamp(current, key, inputs)
-            stages["calibrate"] = {"artifact": str(current), "images": str(images), "reused": False}
-        else:
-            stages["calibrate"] = {"artifact": str(current), "images": str(images), "reused": True}
+        stages["calibrate"] = {"artifact": str(final), "images": str(images), "reused": current == final}
 
     # fuse
     if paths["fuse"] is not None:
         from ..refine.fuse import fuse_onnx
 
-        source, current = current, paths["fuse"]
+        source, final = current, paths["fuse"]
+        current = final
         inputs = {"onnx_sha256": file_sha256(source), "form": form, "refiner_edge": __version__}
         key = chain_key(stage="fuse", **inputs)
-        if force or reusable(current, key) is None:
-            with step(f"fuse {source.name} -> {current.name} ({form} form)"):
+        if force or reusable(final, key) is None:
+            current = staging.path(final)
+            with step(f"fuse {source.name} -> {final.name} ({form} form)"):
                 fuse_onnx(source, current, verify=True, form=form)
             stamp(current, key, inputs)
-            stages["fuse"] = {"artifact": str(current), "reused": False}
-        else:
-            stages["fuse"] = {"artifact": str(current), "reused": True}
+        stages["fuse"] = {"artifact": str(final), "reused": current == final}
 
     # build
     options = replace(options, plugin=form)
@@ -179,7 +201,7 @@ def build_chain(output: str | Path, options: BuildOptions, *, variant: str | Non
     manifest = None if force else reusable(output, key)
     if manifest is None:
         with step(f"build {current.name} for {options.target.name} ({options.target.flavour}) -> {output.name}"):
-            manifest = build_engine(current, output, options, rebuild=rebuild,
+            manifest = build_engine(current, staging.path(output), options, rebuild=rebuild,
                                     report={"chain_key": key, "chain_inputs": inputs}, note=note)
         stages["build"] = {"artifact": str(output), "reused": False}
     else:

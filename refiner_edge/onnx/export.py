@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..artifacts import atomic_output
+from ..artifacts import staged_outputs
 from ..compare import Comparison
 from ..errors import InputError, VerificationError
 from ..images.preprocess import Preprocess
@@ -80,7 +80,8 @@ def export_onnx(model: RefinerViT, output: str | Path, *, opset: int | None = No
         reference = model(torch.from_numpy(x)).numpy()
 
     output = Path(output)
-    with atomic_output(output) as tmp:
+    with staged_outputs(output) as staging:
+        tmp = staging.path(output)
         _torch_export(fold_batchnorms(model), tmp, opset, dynamic=batch == "dynamic", example=torch.from_numpy(x))
         import onnx
 
@@ -89,11 +90,11 @@ def export_onnx(model: RefinerViT, output: str | Path, *, opset: int | None = No
         result = Comparison.of(got, reference, {"max_rel_error": tolerance})
         if not result:
             raise VerificationError(f"exported graph does not match PyTorch: {result}")
-    manifest = export_manifest(model, opset, batch)
-    manifest.verification.append(Verification(
-        stage="export", candidate="onnxruntime-cpu", reference="pytorch-fp32", inputs=f"random, batch {n}",
-        metrics=result.metrics(), thresholds=result.thresholds))
-    write_manifest(output, manifest)
+        manifest = export_manifest(model, opset, batch)
+        manifest.verification.append(Verification(
+            stage="export", candidate="onnxruntime-cpu", reference="pytorch-fp32", inputs=f"random, batch {n}",
+            metrics=result.metrics(), thresholds=result.thresholds))
+        write_manifest(tmp, manifest)
     return {"manifest": manifest, "comparison": result}
 
 

@@ -9,7 +9,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..artifacts import atomic_output
+from ..artifacts import check_artifact, staged_outputs
 from ..batching import pad_batch
 from ..compare import Comparison
 from ..errors import InputError
@@ -80,6 +80,8 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
     source, output, images = Path(source), Path(output), Path(images)
     if output.resolve() == source.resolve():
         raise InputError("--output must differ from --onnx: the plain graph is the calibration's reference")
+    check_artifact(output, inputs=[source, images, listing],
+                   extra=[calibration_cache_path(output)] if precision == "int8" else [])
     started = time.perf_counter()
     model = load_float_graph(source)
     manifest = read_manifest(source)
@@ -122,12 +124,7 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
     finished = time.perf_counter()
 
     onnx.checker.check_model(result)
-    with atomic_output(output) as tmp:
-        onnx.save(result, str(tmp))
-    cache = None
-    if precision == "int8":
-        cache = write_cache(calibration_cache_path(output), {k: ranges.clip(k) for k in ranges.minmax},
-                            tensorrt_version)
+    cache = calibration_cache_path(output) if precision == "int8" else None
     report.update({
         "calibration": {"images": str(images), "method": range_method, "num": num, "seed": seed,
                         **imageset.summary(), "batch": ranges.batch, "segments": ranges.segments,
@@ -149,7 +146,12 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
             stage="calibrate", candidate="onnxruntime-cpu", reference=f"{source.name} (FP32) on onnxruntime-cpu",
             inputs=f"{comparison.images} calibration images", metrics=comparison.metrics(),
             thresholds={} if budget is None else {"max_drop": budget.max_drop, "min_sqnr_db": budget.min_sqnr_db}))
-        write_manifest(output, record)
+    with staged_outputs(output, extra=[cache] if cache else []) as staging:
+        onnx.save(result, str(staging.path(output)))
+        if cache is not None:
+            write_cache(staging.path(cache), {k: ranges.clip(k) for k in ranges.minmax}, tensorrt_version)
+        if manifest is not None:
+            write_manifest(staging.path(output), record)
     return report
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import atomic_output
+from ..artifacts import staged_outputs
 from ..compare import THRESHOLDS, Comparison
 from ..errors import InputError, VerificationError
 from ..manifest import PluginInfo, Verification, read_manifest, write_manifest
@@ -47,7 +47,8 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, image
     manifest = read_manifest(source)
     fused, count = fuse_graph(model, manifest.model.refining_blocks if manifest else None)
     comparison = None
-    with atomic_output(output) as tmp:
+    with staged_outputs(output) as staging:
+        tmp = staging.path(output)
         onnx.save(fused, str(tmp))
         if verify:
             thresholds = thresholds or fuse_thresholds(graph_precision(model))
@@ -58,17 +59,17 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, image
             from .plugin_form import aot_form
 
             onnx.save(aot_form(fused), str(tmp))
-    if manifest is not None:
-        plugin = PluginInfo(name=PLUGIN_NAME, version=PLUGIN_VERSION, namespace=PLUGIN_NAMESPACE, nodes=count,
-                            form=form)
-        graph = dataclasses.replace(manifest.graph, fused=True, plugin=plugin)
-        record = manifest.derive("fuse", output, source, graph=graph)
-        if comparison is not None:
-            record.verification.append(Verification(
-                stage="fuse", candidate="onnxruntime-cpu + reference RefinerDLA", reference=f"{source.name} "
-                "on onnxruntime-cpu", inputs=f"{comparison.images} images", metrics=comparison.metrics(),
-                thresholds=comparison.thresholds))
-        write_manifest(output, record)
+        if manifest is not None:
+            plugin = PluginInfo(name=PLUGIN_NAME, version=PLUGIN_VERSION, namespace=PLUGIN_NAMESPACE, nodes=count,
+                                form=form)
+            graph = dataclasses.replace(manifest.graph, fused=True, plugin=plugin)
+            record = manifest.derive("fuse", output, source, graph=graph)
+            if comparison is not None:
+                record.verification.append(Verification(
+                    stage="fuse", candidate="onnxruntime-cpu + reference RefinerDLA", reference=f"{source.name} "
+                    "on onnxruntime-cpu", inputs=f"{comparison.images} images", metrics=comparison.metrics(),
+                    thresholds=comparison.thresholds))
+            write_manifest(tmp, record)
     return {"fused_nodes": count, "comparison": comparison, "output": output, "form": form}
 
 

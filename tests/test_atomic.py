@@ -1,0 +1,260 @@
+"""An engine and its manifest as one unit: outputs checked before any work, one lock per output, Ctrl-C that
+reaches TensorRT's compile, chains that publish every stage or none.
+
+The interrupts are real SIGINTs sent to a real `refiner-edge build` of the tiny variant (TensorRT-RTX builds it on
+the CPU in about a second); the only injection is *when*, where an instant cannot be hit by timing (just after the
+engine's rename). Afterwards the engine and its manifest always match, and no temporary, lock or scratch file is
+left.
+"""
+import ctypes
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from refiner_edge.artifacts import file_sha256
+
+from .helpers import assert_clean_failure, invoke
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
+rtx = pytest.mark.skipif(not HAS_RTX, reason="tensorrt-rtx is not installed (pip install 'refiner-edge[rtx]')")
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+# runs the CLI after installing the failure injection given as argv[1] (Python source; may be empty)
+WITH_INJECTION = textwrap.dedent("""
+    import os, signal, sys
+    exec(sys.argv[1])
+    from refiner_edge.cli import run
+    sys.argv = ["refiner-edge", *sys.argv[2:]]
+    run()
+""")
+# Ctrl-C just after the engine is renamed into place (before its manifest is)
+SIGINT_AFTER_ENGINE_RENAME = textwrap.dedent("""
+    real_replace = os.replace
+    def replace(src, dest, *a, **k):
+        real_replace(src, dest, *a, **k)
+        if str(dest).endswith(".engine"):
+            os.kill(os.getpid(), signal.SIGINT)
+    os.replace = replace
+""")
+
+
+def cli(*args, injection: str = "", **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WITH_INJECTION, injection, *map(str, args)], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def build_args(onnx: Path, out: Path, batch: str) -> list:
+    return ["build", "--onnx", onnx, "--target", "rtx-sm89", "--batch", batch, "-o", out]
+
+
+def pair_matches(engine: Path) -> bool:
+    manifest = json.loads(engine.with_name(engine.name + ".json").read_text())
+    return manifest["sha256"] == file_sha256(engine)
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+@pytest.fixture
+def earlier_pair(tmp_path, tiny_plain):
+    """A folder with an engine + manifest from an earlier build (batch 1), to be kept or replaced whole."""
+    out = tmp_path / "e" / "t.engine"
+    started = time.monotonic()
+    proc = cli(*build_args(tiny_plain, out, "1"))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return out, out.read_bytes(), time.monotonic() - started
+
+
+# --- outputs checked before any work -------------------------------------------------------------------------
+
+def test_an_output_that_is_an_input_or_a_device_is_refused_up_front(tmp_path, tiny_plain):
+    graph = tmp_path / "t.onnx"
+    graph.write_bytes(tiny_plain.read_bytes())
+    (tmp_path / "t.onnx.json").write_text(tiny_plain.with_name("tiny.onnx.json").read_text())
+    before = graph.read_bytes()
+    result = invoke("build", "--onnx", graph, "--target", "rtx-sm89", "-o", graph)
+    assert result.exit_code == 2
+    assert_clean_failure(result, "also an input of this run")
+    assert graph.read_bytes() == before
+    for command in (["build", "--onnx", graph, "--target", "rtx-sm89", "-o"], ["fuse", graph, "-o"],
+                    ["export", "--variant", "refiner-vit-tiny", "-o"],
+                    ["calibrate", "--onnx", graph, "--images", tmp_path, "-o"]):
+        result = invoke(*command, "/dev/null")
+        assert result.exit_code == 2, (command, result.output)
+        assert_clean_failure(result, "/dev/null is a character device")
+    fifo = tmp_path / "pipe.engine"
+    os.mkfifo(fifo)
+    assert_clean_failure(invoke("build", "--onnx", graph, "--target", "rtx-sm89", "-o", fifo), "is a FIFO")
+    assert_clean_failure(invoke("build", "--onnx", graph, "--target", "rtx-sm89", "-o", tmp_path),
+                         "is a folder, not a regular file")
+    result = invoke("build", "--onnx", graph, "--target", "rtx-sm89", "-o", f"{tmp_path}/sub/")
+    assert result.exit_code == 2
+    assert_clean_failure(result, "ends in '/'")
+    result = invoke("build", "--onnx", graph, "--target", "rtx-sm89", "-o", tmp_path / "x.engine",
+                    "--timing-cache", "/proc/cache.bin")   # root passes os.access there; creating a file fails
+    assert result.exit_code == 2
+    assert_clean_failure(result, "--timing-cache /proc/cache.bin: cannot write in /proc")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe.engine", "t.onnx", "t.onnx.json"]
+
+
+def test_a_name_that_fits_is_written_and_one_whose_manifest_cannot_be_is_refused(tmp_path):
+    fits = "m" * (255 - len(".onnx.json")) + ".onnx"         # the manifest's name is exactly 255 bytes
+    result = invoke("export", "--variant", "refiner-vit-tiny", "-o", tmp_path / fits)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fits, fits + ".json"]
+    too_long = "n" * 247 + ".onnx"                            # 252 bytes: the file system takes it, not its manifest
+    result = invoke("export", "--variant", "refiner-vit-tiny", "-o", tmp_path / too_long)
+    assert result.exit_code == 2
+    assert_clean_failure(result, "the name is 257 bytes and this file system allows 255")
+
+
+def drop_dac_capabilities():
+    """Run as root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH (dropped from the bounding set before exec), so
+    permission bits apply as they do to a normal user: the suite runs as root."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):   # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:   # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_a_read_only_folder_is_refused_before_the_build(tmp_path, tiny_plain):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        for args in (["-o", folder / "t.engine"], ["-o", tmp_path / "t.engine", "--timing-cache", folder / "c.bin"]):
+            started = time.monotonic()
+            try:
+                proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "build", "--onnx", tiny_plain,
+                                       "--target", "rtx-sm89", *map(str, args)], env=ENV, capture_output=True,
+                                      text=True, timeout=120, preexec_fn=drop_dac_capabilities)
+            except subprocess.SubprocessError as e:
+                pytest.skip(f"cannot drop CAP_DAC_OVERRIDE here ({e})")
+            assert proc.returncode == 2, proc.stderr
+            lines = proc.stderr.strip().splitlines()
+            assert len(lines) == 1 and f"cannot write in {folder} (Permission denied)" in lines[0], proc.stderr
+            assert "unexpected" not in proc.stderr and "built in" not in proc.stdout
+        assert list(folder.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["ro"]
+    finally:
+        folder.chmod(0o755)
+
+
+# --- one lock per output --------------------------------------------------------------------------------------
+
+@rtx
+def test_concurrent_builds_to_one_output_leave_a_matching_pair(tmp_path, tiny_plain):
+    out = tmp_path / "e" / "t.engine"
+    cache = tmp_path / "cache.bin"
+    procs = []
+    for batch in ("1", "1:2:4", "2:4:8"):
+        procs.append(cli(*build_args(tiny_plain, out, batch), "--timing-cache", cache))
+        time.sleep(0.01)
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    assert any("waiting for another refiner-edge run" in e for e in errors), errors   # they took turns
+    assert pair_matches(out)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["cache.bin", "e", "t.engine", "t.engine.json"]
+
+
+# --- Ctrl-C reaches the compile; the pair is published whole ---------------------------------------------------
+
+def assert_old_or_new_pair(out: Path, before: bytes, proc: subprocess.Popen, err: str):
+    assert proc.returncode in (0, 130), err
+    if proc.returncode == 130:
+        assert err.strip().splitlines()[-1] == "error: interrupted", err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert pair_matches(out), err
+    assert sorted(p.name for p in out.parent.iterdir()) == ["t.engine", "t.engine.json"], err
+    return out.read_bytes() == before
+
+
+@rtx
+def test_ctrl_c_at_many_instants_of_a_build(earlier_pair, tiny_plain):
+    out, before, seconds = earlier_pair
+    delays, kept, replaced, worst = [], 0, 0, 0.0
+    # inside the compile: as soon as the builder's child process runs, and a little later
+    for wait_after_child in (0.0, 0.3, 0.6):
+        proc = cli(*build_args(tiny_plain, out, "1:2:4"))
+        deadline = time.monotonic() + 60
+        while not children(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        builder = children(proc.pid)
+        assert builder, "the build ran no child process"
+        time.sleep(wait_after_child)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        worst = max(worst, time.monotonic() - sent)
+        if proc.returncode == 130:
+            assert not Path(f"/proc/{builder[0]}").exists() or "zombie" in Path(
+                f"/proc/{builder[0]}/status").read_text(), "the builder outlived Ctrl-C"
+        kept += assert_old_or_new_pair(out, before, proc, err)
+    assert kept == 3, "Ctrl-C during the compile must leave the earlier engine"
+    # at instants spread over a whole run (start-up, checks, compile, publish, exit), as fractions of its length
+    for delay in (0.1 * seconds, 0.3 * seconds, 0.5 * seconds, 0.7 * seconds, 0.85 * seconds, 0.95 * seconds,
+                  1.05 * seconds):
+        proc = cli(*build_args(tiny_plain, out, "1:2:4"))
+        time.sleep(delay)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        worst = max(worst, time.monotonic() - sent)
+        if assert_old_or_new_pair(out, before, proc, err):
+            kept += 1
+        else:
+            replaced += 1
+            before = out.read_bytes()   # later runs replace this pair or keep it
+        delays.append((round(delay, 2), proc.returncode))
+    print(f"Ctrl-C -> exit: worst {worst:.2f} s over {len(delays) + 3} interrupts; a build takes {seconds:.1f} s; "
+          f"(delay, exit code): {delays}")
+    assert worst < 5.0
+
+
+@rtx
+def test_ctrl_c_just_after_the_engine_is_renamed(earlier_pair, tiny_plain):
+    out, before, _ = earlier_pair
+    proc = cli(*build_args(tiny_plain, out, "1:2:4"), injection=SIGINT_AFTER_ENGINE_RENAME)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert not assert_old_or_new_pair(out, before, proc, err)   # the new pair, whole: the commit was under way
+    manifest = json.loads(out.with_name("t.engine.json").read_text())
+    assert manifest["engine"]["profiles"][0]["max"][0] == 4
+
+
+# --- a chain publishes every stage or none ---------------------------------------------------------------------
+
+@rtx
+def test_an_interrupted_chain_keeps_the_earlier_generation(tmp_path):
+    out = tmp_path / "t.engine"
+    first = cli("build", "--variant", "refiner-vit-tiny", "--target", "rtx-sm89", "-o", out)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == ["t.engine", "t.engine.json", "t.onnx", "t.onnx.json"]
+    # Ctrl-C once the new export is done and the builder runs
+    injection = textwrap.dedent("""
+        import refiner_edge.engine.worker as worker
+        real = worker.build_in_child
+        def interrupted(*a, **k):
+            os.kill(os.getpid(), signal.SIGINT)
+            return real(*a, **k)
+        worker.build_in_child = interrupted
+    """)
+    second = cli("build", "--variant", "refiner-vit-tiny", "--img-size", "96", "--target", "rtx-sm89", "-o", out,
+                 injection=injection)
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 130, err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before   # no new t.onnx beside the old engine
