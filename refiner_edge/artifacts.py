@@ -161,6 +161,18 @@ def check_outputs(*outputs: str | Path | None, inputs: Iterable[str | Path | Non
         _check_writable(folder, path, option, tried)
 
 
+def check_folder_output(path: str | Path, option: str = "-o") -> None:
+    """A folder a run writes into (and publishes beside): a folder or absent, and writable where it will be."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option} {path} exists and is not a folder: give a folder to write into")
+    tried: set = set()
+    for folder in {path if path.is_dir() else _existing_folder(path / "x"), _existing_folder(path)}:
+        if not folder.is_dir():
+            raise InputError(f"{option} {path}: {folder} is a file, not a folder")
+        _check_writable(folder, path, option, tried)
+
+
 def check_artifact(output: str | Path | None, inputs: Iterable[str | Path | None] = (), option: str = "-o",
                    extra: Iterable[str | Path] = ()) -> None:
     """check_outputs for an artifact, its manifest and any file written beside them."""

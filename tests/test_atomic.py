@@ -258,3 +258,58 @@ def test_an_interrupted_chain_keeps_the_earlier_generation(tmp_path):
     _, err = second.communicate(timeout=300)
     assert second.returncode == 130, err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before   # no new t.onnx beside the old engine
+
+
+# --- inputs refused in one line, messages that name the right files ---------------------------------------------
+
+def test_a_resolution_that_cannot_fit_is_refused_before_the_export(tmp_path):
+    result = invoke("build", "--variant", "refiner-vit-tiny", "--img-size", "4096", "--target", "rtx-sm89",
+                    "-o", tmp_path / "t.engine")
+    assert result.exit_code == 2
+    assert_clean_failure(result, "refiner-vit-tiny at 4096x4096 needs about 274.9 GB of fp32 attention maps",
+                         "4.0 GiB workspace")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:notaport", "grpc://127.0.0.1:abc", "127.0.0.1:99999", "h:0"])
+def test_bench_triton_refuses_a_bad_port(url):
+    result = invoke("bench", "--triton", url)
+    assert result.exit_code == 2
+    assert_clean_failure(result, "the port must be a number from 1 to 65535")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_deepstream_threshold_must_be_finite(tmp_path, value):
+    result = invoke("deploy", "deepstream", "--engine", tmp_path / "t.engine", "-o", tmp_path / "ds",
+                    "--classifier-threshold", value)
+    assert result.exit_code == 2
+    assert_clean_failure(result, "--classifier-threshold must be a finite number")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_files_are_named_for_what_they_are(tmp_path, tiny_plain, sample_photos):
+    text = tmp_path / "notes.onnx"
+    text.write_text("not a graph\n")
+    result = invoke("build", "--onnx", text, "--target", "rtx-sm89", "-o", tmp_path / "t.engine")
+    assert result.exit_code == 2
+    assert_clean_failure(result, "notes.onnx is not an ONNX graph")
+    result = invoke("infer", "--engine", tiny_plain, sample_photos[0])
+    assert_clean_failure(result, "tiny.onnx's manifest is an export manifest, not an engine's")
+
+
+@rtx
+def test_build_names_both_files_records_absolute_paths_and_renews_a_garbage_timing_cache(tmp_path, tiny_plain,
+                                                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("cache.bin").write_bytes(b"garbage, not a timing cache")
+    result = invoke("build", "--onnx", tiny_plain, "--target", "rtx-sm89", "--batch", "1", "-o", "e/t.engine",
+                    "--timing-cache", "cache.bin")
+    assert result.exit_code == 0, result.output
+    assert "and e/t.engine.json" in result.stdout
+    notes = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(notes) == 1 and notes[0].startswith("note: --timing-cache cache.bin: tensorrt-rtx") and \
+        "cannot read it" in notes[0], result.stderr
+    assert Path("cache.bin").read_bytes() != b"garbage, not a timing cache"   # replaced by this build's cache
+    rebuild = json.loads(Path("e/t.engine.json").read_text())["engine"]["rebuild"]
+    assert f"-o {tmp_path / 'e' / 't.engine'}" in rebuild and f"--timing-cache {tmp_path / 'cache.bin'}" in rebuild
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["cache.bin", "e", "t.engine", "t.engine.json"]

@@ -60,6 +60,13 @@ def handle_errors(func):
             fail("interrupted", 130)
         except (typer.Exit, typer.Abort, click.ClickException):
             raise
+        except OSError as e:
+            if e.filename is None or state["verbose"]:
+                unexpected(e)
+            # a file the user named that the system refuses (a name too long, a folder that is a file, ...): the
+            # paths a command reads and writes are the user's, and checks cannot foresee every errno
+            name = str(e.filename)
+            fail(f"{name if len(name) <= 80 else name[:60] + '...' + name[-16:]}: {e.strerror}", 2)
         except ModuleNotFoundError as e:   # an optional package (torch, tensorrt ...): name the extra, exit 3
             missing = missing_dependency(e, f"'{func.__name__.replace('_', ' ')}'")
             if missing is None:

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..artifacts import check_folder_output
 from ..errors import InputError
 from .common import JsonOpt, handle_errors, note, print_json
 
@@ -53,6 +54,7 @@ def triton(
 
     if (engine is None) == (onnx is None):
         raise InputError("give one of --engine and --onnx")
+    check_folder_output(out)
     options = RepositoryOptions(name=name, max_batch=max_batch, preferred_batch=tuple(preferred_batch or ()),
                                 queue_delay_us=queue_delay_us, instances=instances,
                                 kind=kind.value if kind else None, ensemble=ensemble)
@@ -82,6 +84,8 @@ def deepstream(
     """Write a DeepStream nvinfer configuration (classifier) for an engine, from its manifest, and a sample
     pipeline. Checked here: the keys and values; only a Jetson runs it."""
     from ..deploy.deepstream import write_deepstream
+
+    check_folder_output(out)
 
     result = write_deepstream(engine, out, batch=batch_size, threshold=threshold, gpu_id=gpu_id)
     if as_json:

@@ -10,6 +10,7 @@ The file format ("RFETNSR1", cpp/include/refiner_edge/refiner_edge.h), all littl
 """
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 from typing import Annotated, Optional
@@ -77,10 +78,12 @@ def artifact_preprocess(onnx: Path | None, engine: Path | None, variant: str | N
     return Preprocess.from_config(cfg.with_overrides(img_size=img_size) if img_size else cfg)
 
 
-def output_paths(images: list[Path], output: Path) -> list[Path]:
+def output_paths(images: list[Path], output: str | Path) -> list[Path]:
     """One image and a file name: that file. Otherwise a directory of `<stem>.rfet` files (a repeated stem gets
-    its position in the list)."""
-    if len(images) == 1 and not output.is_dir() and not str(output).endswith("/"):
+    its position in the list); `-o NAME/` (as typed, so a str) names a directory even for one image."""
+    folder = isinstance(output, str) and output.endswith(("/", os.sep))
+    output = Path(output)
+    if len(images) == 1 and not output.is_dir() and not folder:
         return [output]
     if output.exists() and not output.is_dir():
         raise InputError(f"-o {output} is a file: give a directory for {len(images)} images")
@@ -91,8 +94,9 @@ def output_paths(images: list[Path], output: Path) -> list[Path]:
 
 def preprocess(
     images: Annotated[list[Path], typer.Argument(help="Image files and/or directories (searched recursively).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Tensor file (one image) or directory "
-                                         "(<stem>.rfet per image).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Tensor file (one image) or directory "
+                                        "(<stem>.rfet per image; a name ending in / is a directory).",
+                                        metavar="PATH")],
     onnx: Annotated[Optional[Path], typer.Option("--onnx", help="Take the preprocessing from this graph's "
                                                  "manifest [default: none: --variant/--img-size].",
                                                  dir_okay=False)] = None,
@@ -103,12 +107,15 @@ def preprocess(
     img_size: ImgSizeOpt = None,
 ) -> None:
     """Write each image's input tensor as a raw float32 file (RFETNSR1 header) for C++ hosts."""
+    from ..artifacts import check_outputs
     from ..images.preprocess import find_images
 
     pre = artifact_preprocess(onnx, engine, variant, img_size)
     paths = find_images(images)
+    dests = output_paths(paths, output)
+    check_outputs(*dests, inputs=paths)   # before any image is decoded or file written
     failed = []
-    for path, dest in zip(paths, output_paths(paths, output)):
+    for path, dest in zip(paths, dests):
         try:
             x = pre.load(path)
         except InputError as e:

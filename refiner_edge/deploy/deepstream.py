@@ -17,6 +17,7 @@ object) to the network's input size; `maintain-aspect-ratio=1` pads rather than 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,6 +92,8 @@ def write_deepstream(engine: str | Path, out: str | Path, batch: int | None = No
     with a sample pipeline; earlier files of the same names are replaced only once the new ones are complete."""
     from ..engine.checks import read_engine_manifest
 
+    if not math.isfinite(threshold):   # nvinfer would read 'nan' or 'inf' from the file and classify nothing
+        raise InputError(f"--classifier-threshold must be a finite number (a logit), got {threshold}")
     engine, out = Path(engine), Path(out)
     manifest = read_engine_manifest(engine)
     info = manifest.engine

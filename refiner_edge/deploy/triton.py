@@ -27,6 +27,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..artifacts import hidden_name, name_max
 from ..engine.checks import check_plugin_library
 from ..errors import InputError
 from ..images import transform
@@ -296,7 +297,8 @@ def publish_files(out: Path, files: dict[str, str | Path], folders: list[str] = 
     """Write {relative path: text, or a Path to copy} (and empty `folders`) into a temporary folder beside `out`,
     then move each top-level entry into `out` (see _publish); nothing half-written is ever left in `out`."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=hidden_name(out.name, ".", name_max(out.parent) - 12), suffix=".tmp",
+                                dir=out.parent))
     try:
         for folder in folders:
             (tmp / folder).mkdir(parents=True)

@@ -206,6 +206,19 @@ def weak_typing(options: BuildOptions) -> bool:
     return options.weak_typing or (options.dla_core is not None and not options.target.strongly_typed_only)
 
 
+def check_onnx_graph(path: Path) -> None:
+    """InputError unless `path` parses as an ONNX model with a graph: a wrong file given to --onnx is named as such,
+    not as a graph that lacks its manifest."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # protobuf raises DecodeError and others with no common base
+        model = None
+    if model is None or not model.graph.node:
+        raise InputError(f"{path} is not an ONNX graph: give a graph from refiner-edge export, calibrate or fuse")
+
+
 def describe_network(onnx: str | Path, options: BuildOptions) -> Network:
     """Read the graph's manifest and settle precision, typing and the graph to parse; refuse what cannot build."""
     path = Path(onnx)
@@ -213,6 +226,7 @@ def describe_network(onnx: str | Path, options: BuildOptions) -> Network:
         raise InputError(f"ONNX model not found: {path}")
     manifest = read_manifest(path)
     if manifest is None:
+        check_onnx_graph(path)
         raise InputError(f"{path.name} has no manifest ({path.name}.json): the engine inherits preprocessing and "
                          "labels from it; make the graph with refiner-edge export/calibrate/fuse")
     if manifest.stage == "build":
@@ -341,6 +355,20 @@ def engine_bytes(network: Network, options: BuildOptions, plugin: plugins.Plugin
     return bytes(memoryview(serialized))
 
 
+def check_fits(variant: str, heads: int, img_size: int, precision: str, options: BuildOptions) -> None:
+    """Refuse, before export or build, a resolution whose attention maps alone outgrow the builder's memory at the
+    profile's smallest batch: targets.attention_bytes (the estimate the default batch caps use) over the workspace.
+    Without it `--img-size 4096` on the tiny variant ran out of memory in the builder after 16 s."""
+    lo = (options.batch or options.target.batch)[0]
+    need = lo * attention_bytes(heads, img_size, precision)
+    workspace = options.workspace or options.target.workspace
+    if need > workspace:
+        tokens = (img_size // 16) ** 2 + 1
+        raise InputError(f"{variant} at {img_size}x{img_size} needs about {need / 1e9:,.1f} GB of {precision} "
+                         f"attention maps at batch {lo} ({heads} heads, {tokens} tokens), more than the "
+                         f"{workspace / 2**30:.1f} GiB workspace: use a smaller --img-size (or a larger --workspace)")
+
+
 def batch_profile(options: BuildOptions, network: Network) -> tuple[int, int, int]:
     """The profile asked for, else the target's default lowered to what the model's activations allow."""
     if options.batch:
@@ -378,13 +406,17 @@ def out_of_memory_advice(batch: tuple[int, int, int], size: int, workspace: int)
 
 def rebuild_command(output: str | Path, options: BuildOptions, onnx: str | Path | None = None,
                     model: dict | None = None) -> str:
-    """The `refiner-edge build` line that makes this engine again (stored in its manifest, printed when stale)."""
+    """The `refiner-edge build` line that makes this engine again (stored in its manifest, printed when stale).
+    Paths are absolute: the line is printed wherever the engine is used, seldom in the folder it was built from."""
+    def text(value) -> str:
+        return str(Path(value).absolute()) if isinstance(value, Path) else str(value)
+
     args = ["refiner-edge", "build"]
     if onnx is not None:
-        args += ["--onnx", str(onnx)]
+        args += ["--onnx", text(Path(onnx))]
     for key, value in (model or {}).items():
         if value is not None:
-            args += [f"--{key.replace('_', '-')}", str(value)]
+            args += [f"--{key.replace('_', '-')}", text(value)]
     if options.precision:
         args += ["--precision", options.precision]
     args += ["--target", options.target.name]
@@ -393,10 +425,10 @@ def rebuild_command(output: str | Path, options: BuildOptions, onnx: str | Path 
     for flag, value in (("--plugin", options.plugin), ("--dla-core", options.dla_core),
                         ("--workspace", options.workspace), ("--timing-cache", options.timing_cache)):
         if value is not None:
-            args += [flag, str(value)]
+            args += [flag, text(value)]
     args += ["--version-compatible"] if options.version_compatible else []
     args += ["--weak-typing"] if options.weak_typing else []
-    return shlex.join(args + ["-o", str(output)])
+    return shlex.join(args + ["-o", text(Path(output))])
 
 
 def check_build_outputs(output: Path, options: BuildOptions, onnx: str | Path | None = None) -> None:
@@ -424,6 +456,8 @@ def build_engine(onnx: str | Path, output: str | Path, options: BuildOptions, *,
     trt = import_tensorrt(target.flavour)
     check_hardware_compat(target, trt.__version__)
     check_device(target, trt.__version__, note)
+    model = network.manifest.model
+    check_fits(model.variant, model.heads, model.img_size, network.precision, options)
     spec = {"form": form, "tensorrt_version": None if target.rtx else trt.__version__,
             "portable_cc": 80 if target.hardware_compat == "ampere+" else None, "min_cuda": target.min_cuda}
     plugin = plugins.prepare(**spec)

@@ -19,8 +19,8 @@ from ..artifacts import Staging, check_artifact, file_sha256, staged_outputs
 from ..errors import InputError, RefinerEdgeError
 from ..manifest import Manifest, read_manifest, write_manifest
 from . import plugins
-from .build import (BuildOptions, build_engine, check_build_outputs, check_dla, import_tensorrt, rebuild_command,
-                    weak_typing)
+from .build import (BuildOptions, build_engine, check_build_outputs, check_dla, check_fits, import_tensorrt,
+                    rebuild_command, weak_typing)
 
 Step = Callable[[str], ContextManager]
 
@@ -94,7 +94,7 @@ def build_chain(output: str | Path, options: BuildOptions, *, variant: str | Non
                 step: Step = lambda label: contextlib.nullcontext(),
                 note: Callable[[str], None] = lambda message: None) -> dict:
     """Make the engine `output` from a variant (and checkpoint) through every stage; returns what each stage did."""
-    from ..models.variants import DEFAULT_VARIANT
+    from ..models.variants import DEFAULT_VARIANT, get_variant
     from ..precision.calibrate import calibration_cache_path
 
     output = Path(output)
@@ -112,6 +112,8 @@ def build_chain(output: str | Path, options: BuildOptions, *, variant: str | Non
     variant = variant or DEFAULT_VARIANT
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise InputError(f"checkpoint not found: {checkpoint}")
+    cfg = get_variant(variant)
+    check_fits(cfg.name, cfg.heads, cfg.with_overrides(img_size=img_size).img_size, precision, options)
     paths = artifact_paths(output, precision, fused)
     stage_paths = [p for p in paths.values() if p is not None]
     calib = calibration_cache_path(paths["calibrate"]) if precision == "int8" else None

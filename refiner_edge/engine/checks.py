@@ -99,7 +99,8 @@ def read_engine_manifest(engine: str | Path) -> Manifest:
         raise InputError(f"engine not found: {path}")
     manifest = read_manifest(path, required=True, verify=False)  # check_engine compares the hash, saying how to rebuild
     if manifest.stage != "build" or manifest.engine is None:
-        raise InputError(f"{path.name}'s manifest is a {manifest.stage} manifest, not an engine's")
+        article = "an" if manifest.stage[:1] in "aeiou" else "a"
+        raise InputError(f"{path.name}'s manifest is {article} {manifest.stage} manifest, not an engine's")
     return manifest
 
 

@@ -33,13 +33,20 @@ class Endpoint:
     @classmethod
     def parse(cls, url: str) -> "Endpoint":
         text = url if "://" in url else f"http://{url}"
-        parts = urlsplit(text)
-        if parts.scheme not in ("http", "grpc") or not parts.hostname or parts.port is None:
+        try:
+            parts = urlsplit(text)
+            port = parts.port   # ValueError for a port that is not a number, or not in 0..65535
+        except ValueError:
+            port = -1
+        if port is not None and not 1 <= port <= 65535:
+            raise InputError(f"--triton: the port must be a number from 1 to 65535, got {url!r}")
+        if parts.scheme not in ("http", "grpc") or not parts.hostname or port is None:
             raise InputError(f"--triton wants [http://|grpc://]HOST:PORT[/MODEL], got {url!r}")
         model = parts.path.strip("/") or DEFAULT_MODEL
         if "/" in model:
             raise InputError(f"--triton: one model name after HOST:PORT, got {model!r}")
-        return cls(parts.scheme, f"{parts.hostname}:{parts.port}", model)
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname   # an IPv6 address
+        return cls(parts.scheme, f"{host}:{port}", model)
 
     def client(self):
         try:
