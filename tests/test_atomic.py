@@ -313,3 +313,32 @@ def test_build_names_both_files_records_absolute_paths_and_renews_a_garbage_timi
     rebuild = json.loads(Path("e/t.engine.json").read_text())["engine"]["rebuild"]
     assert f"-o {tmp_path / 'e' / 't.engine'}" in rebuild and f"--timing-cache {tmp_path / 'cache.bin'}" in rebuild
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["cache.bin", "e", "t.engine", "t.engine.json"]
+
+
+def test_a_port_left_in_time_wait_by_a_stopped_server_is_free_again():
+    """`serve` restarted at once: its port check binds as servers do (SO_REUSEADDR). Before, a port whose only
+    socket was in TIME-WAIT after a stop was refused for about 60 s."""
+    import socket
+
+    from refiner_edge.deploy.serve import check_port
+    from refiner_edge.errors import InputError
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = server.accept()
+    conn.close()          # the server's side closes first, as a stopping server does: its port enters TIME-WAIT
+    client.close()
+    server.close()
+    with socket.socket() as plain:   # what the check did before: refused while TIME-WAIT lasts
+        with pytest.raises(OSError):
+            plain.bind(("127.0.0.1", port))
+    check_port("127.0.0.1", port, "--http-port")
+    with socket.socket() as busy:    # a port something listens on is still refused
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(InputError, match="cannot listen on 127.0.0.1"):
+            check_port("127.0.0.1", busy.getsockname()[1], "--grpc-port")

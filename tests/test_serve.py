@@ -303,3 +303,24 @@ def test_serve_refusals_are_one_line(tmp_path, tiny_plain):
                                     free_port()), "--http-port")
     assert_clean_failure(invoke("serve", "--onnx", tiny_plain, "--max-batch", "4", "--preferred-batch", "6",
                                 "--http-port", free_port(), "--grpc-port", free_port()), "--preferred-batch")
+
+
+def test_json_stdout_stays_json_after_ctrl_c_and_a_restart_takes_the_same_ports_at_once(tiny_plain, serve_python):
+    """stdout holds the ready line only (tritonserver's "Signal (2) received." went there on Ctrl-C), and a server
+    started again straight after the stop listens on the same ports (the port check refused TIME-WAIT for ~60 s)."""
+    http, grpc = free_port(), free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, str(ROOT / "cli.py"), "serve", "--onnx", str(tiny_plain), "--http-port", str(http),
+               "--grpc-port", str(grpc), "--json"]
+    for attempt in range(2):
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            ready = json.loads(proc.stdout.readline() or "null")
+            assert ready and ready["http"] == f"127.0.0.1:{http}", (attempt, proc.stderr.read() if ready is None
+                                                                    else ready)
+            proc.send_signal(signal.SIGINT)
+            rest, err = proc.communicate(timeout=90)
+        finally:
+            stop(proc)
+        assert proc.returncode == 130 and rest == "", (attempt, rest, err[-2000:])
+        assert err.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in err, err[-2000:]

@@ -44,7 +44,8 @@ def serve(
     NAME_image encoded image files (JPEG, PNG, ...). PyTriton runs in an environment of its own with numpy<2
     (made by --setup or on first use), so this one can be on NumPy 2."""
     from ..deploy import serve_env
-    from ..deploy.serve import ServeOptions, check_options, check_serving, serving_unavailable
+    from ..deploy.serve import (ServeOptions, check_options, check_serving, print_last_on_stdout,
+                                serving_unavailable)
     from ..deploy.serve import serve as run_server
     from ..manifest import read_manifest
     from ..runners.base import load_runner
@@ -71,12 +72,10 @@ def serve(
         note("random weights: the predictions are meaningless")
 
     def ready(info: dict) -> None:
-        if as_json:
-            typer.echo(json.dumps(info))
-        else:
-            typer.echo(f"serving {runner.description} ({runner.name}) as '{name}' (tensors) and "
-                       f"'{options.image_name}' (encoded images): http {info['http']}, grpc {info['grpc']}; "
-                       "Ctrl-C stops")
+        print_last_on_stdout(json.dumps(info) if as_json else
+                             f"serving {runner.description} ({runner.name}) as '{name}' (tensors) and "
+                             f"'{options.image_name}' (encoded images): http {info['http']}, grpc {info['grpc']}; "
+                             "Ctrl-C stops")
 
     run_server(runner, options, on_ready=ready)
 

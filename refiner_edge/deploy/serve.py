@@ -29,6 +29,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import sysconfig
 import tempfile
 import threading
@@ -90,6 +91,9 @@ def check_port(host: str, port: int, option: str) -> None:
     if not 1 <= port <= 65535:
         raise InputError(f"{option} must be between 1 and 65535, got {port}")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # as servers bind (tritonserver's HTTP and gRPC do): a port whose only sockets are in TIME-WAIT, as after a
+        # stop, is free to listen on; one some process listens on is still refused
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as e:
@@ -265,6 +269,17 @@ def serve(runner: Runner, options: ServeOptions, on_ready: Callable[[dict], None
         if previous is not None:
             signal.signal(signal.SIGTERM, previous[0])
             signal.signal(signal.SIGINT, previous[1])
+
+
+def print_last_on_stdout(text: str) -> None:
+    """For the command line's ready line: print `text` as the last thing on stdout (the command's result). stdout is
+    pointed at stderr first, so whatever this process prints from then on (tritonserver's "Signal (2) received." on
+    Ctrl-C reached it) cannot follow the line there, however soon the Ctrl-C comes."""
+    sys.stdout.flush()
+    result = os.dup(1)
+    os.dup2(2, 1)
+    with os.fdopen(result, "w") as out:
+        out.write(text + "\n")
 
 
 class RejectedRequests(logging.Filter):
