@@ -265,6 +265,18 @@ def test_second_load_of_the_plugin_library_is_not_a_failure(tmp_path):
         plugins.load_library(_Registry(), broken, "build it again")
 
 
+def test_plugin_library_refused_beside_the_aot_form(tmp_path, monkeypatch):
+    """The AOT form registers a RefinerDLA creator of the same name, version and namespace: a library whose load
+    returns null then is not "already registered" but would silently run the AOT plugin in its place."""
+    library = tmp_path / "librefiner_edge_plugin.so"
+    library.write_bytes(b"plugin library")
+    registry = _Registry()
+    registry.creators.add(("RefinerDLA", "1", "refiner_edge"))   # what aot.register leaves in the registry
+    monkeypatch.setattr(plugins, "_aot_registered", True)
+    with pytest.raises(InputError, match="cannot load beside the aot plugin form"):
+        plugins.load_library(registry, library, "rebuild")
+
+
 # --- CUDA graphs after a shape change --------------------------------------------------------------------------
 
 def test_cuda_graph_replays_only_after_a_plain_run_at_that_shape():

@@ -44,6 +44,9 @@ class Plugin:
         return [str(self.library)] if self.library else []
 
 
+_aot_registered = False   # whether this process registered the AOT form's RefinerDLA creator (prepare)
+
+
 def load_library(registry, library: str | Path, fix: str) -> None:
     """Register the RefinerDLA library's creators in `registry` (TensorRT's global one, or a runtime's own for a
     version-compatible plan). The library exports getCreators (IPluginV3), so it goes through the registry: a bare
@@ -56,6 +59,11 @@ def load_library(registry, library: str | Path, fix: str) -> None:
 
     if registry.load_library(str(library)) is not None:
         return
+    if _aot_registered:
+        # the AOT form registers a creator of the same name, version and namespace, so the lookup below would
+        # take the AOT plugin for the library and an engine built or run here would use the wrong one
+        raise InputError(f"the RefinerDLA plugin library {library} cannot load beside the aot plugin form, which "
+                         "this process registered first: build or run library-form engines in another process")
     find = getattr(registry, "get_creator", None) or registry.get_plugin_creator   # get_creator: TensorRT 10.0+
     if find(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
         raise InputError(f"TensorRT could not load the plugin library {library}: {fix}")
@@ -108,8 +116,10 @@ def prepare(form: str, tensorrt_version: str | None = None, portable_cc: int | N
     if tensorrt_version is not None and not tensorrt_at_least(tensorrt_version, AOT_MIN_TENSORRT):
         raise InputError(f"the aot plugin form needs TensorRT >= 10.9 and this is {tensorrt_version}: use --plugin "
                          "library")
+    global _aot_registered
     aot = import_aot()
     setup = aot.register(portable_cc, min_cuda)
+    _aot_registered = True
     return Plugin("aot", setup=setup)
 
 
