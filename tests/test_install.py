@@ -27,10 +27,11 @@ PLATFORMS = {
 }
 
 
-def pip(*args, python: str = sys.executable, timeout=600) -> subprocess.CompletedProcess:
-    """This environment's pip, under `python`: an interpreter's own pip can be years older (pip 23's resolver took
-    minutes per platform here where pip 26's takes seconds)."""
-    env = {**os.environ, "PYTHONPATH": str(PIP_ONLY)}
+def pip(*args, python: str = sys.executable, pip_only: Path | None = None, timeout=600) -> subprocess.CompletedProcess:
+    """pip under `python`; with pip_only (a folder holding only a link to this environment's pip), this environment's
+    pip: an interpreter's own pip can be years older (pip 23's resolver took minutes per platform here, pip 26's
+    seconds)."""
+    env = {**os.environ, "PYTHONPATH": str(pip_only)} if pip_only else None
     return subprocess.run([python, "-m", "pip", "--disable-pip-version-check", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -51,16 +52,17 @@ def interpreter(version: str) -> str | None:
     return None
 
 
-PIP_ONLY = Path()   # a folder holding only a link to this environment's pip package (set by `wheel`)
+@pytest.fixture(scope="module")
+def pip_only(tmp_path_factory) -> Path:
+    import pip as this_pip
+
+    folder = tmp_path_factory.mktemp("pip")
+    (folder / "pip").symlink_to(Path(this_pip.__file__).parent)
+    return folder
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    global PIP_ONLY
-    import pip as this_pip
-
-    PIP_ONLY = tmp_path_factory.mktemp("pip")
-    (PIP_ONLY / "pip").symlink_to(Path(this_pip.__file__).parent)
     reach = pip("index", "versions", "onnxruntime", timeout=120)
     if reach.returncode != 0:
         lines = [line for line in reach.stderr.splitlines() if line.strip()]
@@ -71,7 +73,8 @@ def wheel(tmp_path_factory) -> Path:
     return next(out.glob("refiner_edge-*.whl"))
 
 
-def resolve(wheel: Path, tmp: Path, machine: str, glibc: int, python: str, extra: str) -> dict[str, str]:
+def resolve(wheel: Path, pip_only: Path, tmp: Path, machine: str, glibc: int, python: str,
+            extra: str) -> dict[str, str]:
     runner = interpreter(python)
     if runner is None:
         pytest.skip(f"no Python {python} here: pip evaluates markers with the interpreter it runs in")
@@ -79,16 +82,16 @@ def resolve(wheel: Path, tmp: Path, machine: str, glibc: int, python: str, extra
     report = tmp / f"{extra}-{python}.json"
     result = pip("install", "--dry-run", "--ignore-installed", "--only-binary=:all:", "--quiet",
                  *(a for tag in tags for a in ("--platform", tag)), "--python-version", python,
-                 "--target", tmp / "target", "--report", report, f"{wheel}[{extra}]", python=runner)
+                 "--target", tmp / "target", "--report", report, f"{wheel}[{extra}]", python=runner, pip_only=pip_only)
     assert result.returncode == 0, f"[{extra}] on {machine} Python {python}: " + result.stderr[-3000:]
     return {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
             for i in json.loads(report.read_text())["install"]}
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
-def test_each_platform_resolves_to_a_set_that_runs_there(wheel, tmp_path, platform):
+def test_each_platform_resolves_to_a_set_that_runs_there(wheel, pip_only, tmp_path, platform):
     machine, glibc, python, extra = PLATFORMS[platform]
-    got = resolve(wheel, tmp_path, machine, glibc, python, extra)
+    got = resolve(wheel, pip_only, tmp_path, machine, glibc, python, extra)
     assert {"refiner-edge", "numpy", "onnxruntime", "onnx", "polygraphy", "tritonclient"} <= set(got), got
     assert got["numpy"].split(".")[0] == "2", got["numpy"]
     assert "torch" not in got and not any(n.startswith("tensorrt") for n in got), sorted(got)

@@ -292,6 +292,16 @@ def test_zz_ctrl_c_stops_the_server_cleanly(server):
     assert all(port_is_free(p) for p in server["ports"])
 
 
+def test_serve_setup_finds_its_environment_again(serve_python):
+    """Made once (by the fixture, or here), then found again: --setup prints its interpreter and makes nothing."""
+    result = invoke("serve", "--setup")
+    assert result.exit_code == 0, result.output
+    assert Path(result.stdout.strip()) == Path(serve_python) and "making" not in result.stderr
+    probe = subprocess.run([result.stdout.strip(), "-c", "import numpy, pytriton; print(numpy.__version__)"],
+                           capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": ""})
+    assert probe.returncode == 0 and probe.stdout.split(".")[0] == "1", probe.stderr[-2000:]
+
+
 def test_serve_refusals_are_one_line(tmp_path, tiny_plain):
     assert_clean_failure(invoke("serve"), "give one of --onnx and --engine")
     assert_clean_failure(invoke("serve", "--onnx", tmp_path / "missing.onnx"), "not found")
