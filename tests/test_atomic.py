@@ -204,7 +204,7 @@ def test_ctrl_c_at_many_instants_of_a_build(earlier_pair, tiny_plain):
         kept += assert_old_or_new_pair(out, before, proc, err)
     assert kept == 3, "Ctrl-C during the compile must leave the earlier engine"
     # at instants spread over a whole run (start-up, checks, compile, publish, exit), as fractions of its length
-    for delay in (0.1 * seconds, 0.3 * seconds, 0.5 * seconds, 0.7 * seconds, 0.85 * seconds, 0.95 * seconds,
+    for delay in (max(0.3, 0.1 * seconds), 0.3 * seconds, 0.5 * seconds, 0.7 * seconds, 0.85 * seconds, 0.95 * seconds,
                   1.05 * seconds):
         proc = cli(*build_args(tiny_plain, out, "1:2:4"))
         time.sleep(delay)

@@ -3,6 +3,7 @@ and usage errors as one `error:` line."""
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from typing import Annotated, Optional
 
@@ -92,3 +93,7 @@ def run() -> None:  # console-script entry point
     except KeyboardInterrupt:   # while Typer builds the command, before any command's own handling
         typer.echo("error: interrupted", err=True)
         sys.exit(130)
+    finally:
+        # the command is over, its result written: a Ctrl-C while the interpreter shuts down (which restores the
+        # default SIGINT action, death by signal) would otherwise turn a finished run into exit -2
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
