@@ -169,6 +169,21 @@ def test_concurrent_builds_to_one_output_leave_a_matching_pair(tmp_path, tiny_pl
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["cache.bin", "e", "t.engine", "t.engine.json"]
 
 
+@rtx
+def test_concurrent_chains_to_one_output_take_turns(tmp_path):
+    """Two chains (export -> build) to one -o at different resolutions: the second waits for the first's locks, so
+    the folder ends with one generation whose every file matches its manifest and its source."""
+    out = tmp_path / "t.engine"
+    procs = [cli("build", "--variant", "refiner-vit-tiny", "--img-size", size, "--target", "rtx-sm89", "-o", out)
+             for size in ("64", "96")]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.engine", "t.engine.json", "t.onnx", "t.onnx.json"]
+    assert pair_matches(out) and pair_matches(tmp_path / "t.onnx")
+    engine = json.loads((tmp_path / "t.engine.json").read_text())
+    assert engine["source"]["sha256"] == file_sha256(tmp_path / "t.onnx")   # the engine is built from this graph
+
+
 # --- Ctrl-C reaches the compile; the pair is published whole ---------------------------------------------------
 
 def assert_old_or_new_pair(out: Path, before: bytes, proc: subprocess.Popen, err: str):
