@@ -4,7 +4,7 @@ import json
 import pytest
 
 from refiner_edge.errors import InputError
-from refiner_edge.runners.base import load_runner
+from refiner_edge.runners.runtime import load_runner
 from refiner_edge.runners.bench import PeakRss, bench, rss_bytes
 
 from .helpers import assert_clean_failure, invoke

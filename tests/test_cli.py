@@ -362,3 +362,21 @@ def test_precisions_and_plugin_forms_are_defined_once():
     for words in (["fp32", "fp16", "int8"], ["library", "aot"]):
         spelled = re.findall("[\"']" + between.join(words) + "[\"']", source)
         assert len(spelled) == 1, (words, spelled)
+
+
+def test_one_rule_picks_the_runtime():
+    """runners/runtime.py decides which runtime runs an artifact; no command loads a runner by name itself."""
+    from pathlib import Path
+
+    from refiner_edge.errors import InputError
+    from refiner_edge.runners.runtime import choose_runtime
+
+    assert choose_runtime() == "torch"
+    assert choose_runtime(onnx="m.onnx") == "onnxruntime" and choose_runtime(engine="m.engine") == "tensorrt"
+    assert choose_runtime(onnx="m.onnx", backend="onnxruntime") == "onnxruntime"
+    for kwargs in ({"required": True}, {"onnx": "m.onnx", "engine": "m.engine"}, {"engine": "e", "backend": "torch"},
+                   {"onnx": "m.onnx", "checkpoint": "c.pth"}, {"backend": "tensorrt"}):
+        with pytest.raises(InputError):
+            choose_runtime(**kwargs)
+    cli = Path(__file__).resolve().parents[1] / "refiner_edge" / "cli"
+    assert [p.name for p in sorted(cli.glob("*.py")) if "load_runner" in p.read_text()] == []

@@ -55,7 +55,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from refiner_edge.cli import app
-from refiner_edge.cli.preprocess import read_tensor, write_tensor
+from refiner_edge.images.tensor_file import read_tensor, write_tensor
 from refiner_edge.engine.checks import Runtime, check_engine
 from refiner_edge.errors import InputError
 from refiner_edge.images.preprocess import Preprocess, load_image

@@ -385,7 +385,7 @@ def test_running_an_engine_here_says_why_not(tiny_engine, sample_photos):
     assert_clean_failure(invoke("infer", "--backend", "tensorrt", sample_photos[0]), "needs --engine")
     assert_clean_failure(invoke("validate", "--engine", tiny_engine, "--images", sample_photos[0].parent),
                          "runs on a CUDA GPU")
-    assert_clean_failure(invoke("validate", "--images", sample_photos[0].parent), "one of --onnx and --engine")
+    assert_clean_failure(invoke("validate", "--images", sample_photos[0].parent), "one of --engine and --onnx")
 
 
 # --- TensorRT proper and a GPU: present, skipped here with the reason -------------------------------------------
@@ -399,7 +399,7 @@ def test_tensorrt_engine_runs_and_matches_onnxruntime(tmp_path, tiny_plain, samp
         pytest.skip("no CUDA GPU: TensorRT builds on the GPU it targets")
     import numpy as np
 
-    from refiner_edge.runners.base import load_runner
+    from refiner_edge.runners.runtime import load_runner
 
     out = tmp_path / "tiny.engine"
     target = get_target("auto")

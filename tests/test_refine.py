@@ -290,7 +290,7 @@ def test_torch_fused_model_matches_unfused():
 
 
 def test_torch_runner_fused_flag(tiny_checkpoint):
-    from refiner_edge.runners.base import load_runner
+    from refiner_edge.runners.runtime import load_runner
 
     fused = load_runner("torch", variant="refiner-vit-tiny", checkpoint=tiny_checkpoint, fused=True)
     plain = create_model("refiner-vit-tiny", checkpoint=tiny_checkpoint)

@@ -303,7 +303,7 @@ def test_serve_setup_finds_its_environment_again(serve_python):
 
 
 def test_serve_refusals_are_one_line(tmp_path, tiny_plain):
-    assert_clean_failure(invoke("serve"), "give one of --onnx and --engine")
+    assert_clean_failure(invoke("serve"), "give one of --engine and --onnx")
     assert_clean_failure(invoke("serve", "--onnx", tmp_path / "missing.onnx"), "not found")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -38,25 +38,11 @@ def bench(
                              engine or onnx or variant or checkpoint or img_size or cuda_graph)
     if concurrency != 1:
         raise InputError("--concurrency applies to --triton")
-    from ..runners.base import load_runner
+    from ..runners.runtime import open_runner
     from ..runners.bench import bench as run_bench
-    from .infer import check_described
 
-    if engine is not None and onnx is not None:
-        raise InputError("give one of --engine and --onnx")
-    artifact = engine or onnx
-    if artifact is not None:
-        # an engine always has a manifest; a graph without one may be described by --variant/--img-size
-        given = [n for n, v in (("--variant", variant), ("--checkpoint", checkpoint), ("--img-size", img_size))
-                 if v is not None and (engine is not None or n == "--checkpoint")]
-        if given:
-            raise InputError(f"{' and '.join(given)} describe the PyTorch model; {artifact.name} holds its own")
-    if cuda_graph and engine is None:
-        raise InputError("--cuda-graph applies to TensorRT engines (--engine)")
-    backend = "tensorrt" if engine is not None else "onnxruntime" if onnx is not None else "torch"
-    runner = load_runner(backend, engine=engine, onnx=onnx, variant=variant, checkpoint=checkpoint,
-                         img_size=img_size, cuda_graph=cuda_graph)
-    check_described(runner, variant, img_size)
+    runner = open_runner(onnx, engine, variant=variant, checkpoint=checkpoint, img_size=img_size,
+                         cuda_graph=cuda_graph)
     if runner.random_weights and not as_json:
         note("random weights: timing is the same as with trained ones")
     with phases() as phase:

@@ -39,7 +39,7 @@ def export(
     from ..models.factory import create_model
     from ..models.variants import DEFAULT_VARIANT
     from ..onnx.export import export_onnx
-    from .fuse import run_fuse
+    from .fuse import fuse_report
 
     batch_value = parse_batch(batch)
     check_artifact(output, inputs=[checkpoint])   # before the model is made
@@ -52,18 +52,17 @@ def export(
         report = {"output": str(output), "export": result["comparison"].to_dict()}
         if not as_json:
             out.print(f"verified on ONNX Runtime: {result['comparison']}")
-    else:  # the plain graph goes to a scratch folder, so a failed fusion leaves an earlier `output` as it was
-        import tempfile
+    else:
+        from ..refine.fuse import export_fused
 
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=output.parent, prefix=".refiner-edge-") as scratch:
-            plain = Path(scratch) / output.name
-            with status(f"exporting {name} ..."):
-                result = export_onnx(model, plain, opset=opset, batch=batch_value)
+        def exported(result: dict) -> None:
             if not as_json:
                 out.print(f"verified on ONNX Runtime: {result['comparison']}")
-            fused = run_fuse(plain, output, verify=True, quiet=as_json)
-        report = {"output": str(output), "export": result["comparison"].to_dict(), "fuse": fused}
+
+        with status(f"exporting {name} and fusing its attention refinements ..."):
+            result = export_fused(model, output, opset=opset, batch=batch_value, on_exported=exported)
+        report = {"output": str(output), "export": result["export"]["comparison"].to_dict(),
+                  "fuse": fuse_report(result["fuse"], verify=True, quiet=as_json)}
     if checkpoint is None:
         note("no --checkpoint given: the weights are random")
     if as_json:

@@ -19,15 +19,21 @@ def run_fuse(source: Path, output: Path, verify: bool, images: Path | None = Non
 
     with status(f"fusing the attention refinements of {source.name} ..."):
         result = fuse_onnx(source, output, verify=verify, images=images, num=num, form=form)
+    return fuse_report(result, verify, quiet)
+
+
+def fuse_report(result: dict, verify: bool, quiet: bool) -> dict:
+    """What fuse_onnx's `result` says, printed (unless quiet) and as the --json report."""
     comparison = result["comparison"]
     if verify and comparison is None:
         note("not verified: the reference RefinerDLA op needs onnxruntime-extensions")
     if not quiet:
         out = console()
-        out.print(f"fused {result['fused_nodes']} refinement subgraphs into RefinerDLA nodes ({form} plugin form)")
+        out.print(f"fused {result['fused_nodes']} refinement subgraphs into RefinerDLA nodes ({result['form']} "
+                  "plugin form)")
         if comparison is not None:
             out.print(f"fused vs plain graph on ONNX Runtime: {comparison}")
-    return {"output": str(output), "fused_nodes": result["fused_nodes"], "form": form,
+    return {"output": str(result["output"]), "fused_nodes": result["fused_nodes"], "form": result["form"],
             "verification": None if comparison is None else comparison.to_dict()}
 
 

@@ -7,49 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import InputError
+from ..runners.runtime import BACKENDS
 from .common import CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, console, note, phases, print_json
 
 
-class BackendName(str, Enum):
-    torch = "torch"
-    onnxruntime = "onnxruntime"
-    tensorrt = "tensorrt"
-
-
-def choose_backend(backend: BackendName | None, onnx: Path | None, checkpoint: Path | None,
-                   engine: Path | None = None) -> str:
-    """The artifact picks the runtime (--engine: TensorRT; --onnx: ONNX Runtime; none: PyTorch); an option the
-    chosen runtime does not use is an error, never dropped."""
-    if engine is not None:
-        if onnx is not None:
-            raise InputError("give one of --engine and --onnx")
-        if backend not in (None, BackendName.tensorrt):
-            raise InputError(f"--engine runs on TensorRT: drop --backend {backend.value} (or --engine)")
-        if checkpoint is not None:
-            raise InputError(f"--checkpoint applies to the torch backend; the engine {engine.name} holds its own "
-                             "weights")
-        return "tensorrt"
-    if backend == BackendName.tensorrt:
-        raise InputError("--backend tensorrt needs --engine MODEL.engine (make one with `refiner-edge build`)")
-    chosen = backend.value if backend else ("onnxruntime" if onnx is not None else "torch")
-    if chosen == "onnxruntime":
-        if onnx is None:
-            raise InputError("--backend onnxruntime needs --onnx MODEL.onnx")
-        if checkpoint is not None:
-            raise InputError(f"--checkpoint applies to the torch backend; the ONNX graph {onnx.name} holds its "
-                             "own weights")
-    elif onnx is not None:
-        raise InputError("--onnx runs on ONNX Runtime: drop --backend torch (or --onnx)")
-    return chosen
-
-
-def check_described(runner, variant: str | None, img_size: int | None) -> None:
-    """--variant/--img-size describe a graph without a manifest; a graph with one must not be told otherwise."""
-    given = [name for name, value in (("--variant", variant), ("--img-size", img_size)) if value is not None]
-    if runner.name in ("onnxruntime", "tensorrt") and runner.manifest is not None and given:
-        raise InputError(f"{' and '.join(given)} describe a graph without a manifest; this graph's manifest says "
-                         f"{runner.manifest.model.variant}@{runner.manifest.model.img_size}")
+BackendName = Enum("BackendName", {name: name for name in BACKENDS}, type=str)
 
 
 def infer(
@@ -72,13 +34,13 @@ def infer(
 ) -> None:
     """Classify images: top-k classes per image."""
     from ..images.preprocess import find_images
-    from ..runners.base import load_runner
+    from ..runners.runtime import choose_runtime, open_runner
     from ..runners.classify import classify
 
-    chosen = choose_backend(backend, onnx, checkpoint, engine)
+    choose_runtime(onnx, engine, backend.value if backend else None, checkpoint)   # before the images are listed
     paths = find_images(images)
-    runner = load_runner(chosen, variant=variant, checkpoint=checkpoint, onnx=onnx, img_size=img_size, engine=engine)
-    check_described(runner, variant, img_size)
+    runner = open_runner(onnx, engine, backend.value if backend else None, variant=variant, checkpoint=checkpoint,
+                         img_size=img_size)
     if runner.random_weights:
         note("no checkpoint: the weights are random, so the predictions are meaningless")
     with phases(len(paths) > batch_size) as phase:

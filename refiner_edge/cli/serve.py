@@ -10,7 +10,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import InputError
 from .common import note, state
 
 
@@ -47,27 +46,23 @@ def serve(
     from ..deploy.serve import (ServeOptions, check_options, check_serving, print_last_on_stdout,
                                 serving_unavailable)
     from ..deploy.serve import serve as run_server
-    from ..manifest import read_manifest
-    from ..runners.base import load_runner
+    from ..runners.runtime import artifact_manifest, choose_runtime, open_runner
 
     here = serving_unavailable() is None or os.environ.get(serve_env.INSIDE_VAR)
     if setup:
         typer.echo(sys.executable if here else serve_env.ensure(progress=note))
         return
-    if (engine is None) == (onnx is None):
-        raise InputError("give one of --onnx and --engine")
-    model = engine if engine is not None else onnx
-    if not model.is_file():
-        raise InputError(f"{'engine' if engine is not None else 'ONNX file'} not found: {model}")
+    choose_runtime(onnx, engine, required=True)
+    manifest = artifact_manifest(onnx, engine)
     options = ServeOptions(name=name, host=host, http_port=http_port, grpc_port=grpc_port, max_batch=max_batch,
                            queue_delay_us=queue_delay_us, preferred_batch=tuple(preferred_batch or ()))
     if not here:
         # refused here, before minutes of making the environment; then the same command runs there
-        check_options(read_manifest(model), options)
+        check_options(manifest, options)
         python = serve_env.ensure(progress=note)
         serve_env.exec_serve(python, serve_args(onnx, engine, options, as_json))
     check_serving()   # before loading the model: a missing dependency is the first thing to hear about
-    runner = load_runner("tensorrt" if engine is not None else "onnxruntime", onnx=onnx, engine=engine)
+    runner = open_runner(onnx, engine, required=True)
     if runner.random_weights:
         note("random weights: the predictions are meaningless")
 

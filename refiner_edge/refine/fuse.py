@@ -3,7 +3,9 @@ checked on real images against the graph it came from before it is kept, with it
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -71,6 +73,25 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, image
                     thresholds=comparison.thresholds))
             write_manifest(tmp, record)
     return {"fused_nodes": count, "comparison": comparison, "output": output, "form": form}
+
+
+def export_fused(model, output: str | Path, *, opset: int = 17, batch: int | str = "dynamic", verify: bool = True,
+                 images: str | Path | None = None, num: int = 8, form: str = "library",
+                 on_exported: Callable[[dict], None] = lambda result: None) -> dict:
+    """Export the PyTorch `model` and fuse its refinements into `output` in one step. The plain graph goes to a
+    scratch folder beside `output`, so a failed export or fusion leaves an earlier `output` as it was.
+    `on_exported` gets export_onnx's result before the fusion starts. Returns {"export": export_onnx's result,
+    "fuse": fuse_onnx's}."""
+    from ..onnx.export import export_onnx
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".refiner-edge-") as scratch:
+        plain = Path(scratch) / output.name
+        exported = export_onnx(model, plain, opset=opset, batch=batch)
+        on_exported(exported)
+        fused = fuse_onnx(plain, output, verify=verify, images=images, num=num, form=form)
+    return {"export": exported, "fuse": fused}
 
 
 def compare_graphs(plain: str | Path, fused: str | Path, manifest, thresholds: dict,

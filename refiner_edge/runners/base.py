@@ -1,15 +1,13 @@
 """What every runner is: a callable from a preprocessed batch [B, 3, S, S] to logits, with the preprocessing its
-model expects (so `infer` and `validate` never hard-code it), and the registry that picks one by name."""
+model expects (so `infer` and `validate` never hard-code it). runtime.py picks and loads one."""
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 from ..batching import pad_batch, run_batched
-from ..errors import InputError
 from ..images.preprocess import Preprocess
 
 
@@ -52,20 +50,3 @@ class Runner:
                on_batch: Callable[[int], None] | None = None) -> np.ndarray:
         """Logits of many preprocessed images, in batches of batch_size(batch_size)."""
         return run_batched(self, arrays, self.batch_size(batch_size), on_batch=on_batch)
-
-
-# name -> "module:factory"; a factory takes keyword options and ignores those it does not use. Imported on use so
-# that running a graph on ONNX Runtime never imports torch.
-RUNNERS = {
-    "torch": "refiner_edge.runners.pytorch:torch_runner",
-    "onnxruntime": "refiner_edge.runners.ort:onnxruntime_runner",
-    "tensorrt": "refiner_edge.runners.tensorrt:tensorrt_runner",
-}
-
-
-def load_runner(name: str, **options) -> Runner:
-    try:
-        module, factory = RUNNERS[name].split(":")
-    except KeyError:
-        raise InputError(f"unknown backend '{name}'; choose one of: {', '.join(RUNNERS)}") from None
-    return getattr(importlib.import_module(module), factory)(**options)

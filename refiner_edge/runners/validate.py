@@ -8,7 +8,8 @@ from typing import Callable
 
 from ..compare import THRESHOLDS, Comparison, check_thresholds
 from ..errors import InputError
-from .base import Runner, load_runner
+from .base import Runner
+from .runtime import load_runner, open_runner
 
 
 def reference_runner(reference: str, manifest, checkpoint: str | Path | None, variant: str | None) -> Runner:
@@ -45,16 +46,9 @@ def validate_onnx(onnx: str | Path | None, images: str | Path, *, engine: str | 
     from ..images.imageset import load_image_set, load_labels
     from ..onnx.graph import graph_precision, load_onnx
 
-    if (onnx is None) == (engine is None):
-        raise InputError("give one of --onnx and --engine")
-    path, images = Path(onnx if onnx is not None else engine), Path(images)
     overrides = check_thresholds({k: v for k, v in (overrides or {}).items() if v is not None})
-    if engine is not None:
-        if variant is not None:
-            raise InputError("--variant describes a graph without a manifest; an engine always has one")
-        candidate = load_runner("tensorrt", engine=path)
-    else:
-        candidate = load_runner("onnxruntime", onnx=path, variant=variant)
+    candidate = open_runner(onnx, engine, variant=variant, required=True)   # the checkpoint is the reference's
+    path, images = Path(onnx if onnx is not None else engine), Path(images)
     manifest = candidate.manifest
     precision = manifest.graph.precision if manifest else graph_precision(load_onnx(path, False))
     ref = reference_runner(reference, manifest, checkpoint, variant)
