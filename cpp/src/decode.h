@@ -10,7 +10,7 @@
 
 namespace refiner_edge {
 
-// Pillow's decompression-bomb limit (refiner_edge/images/preprocess.py: MAX_PIXELS); larger images are refused.
+// Pillow's decompression-bomb limit (refiner_edge/images/transform.py: MAX_PIXELS); larger images are refused.
 constexpr long long kMaxPixels = 89478485;
 
 // A decoded image as the file holds it: 1 (gray), 2 (gray + alpha), 3 or 4 (+ alpha) channels of 8 or 16 bits.

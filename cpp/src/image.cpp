@@ -1,4 +1,4 @@
-// Decoding to upright 8-bit RGB, and the official evaluation transform, as refiner_edge/images/preprocess.py
+// Decoding to upright 8-bit RGB, and the official evaluation transform, as refiner_edge/images/transform.py
 // computes them with Pillow: the resampling below follows Pillow's two-pass fixed-point convolution (22-bit
 // coefficients, rounding and clipping to 8 bits after each pass), so on the same decoded pixels the tensor is
 // bit-identical. JPEG goes to libjpeg-turbo with Pillow's settings where it was found (decode_jpeg.cpp), and is

@@ -159,7 +159,7 @@ struct Image {
 // The decoders compiled in: "opencv", "stb_image" or "none" (raw tensor files only), after "libjpeg-turbo X.Y.Z + "
 // where JPEG is decoded by libjpeg-turbo (as Pillow decodes it).
 const char* imageDecoder();
-// Decode an image file to upright RGB as Pillow does (refiner_edge/images/preprocess.py: load_image, to_rgb).
+// Decode an image file to upright RGB as Pillow does (refiner_edge/images/transform.py: decode, to_rgb).
 Status loadImage(const std::string& path, Image& out);
 // Resize the short side to resize_size (Pillow's filters, bit-exact on 8-bit RGB), center-crop img_size, scale to
 // [0, 1], normalise; writes 3 * img_size * img_size floats, CHW, to `out`.
