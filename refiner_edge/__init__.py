@@ -16,7 +16,7 @@ _LAZY = {
     "fuse_onnx": ("refiner_edge.refine.fuse", "fuse_onnx"),
     "calibrate_onnx": ("refiner_edge.precision.calibrate", "calibrate_onnx"),
     "validate_onnx": ("refiner_edge.runners.validate", "validate_onnx"),
-    "load_runner": ("refiner_edge.runners.base", "load_runner"),
+    "load_runner": ("refiner_edge.runners.runtime", "load_runner"),
     "classify": ("refiner_edge.runners.classify", "classify"),
     "read_manifest": ("refiner_edge.manifest", "read_manifest"),
     "VARIANTS": ("refiner_edge.models.variants", "VARIANTS"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from refiner_edge.errors import InputError
-from refiner_edge.runners.base import load_runner
+from refiner_edge.runners.runtime import load_runner
 from refiner_edge.runners.classify import classify
 
 

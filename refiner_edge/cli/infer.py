@@ -1,17 +1,15 @@
 """`refiner-edge infer`: top-k classes per image, on the runtime the given artifact needs."""
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from ..runners.runtime import BACKENDS
-from .common import CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, console, note, phases, print_json
+from .common import CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, choices, console, note, phases, print_json
 
-
-BackendName = Enum("BackendName", {name: name for name in BACKENDS}, type=str)
+BackendName = choices("BackendName", BACKENDS)
 
 
 def infer(
