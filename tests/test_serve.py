@@ -302,6 +302,19 @@ def test_serve_setup_finds_its_environment_again(serve_python):
     assert probe.returncode == 0 and probe.stdout.split(".")[0] == "1", probe.stderr[-2000:]
 
 
+def test_serve_environment_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
+    from refiner_edge.deploy.serve import serving_unavailable
+
+    if serving_unavailable() is None:
+        pytest.skip("this environment serves in-process (PyTriton with numpy<2): no environment of its own to make")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("REFINER_EDGE_SERVE_ENV", str(blocker / "serve-env"))
+    result = invoke("serve", "--setup")
+    assert result.exit_code == 3
+    assert_clean_failure(result, "could not make serve's environment", "REFINER_EDGE_SERVE_ENV")
+
+
 def test_serve_refusals_are_one_line(tmp_path, tiny_plain):
     assert_clean_failure(invoke("serve"), "give one of --engine and --onnx")
     assert_clean_failure(invoke("serve", "--onnx", tmp_path / "missing.onnx"), "not found")

@@ -111,8 +111,13 @@ def ensure(progress: Callable[[str], None] = lambda message: None) -> Path:
     if found is not None:
         return found
     root = folder()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f"{root.name}.lock", "w") as lock:
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(root.parent / f"{root.name}.lock", "w")
+    except OSError as e:
+        raise MissingDependencyError(f"could not make serve's environment in {root} ({e.strerror}): set "
+                                     f"{ENV_VAR} to a writable folder") from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         found = find()   # made by another process while this one waited
         if found is not None:
