@@ -380,3 +380,31 @@ def test_one_rule_picks_the_runtime():
             choose_runtime(**kwargs)
     cli = Path(__file__).resolve().parents[1] / "refiner_edge" / "cli"
     assert [p.name for p in sorted(cli.glob("*.py")) if "load_runner" in p.read_text()] == []
+
+
+def test_calibrate_fuse_and_serve_defaults_are_the_librarys():
+    """The options calibrate, fuse and serve share with the library default to None on the command line; the
+    library resolves them from defaults.py, whose values the help states."""
+    import inspect
+
+    from refiner_edge import defaults
+    from refiner_edge.cli.calibrate import calibrate
+    from refiner_edge.cli.fuse import fuse
+    from refiner_edge.cli.serve import serve
+    from refiner_edge.deploy.serve import ServeOptions
+
+    shared = {calibrate: ("precision", "num", "method", "eval_num", "batch_size", "seed", "tensorrt_version"),
+              fuse: ("num",), serve: ("name", "host", "http_port", "grpc_port", "max_batch", "queue_delay_us")}
+    for command, names in shared.items():
+        params = inspect.signature(command).parameters
+        assert [n for n in names if params[n].default is not None] == [], command.__name__
+    options = ServeOptions()
+    assert (options.name, options.host, options.http_port, options.grpc_port, options.max_batch,
+            options.queue_delay_us) == (defaults.SERVE_NAME, defaults.SERVE_HOST, defaults.SERVE_HTTP_PORT,
+                                        defaults.SERVE_GRPC_PORT, defaults.SERVE_MAX_BATCH,
+                                        defaults.SERVE_QUEUE_DELAY_US)
+    assert ServeOptions(max_batch=4).max_batch == 4
+    assert f"[default: {defaults.FUSE_NUM}]" in " ".join(invoke("fuse", "--help").stdout.split())
+    calibrate_help = " ".join(invoke("calibrate", "--help").stdout.split())
+    assert f"[default: {defaults.CALIBRATE_NUM}]" in calibrate_help
+    assert f"[default: {defaults.CALIBRATE_METHOD}]" in calibrate_help

@@ -1,24 +1,18 @@
 """`refiner-edge calibrate`: a plain graph + real images -> a strongly typed FP16 or INT8 (Q/DQ) graph."""
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ..precision import CALIBRATED
+from .. import defaults
+from ..precision import CALIBRATED, METHODS
 from .common import JsonOpt, choices, console, note, output_file, phases, print_json
 
 
 Precision = choices("Precision", CALIBRATED)
-
-
-class MethodName(str, Enum):
-    entropy = "entropy"
-    percentile = "percentile"
-    max = "max"
-    mse = "mse"
+MethodName = choices("MethodName", METHODS)
 
 
 def calibrate(
@@ -29,12 +23,15 @@ def calibrate(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the calibrated graph; the report "
                                          "goes to <output>.json, the TensorRT 10 cache to <stem>.calib.",
                                          parser=output_file, metavar="FILE")],
-    precision: Annotated[Precision, typer.Option("--precision", help="int8: Q/DQ on Conv/MatMul/Gemm inputs "
-                                                 "over an FP16 graph; fp16: FP16 graph.")] = Precision.int8,
-    num: Annotated[int, typer.Option("--num", min=1, help="Calibration images to use (a seeded random sample "
-                                     "when the folder holds more).")] = 512,
+    precision: Annotated[Optional[Precision], typer.Option("--precision", help="int8: Q/DQ on Conv/MatMul/Gemm "
+                                                           "inputs over an FP16 graph; fp16: FP16 graph [default: "
+                                                           f"{defaults.CALIBRATE_PRECISION}].")] = None,
+    num: Annotated[Optional[int], typer.Option("--num", min=1, help="Calibration images to use (a seeded random "
+                                               "sample when the folder holds more) [default: "
+                                               f"{defaults.CALIBRATE_NUM}].")] = None,
     method: Annotated[Optional[MethodName], typer.Option("--method", help="How INT8 activation ranges are chosen "
-                                                         "from the measured values [default: percentile].")] = None,
+                                                         "from the measured values [default: "
+                                                         f"{defaults.CALIBRATE_METHOD}].")] = None,
     max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="Accuracy budget: top-1 agreement with "
                                                       "FP32 may fall at most this many points; the most sensitive "
                                                       "layers stay FP16 until it holds [default: none: every "
@@ -45,16 +42,21 @@ def calibrate(
     sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Report per-layer sensitivity (one layer "
                                               "quantized at a time) even without a budget. One graph per layer: "
                                               "minutes for Refiner-ViT-S on a CPU (lower --eval-num).")] = False,
-    eval_num: Annotated[int, typer.Option("--eval-num", min=1, help="Calibration images the budget and the "
-                                          "report evaluate on.")] = 64,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per ONNX Runtime run (fewer where "
-                                            "--memory needs).")] = 16,
+    eval_num: Annotated[Optional[int], typer.Option("--eval-num", min=1, help="Calibration images the budget and "
+                                                    "the report evaluate on [default: "
+                                                    f"{defaults.CALIBRATE_EVAL_NUM}].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per ONNX Runtime run "
+                                                      "(fewer where --memory needs) [default: "
+                                                      f"{defaults.CALIBRATE_BATCH_SIZE}].")] = None,
     memory: Annotated[Optional[float], typer.Option("--memory", min=0.05, help="GB of activations the stage may "
                                                     "hold at once; the graph runs in segments and batches shrink "
                                                     "to fit [default: 1].")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the image sample.")] = 0,
-    tensorrt_version: Annotated[str, typer.Option("--tensorrt-version", help="TensorRT version written into the "
-                                                  "calibration cache header (the reader rewrites it).")] = "10.3.0",
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the image sample [default: "
+                                                f"{defaults.CALIBRATE_SEED}].")] = None,
+    tensorrt_version: Annotated[Optional[str], typer.Option("--tensorrt-version", help="TensorRT version written "
+                                                            "into the calibration cache header (the reader "
+                                                            "rewrites it) [default: "
+                                                            f"{defaults.TENSORRT_CACHE_VERSION}].")] = None,
     listing: Annotated[Optional[Path], typer.Option("--list", help="Calibration list (e.g. calibration/NAME.txt): "
                                                     "image file names relative to --images; only those are "
                                                     "sampled [default: every image under --images].",
@@ -67,8 +69,8 @@ def calibrate(
     if method is not None and precision is Precision.fp16:
         note("--method sets INT8 ranges; an FP16 graph is decided from the observed ranges")
     with phases() as phase:
-        report = calibrate_onnx(onnx, images, output, precision=precision.value, num=num,
-                                method=(method or MethodName.percentile).value,
+        report = calibrate_onnx(onnx, images, output, precision=precision.value if precision else None, num=num,
+                                method=method.value if method else None,
                                 max_drop=max_drop, min_sqnr=min_sqnr, sensitivity=sensitivity, eval_num=eval_num,
                                 batch_size=batch_size, seed=seed, tensorrt_version=tensorrt_version,
                                 listing=listing, memory_gb=memory, progress=phase)

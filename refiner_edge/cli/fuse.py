@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..defaults import FUSE_NUM
 from ..refine.plugin_form import FORMS
 from .common import JsonOpt, choices, console, note, output_file, print_json, status
 
@@ -13,7 +14,7 @@ from .common import JsonOpt, choices, console, note, output_file, print_json, st
 PluginForm = choices("PluginForm", FORMS)
 
 
-def run_fuse(source: Path, output: Path, verify: bool, images: Path | None = None, num: int = 8,
+def run_fuse(source: Path, output: Path, verify: bool, images: Path | None = None, num: int | None = None,
              quiet: bool = False, form: str = "library") -> dict:
     from ..refine.fuse import fuse_onnx
 
@@ -47,7 +48,8 @@ def fuse(
                                          "predictions, within the criteria of the graph's precision.")] = True,
     images: Annotated[Optional[Path], typer.Option("--images", help="Images for the check: a folder or a file "
                                                    "[default: the sample photographs].")] = None,
-    num: Annotated[int, typer.Option("--num", min=1, help="Images the check uses at most.")] = 8,
+    num: Annotated[Optional[int], typer.Option("--num", min=1, help="Images the check uses at most [default: "
+                                               f"{FUSE_NUM}].")] = None,
     plugin_form: Annotated[PluginForm, typer.Option("--plugin-form", help="library: weights as node attributes, "
                                                     "for the IPluginV3 library (TensorRT 10.3+, C++ apps); aot: "
                                                     "weights as an input and aot=1, for the ahead-of-time plugin "

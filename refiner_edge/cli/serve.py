@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .. import defaults
 from .common import note, state
 
 
@@ -19,19 +20,23 @@ def serve(
     engine: Annotated[Optional[Path], typer.Option("--engine", help="TensorRT engine from `refiner-edge build`, "
                                                    "run on TensorRT behind the server [default: none].",
                                                    dir_okay=False)] = None,
-    name: Annotated[str, typer.Option("--name", help="Model name; the encoded-image model is NAME_image.")]
-    = "refiner",
-    host: Annotated[str, typer.Option("--host", help="Address HTTP and gRPC listen on (0.0.0.0: every "
-                                      "interface).")] = "127.0.0.1",
-    http_port: Annotated[int, typer.Option("--http-port", help="HTTP/REST port (KServe v2 protocol).")] = 8000,
-    grpc_port: Annotated[int, typer.Option("--grpc-port", help="gRPC port.")] = 8001,
-    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Largest batch Triton forms from "
-                                           "concurrent requests (at most an engine's profile maximum).")] = 8,
+    name: Annotated[Optional[str], typer.Option("--name", help="Model name; the encoded-image model is "
+                                                f"NAME_image [default: {defaults.SERVE_NAME}].")] = None,
+    host: Annotated[Optional[str], typer.Option("--host", help="Address HTTP and gRPC listen on (0.0.0.0: every "
+                                                f"interface) [default: {defaults.SERVE_HOST}].")] = None,
+    http_port: Annotated[Optional[int], typer.Option("--http-port", help="HTTP/REST port (KServe v2 protocol) "
+                                                     f"[default: {defaults.SERVE_HTTP_PORT}].")] = None,
+    grpc_port: Annotated[Optional[int], typer.Option("--grpc-port", help="gRPC port [default: "
+                                                     f"{defaults.SERVE_GRPC_PORT}].")] = None,
+    max_batch: Annotated[Optional[int], typer.Option("--max-batch", min=1, help="Largest batch Triton forms from "
+                                                     "concurrent requests (at most an engine's profile maximum) "
+                                                     f"[default: {defaults.SERVE_MAX_BATCH}].")] = None,
     preferred_batch: Annotated[Optional[list[int]], typer.Option(
         "--preferred-batch", help="Batch sizes the batcher aims for (repeat the option) [default: none: as large "
         "as the queue allows].")] = None,
-    queue_delay_us: Annotated[int, typer.Option("--queue-delay-us", min=0, help="How long a request may wait "
-                                                "for others to batch with, microseconds.")] = 2000,
+    queue_delay_us: Annotated[Optional[int], typer.Option("--queue-delay-us", min=0, help="How long a request "
+                                                          "may wait for others to batch with, microseconds "
+                                                          f"[default: {defaults.SERVE_QUEUE_DELAY_US}].")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the endpoints as one JSON line on stdout once "
                                           "ready.")] = False,
     setup: Annotated[bool, typer.Option("--setup", help="Make serve's own environment (PyTriton with numpy<2; "
@@ -68,7 +73,7 @@ def serve(
 
     def ready(info: dict) -> None:
         print_last_on_stdout(json.dumps(info) if as_json else
-                             f"serving {runner.description} ({runner.name}) as '{name}' (tensors) and "
+                             f"serving {runner.description} ({runner.name}) as '{options.name}' (tensors) and "
                              f"'{options.image_name}' (encoded images): http {info['http']}, grpc {info['grpc']}; "
                              "Ctrl-C stops")
 

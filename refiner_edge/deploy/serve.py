@@ -40,13 +40,11 @@ from typing import Callable
 
 import numpy as np
 
+from .. import defaults
+from ..defaults import default
 from ..errors import InputError, MissingDependencyError
 from ..runners.base import Runner
 
-DEFAULT_HTTP_PORT = 8000
-DEFAULT_GRPC_PORT = 8001
-DEFAULT_MAX_BATCH = 8
-DEFAULT_QUEUE_DELAY_US = 2000
 # Encoded-image instances: each is a Python-backend stub process of its own, about 50 MB resident (measured: 10 stubs,
 # 502 MB), and they add ~5 s to a start on a 2-core machine (11 s -> 16 s for 8)
 MAX_IMAGE_INSTANCES = 8
@@ -109,14 +107,25 @@ def decode_image(data: bytes, preprocess) -> np.ndarray:
 
 @dataclass
 class ServeOptions:
-    name: str = "refiner"
-    host: str = "127.0.0.1"
-    http_port: int = DEFAULT_HTTP_PORT
-    grpc_port: int = DEFAULT_GRPC_PORT
-    max_batch: int = DEFAULT_MAX_BATCH
-    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
+    """What `serve` serves and how; None for an option: its default (defaults.py)."""
+
+    name: str | None = None
+    host: str | None = None
+    http_port: int | None = None
+    grpc_port: int | None = None
+    max_batch: int | None = None
+    queue_delay_us: int | None = None
     preferred_batch: tuple[int, ...] = ()
     exit_timeout_s: int = 5   # how long tritonserver waits for in-flight requests on shutdown
+
+    def __post_init__(self):
+        self.name = default(self.name, defaults.SERVE_NAME)
+        self.host = default(self.host, defaults.SERVE_HOST)
+        self.http_port = default(self.http_port, defaults.SERVE_HTTP_PORT)
+        self.grpc_port = default(self.grpc_port, defaults.SERVE_GRPC_PORT)
+        self.max_batch = default(self.max_batch, defaults.SERVE_MAX_BATCH)
+        self.queue_delay_us = default(self.queue_delay_us, defaults.SERVE_QUEUE_DELAY_US)
+        self.preferred_batch = tuple(self.preferred_batch or ())
 
     @property
     def image_name(self) -> str:

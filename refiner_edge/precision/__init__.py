@@ -8,3 +8,4 @@ calibrate - the `refiner-edge calibrate` stage tying these together
 """
 PRECISIONS = ("fp32", "fp16", "int8")  # of a graph, and of the engine built from it
 CALIBRATED = ("fp16", "int8")          # what calibrate makes from a plain FP32 graph
+METHODS = ("entropy", "percentile", "max", "mse")   # how INT8 activation ranges are chosen (ranges.py)

@@ -9,9 +9,11 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from .. import defaults
 from ..artifacts import check_artifact, staged_outputs
 from ..batching import pad_batch
 from ..compare import Comparison
+from ..defaults import default
 from ..errors import InputError
 from ..manifest import Verification, read_manifest, write_manifest
 from ..onnx.graph import graph_precision, graph_preprocess, load_onnx, opset_of
@@ -23,8 +25,6 @@ from .memory import GB, budget_bytes, forward_batch
 from .ranges import METHODS, collect_ranges
 from .tensorrt_cache import DEFAULT_VERSION, write_cache
 
-DEFAULT_NUM = 512
-DEFAULT_EVAL = 64
 # progress(label, total) starts a phase and returns its tick(n) callback
 Progress = Callable[[str, int], Callable[[int], None]]
 
@@ -50,13 +50,14 @@ def load_float_graph(source: Path):
     return model
 
 
-def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *, precision: str = "int8",
-                   num: int = DEFAULT_NUM, method: str = "percentile", max_drop: float | None = None,
-                   min_sqnr: float | None = None, sensitivity: bool = False, eval_num: int = DEFAULT_EVAL,
-                   batch_size: int = 16, seed: int = 0, tensorrt_version: str = DEFAULT_VERSION,
+def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *, precision: str | None = None,
+                   num: int | None = None, method: str | None = None, max_drop: float | None = None,
+                   min_sqnr: float | None = None, sensitivity: bool = False, eval_num: int | None = None,
+                   batch_size: int | None = None, seed: int | None = None, tensorrt_version: str | None = None,
                    listing: str | Path | None = None, memory_gb: float | None = None,
                    progress: Progress = _no_progress) -> dict:
-    """Calibrate the plain graph `source` on `images` and write the `precision` graph to `output`.
+    """Calibrate the plain graph `source` on `images` and write the `precision` graph to `output`; None for an
+    option: its default (defaults.py).
 
     listing: a calibration list (calibration/*.txt: image file names relative to `images`) to sample from.
     memory_gb: the activations the stage may hold at once (range collection and every evaluation run); batches
@@ -68,6 +69,10 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
     from ..images.imageset import stream_image_set
     from ..refine.surgery import refinement_subgraphs
 
+    precision, num = default(precision, defaults.CALIBRATE_PRECISION), default(num, defaults.CALIBRATE_NUM)
+    method, eval_num = default(method, defaults.CALIBRATE_METHOD), default(eval_num, defaults.CALIBRATE_EVAL_NUM)
+    batch_size, seed = default(batch_size, defaults.CALIBRATE_BATCH_SIZE), default(seed, defaults.CALIBRATE_SEED)
+    tensorrt_version = default(tensorrt_version, DEFAULT_VERSION)
     if precision not in CALIBRATED:
         raise InputError(f"--precision must be {' or '.join(CALIBRATED)}, got '{precision}'")
     if method not in METHODS:

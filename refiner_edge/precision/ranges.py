@@ -16,9 +16,9 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import InputError
+from . import METHODS
 from .quiet import quiet
 
-METHODS = ("entropy", "percentile", "max", "mse")
 ENTROPY_BINS = 1024         # histogram bins (ORT's default 128 leaves entropy almost no thresholds to choose from)
 QUANTIZED_BINS = 128        # INT8 levels on one side of zero, the KL-divergence target resolution
 PERCENTILE = 99.999

@@ -11,11 +11,13 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+from ..defaults import TENSORRT_CACHE_VERSION
+
 from ..artifacts import atomic_output
 from ..errors import InputError
 
 ALGORITHM = "EntropyCalibration2"   # the calibrator interface that reads the cache, not how the ranges were found
-DEFAULT_VERSION = "10.3.0"          # JetPack 6's TensorRT, the main weakly typed target
+DEFAULT_VERSION = TENSORRT_CACHE_VERSION
 
 
 def version_tag(version: str) -> int:

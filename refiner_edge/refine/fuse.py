@@ -11,6 +11,7 @@ import numpy as np
 
 from ..artifacts import staged_outputs
 from ..compare import THRESHOLDS, Comparison
+from ..defaults import FUSE_NUM, default
 from ..errors import InputError, VerificationError
 from ..manifest import PluginInfo, Verification, read_manifest, write_manifest
 from ..onnx.graph import graph_precision, graph_preprocess, load_onnx
@@ -30,11 +31,11 @@ def fuse_thresholds(precision: str) -> dict:
 
 
 def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, images: str | Path | None = None,
-              num: int = 8, thresholds: dict | None = None, form: str = "library") -> dict:
+              num: int | None = None, thresholds: dict | None = None, form: str = "library") -> dict:
     """Fuse the refinement subgraphs of the ONNX file `source` into `output` (may be the same path), atomically.
 
     With verify, the fused graph runs on ONNX Runtime with the reference RefinerDLA op on up to `num` real images
-    (`images`, by default the sample photographs) and must meet `thresholds` against the source graph (by default
+    (`images`, by default the sample photographs; `num` None: defaults.FUSE_NUM) and must meet `thresholds` against the source graph (by default
     fuse_thresholds of its precision). form: "library" (weights as node attributes, the IPluginV3 library's fields)
     or "aot" (refine/plugin_form.aot_form: the AOT plugin embedded in TensorRT >= 10.9 engines); an AOT graph does
     not run on ONNX Runtime, so it is verified in the library form it is made from.
@@ -54,7 +55,7 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, image
         onnx.save(fused, str(tmp))
         if verify:
             thresholds = thresholds or fuse_thresholds(graph_precision(model))
-            comparison = compare_graphs(source, tmp, manifest, thresholds, images, num)
+            comparison = compare_graphs(source, tmp, manifest, thresholds, images, default(num, FUSE_NUM))
             if comparison is not None and not comparison:
                 raise VerificationError(f"fused graph does not match the plain graph: {comparison}")
         if form == "aot":
@@ -76,7 +77,7 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, image
 
 
 def export_fused(model, output: str | Path, *, opset: int = 17, batch: int | str = "dynamic", verify: bool = True,
-                 images: str | Path | None = None, num: int = 8, form: str = "library",
+                 images: str | Path | None = None, num: int | None = None, form: str = "library",
                  on_exported: Callable[[dict], None] = lambda result: None) -> dict:
     """Export the PyTorch `model` and fuse its refinements into `output` in one step. The plain graph goes to a
     scratch folder beside `output`, so a failed export or fusion leaves an earlier `output` as it was.
@@ -95,7 +96,7 @@ def export_fused(model, output: str | Path, *, opset: int = 17, batch: int | str
 
 
 def compare_graphs(plain: str | Path, fused: str | Path, manifest, thresholds: dict,
-                   images: str | Path | None = None, num: int = 8) -> Comparison | None:
+                   images: str | Path | None = None, num: int = FUSE_NUM) -> Comparison | None:
     """Both graphs on the same preprocessed images on ONNX Runtime (CPU); None when the reference op is
     unavailable (onnxruntime-extensions missing)."""
     from ..images.imageset import load_image_set

@@ -1,0 +1,36 @@
+"""The defaults of options that the library and the command line share, each written once, here.
+
+A library function takes None for "not given" and resolves it with `default` (Polygraphy's util.default); the CLI's
+options default to None and their help states these values. This module imports nothing, so `--help` stays fast.
+"""
+from __future__ import annotations
+
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def default(value: T | None, fallback: T) -> T:
+    """`value`, or `fallback` where it is None."""
+    return fallback if value is None else value
+
+
+# fuse (refine/fuse.py): images the fused graph is checked on against the plain one
+FUSE_NUM = 8
+
+# calibrate (precision/calibrate.py)
+CALIBRATE_PRECISION = "int8"
+CALIBRATE_NUM = 512                # calibration images (a seeded sample where the folder holds more)
+CALIBRATE_METHOD = "percentile"
+CALIBRATE_EVAL_NUM = 64            # images the accuracy budget and the report evaluate on
+CALIBRATE_BATCH_SIZE = 16
+CALIBRATE_SEED = 0
+TENSORRT_CACHE_VERSION = "10.3.0"  # JetPack 6's TensorRT, the main weakly typed target (precision/tensorrt_cache.py)
+
+# serve (deploy/serve.py)
+SERVE_NAME = "refiner"
+SERVE_HOST = "127.0.0.1"
+SERVE_HTTP_PORT = 8000
+SERVE_GRPC_PORT = 8001
+SERVE_MAX_BATCH = 8
+SERVE_QUEUE_DELAY_US = 2000
