@@ -179,6 +179,9 @@ def test_cli_chain_from_nothing_reuses_its_stages(tmp_path):
     assert first.exit_code == 0, first.output
     stages = json.loads(first.stdout)["stages"]
     assert list(stages) == ["export", "calibrate", "build"] and not any(s["reused"] for s in stages.values())
+    # the report carries the manifest's engine record as it is, not a retyped selection of it
+    engine_record = json.loads((tmp_path / "t.engine.json").read_text())["engine"]
+    assert {k: json.loads(first.stdout)[k] for k in engine_record} == engine_record
     for name in ("t.onnx", "t.onnx.json", "t.int8.onnx", "t.int8.onnx.json", "t.int8.calib", "t.engine.json"):
         assert (tmp_path / name).is_file(), name
     key = read_manifest(tmp_path / "t.int8.onnx").report["chain_key"]

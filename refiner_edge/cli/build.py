@@ -2,7 +2,6 @@
 engine and its manifest, for a target of engine/targets.py."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -64,7 +63,8 @@ def build(
 ) -> None:
     """Build a TensorRT engine (raw plan + manifest) for a Jetson, datacenter or RTX target; with no --onnx, run
     export, calibration and fusion first, reusing up-to-date artifacts."""
-    from ..engine.build import BuildOptions, build_engine, check_build_outputs, parse_batch, parse_size
+    from ..engine.build import (BuildOptions, build_engine, check_build_outputs, engine_report, parse_batch,
+                                parse_size)
     from ..engine.targets import TARGETS, get_target
 
     if list_targets:
@@ -102,11 +102,7 @@ def build(
                              calib_images=calib_images, force=force, step=step, note=note)
         manifest, stages = result["manifest"], result["stages"]
     e = manifest.engine
-    report = {"engine": str(output), "manifest": str(manifest_path(output)), "bytes": output.stat().st_size,
-              "target": e.target, "flavour": e.flavour, "tensorrt": e.tensorrt_version,
-              "compute_capability": e.compute_capability, "precision": e.precision, "typing": e.typing,
-              "plugin": e.plugin_form, "profiles": [dataclasses.asdict(p) for p in e.profiles],
-              "build_seconds": e.build_seconds, "stages": stages}
+    report = engine_report(output, manifest, stages)
     if as_json:
         print_json(report)
         return

@@ -439,6 +439,12 @@ def check_build_outputs(output: Path, options: BuildOptions, onnx: str | Path | 
     check_outputs(options.timing_cache, inputs=[onnx, output, manifest_path(output)], option="--timing-cache")
 
 
+def engine_report(output: Path, manifest: Manifest, stages: dict) -> dict:
+    """What `build --json` prints: the engine file, its manifest's engine record as it is, and what each stage did."""
+    return {"engine": str(output), "manifest": str(manifest_path(output)), "bytes": output.stat().st_size,
+            **dataclasses.asdict(manifest.engine), "stages": stages}
+
+
 def build_engine(onnx: str | Path, output: str | Path, options: BuildOptions, *, rebuild: str | None = None,
                  report: dict | None = None, note: Callable[[str], None] = lambda message: None) -> Manifest:
     """Build `onnx` into the raw engine `output` and write its manifest `<output>.json` beside it.

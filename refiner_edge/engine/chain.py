@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, ContextManager
 
@@ -127,85 +127,100 @@ def build_chain(output: str | Path, options: BuildOptions, *, variant: str | Non
     # generation whole, and a concurrent chain to the same -o waits instead of mixing its stages with this one's.
     with staged_outputs(*stage_paths, output, extra=[calib] if calib else [], locks=[options.timing_cache],
                         inputs=inputs_given, note=note) as staging:
-        return _run_stages(output, options, paths, staging, form=form, variant=variant, checkpoint=checkpoint,
-                           checkpoint_sha=checkpoint_sha, img_size=img_size, calib_images=calib_images,
-                           precision=precision, force=force, step=step, note=note)
+        stages = chain_stages(output, options, paths, form=form, variant=variant, checkpoint=checkpoint,
+                              checkpoint_sha=checkpoint_sha, img_size=img_size, calib_images=calib_images,
+                              precision=precision, note=note)
+        return _run_stages(stages, staging, force, step)
 
 
-def _run_stages(output: Path, options: BuildOptions, paths: dict[str, Path | None], staging: Staging, *, form: str,
-                variant: str, checkpoint, checkpoint_sha: str | None, img_size: int | None, calib_images,
-                precision: str, force: bool, step: Step, note: Callable[[str], None]) -> dict:
-    """Each stage: reuse the published artifact when up to date, else make it in the staging folder (where the next
-    stage reads it)."""
-    stages: dict[str, dict] = {}
+@dataclass
+class Stage:
+    """One stage of the chain: its name, the artifact it publishes, what decides whether that artifact is up to date
+    (`inputs` of the previous stage's artifact, hashed into its chain_key), and the call that makes it."""
 
-    # export
-    inputs = {"variant": variant, "checkpoint_sha256": checkpoint_sha, "img_size": img_size, "batch": "dynamic",
-              "refiner_edge": __version__}
-    final, key = paths["export"], chain_key(stage="export", **inputs)
-    current = final
-    if force or reusable(final, key) is None:
+    name: str
+    artifact: Path
+    inputs: Callable[[Path | None], dict]             # previous artifact -> what the artifact is made from
+    label: Callable[[Path | None], str]               # previous artifact -> the step's line
+    make: Callable[[Path | None, Path, dict], object]  # (previous, where to write, chain record) -> its result
+    report: dict = field(default_factory=dict)        # said about it beside the artifact
+    records_itself: bool = False                      # make writes the chain record (else it is stamped after)
+
+
+def chain_stages(output: Path, options: BuildOptions, paths: dict[str, Path | None], *, form: str, variant: str,
+                 checkpoint, checkpoint_sha: str | None, img_size: int | None, calib_images, precision: str,
+                 note: Callable[[str], None]) -> list[Stage]:
+    """export -> calibrate (fp16/int8) -> fuse (a plugin form) -> build, as the options ask."""
+    def export(_previous, dest: Path, _record: dict) -> None:
         from ..models.factory import create_model
         from ..onnx.export import export_onnx
 
-        current = staging.path(final)
-        with step(f"export {variant} -> {final.name}"):
-            if checkpoint is None:
-                note("no --checkpoint: the weights are random")
-            export_onnx(create_model(variant, img_size=img_size, checkpoint=checkpoint), current)
-        stamp(current, key, inputs)
-    stages["export"] = {"artifact": str(final), "reused": current == final}
+        if checkpoint is None:
+            note("no --checkpoint: the weights are random")
+        export_onnx(create_model(variant, img_size=img_size, checkpoint=checkpoint), dest)
 
-    # calibrate
+    stages = [Stage("export", paths["export"],
+                    inputs=lambda _previous: {"variant": variant, "checkpoint_sha256": checkpoint_sha,
+                                              "img_size": img_size, "batch": "dynamic", "refiner_edge": __version__},
+                    label=lambda _previous: f"export {variant} -> {paths['export'].name}", make=export)]
+
     if paths["calibrate"] is not None:
         from ..images.samples import sample_image_dir
+        from ..precision.calibrate import calibrate_onnx
 
         images = Path(calib_images) if calib_images is not None else sample_image_dir()
         if not images.exists():
             raise InputError(f"--calib-images: {images} does not exist")
-        source, final = current, paths["calibrate"]
-        current = final
-        inputs = {"onnx_sha256": file_sha256(source), "images_sha256": images_digest(images) if images.is_dir()
-                  else file_sha256(images), "precision": precision, "refiner_edge": __version__}
-        key = chain_key(stage="calibrate", **inputs)
-        if force or reusable(final, key) is None:
-            from ..precision.calibrate import calibrate_onnx
+        stages.append(Stage(
+            "calibrate", paths["calibrate"],
+            inputs=lambda source: {"onnx_sha256": file_sha256(source), "images_sha256": images_digest(images)
+                                   if images.is_dir() else file_sha256(images), "precision": precision,
+                                   "refiner_edge": __version__},
+            label=lambda _source: f"calibrate {precision} on {images} -> {paths['calibrate'].name}",
+            make=lambda source, dest, _record: calibrate_onnx(source, images, dest, precision=precision),
+            report={"images": str(images)}))
 
-            current = staging.path(final)
-            with step(f"calibrate {precision} on {images} -> {final.name}"):
-                calibrate_onnx(source, images, current, precision=precision)
-            stamp(current, key, inputs)
-        stages["calibrate"] = {"artifact": str(final), "images": str(images), "reused": current == final}
-
-    # fuse
     if paths["fuse"] is not None:
         from ..refine.fuse import fuse_onnx
 
-        source, final = current, paths["fuse"]
-        current = final
-        inputs = {"onnx_sha256": file_sha256(source), "form": form, "refiner_edge": __version__}
-        key = chain_key(stage="fuse", **inputs)
-        if force or reusable(final, key) is None:
-            current = staging.path(final)
-            with step(f"fuse {source.name} -> {final.name} ({form} form)"):
-                fuse_onnx(source, current, verify=True, form=form)
-            stamp(current, key, inputs)
-        stages["fuse"] = {"artifact": str(final), "reused": current == final}
+        stages.append(Stage(
+            "fuse", paths["fuse"],
+            inputs=lambda source: {"onnx_sha256": file_sha256(source), "form": form, "refiner_edge": __version__},
+            label=lambda source: f"fuse {source.name} -> {paths['fuse'].name} ({form} form)",
+            make=lambda source, dest, _record: fuse_onnx(source, dest, verify=True, form=form)))
 
-    # build
     options = replace(options, plugin=form)
     rebuild = rebuild_command(output, options, model={"variant": variant, "checkpoint": checkpoint,
                                                        "img_size": img_size, "calib_images": calib_images})
-    trt_version = import_tensorrt(options.target.flavour).__version__
-    inputs = {"onnx_sha256": file_sha256(current), "command": rebuild, "builder": f"{options.target.flavour} "
-              f"{trt_version}", "refiner_edge": __version__}
-    key = chain_key(stage="build", **inputs)
-    manifest = None if force else reusable(output, key)
-    if manifest is None:
-        with step(f"build {current.name} for {options.target.name} ({options.target.flavour}) -> {output.name}"):
-            manifest = build_engine(current, staging.path(output), options, rebuild=rebuild,
-                                    report={"chain_key": key, "chain_inputs": inputs}, note=note)
-        stages["build"] = {"artifact": str(output), "reused": False}
-    else:
-        stages["build"] = {"artifact": str(output), "reused": True}
-    return {"stages": stages, "manifest": manifest}
+    builder = f"{options.target.flavour} {import_tensorrt(options.target.flavour).__version__}"
+    stages.append(Stage(
+        "build", output,
+        inputs=lambda source: {"onnx_sha256": file_sha256(source), "command": rebuild, "builder": builder,
+                               "refiner_edge": __version__},
+        label=lambda source: f"build {source.name} for {options.target.name} ({options.target.flavour}) -> "
+                             f"{output.name}",
+        make=lambda source, dest, record: build_engine(source, dest, options, rebuild=rebuild, report=record,
+                                                       note=note),
+        records_itself=True))
+    return stages
+
+
+def _run_stages(stages: list[Stage], staging: Staging, force: bool, step: Step) -> dict:
+    """Each stage in turn: reuse its published artifact when up to date, else make it in the staging folder (where
+    the next stage reads it). Returns what each stage did and the last stage's manifest (the engine's)."""
+    report: dict[str, dict] = {}
+    source, manifest = None, None
+    for stage in stages:
+        inputs = stage.inputs(source)
+        record = {"chain_key": chain_key(stage=stage.name, **inputs), "chain_inputs": inputs}
+        manifest = None if force else reusable(stage.artifact, record["chain_key"])
+        made = stage.artifact
+        if manifest is None:
+            made = staging.path(stage.artifact)
+            with step(stage.label(source)):
+                manifest = stage.make(source, made, record)
+            if not stage.records_itself:
+                stamp(made, record["chain_key"], inputs)
+        report[stage.name] = {"artifact": str(stage.artifact), **stage.report, "reused": made == stage.artifact}
+        source = made
+    return {"stages": report, "manifest": manifest}
