@@ -237,6 +237,34 @@ def write_repository(artifact: str | Path, out: str | Path, options: RepositoryO
     if not artifact.is_file():
         raise InputError(f"not found: {artifact}")
     manifest = read_manifest(artifact, required=True)
+    check_options(artifact, manifest, options)
+    max_batch = batch_limits(manifest, options.max_batch)
+    bad = [b for b in options.preferred_batch if not 1 <= b <= max_batch]
+    if bad:
+        raise InputError(f"--preferred-batch sizes must be between 1 and the max batch {max_batch}, got {bad}")
+    is_engine = manifest.engine is not None
+    platform, filename = ("tensorrt_plan", "model.plan") if is_engine else ("onnxruntime_onnx", "model.onnx")
+    repo = Repository(out, options.name, platform, max_batch, notes=engine_notes(artifact, manifest))
+    files: dict[str, str | Path] = {
+        f"{options.name}/config.pbtxt": model_config(manifest, options, platform, max_batch, filename),
+        f"{options.name}/1/{filename}": artifact,
+        f"{options.name}/labels.txt": labels_text(manifest),
+    }
+    if is_engine and manifest.engine.plugin_form == "library":
+        library = check_plugin_library(artifact, manifest)
+        repo.plugin_library = f"{options.name}/plugins/{library.name}"
+        files[repo.plugin_library] = library
+    folders = []
+    if options.ensemble:
+        files.update(ensemble_files(manifest, options, max_batch))
+        folders.append(f"{options.name}_ensemble/1")   # an ensemble still needs a version folder
+    publish_files(out, files, folders)
+    repo.files = sorted(files)
+    return repo
+
+
+def check_options(artifact: Path, manifest: Manifest, options: RepositoryOptions) -> None:
+    """Refuse options this artifact cannot be served with, before anything is written."""
     is_engine = manifest.engine is not None
     if not options.name or any(c in options.name for c in "/\\ ") or options.name.startswith("."):
         raise InputError(f"--name must be a plain model name, got {options.name!r}")
@@ -253,44 +281,33 @@ def write_repository(artifact: str | Path, out: str | Path, options: RepositoryO
         # which Triton's onnxruntime backend cannot load
         raise InputError(f"{artifact.name} is a fused graph (RefinerDLA nodes): Triton's onnxruntime backend cannot "
                          "run them; deploy the unfused graph, or build an engine from it and deploy --engine")
-    max_batch = batch_limits(manifest, options.max_batch)
-    bad = [b for b in options.preferred_batch if not 1 <= b <= max_batch]
-    if bad:
-        raise InputError(f"--preferred-batch sizes must be between 1 and the max batch {max_batch}, got {bad}")
-    platform, filename = ("tensorrt_plan", "model.plan") if is_engine else ("onnxruntime_onnx", "model.onnx")
-    repo = Repository(out, options.name, platform, max_batch)
 
-    library = None
-    if is_engine and manifest.engine.plugin_form == "library":
-        library = check_plugin_library(artifact, manifest)
-    elif is_engine and manifest.engine.plugin_form == "aot":
-        repo.notes.append("AOT-plugin engine: the kernel is inside the engine, no plugin library to load")
-    if is_engine and manifest.engine.flavour != "tensorrt":
-        repo.notes.append(f"{artifact.name} was built by {manifest.engine.flavour}: Triton's tensorrt backend loads "
-                          "TensorRT engines only; build with TensorRT (the container's version) to serve it")
-    if is_engine and manifest.engine.dla_core is not None:
-        repo.notes.append(f"the engine runs on DLA core {manifest.engine.dla_core} (Jetson Orin): Triton on Jetson "
-                          "serves it; a datacenter GPU cannot")
 
-    files: dict[str, str | Path] = {
-        f"{options.name}/config.pbtxt": model_config(manifest, options, platform, max_batch, filename),
-        f"{options.name}/1/{filename}": artifact,
-        f"{options.name}/labels.txt": labels_text(manifest),
+def engine_notes(artifact: Path, manifest: Manifest) -> list[str]:
+    """What a user must know to serve this engine with Triton (nothing for an ONNX graph)."""
+    engine, notes = manifest.engine, []
+    if engine is None:
+        return notes
+    if engine.plugin_form == "aot":
+        notes.append("AOT-plugin engine: the kernel is inside the engine, no plugin library to load")
+    if engine.flavour != "tensorrt":
+        notes.append(f"{artifact.name} was built by {engine.flavour}: Triton's tensorrt backend loads TensorRT engines "
+                     "only; build with TensorRT (the container's version) to serve it")
+    if engine.dla_core is not None:
+        notes.append(f"the engine runs on DLA core {engine.dla_core} (Jetson Orin): Triton on Jetson serves it; a "
+                     "datacenter GPU cannot")
+    return notes
+
+
+def ensemble_files(manifest: Manifest, options: RepositoryOptions, max_batch: int) -> dict[str, str | Path]:
+    """NAME_preprocess (the Python backend running images/transform.py) and NAME_ensemble (encoded image -> logits)."""
+    return {
+        f"{options.name}_preprocess/config.pbtxt": preprocess_config(manifest, options, max_batch),
+        f"{options.name}_preprocess/1/model.py": PREPROCESS_MODEL,
+        f"{options.name}_preprocess/1/{TRANSFORM_FILE}": Path(transform.__file__),
+        f"{options.name}_ensemble/config.pbtxt": ensemble_config(manifest, options, max_batch),
+        f"{options.name}_ensemble/labels.txt": labels_text(manifest),
     }
-    folders = []
-    if library is not None:
-        repo.plugin_library = f"{options.name}/plugins/{library.name}"
-        files[repo.plugin_library] = library
-    if options.ensemble:
-        files[f"{options.name}_preprocess/config.pbtxt"] = preprocess_config(manifest, options, max_batch)
-        files[f"{options.name}_preprocess/1/model.py"] = PREPROCESS_MODEL
-        files[f"{options.name}_preprocess/1/{TRANSFORM_FILE}"] = Path(transform.__file__)
-        files[f"{options.name}_ensemble/config.pbtxt"] = ensemble_config(manifest, options, max_batch)
-        files[f"{options.name}_ensemble/labels.txt"] = labels_text(manifest)
-        folders.append(f"{options.name}_ensemble/1")   # an ensemble still needs a version folder
-    publish_files(out, files, folders)
-    repo.files = sorted(files)
-    return repo
 
 
 def publish_files(out: Path, files: dict[str, str | Path], folders: list[str] = ()) -> None:
