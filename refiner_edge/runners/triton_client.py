@@ -57,51 +57,59 @@ class Endpoint:
         return module, module.InferenceServerClient(self.address)
 
 
-def _batch_counts(client, endpoint: Endpoint) -> dict[int, int]:
-    stats = client.get_inference_statistics(endpoint.model)
-    if endpoint.protocol == "grpc":
-        from google.protobuf.json_format import MessageToDict
+@dataclass(frozen=True)
+class Request:
+    """The one request every client sends: random data of the model's input shape and type."""
 
-        stats = MessageToDict(stats, preserving_proto_field_name=True)
-    model = (stats.get("model_stats") or [{}])[0]
+    input: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray
+    output: str
+
+
+def _as_dict(endpoint: Endpoint, message) -> dict:
+    """gRPC answers are protobuf messages; HTTP answers are already dicts."""
+    if endpoint.protocol != "grpc":
+        return message
+    from google.protobuf.json_format import MessageToDict
+
+    return MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _batch_counts(client, endpoint: Endpoint) -> dict[int, int]:
+    model = (_as_dict(endpoint, client.get_inference_statistics(endpoint.model)).get("model_stats") or [{}])[0]
     return {int(b["batch_size"]): int(b.get("compute_infer", {}).get("count", 0)) for b in model.get("batch_stats",
                                                                                                       [])}
 
 
-def bench_triton(url: str, concurrency: int = 1, batch: int = 1, iterations: int = 50, warmup: int = 5,
-                 seed: int = 0, timeout_s: float = 60.0, on_iteration=lambda n: None) -> dict:
-    """Time `iterations` requests of `batch` random inputs, `concurrency` in flight at once, after `warmup`."""
-    if concurrency < 1 or batch < 1 or iterations < 1 or warmup < 0:
-        raise InputError(f"--concurrency, --batch and --iterations must be >= 1 and --warmup >= 0 (got "
-                         f"{concurrency}, {batch}, {iterations}, {warmup})")
-    endpoint = Endpoint.parse(url)
-    module, probe = endpoint.client()
+def model_request(client, endpoint: Endpoint, batch: int, seed: int) -> Request:
+    """Ask the server for the model's input and output, and make a request of `batch` random inputs for it."""
     try:
-        try:
-            meta = probe.get_model_metadata(endpoint.model)
-            config = probe.get_model_config(endpoint.model)
-        except Exception as e:   # connection refused, unknown model: the client's own message says which
-            raise InputError(f"{endpoint.address}: cannot query model '{endpoint.model}' "
-                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-        if endpoint.protocol == "grpc":
-            from google.protobuf.json_format import MessageToDict
+        meta = _as_dict(endpoint, client.get_model_metadata(endpoint.model))
+        config = _as_dict(endpoint, client.get_model_config(endpoint.model))
+    except Exception as e:   # connection refused, unknown model: the client's own message says which
+        raise InputError(f"{endpoint.address}: cannot query model '{endpoint.model}' "
+                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if endpoint.protocol == "grpc":
+        config = config.get("config", {})
+    max_batch = int(config.get("max_batch_size", 0))
+    if max_batch and batch > max_batch:
+        raise InputError(f"--batch {batch} is over the model's max_batch_size {max_batch}")
+    (inp,), out_name = meta["inputs"], meta["outputs"][0]["name"]
+    dims = [int(d) for d in inp["shape"]]
+    if inp["datatype"] not in DATATYPES or any(d < 0 for d in dims[1 if max_batch else 0:]):
+        raise InputError(f"model '{endpoint.model}': input {inp['name']} {inp['datatype']} {dims} is not a "
+                         "fixed-shape tensor this benchmark can fill")
+    shape = [batch, *dims[1:]] if max_batch else dims
+    x = np.random.default_rng(seed).standard_normal(shape).astype(DATATYPES[inp["datatype"]])
+    return Request(inp["name"], inp["datatype"], shape, x, out_name)
 
-            meta = MessageToDict(meta, preserving_proto_field_name=True)
-            config = MessageToDict(config, preserving_proto_field_name=True).get("config", {})
-        max_batch = int(config.get("max_batch_size", 0))
-        if max_batch and batch > max_batch:
-            raise InputError(f"--batch {batch} is over the model's max_batch_size {max_batch}")
-        (inp,), out_name = meta["inputs"], meta["outputs"][0]["name"]
-        dims = [int(d) for d in inp["shape"]]
-        if inp["datatype"] not in DATATYPES or any(d < 0 for d in dims[1 if max_batch else 0:]):
-            raise InputError(f"model '{endpoint.model}': input {inp['name']} {inp['datatype']} {dims} is not a "
-                             "fixed-shape tensor this benchmark can fill")
-        shape = [batch, *dims[1:]] if max_batch else dims
-        x = np.random.default_rng(seed).standard_normal(shape).astype(DATATYPES[inp["datatype"]])
-        before = _batch_counts(probe, endpoint)
-    finally:
-        probe.close()
 
+def run_clients(endpoint: Endpoint, module, request: Request, concurrency: int, warmup: int, iterations: int,
+                timeout_s: float, on_iteration) -> tuple[list[float], float]:
+    """`concurrency` clients, each with one request in flight, until `warmup` then `iterations` requests are
+    answered; returns the timed requests' latencies (s) and the wall time of the timed window."""
     remaining = {"warmup": warmup, "timed": iterations}
     lock = threading.Lock()
     latencies: list[float] = []
@@ -121,15 +129,15 @@ def bench_triton(url: str, concurrency: int = 1, batch: int = 1, iterations: int
 
     def worker():
         _, client = endpoint.client()
-        request = module.InferInput(inp["name"], shape, inp["datatype"])
-        request.set_data_from_numpy(x)
-        outputs = [module.InferRequestedOutput(out_name)]
+        tensor = module.InferInput(request.input, request.shape, request.datatype)
+        tensor.set_data_from_numpy(request.data)
+        outputs = [module.InferRequestedOutput(request.output)]
+        kwargs = {"client_timeout": timeout_s} if endpoint.protocol == "grpc" else {}
         try:
             while (kind := take()) is not None:
                 t = time.perf_counter()
-                kwargs = {"client_timeout": timeout_s} if endpoint.protocol == "grpc" else {}
                 try:
-                    client.infer(endpoint.model, [request], outputs=outputs, **kwargs)
+                    client.infer(endpoint.model, [tensor], outputs=outputs, **kwargs)
                 except Exception as e:
                     with lock:
                         errors.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -153,7 +161,24 @@ def bench_triton(url: str, concurrency: int = 1, batch: int = 1, iterations: int
         raise InputError(f"{endpoint.address}: requests still unanswered after the time limit")
     if errors:
         raise InputError(f"{endpoint.address}: a request failed: {errors[0]}")
+    return latencies, window["end"] - window["start"]
 
+
+def bench_triton(url: str, concurrency: int = 1, batch: int = 1, iterations: int = 50, warmup: int = 5,
+                 seed: int = 0, timeout_s: float = 60.0, on_iteration=lambda n: None) -> dict:
+    """Time `iterations` requests of `batch` random inputs, `concurrency` in flight at once, after `warmup`."""
+    if concurrency < 1 or batch < 1 or iterations < 1 or warmup < 0:
+        raise InputError(f"--concurrency, --batch and --iterations must be >= 1 and --warmup >= 0 (got "
+                         f"{concurrency}, {batch}, {iterations}, {warmup})")
+    endpoint = Endpoint.parse(url)
+    module, probe = endpoint.client()
+    try:
+        request = model_request(probe, endpoint, batch, seed)
+        before = _batch_counts(probe, endpoint)
+    finally:
+        probe.close()
+    latencies, wall = run_clients(endpoint, module, request, concurrency, warmup, iterations, timeout_s,
+                                  on_iteration)
     _, probe = endpoint.client()
     try:
         after = _batch_counts(probe, endpoint)
@@ -161,7 +186,6 @@ def bench_triton(url: str, concurrency: int = 1, batch: int = 1, iterations: int
         probe.close()
     executed = {size: n - before.get(size, 0) for size, n in sorted(after.items()) if n - before.get(size, 0)}
     ms = np.array(latencies) * 1e3
-    wall = window["end"] - window["start"]
     return {
         "backend": "triton", "url": f"{endpoint.protocol}://{endpoint.address}", "model": endpoint.model,
         "batch": batch, "concurrency": concurrency, "iterations": iterations, "warmup": warmup,
