@@ -71,9 +71,10 @@ def collect_ranges(model_path: str | Path, batches: Iterable[np.ndarray], method
     """
     import onnx
 
-    from .memory import GraphMemory, budget_bytes
+    from .memory import GraphMemory, budget_bytes, return_freed_memory
 
     _check_method(method)
+    return_freed_memory()
     batches = iter(batches)
     first = next(batches, None)
     if first is None:
