@@ -21,7 +21,7 @@ from . import CALIBRATED
 from .fp16 import RULES, convert_to_fp16, fp32_nodes
 from .int8 import (QUANTIZED_OPS, Budget, activation_inputs, layer_sensitivity, meet_budget, quantizable_nodes,
                    quantize, run_logits)
-from .memory import GB, budget_bytes, forward_batch, return_freed_memory
+from .memory import GB, budget_bytes, forward_batch
 from .ranges import METHODS, collect_ranges
 from .tensorrt_cache import DEFAULT_VERSION, write_cache
 
@@ -88,7 +88,6 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
     check_artifact(output, inputs=[source, images, listing],
                    extra=[calibration_cache_path(output)] if precision == "int8" else [])
     started = time.perf_counter()
-    return_freed_memory()
     model = load_float_graph(source)
     manifest = read_manifest(source)
     graph_input = model.graph.input[0]

@@ -74,7 +74,6 @@ def collect_ranges(model_path: str | Path, batches: Iterable[np.ndarray], method
     from .memory import GraphMemory, budget_bytes, return_freed_memory
 
     _check_method(method)
-    return_freed_memory()
     batches = iter(batches)
     first = next(batches, None)
     if first is None:
@@ -94,6 +93,7 @@ def collect_ranges(model_path: str | Path, batches: Iterable[np.ndarray], method
             for seg, (session, requested) in zip(segments, sessions):
                 outputs = dict(zip(requested, session.run(requested, {k: live[k] for k in seg.inputs})))
                 meter.add({k: v for k, v in outputs.items() if k in floats})
+                return_freed_memory()  # what this run did not reuse of the last one's memory; not this run's
                 live.update((k, outputs[k]) for k in seg.passed)
                 del outputs
                 live = {k: v for k, v in live.items() if last.get(k, -1) >= seg.stop}
