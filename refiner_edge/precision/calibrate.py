@@ -61,7 +61,7 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
 
     listing: a calibration list (calibration/*.txt: image file names relative to `images`) to sample from.
     memory_gb: the activations the stage may hold at once (range collection and every evaluation run); batches
-    shrink to fit it [default: memory.DEFAULT_MEMORY_GB].
+    shrink to fit it [default: defaults.CALIBRATE_MEMORY_GB].
     Returns the report, which is also the `report` of the manifest written to `<output>.json`.
     """
     import onnx

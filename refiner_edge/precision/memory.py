@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-DEFAULT_MEMORY_GB = 1.0   # activations held at once by the precision stage; see docs/benchmarks.md for whole-process peaks
+from ..defaults import CALIBRATE_MEMORY_GB, default
+
 GB = 1e9
 
 _ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}  # TensorProto types
@@ -185,7 +186,7 @@ _libc = None
 
 
 def budget_bytes(memory_gb: float | None) -> float:
-    return (DEFAULT_MEMORY_GB if memory_gb is None else float(memory_gb)) * GB
+    return float(default(memory_gb, CALIBRATE_MEMORY_GB)) * GB
 
 
 def _reads(node) -> list[str]:
