@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from refiner_edge.models.factory import create_model  # noqa: E402
 from refiner_edge.onnx.export import export_onnx  # noqa: E402
-from refiner_edge.precision.calibrate import calibrate_onnx  # noqa: E402
+from refiner_edge.precision.calibrate import CalibrateOptions, calibrate_onnx  # noqa: E402
 from refiner_edge.runners.validate import validate_onnx  # noqa: E402
 from tests.digits import train_tiny_on_digits, write_digit_folders  # noqa: E402
 from tests.helpers import randomize  # noqa: E402
@@ -43,7 +43,8 @@ def digits(root: Path) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for precision, method in RUNS:
         out = root / f"{precision}.{method}.onnx"
-        report = calibrate_onnx(plain, root / "train", out, precision=precision, method=method, num=512)
+        report = calibrate_onnx(plain, root / "train", out,
+                                CalibrateOptions(precision=precision, method=method, num=512))
         v = validate_onnx(out, root / "test", labels="imagenet-folder", checkpoint=checkpoint)["metrics"]
         print(f"| {precision} | {method} | {report['calibration']['seconds']:.1f} | {v['reference_accuracy']:.2f} | "
               f"{v['accuracy']:.2f} | {v['accuracy_drop']:.2f} | {v['agreement']:.2f} | {v['sqnr_db']:.1f} |")
@@ -83,7 +84,7 @@ def refiner_s(root: Path, crops: int) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for precision, method in (("fp16", "max"), ("int8", "percentile")):
         out = root / f"s.{precision}.onnx"
-        report = calibrate_onnx(plain, calib, out, precision=precision, method=method, num=crops)
+        report = calibrate_onnx(plain, calib, out, CalibrateOptions(precision=precision, method=method, num=crops))
         seconds = report["calibration"]["seconds"]
         v = validate_onnx(out, sample_image_dir(), checkpoint=checkpoint)["metrics"]
         build_s, size = _rtx_build(out)

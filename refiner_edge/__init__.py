@@ -15,6 +15,7 @@ _LAZY = {
     "export_onnx": ("refiner_edge.onnx.export", "export_onnx"),
     "fuse_onnx": ("refiner_edge.refine.fuse", "fuse_onnx"),
     "calibrate_onnx": ("refiner_edge.precision.calibrate", "calibrate_onnx"),
+    "CalibrateOptions": ("refiner_edge.precision.calibrate", "CalibrateOptions"),
     "validate_onnx": ("refiner_edge.runners.validate", "validate_onnx"),
     "load_runner": ("refiner_edge.runners.runtime", "load_runner"),
     "classify": ("refiner_edge.runners.classify", "classify"),

@@ -92,7 +92,7 @@ def refiner_s_graphs(tmp_path_factory, sample_photos) -> dict:
     """Refiner-ViT-S (non-trivial random weights, saved as a checkpoint), its plain ONNX and the FP16 and INT8
     graphs `refiner-edge calibrate` makes from it on the two photographs."""
     from refiner_edge.onnx.export import export_onnx
-    from refiner_edge.precision.calibrate import calibrate_onnx
+    from refiner_edge.precision.calibrate import CalibrateOptions, calibrate_onnx
 
     root = tmp_path_factory.mktemp("refiner_s")
     checkpoint = root / "refiner_s.pth"
@@ -101,7 +101,8 @@ def refiner_s_graphs(tmp_path_factory, sample_photos) -> dict:
     export_onnx(create_model("refiner-vit-s", checkpoint=checkpoint), graphs["fp32"])
     for precision in ("fp16", "int8"):
         graphs[precision] = root / f"s.{precision}.onnx"
-        calibrate_onnx(graphs["fp32"], sample_photos[0].parent, graphs[precision], precision=precision)
+        calibrate_onnx(graphs["fp32"], sample_photos[0].parent, graphs[precision],
+                       CalibrateOptions(precision=precision))
     return graphs
 
 

@@ -64,16 +64,16 @@ def calibrate(
     as_json: JsonOpt = False,
 ) -> None:
     """Calibrate a plain graph on real images into a strongly typed FP16 or INT8 (Q/DQ) graph for TensorRT 10/11."""
-    from ..precision.calibrate import calibrate_onnx
+    from ..precision.calibrate import CalibrateOptions, calibrate_onnx
 
     if method is not None and precision is Precision.fp16:
         note("--method sets INT8 ranges; an FP16 graph is decided from the observed ranges")
+    options = CalibrateOptions(
+        precision=precision.value if precision else None, num=num, method=method.value if method else None,
+        max_drop=max_drop, min_sqnr=min_sqnr, sensitivity=sensitivity, eval_num=eval_num, batch_size=batch_size,
+        seed=seed, tensorrt_version=tensorrt_version, listing=listing, memory_gb=memory)
     with phases() as phase:
-        report = calibrate_onnx(onnx, images, output, precision=precision.value if precision else None, num=num,
-                                method=method.value if method else None,
-                                max_drop=max_drop, min_sqnr=min_sqnr, sensitivity=sensitivity, eval_num=eval_num,
-                                batch_size=batch_size, seed=seed, tensorrt_version=tensorrt_version,
-                                listing=listing, memory_gb=memory, progress=phase)
+        report = calibrate_onnx(onnx, images, output, options, progress=phase)
     if as_json:
         print_json(report)
         return

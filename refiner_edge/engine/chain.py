@@ -166,7 +166,7 @@ def chain_stages(output: Path, options: BuildOptions, paths: dict[str, Path | No
 
     if paths["calibrate"] is not None:
         from ..images.samples import sample_image_dir
-        from ..precision.calibrate import calibrate_onnx
+        from ..precision.calibrate import CalibrateOptions, calibrate_onnx
 
         images = Path(calib_images) if calib_images is not None else sample_image_dir()
         if not images.exists():
@@ -177,7 +177,8 @@ def chain_stages(output: Path, options: BuildOptions, paths: dict[str, Path | No
                                    if images.is_dir() else file_sha256(images), "precision": precision,
                                    "refiner_edge": __version__},
             label=lambda _source: f"calibrate {precision} on {images} -> {paths['calibrate'].name}",
-            make=lambda source, dest, _record: calibrate_onnx(source, images, dest, precision=precision),
+            make=lambda source, dest, _record: calibrate_onnx(source, images, dest,
+                                                                       CalibrateOptions(precision=precision)),
             report={"images": str(images)}))
 
     if paths["fuse"] is not None:

@@ -3,6 +3,7 @@ its manifest/report (`<output>.json`) and, for INT8, a TensorRT 10 calibration c
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -50,18 +51,52 @@ def load_float_graph(source: Path):
     return model
 
 
-def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *, precision: str | None = None,
-                   num: int | None = None, method: str | None = None, max_drop: float | None = None,
-                   min_sqnr: float | None = None, sensitivity: bool = False, eval_num: int | None = None,
-                   batch_size: int | None = None, seed: int | None = None, tensorrt_version: str | None = None,
-                   listing: str | Path | None = None, memory_gb: float | None = None,
-                   progress: Progress = _no_progress) -> dict:
-    """Calibrate the plain graph `source` on `images` and write the `precision` graph to `output`; None for an
-    option: its default (defaults.py).
+@dataclass(frozen=True)
+class CalibrateOptions:
+    """How `calibrate` calibrates; None for an option: its default (defaults.py), filled in by resolved()."""
 
-    listing: a calibration list (calibration/*.txt: image file names relative to `images`) to sample from.
-    memory_gb: the activations the stage may hold at once (range collection and every evaluation run); batches
-    shrink to fit it [default: defaults.CALIBRATE_MEMORY_GB].
+    precision: str | None = None         # fp16 or int8
+    num: int | None = None               # calibration images (a seeded sample where there are more)
+    method: str | None = None            # how INT8 activation ranges are chosen (precision.METHODS)
+    max_drop: float | None = None        # accuracy budget: top-1 agreement points INT8 may lose
+    min_sqnr: float | None = None        # accuracy budget: logit SQNR in dB
+    sensitivity: bool = False            # report per-layer sensitivity even without a budget
+    eval_num: int | None = None          # images the budget and the report evaluate on
+    batch_size: int | None = None        # images per ONNX Runtime run (fewer where memory_gb needs)
+    seed: int | None = None              # of the image sample
+    tensorrt_version: str | None = None  # written into the TensorRT 10 calibration cache header
+    listing: str | Path | None = None    # a calibration list (calibration/*.txt: names relative to the images)
+    memory_gb: float | None = None       # activations held at once [default: defaults.CALIBRATE_MEMORY_GB]
+
+    def resolved(self) -> "CalibrateOptions":
+        """These options with every default filled in; InputError for values calibrate cannot use."""
+        o = dataclasses.replace(
+            self, precision=default(self.precision, defaults.CALIBRATE_PRECISION),
+            num=default(self.num, defaults.CALIBRATE_NUM), method=default(self.method, defaults.CALIBRATE_METHOD),
+            eval_num=default(self.eval_num, defaults.CALIBRATE_EVAL_NUM),
+            batch_size=default(self.batch_size, defaults.CALIBRATE_BATCH_SIZE),
+            seed=default(self.seed, defaults.CALIBRATE_SEED),
+            tensorrt_version=default(self.tensorrt_version, DEFAULT_VERSION))
+        if o.precision not in CALIBRATED:
+            raise InputError(f"--precision must be {' or '.join(CALIBRATED)}, got '{o.precision}'")
+        if o.method not in METHODS:
+            raise InputError(f"unknown calibration method '{o.method}'; choose one of: {', '.join(METHODS)}")
+        if o.budget is not None and o.precision != "int8":
+            raise InputError("--max-drop/--min-sqnr choose which layers stay FP16 in an INT8 graph: use "
+                             "--precision int8")
+        if o.max_drop is not None and not 0 <= o.max_drop <= 100:
+            raise InputError(f"--max-drop is in percentage points (0 to 100), got {o.max_drop}")
+        return o
+
+    @property
+    def budget(self) -> Budget | None:
+        return Budget(self.max_drop, self.min_sqnr) if self.max_drop is not None or self.min_sqnr is not None \
+            else None
+
+
+def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path,
+                   options: CalibrateOptions | None = None, progress: Progress = _no_progress) -> dict:
+    """Calibrate the plain graph `source` on `images` and write `options.precision`'s graph to `output`.
     Returns the report, which is also the `report` of the manifest written to `<output>.json`.
     """
     import onnx
@@ -69,24 +104,13 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
     from ..images.imageset import stream_image_set
     from ..refine.surgery import refinement_subgraphs
 
-    precision, num = default(precision, defaults.CALIBRATE_PRECISION), default(num, defaults.CALIBRATE_NUM)
-    method, eval_num = default(method, defaults.CALIBRATE_METHOD), default(eval_num, defaults.CALIBRATE_EVAL_NUM)
-    batch_size, seed = default(batch_size, defaults.CALIBRATE_BATCH_SIZE), default(seed, defaults.CALIBRATE_SEED)
-    tensorrt_version = default(tensorrt_version, DEFAULT_VERSION)
-    if precision not in CALIBRATED:
-        raise InputError(f"--precision must be {' or '.join(CALIBRATED)}, got '{precision}'")
-    if method not in METHODS:
-        raise InputError(f"unknown calibration method '{method}'; choose one of: {', '.join(METHODS)}")
-    budget = Budget(max_drop, min_sqnr) if (max_drop is not None or min_sqnr is not None) else None
-    if budget is not None and precision != "int8":
-        raise InputError("--max-drop/--min-sqnr choose which layers stay FP16 in an INT8 graph: use --precision int8")
-    if max_drop is not None and not 0 <= max_drop <= 100:
-        raise InputError(f"--max-drop is in percentage points (0 to 100), got {max_drop}")
+    o = (options or CalibrateOptions()).resolved()
+    budget = o.budget
     source, output, images = Path(source), Path(output), Path(images)
     if output.resolve() == source.resolve():
         raise InputError("--output must differ from --onnx: the plain graph is the calibration's reference")
-    check_artifact(output, inputs=[source, images, listing],
-                   extra=[calibration_cache_path(output)] if precision == "int8" else [])
+    check_artifact(output, inputs=[source, images, o.listing],
+                   extra=[calibration_cache_path(output)] if o.precision == "int8" else [])
     started = time.perf_counter()
     model = load_float_graph(source)
     manifest = read_manifest(source)
@@ -94,56 +118,57 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
     shape = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim]
     preprocess = graph_preprocess(source, manifest, shape)
 
-    found_tick = progress("decoding images", num)
+    found_tick = progress("decoding images", o.num)
     # decoded as range collection consumes them: only one batch and the evaluation images stay in memory
-    imageset, decoded = stream_image_set([images], preprocess, num=num, seed=seed, on_image=found_tick,
-                                         listing=listing)
+    imageset, decoded = stream_image_set([images], preprocess, num=o.num, seed=o.seed, on_image=found_tick,
+                                         listing=o.listing)
     evaluated: list[np.ndarray] = []
-    batches = _batches(_keeping(decoded, evaluated, eval_num), shape[0] or batch_size, pad=shape[0] is not None)
+    batches = _batches(_keeping(decoded, evaluated, o.eval_num), shape[0] or o.batch_size,
+                       pad=shape[0] is not None)
 
     units = refinement_subgraphs(model)
     in_refinement = {n for unit in units for n in unit}
-    nodes = quantizable_nodes(model, in_refinement) if precision == "int8" else []
-    range_method = method if precision == "int8" else "max"  # FP16 needs the observed ranges, nothing clipped
-    tick = progress(f"calibrating ({range_method})", min(num, imageset.found))
+    nodes = quantizable_nodes(model, in_refinement) if o.precision == "int8" else []
+    range_method = o.method if o.precision == "int8" else "max"  # FP16 needs the observed ranges, nothing clipped
+    tick = progress(f"calibrating ({range_method})", min(o.num, imageset.found))
     ranges = collect_ranges(source, batches, range_method, graph_input.name, activation_inputs(model, nodes), tick,
-                            memory_gb=memory_gb)
+                            memory_gb=o.memory_gb)
     calibrated = time.perf_counter()
-    eval_batch = forward_batch(model, budget_bytes(memory_gb), batch_size)
+    eval_batch = forward_batch(model, budget_bytes(o.memory_gb), o.batch_size)
     keep = fp32_nodes(model, ranges, units)
     keep_names = [k.node for k in keep]
 
     x_eval = np.stack(evaluated)
     del evaluated
     reference = run_logits(model, x_eval, eval_batch)
-    report: dict = {"precision": precision, "fp16": {"rules": RULES, "fp32_nodes": [k.to_dict() for k in keep]}}
+    report: dict = {"precision": o.precision, "fp16": {"rules": RULES, "fp32_nodes": [k.to_dict() for k in keep]}}
     comparison = None
-    if precision == "fp16":
+    if o.precision == "fp16":
         result = convert_to_fp16(model, keep_names)
     else:
         result, report["int8"], comparison = _int8_graph(source, model, ranges, nodes, len(units), keep_names,
-                                                         x_eval, reference, budget, sensitivity, progress,
+                                                         x_eval, reference, budget, o.sensitivity, progress,
                                                          eval_batch)
     if comparison is None:
         comparison = Comparison.of(run_logits(result, x_eval, eval_batch), reference)
     finished = time.perf_counter()
 
     onnx.checker.check_model(result)
-    cache = calibration_cache_path(output) if precision == "int8" else None
+    cache = calibration_cache_path(output) if o.precision == "int8" else None
     report.update({
-        "calibration": {"images": str(images), "method": range_method, "num": num, "seed": seed,
+        "calibration": {"images": str(images), "method": range_method, "num": o.num, "seed": o.seed,
                         **imageset.summary(), "batch": ranges.batch, "segments": ranges.segments,
-                        "memory_gb": budget_bytes(memory_gb) / GB, "evaluation_batch": eval_batch,
+                        "memory_gb": budget_bytes(o.memory_gb) / GB, "evaluation_batch": eval_batch,
                         "seconds": round(calibrated - started, 2), "total_seconds": round(finished - started, 2)},
         "evaluation": {"against": f"{source.name} (FP32) on ONNX Runtime", "images": len(x_eval),
                        **comparison.metrics()},
-        "tensorrt_calibration_cache": None if cache is None else {"file": cache.name, "tensorrt": tensorrt_version,
-                                                                 "tensors": len(ranges.minmax)},
+        "tensorrt_calibration_cache": None if cache is None else {
+            "file": cache.name, "tensorrt": o.tensorrt_version, "tensors": len(ranges.minmax)},
     })
-    if listing is not None:
-        report["calibration"]["list"] = Path(listing).name
+    if o.listing is not None:
+        report["calibration"]["list"] = Path(o.listing).name
     if manifest is not None:  # a graph from elsewhere has no manifest to carry on
-        graph = dataclasses.replace(manifest.graph, precision=precision, opset=opset_of(result), fused=False,
+        graph = dataclasses.replace(manifest.graph, precision=o.precision, opset=opset_of(result), fused=False,
                                     fp32_ops=report["fp16"]["fp32_nodes"],
                                     fp16_layers=report.get("int8", {}).get("fp16_layers", []))
         record = manifest.derive("calibrate", output, source, graph=graph, report=report)
@@ -154,7 +179,7 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path, *
     with staged_outputs(output, extra=[cache] if cache else []) as staging:
         onnx.save(result, str(staging.path(output)))
         if cache is not None:
-            write_cache(staging.path(cache), {k: ranges.clip(k) for k in ranges.minmax}, tensorrt_version)
+            write_cache(staging.path(cache), {k: ranges.clip(k) for k in ranges.minmax}, o.tensorrt_version)
         if manifest is not None:
             write_manifest(staging.path(output), record)
     return report
