@@ -306,8 +306,9 @@ def staged_outputs(*artifacts: str | Path, extra: Iterable[str | Path] = (), loc
     """Check `artifacts` (one folder), lock them (and `locks`), and yield a Staging in a scratch folder beside them.
     Write each artifact, its manifest and any `extra` file (e.g. a calibration cache) at `staging.path(dest)`.
     On success they are published: the artifacts in the order given, the extra files, then the manifests in the same
-    order, the last one being the commit point (a stage the run reused has no staged file and is left alone). On any failure or Ctrl-C nothing is published and the scratch folder, the
-    lock files and any folder this run created are removed."""
+    order, the last one being the commit point (a stage the run reused has no staged file and is left alone). On
+    any failure or Ctrl-C nothing is published and the scratch folder, the lock files and any folder this run created
+    are removed."""
     artifacts = [Path(a) for a in artifacts]
     extra = [Path(e) for e in extra]
     folder = artifacts[0].absolute().parent

@@ -262,11 +262,11 @@ def test_an_interrupted_chain_keeps_the_earlier_generation(tmp_path):
     # Ctrl-C once the new export is done and the builder runs
     injection = textwrap.dedent("""
         import refiner_edge.engine.worker as worker
-        real = worker.build_in_child
+        real = worker.run_in_child
         def interrupted(*a, **k):
             os.kill(os.getpid(), signal.SIGINT)
             return real(*a, **k)
-        worker.build_in_child = interrupted
+        worker.run_in_child = interrupted
     """)
     second = cli("build", "--variant", "refiner-vit-tiny", "--img-size", "96", "--target", "rtx-sm89", "-o", out,
                  injection=injection)

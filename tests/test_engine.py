@@ -214,7 +214,7 @@ def test_failed_build_leaves_the_earlier_engine(tmp_path, tiny_plain, tiny_engin
     def interrupted(*a, **k):   # failure injection: Ctrl-C while the builder runs (tests/test_atomic.py: a real one)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(worker, "build_in_child", interrupted)
+    monkeypatch.setattr(worker, "run_in_child", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_rtx(tiny_plain, out)
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["keep.engine"]

@@ -50,7 +50,8 @@ def build(
                                                      "[default: the target's].")] = None,
     timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="Tactic timing cache to read and "
                                                          "update (valid for one GPU, CUDA and TensorRT version) "
-                                                         "[default: none].", parser=output_file, metavar="FILE")] = None,
+                                                         "[default: none].", parser=output_file,
+                                                         metavar="FILE")] = None,
     version_compatible: Annotated[bool, typer.Option("--version-compatible", help="Embed a lean runtime so later "
                                                      "TensorRT versions load the engine (TensorRT only).")] = False,
     weak_typing: Annotated[bool, typer.Option("--weak-typing", help="TensorRT 10 only: parse the plain graph and "

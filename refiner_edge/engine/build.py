@@ -23,6 +23,8 @@ import re
 import shlex
 import shutil
 import sys
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -500,15 +502,17 @@ def build_isolated(network: Network, options: BuildOptions, plugin: dict, engine
                    note: Callable[[str], None]) -> dict:
     """Build in a child process (engine/worker.py: so Ctrl-C stops the compile) into the staging folder, and
     publish the updated timing cache. Returns {"seconds", "bytes"}."""
-    from .worker import build_in_child
+    from .worker import run_in_child
 
     cache = staging.folder / ".timing-cache"
     if options.timing_cache is not None and Path(options.timing_cache).is_file():
         # the builder reads and writes a private copy: Polygraphy locks a cache with a `.lock` file it leaves behind
         shutil.copyfile(options.timing_cache, cache)
     child_options = dataclasses.replace(options, timing_cache=cache if options.timing_cache else None)
-    built = build_in_child({"network": network, "options": child_options, "plugin": plugin, "engine": str(engine),
-                            "timing_cache_name": str(options.timing_cache)}, staging.folder / ".result")
+    built = run_in_child("refiner_edge.engine.build:child_build",
+                         {"network": network, "options": child_options, "plugin": plugin, "engine": str(engine),
+                          "timing_cache_name": str(options.timing_cache)}, staging.folder / ".result",
+                         what=f"{options.target.flavour} builder")
     for line in built.get("notes", []):
         note(line)
     with open(engine, "rb") as f:
@@ -519,3 +523,47 @@ def build_isolated(network: Network, options: BuildOptions, plugin: dict, engine
         with atomic_output(options.timing_cache) as tmp:
             shutil.copyfile(cache, tmp)
     return built
+
+
+def child_build(job: dict) -> dict:
+    """In the builder's child process (engine/worker.py): build the engine into job['engine'], reading and saving
+    the timing cache copy the options name."""
+    started = time.perf_counter()
+    options, notes = job["options"], []
+    cache = options.timing_cache
+    if cache is not None and Path(cache).is_file():
+        reason = unreadable_timing_cache(options.target.flavour, Path(cache))
+        if reason:
+            # built on without it and replaced by this build's cache: a cache only saves time, and one that cannot
+            # be read would otherwise print TensorRT's errors at every build and never be renewed
+            Path(cache).unlink()
+            notes.append(f"--timing-cache {job['timing_cache_name']}: {reason}; building without it, and this "
+                         "build's cache replaces it")
+    plugin = plugins.prepare(**job["plugin"])   # the parent's arguments: the AOT form registers per process
+    data = engine_bytes(job["network"], options, plugin)
+    Path(job["engine"]).write_bytes(data)
+    return {"seconds": time.perf_counter() - started, "bytes": len(data), "notes": notes}
+
+
+def unreadable_timing_cache(flavour: str, path: Path) -> str | None:
+    """Why TensorRT cannot use the timing cache at `path` (None: it can), asked with TensorRT's log captured, so
+    that its error lines for a foreign or garbage cache are not printed."""
+    trt = import_tensorrt(flavour)
+
+    class Capture(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.messages: list[tuple] = []
+
+        def log(self, severity, message):
+            self.messages.append((severity, message))
+
+    logger = Capture()
+    config = trt.Builder(logger).create_builder_config()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # TensorRT-RTX marks timing caches deprecated
+        config.create_timing_cache(path.read_bytes())
+    if any("deserialize" in m or severity == trt.ILogger.Severity.ERROR for severity, m in logger.messages):
+        return (f"{flavour} {trt.__version__} cannot read it (not a timing cache, or one made for another GPU, "
+                "CUDA or TensorRT version)")
+    return None

@@ -1,4 +1,4 @@
-"""The TensorRT build in a child process, so Ctrl-C stops it.
+"""Native work in a child process, so Ctrl-C stops it: the TensorRT build (engine/build.py, `child_build`).
 
 In-process, SIGINT cannot stop TensorRT's builder: Python runs its handler only between bytecodes, the builder's
 C++ runs for seconds to minutes without returning, and the KeyboardInterrupt raised in its logger callback is caught
@@ -16,13 +16,13 @@ A child killed by the kernel (out of memory) or crashing is one error line in th
 from __future__ import annotations
 
 import ctypes
+import importlib
 import logging
 import os
 import pickle
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from ..artifacts import deferred_interrupts
@@ -32,12 +32,13 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 PR_SET_PDEATHSIG = 1
 
 
-def build_in_child(job: dict, result: Path) -> dict:
-    """Run `run_job(job)` in a child process; returns its result dict, re-raises its RefinerEdgeError, and kills it
-    on any exception here (KeyboardInterrupt included)."""
+def run_in_child(function: str, job: dict, result: Path, what: str) -> dict:
+    """Run `function(job)` ("module:name", a function of this package returning a dict) in a child process; returns
+    its dict, re-raises its RefinerEdgeError, and kills the child on any exception here (KeyboardInterrupt included).
+    `what` names the child in errors ("the tensorrt-rtx builder died ...")."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
                                                                      os.environ.get("PYTHONPATH")]))}
-    job = {**job, "result": str(result), "parent": os.getpid(),
+    job = {**job, "function": function, "result": str(result), "parent": os.getpid(),
            "verbose": logging.getLogger("refiner_edge").isEnabledFor(logging.DEBUG)}
     # stdout: the child's logs must not reach the parent's stdout, which is the command's result (--json)
     proc = None
@@ -56,7 +57,6 @@ def build_in_child(job: dict, result: Path) -> dict:
         raise
     outcome = _read_result(result)
     if outcome is None:
-        what = f"{job['options'].target.flavour} builder"
         if code < 0:
             name = signal.Signals(-code).name
             hint = ": out of memory? (the kernel kills with SIGKILL)" if -code == signal.SIGKILL else ""
@@ -87,56 +87,6 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def run_job(job: dict) -> dict:
-    """In the child: build the engine into job['engine'] (and save the timing cache into job['timing_cache'])."""
-    from . import plugins
-    from .build import engine_bytes
-
-    started = time.perf_counter()
-    options, notes = job["options"], []
-    cache = options.timing_cache
-    if cache is not None and Path(cache).is_file():
-        reason = unreadable_timing_cache(options.target.flavour, Path(cache))
-        if reason:
-            # built on without it and replaced by this build's cache: a cache only saves time, and one that cannot
-            # be read would otherwise print TensorRT's errors at every build and never be renewed
-            Path(cache).unlink()
-            notes.append(f"--timing-cache {job['timing_cache_name']}: {reason}; building without it, and this "
-                         "build's cache replaces it")
-    plugin = plugins.prepare(**job["plugin"])   # the parent's arguments: the AOT form registers per process
-    data = engine_bytes(job["network"], options, plugin)
-    Path(job["engine"]).write_bytes(data)
-    return {"seconds": time.perf_counter() - started, "bytes": len(data), "notes": notes}
-
-
-def unreadable_timing_cache(flavour: str, path: Path) -> str | None:
-    """Why TensorRT cannot use the timing cache at `path` (None: it can), asked with TensorRT's log captured, so
-    that its error lines for a foreign or garbage cache are not printed."""
-    import warnings
-
-    from .build import import_tensorrt
-
-    trt = import_tensorrt(flavour)
-
-    class Capture(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.messages: list[tuple] = []
-
-        def log(self, severity, message):
-            self.messages.append((severity, message))
-
-    logger = Capture()
-    config = trt.Builder(logger).create_builder_config()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # TensorRT-RTX marks timing caches deprecated
-        config.create_timing_cache(path.read_bytes())
-    if any("deserialize" in m or severity == trt.ILogger.Severity.ERROR for severity, m in logger.messages):
-        return (f"{flavour} {trt.__version__} cannot read it (not a timing cache, or one made for another GPU, "
-                "CUDA or TensorRT version)")
-    return None
-
-
 def main() -> None:
     try:
         job = pickle.loads(sys.stdin.buffer.read())
@@ -144,8 +94,9 @@ def main() -> None:
         sys.exit(1)
     _die_with_parent(job["parent"])
     logging.basicConfig(level=logging.DEBUG if job["verbose"] else logging.WARNING, format="%(levelname)s %(message)s")
+    module, name = job["function"].split(":")
     try:
-        outcome = run_job(job)
+        outcome = getattr(importlib.import_module(module), name)(job)
     except RefinerEdgeError as e:
         outcome = {"error": (type(e).__module__, type(e).__name__, str(e))}
     except Exception as e:
@@ -155,7 +106,7 @@ def main() -> None:
             traceback.print_exc()
         first = str(e).splitlines()[0] if str(e) else ""
         outcome = {"error": ("refiner_edge.errors", "RefinerEdgeError",
-                             f"the builder failed: {type(e).__name__}: {first} (run with -v for the traceback)")}
+                             f"{module} failed: {type(e).__name__}: {first} (run with -v for the traceback)")}
     Path(job["result"]).write_bytes(pickle.dumps(outcome))
 
 
