@@ -10,6 +10,7 @@ driver tests/cpp/check_engine_main.cpp (about 5 s here), not the CMake build tes
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -98,12 +99,31 @@ def _cpp(probe: Path, engine: Path, runtime: list, cwd: Path) -> str:
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_python_and_cpp_decide_the_table_alike(case, probe, tmp_path, monkeypatch):
     engine = _engine(tmp_path / "engine", case)
-    expect = case["expect"].format(engine=engine.name, rebuild=REBUILD)
+    expect = case["expect"].format(engine=engine.name, rebuild=rebuilt(engine))
     elsewhere = tmp_path / "elsewhere"   # relative plugin paths resolve against the engine, not the working dir
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert _python(engine, case["runtime"]) == expect
     assert _cpp(probe, engine, case["runtime"], elsewhere) == expect
+
+
+def rebuilt(engine: Path) -> str:
+    """REBUILD with its -o naming `engine` where it lies now: the manifest's line names where it was built."""
+    return REBUILD.removesuffix(" -o model.engine") + " -o " + shlex.quote(str(engine.absolute()))
+
+
+@pytest.mark.parametrize("folder", ["copied", "with space", "it's here", "a -o b", "naïve"])
+def test_rebuild_line_names_the_engine_where_it_lies(folder, probe, tmp_path, monkeypatch):
+    """An engine copied elsewhere with its manifest: the rebuild line must name the copy (quoted as a shell needs),
+    not the file it was first written to, in Python and in C++ alike, from any working directory."""
+    case = next(c for c in CASES if c["expect"] != "ok" and "{rebuild}" in c["expect"])
+    engine = _engine(tmp_path / folder, case)
+    monkeypatch.chdir(tmp_path)
+    relative = Path(folder) / engine.name
+    expect = case["expect"].format(engine=engine.name, rebuild=rebuilt(engine))
+    assert shlex.split(expect.split("rebuild with: ")[1])[-2:] == ["-o", str(engine)]
+    assert _python(relative, case["runtime"]) == expect
+    assert _cpp(probe, relative, case["runtime"], tmp_path) == expect
 
 
 def test_table_covers_the_rule():

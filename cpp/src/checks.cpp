@@ -1,6 +1,9 @@
 // Engine checks: the same order and words as refiner_edge/engine/checks.py, so a stale engine gives the same line
 // (ending in the manifest's "rebuild with: refiner-edge build ...") from Python and from C++.
+#include <cctype>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <sys/stat.h>
@@ -14,6 +17,36 @@ namespace {
 std::string baseName(const std::string& path) {
     size_t slash = path.find_last_of('/');
     return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// shlex.quote: bare when every character is one of [A-Za-z0-9_@%+=:,./-], else in single quotes with ' as '"'"'.
+std::string shellQuote(const std::string& text) {
+    if (text.empty()) return "''";
+    bool safe = true;
+    for (unsigned char c : text)
+        if (!(std::isalnum(c) || std::strchr("_@%+=:,./-", c))) safe = false;
+    if (safe) return text;
+    std::string out = "'";
+    for (char c : text) out += c == '\'' ? std::string("'\"'\"'") : std::string(1, c);
+    return out + "'";
+}
+
+std::string unquote(const std::string& token) {
+    if (token.size() < 2 || token.front() != '\'' || token.back() != '\'') return token;
+    std::string inner = token.substr(1, token.size() - 2), out;
+    const std::string quote = "'\"'\"'";
+    for (size_t i = 0; i < inner.size();) {
+        if (inner.compare(i, quote.size(), quote) == 0) { out += '\''; i += quote.size(); }
+        else out += inner[i++];
+    }
+    return out;
+}
+
+// os.path.abspath: joined to the working directory, '.' and '..' resolved by name, no trailing '/'.
+std::string absolutePath(const std::string& path) {
+    std::string normal = std::filesystem::absolute(path).lexically_normal().string();
+    while (normal.size() > 1 && normal.back() == '/') normal.pop_back();
+    return normal;
 }
 
 bool isFile(const std::string& path) {
@@ -69,6 +102,15 @@ std::string tensorrtRefusal(const std::string& built_flavour, const std::string&
 }  // namespace
 
 // A relative plugin path is taken against the engine's folder, never the working directory.
+std::string rebuildLine(const std::string& engine, const std::string& recorded) {
+    const std::string sep = " -o ";
+    for (size_t at = recorded.rfind(sep); at != std::string::npos; at = at ? recorded.rfind(sep, at - 1) : std::string::npos) {
+        const std::string tail = recorded.substr(at + sep.size());
+        if (shellQuote(unquote(tail)) == tail) return recorded.substr(0, at) + sep + shellQuote(absolutePath(engine));
+    }
+    return recorded;
+}
+
 std::string pluginLibraryPath(const std::string& engine, const std::string& recorded) {
     if (!recorded.empty() && recorded[0] == '/') return recorded;
     size_t slash = engine.find_last_of('/');
@@ -110,7 +152,7 @@ Status checkEngine(const std::string& engine, const Manifest& manifest, const Ru
         const EngineInfo& info = *manifest.engine;
         const std::string name = baseName(engine);
         auto stale = [&](const std::string& why) {
-            return Status::Error(name + " " + why + ": rebuild with: " + info.rebuild);
+            return Status::Error(name + " " + why + ": rebuild with: " + rebuildLine(engine, info.rebuild));
         };
         if (hash_file && !manifest.sha256.empty()) {
             std::string hex;

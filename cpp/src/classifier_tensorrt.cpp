@@ -97,7 +97,7 @@ public:
         if (!s) return s;
         if (cudaSetDevice(options.device) != cudaSuccess) return Status::Error("cannot use CUDA device " + std::to_string(options.device));
         auto rebuild = [&](const std::string& why) {
-            return Status::Error(name_ + " " + why + ": rebuild with: " + info.rebuild);
+            return Status::Error(name_ + " " + why + ": rebuild with: " + rebuildLine(path, info.rebuild));
         };
         runtime_.reset(nvinfer1::createInferRuntime(logger()));
         if (!runtime_) return Status::Error("TensorRT could not create a runtime: " + logger().lastError());
@@ -127,7 +127,7 @@ public:
         engine_.reset(runtime_->deserializeCudaEngine(plan.data(), plan.size()));
         if (!engine_)
             return Status::Error(info.flavour + " " + here.version + " could not load " + name_ +
-                                 ": rebuild with: " + info.rebuild);
+                                 ": rebuild with: " + rebuildLine(path, info.rebuild));
         std::vector<std::string> inputs, outputs;
         for (int32_t i = 0; i < engine_->getNbIOTensors(); ++i) {
             const char* n = engine_->getIOTensorName(i);

@@ -3,6 +3,8 @@ and plugin library it was built for; anything else is one line ending in the com
 crash inside TensorRT or silently wrong output."""
 from __future__ import annotations
 
+import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +95,29 @@ def plugin_library_path(engine: str | Path, recorded: str) -> Path:
     return path if path.is_absolute() else Path(engine).parent / path
 
 
+def _unquote(token: str) -> str:
+    """The text shlex.quote turned into `token` (its two forms: bare, or in single quotes with ' as '"'"')."""
+    if len(token) >= 2 and token[0] == token[-1] == "'":
+        return token[1:-1].replace("'\"'\"'", "'")
+    return token
+
+
+def rebuild_line(engine: str | Path, recorded: str) -> str:
+    """The manifest's rebuild command, its `-o` naming `engine` where it now lies (absolute, normalised).
+
+    An engine is often copied (into a Triton repository, onto a Jetson) with its manifest, whose line names the
+    file it was first written to; rebuilding that one would leave the stale copy in place. The build ends the line
+    with `-o` and one shlex.quote'd path, so the last ` -o ` followed by exactly one such token is replaced;
+    any other line is printed as recorded. cpp/src/checks.cpp (rebuildLine) does the same, word for word."""
+    head, sep, tail = recorded.rpartition(" -o ")
+    while sep:
+        if shlex.quote(_unquote(tail)) == tail:
+            return f"{head} -o {shlex.quote(os.path.abspath(engine))}"
+        head, sep, rest = head.rpartition(" -o ")
+        tail = f"{rest} -o {tail}"
+    return recorded
+
+
 def read_engine_manifest(engine: str | Path) -> Manifest:
     path = Path(engine)
     if not path.is_file():
@@ -109,7 +134,7 @@ def check_engine(engine: str | Path, manifest: Manifest, runtime: Runtime, hash_
     info, name = manifest.engine, Path(engine).name
 
     def stale(why: str) -> InputError:
-        return InputError(f"{name} {why}: rebuild with: {info.rebuild}")
+        return InputError(f"{name} {why}: rebuild with: {rebuild_line(engine, info.rebuild)}")
 
     if hash_file and manifest.sha256 and file_sha256(engine) != manifest.sha256:
         raise stale("is not the engine its manifest describes (SHA-256 differs)")
@@ -139,7 +164,7 @@ def check_plugin_library(engine: str | Path, manifest: Manifest) -> Path | None:
     elif info.plugin_sha256 and file_sha256(library) != info.plugin_sha256:
         why = f"was built with another RefinerDLA plugin library than {info.plugin_library} (SHA-256 differs)"
     if why:
-        raise InputError(f"{Path(engine).name} {why}: rebuild with: {info.rebuild}")
+        raise InputError(f"{Path(engine).name} {why}: rebuild with: {rebuild_line(engine, info.rebuild)}")
     return library
 
 

@@ -228,13 +228,13 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
             # its embedded lean runtime, which looks in the runtime's own registry (as trtexec loads it there);
             # the library is not serialized into the plan, so the manifest's hash check keeps applying.
             registry = trt_runtime.get_plugin_registry() if info.version_compatible else trt.get_plugin_registry()
-            plugins.load_library(registry, library, f"rebuild with: {info.rebuild}")
+            plugins.load_library(registry, library, f"rebuild with: {rebuild_line(path, info.rebuild)}")
         if info.dla_core is not None:
             trt_runtime.DLA_core = info.dla_core
         plan = trt_runtime.deserialize_cuda_engine(path.read_bytes())
         if plan is None:
             raise InputError(f"{info.flavour} {runtime.version} could not load {path.name}: rebuild with: "
-                             f"{info.rebuild}")
+                             f"{rebuild_line(path, info.rebuild)}")
         context = plan.create_execution_context()
         names = [plan.get_tensor_name(i) for i in range(plan.num_io_tensors)]
         inputs = [n for n in names if plan.get_tensor_mode(n) == trt.TensorIOMode.INPUT]

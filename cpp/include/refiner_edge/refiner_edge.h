@@ -138,11 +138,14 @@ struct Runtime {
 
 // The same checks, in the same order and words, as refiner_edge/engine/checks.py: the engine's SHA-256, the
 // TensorRT flavour and version, the GPU's compute capability and the plugin library; a failure ends in
-// "rebuild with: refiner-edge build ...", taken from the manifest.
+// "rebuild with: refiner-edge build ...", taken from the manifest (rebuildLine).
 Status checkEngine(const std::string& engine, const Manifest& manifest, const Runtime& runtime,
                    bool hash_file = true);
 // Read an engine's manifest: refuses a missing engine, a missing manifest and a graph's manifest.
 Status readEngineManifest(const std::string& engine, Manifest& out);
+// The manifest's rebuild command with its `-o` naming `engine` where it now lies (absolute), as
+// refiner_edge/engine/checks.py rebuild_line: a copied engine's line rebuilds the copy.
+std::string rebuildLine(const std::string& engine, const std::string& recorded);
 // The plugin library a manifest records: a relative path is taken against the engine's folder.
 std::string pluginLibraryPath(const std::string& engine, const std::string& recorded);
 // SHA-256 of a file as 64 hex digits.
