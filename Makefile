@@ -20,7 +20,8 @@ PY310 ?= $(shell for p in python3.10 $$(pyenv root 2>/dev/null)/versions/3.10*/b
 	"$$p" -c "" 2>/dev/null && { echo "$$p"; break; }; done)
 VENV310 ?= .venv310
 NO_TORCH_TESTS := tests/test_imports.py tests/test_bench.py tests/test_engine.py tests/test_deploy.py \
-	tests/test_cpp.py tests/test_manifest.py tests/test_preprocess.py
+	tests/test_cpp.py tests/test_manifest.py tests/test_preprocess.py tests/test_runner_batches.py \
+	tests/test_quantizer_check.py
 TEST_GRAPHS := build/test-graphs
 
 .PHONY: setup serve-env system-deps demo test test-fast test-py310 gpu-check clean

@@ -20,8 +20,8 @@ from ..manifest import Verification, read_manifest, write_manifest
 from ..onnx.graph import graph_precision, graph_preprocess, load_onnx, opset_of
 from . import CALIBRATED
 from .fp16 import RULES, convert_to_fp16, fp32_nodes
-from .int8 import (QUANTIZED_OPS, Budget, activation_inputs, layer_sensitivity, meet_budget, quantizable_nodes,
-                   quantize, run_logits)
+from .int8 import (QUANTIZED_OPS, Budget, activation_inputs, check_quantizer, layer_sensitivity, meet_budget,
+                   quantizable_nodes, quantize, run_logits)
 from .memory import GB, budget_bytes, forward_batch
 from .ranges import METHODS, collect_ranges
 from .tensorrt_cache import DEFAULT_VERSION, write_cache
@@ -111,6 +111,8 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path,
         raise InputError("--output must differ from --onnx: the plain graph is the calibration's reference")
     check_artifact(output, inputs=[source, images, o.listing],
                    extra=[calibration_cache_path(output)] if o.precision == "int8" else [])
+    if o.precision == "int8":
+        check_quantizer()
     started = time.perf_counter()
     model = load_float_graph(source)
     manifest = read_manifest(source)

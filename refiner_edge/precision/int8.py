@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import VerificationError
+from ..errors import MissingDependencyError, VerificationError
 from ..onnx.graph import opset_of
 from .fp16 import convert_to_fp16
 from ..compare import Comparison
@@ -47,6 +47,23 @@ def activation_inputs(model, nodes: list[str]) -> set[str]:
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     wanted = set(nodes)
     return {i for n in model.graph.node if n.name in wanted for i in n.input if i and i not in constants}
+
+
+def check_quantizer() -> None:
+    """quantize() hands ONNX Runtime's quantize_static the ranges measured here through its calibration cache
+    (save_tensors_data, calibration_cache_path), which older onnxruntime releases lack: 1.23.2, the newest for
+    Python 3.10 (JetPack 6), has neither. Checked before minutes of range collection, as one line."""
+    import inspect
+
+    import onnxruntime
+    from onnxruntime.quantization import calibrate, quantize_static
+
+    if not hasattr(calibrate, "save_tensors_data") or \
+            "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        raise MissingDependencyError(
+            f"INT8 calibration needs an onnxruntime whose quantize_static takes precomputed ranges, and "
+            f"{onnxruntime.__version__} does not: install a newer onnxruntime (on Python >= 3.11), or calibrate on a "
+            "workstation and copy the graph")
 
 
 def quantize(plain: str | Path, ranges: Ranges, nodes: list[str], keep_fp32: list[str] | None):
