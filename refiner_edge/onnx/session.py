@@ -20,16 +20,20 @@ def register_custom_op(op_type: str, support: str) -> None:
     _CUSTOM_OPS[op_type] = support
 
 
-def ort_session(model, providers: list[str] | None = None, arena: bool = True):
+def ort_session(model, providers: list[str] | None = None, arena: bool = True, spinning: bool = True):
     """A session for an ONNX file, serialized bytes or an onnx.ModelProto.
 
     arena=False: CPU buffers are freed after each run instead of kept in ONNX Runtime's arena, which otherwise
-    holds the largest run's memory for the life of the session (what a memory budget has to avoid)."""
+    holds the largest run's memory for the life of the session (what a memory budget has to avoid).
+    spinning=False: the session's threads sleep when idle instead of spinning, for sessions that run one after
+    another (each session has its own threads; spinning ones take the cores from the next session)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.enable_cpu_mem_arena = arena
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if providers is None:
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]

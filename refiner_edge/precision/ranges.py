@@ -152,7 +152,7 @@ def _segment_session(model, seg, floats: set[str]):
                              [t for t in graph.initializer if t.name in read])
     proto = helper.make_model(part, opset_imports=model.opset_import, ir_version=model.ir_version)
     proto.functions.extend(model.functions)
-    session = ort_session(proto.SerializeToString(), arena=False)
+    session = ort_session(proto.SerializeToString(), arena=False, spinning=False)
     return session, requested
 
 
