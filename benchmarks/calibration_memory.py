@@ -2,7 +2,10 @@
 activation a graph output, a whole batch held at once) beside the segmented one, on the same images.
 
     PYTHONPATH=$PWD python3 benchmarks/calibration_memory.py [--cases S@224,L@448] [--num 32] [--cap-gb 6]
-                                                             [--stages export,old,new,int8,fp16] [--out DIR]
+                        [--stages export,old,new,int8,fp16,fuse,validate,infer,bench,build] [--out DIR]
+
+The later stages (fuse, validate, infer, bench, build) run the other commands at default options on the exported
+graph and the INT8 one (an --out folder that already holds them skips export and int8).
 
 Each stage runs in its own process; its peak is the largest resident memory of the whole process tree (sampled
 every 50 ms, and the kernel's own maximum for the process), and a stage that passes --cap-gb is killed and reported
@@ -25,10 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 VARIANTS = {"S": "refiner-vit-s", "M": "refiner-vit-m", "L": "refiner-vit-l"}
-STAGES = ("export", "old", "new", "int8", "fp16")
+STAGES = ("export", "old", "new", "int8", "fp16")                 # the default: the precision stage
+LATER = ("fuse", "validate", "infer", "bench", "build")
 LABELS = {"export": "export", "old": "ranges, all outputs at once (reference collector)",
           "new": "ranges, segment by segment", "int8": "calibrate --precision int8 (default options)",
-          "fp16": "calibrate --precision fp16 (default options)"}
+          "fp16": "calibrate --precision fp16 (default options)", "fuse": "fuse (default: verified)",
+          "validate": "validate the INT8 graph against the FP32 ONNX", "infer": "infer (the image folder)",
+          "bench": "bench --onnx, batch 1", "build": "build the INT8 graph --target rtx-sm89"}
 
 
 def tree_rss(pid: int) -> int:
@@ -161,6 +167,13 @@ def main() -> None:
                      "int8", "-o", work / f"{name}.int8.onnx", "--json"],
             "fp16": [*cli, "calibrate", "--onnx", onnx_path, "--images", images, "--num", args.num, "--precision",
                      "fp16", "-o", work / f"{name}.fp16.onnx", "--json"],
+            "fuse": [*cli, "fuse", onnx_path, "-o", work / f"{name}.fused.onnx", "--json"],
+            "validate": [*cli, "validate", "--onnx", work / f"{name}.int8.onnx", "--reference", onnx_path,
+                         "--images", images, "--json"],
+            "infer": [*cli, "infer", images, "--onnx", onnx_path, "--json"],
+            "bench": [*cli, "bench", "--onnx", onnx_path, "--batch", "1", "--json"],
+            "build": [*cli, "build", "--onnx", work / f"{name}.int8.onnx", "--target", "rtx-sm89", "-o",
+                      work / f"{name}.int8.engine", "--json"],
         }
         for stage in stages:
             log = work / f"{name}.{stage}.log"

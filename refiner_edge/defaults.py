@@ -25,7 +25,7 @@ CALIBRATE_METHOD = "percentile"
 CALIBRATE_EVAL_NUM = 64            # images the accuracy budget and the report evaluate on
 CALIBRATE_BATCH_SIZE = 16
 CALIBRATE_SEED = 0
-CALIBRATE_MEMORY_GB = 1.0          # activations held at once (precision/memory.py); whole-process peaks: docs/benchmarks.md
+CALIBRATE_MEMORY_GB = 1.0          # activations held at once (onnx/memory.py); whole-process peaks: docs/benchmarks.md
 TENSORRT_CACHE_VERSION = "10.3.0"  # JetPack 6's TensorRT, the main weakly typed target (precision/tensorrt_cache.py)
 
 # serve (deploy/serve.py)

@@ -391,7 +391,7 @@ def test_segmented_ranges_equal_all_outputs_refiner_s(refiner_s_graphs, sample_p
 
 
 def test_range_batch_shrinks_to_the_budget(tiny_plain):
-    from refiner_edge.precision.memory import GraphMemory
+    from refiner_edge.onnx.memory import GraphMemory
     from refiner_edge.precision.ranges import plan_segments
 
     memory = GraphMemory.of(onnx.load(str(tiny_plain)))
@@ -402,3 +402,27 @@ def test_range_batch_shrinks_to_the_budget(tiny_plain):
     segments, batch = plan_segments(memory, per_image * 4, 16, floats)
     assert 1 < len(segments) and 4 <= batch < 16
     assert all(s.bytes_per_image * batch <= per_image * 4 for s in segments)
+
+
+def test_whole_graph_batch_shrinks_to_the_budget(tiny_plain, tiny_int8, monkeypatch):
+    """fuse's check, infer and validate run the whole graph: their batch shrinks to the same budget."""
+    from refiner_edge.onnx import memory as memory_module
+    from refiner_edge.onnx.memory import GraphMemory, graph_batch
+    from refiner_edge.runners.ort import onnxruntime_runner
+
+    memory = GraphMemory.of(onnx.load(str(tiny_plain)))
+    per_image = memory.forward_peak() + 2 * max(memory.sizes.values())
+    assert graph_batch(tiny_plain, 8, memory_gb=1e3) == 8
+    assert graph_batch(tiny_plain, 8, memory_gb=per_image * 3.5 / 1e9) == 3
+    assert graph_batch(tiny_plain, 1, memory_gb=0) == 1
+    # a calibrated graph holds its Q/DQ tensors besides the float ones
+    assert graph_batch(tiny_int8, 8, memory_gb=1e3) == 8 and graph_batch(tiny_int8, 8, memory_gb=per_image * 3.5 / 1e9) < 3
+    monkeypatch.setattr(memory_module, "CALIBRATE_MEMORY_GB", per_image * 3.5 / 1e9)
+    runner = onnxruntime_runner(tiny_plain)
+    assert runner.batch_size(8) == 3 and runner.batch_size(2) == 2
+    sizes = []
+    run = runner.run
+    runner.run = lambda x: sizes.append(len(x)) or run(x)
+    size = runner.preprocess.img_size
+    logits = runner.logits(np.random.default_rng(0).standard_normal((7, 3, size, size), dtype=np.float32))
+    assert sizes == [3, 3, 1] and len(logits) == 7

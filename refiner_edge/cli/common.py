@@ -140,3 +140,5 @@ CheckpointOpt = Annotated[Optional[Path], typer.Option(
 ImgSizeOpt = Annotated[Optional[int], typer.Option(
     "--img-size", help="Input resolution, a positive multiple of 16 [default: the variant's, 224 for S/M/L].")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass (fewer for an ONNX "
+                                           "graph whose activations would pass 1 GB).")]

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..runners.runtime import BACKENDS
-from .common import CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, choices, console, note, phases, print_json
+from .common import (BatchSizeOpt, CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, choices, console, note, phases,
+                     print_json)
 
 BackendName = choices("BackendName", BACKENDS)
 
@@ -27,7 +28,7 @@ def infer(
     img_size: ImgSizeOpt = None,
     topk: Annotated[int, typer.Option("--topk", min=1, help="Predictions per image (at most the model's "
                                       "classes).")] = 5,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
+    batch_size: BatchSizeOpt = 8,
     as_json: JsonOpt = False,
 ) -> None:
     """Classify images: top-k classes per image."""

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import CheckpointOpt, JsonOpt, console, phases, print_json
+from .common import BatchSizeOpt, CheckpointOpt, JsonOpt, console, phases, print_json
 
 
 def validate(
@@ -25,7 +25,7 @@ def validate(
                                                    "[default: the manifest's].")] = None,
     num: Annotated[Optional[int], typer.Option("--num", min=1, help="Use a seeded sample of this many images "
                                                "[default: all].")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
+    batch_size: BatchSizeOpt = 8,
     min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", min=0, max=100, help="Top-1 "
                                                            "agreement threshold, % [default: per precision: 99 "
                                                            "fp32/fp16, 95 int8].")] = None,

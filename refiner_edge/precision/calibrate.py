@@ -22,7 +22,7 @@ from . import CALIBRATED
 from .fp16 import RULES, convert_to_fp16, fp32_nodes
 from .int8 import (QUANTIZED_OPS, Budget, activation_inputs, check_quantizer, layer_sensitivity, meet_budget,
                    quantizable_nodes, quantize, run_logits)
-from .memory import GB, budget_bytes, forward_batch
+from ..onnx.memory import GB, budget_bytes, forward_batch
 from .ranges import METHODS, collect_ranges
 from .tensorrt_cache import DEFAULT_VERSION, write_cache
 

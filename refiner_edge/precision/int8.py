@@ -72,7 +72,7 @@ def quantize(plain: str | Path, ranges: Ranges, nodes: list[str], keep_fp32: lis
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
-    from .quiet import quiet
+    from ..onnx.quiet import quiet
 
     if not nodes:  # quantize_static reads an empty list as "every node"
         model = onnx.load(str(plain))

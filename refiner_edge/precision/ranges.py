@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import METHODS
-from .quiet import quiet
+from ..onnx.quiet import quiet
 
 ENTROPY_BINS = 1024         # histogram bins (ORT's default 128 leaves entropy almost no thresholds to choose from)
 QUANTIZED_BINS = 128        # INT8 levels on one side of zero, the KL-divergence target resolution
@@ -71,7 +71,7 @@ def collect_ranges(model_path: str | Path, batches: Iterable[np.ndarray], method
     """
     import onnx
 
-    from .memory import GraphMemory, budget_bytes, return_freed_memory
+    from ..onnx.memory import GraphMemory, budget_bytes, return_freed_memory
 
     _check_method(method)
     batches = iter(batches)
@@ -107,7 +107,7 @@ def collect_ranges(model_path: str | Path, batches: Iterable[np.ndarray], method
 def plan_segments(memory, budget: float, wanted: int, measured: set[str]):
     """(segments, batch): the graph's segments and the largest batch up to `wanted` whose heaviest segment fits
     `budget` bytes (its inputs and tensors, plus two copies of its largest measured tensor for the histograms)."""
-    from .memory import largest_batch
+    from ..onnx.memory import largest_batch
 
     def peak(seg) -> int:
         largest = max((memory.sizes.get(t, 0) for t in seg.produced if t in measured), default=0)

@@ -103,6 +103,7 @@ def compare_graphs(plain: str | Path, fused: str | Path, manifest, thresholds: d
     from ..images.samples import sample_image_dir
     from ..onnx.session import ort_session
     from ..batching import run_batched
+    from ..onnx.memory import graph_batch
     from .ort_op import available
 
     if not available():
@@ -119,6 +120,7 @@ def compare_graphs(plain: str | Path, fused: str | Path, manifest, thresholds: d
         name = session.get_inputs()[0].name
         return lambda x: session.run(None, {name: x.astype(dtype)})[0]
 
-    ref = run_batched(runner(a), imageset.arrays, 8, fixed)
-    got = run_batched(runner(b), imageset.arrays, 8, fixed)
+    batch = fixed or graph_batch(plain, min(8, len(imageset)))   # the fused graph holds less than the plain one
+    ref = run_batched(runner(a), imageset.arrays, batch, fixed)
+    got = run_batched(runner(b), imageset.arrays, batch, fixed)
     return Comparison.of(got, ref, thresholds)

@@ -24,6 +24,7 @@ class Runner:
     min_batch: int | None = None       # the smallest (an engine's profile minimum): shorter batches are padded
     weights_sha256: str | None = None  # of the checkpoint the weights came from, where the runner knows it
     manifest: object | None = None     # the artifact's manifest, where it has one
+    fits: Callable[[int], int] | None = None        # the largest batch up to n that memory allows; None: any n
     device_memory: Callable[[], int] | None = None  # bytes of device memory it holds now; None: it holds none
     close: Callable[[], None] = lambda: None        # frees what it holds (device buffers, engine); safe to repeat
 
@@ -37,7 +38,9 @@ class Runner:
         """The batch size to feed it when asked for `requested`: the model's fixed batch, else at most the largest
         batch run() takes. An engine refuses batches outside its profile (bench must time the batch it names), so
         callers that classify many images (infer, validate) split them here instead."""
-        size = self.fixed_batch or requested
+        if self.fixed_batch:
+            return self.fixed_batch
+        size = requested if self.fits is None else self.fits(requested)
         return size if self.max_batch is None else min(size, self.max_batch)
 
     def __enter__(self) -> "Runner":
@@ -49,4 +52,4 @@ class Runner:
     def logits(self, arrays: np.ndarray, batch_size: int = 8,
                on_batch: Callable[[int], None] | None = None) -> np.ndarray:
         """Logits of many preprocessed images, in batches of batch_size(batch_size)."""
-        return run_batched(self, arrays, self.batch_size(batch_size), on_batch=on_batch)
+        return run_batched(self, arrays, self.batch_size(max(1, min(batch_size, len(arrays)))), on_batch=on_batch)

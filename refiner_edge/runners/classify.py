@@ -48,7 +48,7 @@ def classify(images: list[Path], runner: Runner, k: int = 5, batch_size: int = 8
         raise InputError(f"--topk must be between 1 and the model's {runner.num_classes} classes, got {k}")
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
-    batch_size = runner.batch_size(batch_size)
+    batch_size = runner.batch_size(max(1, min(batch_size, len(images))))
     results: list[ImageResult] = []
     for group in batches(images, batch_size):
         arrays, ok = [], []

@@ -34,5 +34,10 @@ def onnxruntime_runner(onnx: str | Path | None = None, variant: str | None = Non
 
     # without a manifest nothing says whether the weights are random
     random_weights = manifest is not None and manifest.random_weights
+    def fits(wanted: int) -> int:
+        from ..onnx.memory import graph_batch
+
+        return graph_batch(path, wanted)
+
     return Runner("onnxruntime", run, pre, int(num_classes), random_weights, f"ONNX Runtime {path.name}",
-                  fixed_batch=fixed, manifest=manifest)
+                  fixed_batch=fixed, manifest=manifest, fits=fits)

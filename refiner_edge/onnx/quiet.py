@@ -1,4 +1,5 @@
-"""Silencing onnxruntime.quantization, which ranges, int8 and memory all call."""
+"""Silencing onnxruntime.quantization and its symbolic shape inference, which precision.ranges, precision.int8 and
+onnx.memory call."""
 from __future__ import annotations
 
 import contextlib
