@@ -13,7 +13,7 @@ import typer
 
 from refiner_edge.cli import app
 
-from .helpers import invoke
+from .helpers import assert_clean_failure, invoke
 
 SEED, CASES = 19, 14
 VALUES = ["", "-1", "0", "nan", "inf", "-inf", "1e400", "abc", "99999999999999999999", "3.5", "1:2", "4:1:8", "-",
@@ -82,3 +82,14 @@ def test_random_inputs_end_in_one_line(path, command, tmp_path):
         if result.exit_code:
             errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
             assert len(errors) == 1, (shown, result.stderr)
+
+
+def test_serve_refuses_a_file_that_is_no_graph_in_this_process(tmp_path):
+    """serve replaces its process with serve's own environment (numpy<2) once its inputs pass: a file that is no
+    ONNX graph must be refused before that, in one line, or the refusal comes from another interpreter (and, run
+    in-process as here, the exec would replace the test run itself)."""
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00\x01 not a model")
+    result = invoke("serve", "--onnx", garbage)
+    assert result.exit_code == 2
+    assert_clean_failure(result, "garbage.onnx")

@@ -51,6 +51,7 @@ def serve(
     from ..deploy.serve import (ServeOptions, check_options, check_serving, print_last_on_stdout,
                                 serving_unavailable)
     from ..deploy.serve import serve as run_server
+    from ..engine.build import check_onnx_graph
     from ..runners.runtime import artifact_manifest, choose_runtime, open_runner
 
     here = serving_unavailable() is None or os.environ.get(serve_env.INSIDE_VAR)
@@ -62,8 +63,11 @@ def serve(
     options = ServeOptions(name=name, host=host, http_port=http_port, grpc_port=grpc_port, max_batch=max_batch,
                            queue_delay_us=queue_delay_us, preferred_batch=tuple(preferred_batch or ()))
     if not here:
-        # refused here, before minutes of making the environment; then the same command runs there
+        # refused here, before minutes of making the environment and before this process is replaced by serve's
+        # (a file that is no graph must end here in one line, not after the exec); then the same command runs there
         check_options(manifest, options)
+        if onnx is not None:
+            check_onnx_graph(onnx)
         python = serve_env.ensure(progress=note)
         serve_env.exec_serve(python, serve_args(onnx, engine, options, as_json))
     check_serving()   # before loading the model: a missing dependency is the first thing to hear about
