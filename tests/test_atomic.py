@@ -61,10 +61,17 @@ def pair_matches(engine: Path) -> bool:
 
 
 def children(pid: int) -> list[int]:
+    """The builder processes (engine/worker.py) `pid` has started, not any other child it may run."""
     try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
+    def is_worker(kid: int) -> bool:
+        try:
+            return b"refiner_edge.engine.worker" in Path(f"/proc/{kid}/cmdline").read_bytes()
+        except OSError:
+            return False
+    return [kid for kid in kids if is_worker(kid)]
 
 
 @pytest.fixture
@@ -230,11 +237,11 @@ def test_ctrl_c_at_many_instants_of_a_build(earlier_pair, tiny_plain):
         old = assert_old_or_new_pair(out, before, proc, err)
         if compiling:
             inside += 1
-            assert old and proc.returncode == 130, "Ctrl-C during the compile must leave the earlier engine"
+            assert old and proc.returncode == 130, f"Ctrl-C during the compile must leave the earlier engine: {err}"
         elif not old:
             before = out.read_bytes()
         kept += old
-    assert inside, "no Ctrl-C reached the build while its compile ran"
+    assert inside, "no Ctrl-C reached the build while its compile ran (the tiny build's compile took < 0.1 s)"
     # at instants spread over a whole run (start-up, checks, compile, publish, exit), as fractions of its length
     for delay in (max(0.3, 0.1 * seconds), 0.3 * seconds, 0.5 * seconds, 0.7 * seconds, 0.85 * seconds, 0.95 * seconds,
                   1.05 * seconds):
