@@ -40,3 +40,19 @@ def test_classify_at_the_default_batch_on_a_small_profile(tiny_plain, sample_pho
     results = classify(images, profile_limited(plain, 2, 3, seen), k=2)
     assert seen == [3, 2] and all(r.error is None for r in results)
     assert [r.predictions for r in results] == [r.predictions for r in classify(images, plain, k=2)]
+
+
+def test_the_batch_estimate_is_made_once_per_batch_size(tiny_plain, monkeypatch):
+    """The memory estimate loads the graph and infers its shapes: serve calls logits() once per Triton batch, so
+    the runner must not redo it on every call."""
+    import refiner_edge.onnx.memory as memory
+
+    calls: list[int] = []
+    estimate = memory.graph_batch
+    monkeypatch.setattr(memory, "graph_batch", lambda path, wanted, *a, **k: calls.append(wanted) or
+                        estimate(path, wanted, *a, **k))
+    runner = load_runner("onnxruntime", onnx=tiny_plain)
+    x = np.zeros((4, 3, runner.preprocess.img_size, runner.preprocess.img_size), dtype=np.float32)
+    for _ in range(3):
+        runner.logits(x, batch_size=4)
+    assert calls == [4]

@@ -1,6 +1,8 @@
 """ONNX Runtime runner: an ONNX graph (plain, calibrated or fused) on the CPU or CUDA provider."""
 from __future__ import annotations
 
+import functools
+
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,7 @@ def onnxruntime_runner(onnx: str | Path | None = None, variant: str | None = Non
 
     # without a manifest nothing says whether the weights are random
     random_weights = manifest is not None and manifest.random_weights
+    @functools.lru_cache(maxsize=None)   # the estimate loads the graph: once per batch size, not per call (serve)
     def fits(wanted: int) -> int:
         from ..onnx.memory import graph_batch
 
