@@ -35,9 +35,10 @@ class Runner:
         return self.run(pad_batch(x, self.fixed_batch or self.min_batch))[: len(x)]
 
     def batch_size(self, requested: int) -> int:
-        """The batch size to feed it when asked for `requested`: the model's fixed batch, else at most the largest
-        batch run() takes. An engine refuses batches outside its profile (bench must time the batch it names), so
-        callers that classify many images (infer, validate) split them here instead."""
+        """The batch size to feed it when asked for `requested`: the model's fixed batch, else at most what memory
+        allows (`fits`, the graph's activations within the budget) and the largest batch run() takes. An engine
+        refuses batches outside its profile (bench must time the batch it names), so callers that classify many
+        images (infer, validate) split them here instead."""
         if self.fixed_batch:
             return self.fixed_batch
         size = requested if self.fits is None else self.fits(requested)
