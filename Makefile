@@ -24,7 +24,7 @@ NO_TORCH_TESTS := tests/test_imports.py tests/test_bench.py tests/test_engine.py
 	tests/test_quantizer_check.py
 TEST_GRAPHS := build/test-graphs
 
-.PHONY: setup serve-env system-deps demo test test-fast test-py310 gpu-check clean
+.PHONY: setup serve-env system-deps demo lint test test-fast test-py310 gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -69,7 +69,11 @@ system-deps:
 	    || echo "note: could not install libstb-dev and libjpeg-dev: C++ image tests skip or use stb_image bounds" >&2; \
 	fi
 
-test: setup system-deps serve-env
+# pyflakes' checks through ruff's F rules (pyproject.toml [tool.ruff]): undefined names and unused imports fail the run.
+lint: setup
+	$(PY) -m ruff check --no-cache .
+
+test: setup lint system-deps serve-env
 	$(PY) -m pytest -q
 	@$(MAKE) --no-print-directory test-py310
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from . import __version__
-from .artifacts import MANIFEST_SUFFIX, file_sha256, manifest_path, write_json
+from .artifacts import file_sha256, manifest_path, write_json
 from .errors import InputError
 
 # Bump on any change a reader of an older version would misread (a renamed or retyped field, a new required one).

@@ -143,7 +143,6 @@ def test_a_read_only_folder_is_refused_before_the_build(tmp_path, tiny_plain):
     folder.chmod(0o555)
     try:
         for args in (["-o", folder / "t.engine"], ["-o", tmp_path / "t.engine", "--timing-cache", folder / "c.bin"]):
-            started = time.monotonic()
             try:
                 proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "build", "--onnx", tiny_plain,
                                        "--target", "rtx-sm89", *map(str, args)], env=ENV, capture_output=True,

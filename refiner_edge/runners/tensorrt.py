@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.checks import Runtime, batch_in_profile, check_engine, read_engine_manifest
+from ..engine.checks import Runtime, batch_in_profile, check_engine, read_engine_manifest, rebuild_line
 from ..errors import InputError, MissingDependencyError
 from ..extras import PLATFORM_HINT
 from ..images.preprocess import Preprocess
