@@ -99,6 +99,28 @@ std::string tensorrtRefusal(const std::string& built_flavour, const std::string&
     return "";
 }
 
+// plugin_refusal of refiner_edge/engine/checks.py: a library-form plan's library runs only on the TensorRT major
+// whose headers it was compiled against (ILogger/ILoggerFinder changed layout in 11.0); one that did not report
+// them is taken to be of the builder's major.
+std::string pluginRefusal(const EngineInfo& info, const std::string& version) {
+    if (info.plugin_form != "library") return "";
+    const std::string library = info.plugin_library.value_or("None");
+    std::vector<long> here, compiled, built;
+    const bool okh = release(version, here);
+    if (info.plugin_tensorrt_version && release(*info.plugin_tensorrt_version, compiled)) {
+        if (!okh || compiled[0] != here[0])
+            return "uses the RefinerDLA plugin library " + library + ", compiled against TensorRT " +
+                   *info.plugin_tensorrt_version + " headers, which runs only on TensorRT " +
+                   std::to_string(compiled[0]) + ", and this is " + version;
+        return "";
+    }
+    if (!release(info.tensorrt_version, built) || !okh || built[0] != here[0])
+        return "uses the RefinerDLA plugin library " + library + ", which does not say which TensorRT headers it "
+               "was compiled against, and this is " + version + ", not the major of " + info.tensorrt_version +
+               " that built the engine";
+    return "";
+}
+
 }  // namespace
 
 // A relative plugin path is taken against the engine's folder, never the working directory.
@@ -188,6 +210,8 @@ Status checkEngine(const std::string& engine, const Manifest& manifest, const Ru
                                  " (SHA-256 differs)");
             }
         }
+        why = pluginRefusal(info, runtime.version);
+        if (!why.empty()) return stale(why);
         return Status::Ok();
     } catch (const std::exception& e) {
         return Status::Error(std::string("checking the engine failed: ") + e.what());

@@ -171,6 +171,19 @@ void readEngine(const Value& v, const std::string& where, EngineInfo& e, std::st
     f.optStr("timing_cache");
     e.build_seconds = f.number("build_seconds");
     e.rebuild = f.str("rebuild");
+    // fields added later: absent or null in older manifests, typed as Python's reader types them
+    if (const Value* t = f.field("tf32", false, true, "bool")) {
+        if (t->type != Type::Bool) f.wrong("tf32", "bool or NoneType", *t);
+        else e.tf32 = t->boolean;
+    }
+    if (const Value* u = f.field("user_allocation", false, false, "bool")) {
+        if (u->type != Type::Bool) f.wrong("user_allocation", "bool", *u);
+        else e.user_allocation = u->boolean;
+    }
+    if (const Value* h = f.field("plugin_tensorrt_version", false, true, "str")) {
+        if (h->type != Type::String) f.wrong("plugin_tensorrt_version", "str or NoneType", *h);
+        else e.plugin_tensorrt_version = h->string;
+    }
     if (error.empty() && e.profiles.empty()) error = where + ": profiles is empty: the engine has no input shapes";
 }
 

@@ -57,6 +57,9 @@ def build(
     weak_typing: Annotated[bool, typer.Option("--weak-typing", help="TensorRT 10 only: parse the plain graph and "
                                               "set precision with builder flags, INT8 from the calibration cache "
                                               "(DLA on JetPack 6 implies it).")] = False,
+    tf32: Annotated[Optional[bool], typer.Option("--tf32/--no-tf32", help="Let FP32 layers run as TF32 (10-bit "
+                                                 "mantissa products: faster on Ampere and newer, outside validate's "
+                                                 "FP32 budget) [default: no-tf32].", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Redo every stage even when its artifact is up to "
                                         "date.")] = False,
     list_targets: Annotated[bool, typer.Option("--list-targets", help="Print the targets table and exit.")] = False,
@@ -84,7 +87,8 @@ def build(
         target=get_target(target), precision=precision.value if precision else None,
         batch=parse_batch(batch) if batch else None, dla_core=dla_core,
         workspace=parse_size(workspace) if workspace else None, timing_cache=timing_cache,
-        version_compatible=version_compatible, weak_typing=weak_typing, plugin=plugin.value if plugin else None)
+        version_compatible=version_compatible, weak_typing=weak_typing, plugin=plugin.value if plugin else None,
+        tf32=tf32)
     if options.version_compatible and options.target.rtx:
         raise InputError("--version-compatible is a TensorRT option; TensorRT-RTX engines are not version compatible")
     if onnx is not None:

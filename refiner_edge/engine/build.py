@@ -31,12 +31,13 @@ from typing import Callable
 
 from ..artifacts import (MANIFEST_SUFFIX, Staging, atomic_output, check_artifact, check_outputs, file_sha256,
                          manifest_path, staged_outputs)
+from ..defaults import BUILD_TF32, default
 from ..errors import InputError, MissingDependencyError, VerificationError
 from ..extras import PLATFORM_HINT, install_hint
 from ..manifest import EngineInfo, Manifest, Profile, read_manifest, write_manifest
 from ..precision import PRECISIONS
 from . import plugins
-from .checks import compute_capability_refusal, on_tensorrt_line
+from .checks import compute_capability_refusal, on_tensorrt_line, plugin_refusal
 from .targets import SAME_CC_MIN_TENSORRT, Target, attention_bytes, detect_gpu, fitted_batch, tensorrt_at_least
 
 MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
@@ -145,6 +146,7 @@ class BuildOptions:
     version_compatible: bool = False
     weak_typing: bool = False
     plugin: str | None = None             # None: "none" for a plain graph, the target's form for a fused one
+    tf32: bool | None = None              # None: defaults.BUILD_TF32 (see `tf32`)
 
 
 @dataclass
@@ -200,6 +202,13 @@ def check_dla(options: BuildOptions, precision: str) -> None:
     lo, opt, hi = options.batch or target.batch
     if not lo == opt == hi:
         raise InputError(f"DLA needs a static batch: use --batch {opt} (one size) with --dla-core")
+
+
+def tf32(options: BuildOptions) -> bool:
+    """Whether FP32 layers may run as TF32 (BuilderFlag.TF32), set explicitly for every build: TensorRT and
+    TensorRT-RTX turn it on unless told, Polygraphy's CreateConfig turns it off unless told, so without a decision
+    the same command made different engines on the two builders."""
+    return default(options.tf32, BUILD_TF32)
 
 
 def weak_typing(options: BuildOptions) -> bool:
@@ -336,14 +345,20 @@ def engine_bytes(network: Network, options: BuildOptions, plugin: plugins.Plugin
         config = ptrt.CreateConfig(
             fp16=network.weak and network.precision in ("fp16", "int8"), int8=network.weak and
             network.precision == "int8", calibrator=calibrator, use_dla=options.dla_core is not None,
-            allow_gpu_fallback=True, version_compatible=options.version_compatible or None,
+            allow_gpu_fallback=True, version_compatible=options.version_compatible or None, tf32=tf32(options),
             hardware_compatibility_level=getattr(trt.HardwareCompatibilityLevel, HARDWARE_COMPAT[
                 target.hardware_compat]) if target.hardware_compat != "none" else None, **common)
 
     def postprocess(builder, net, cfg):
-        """The knobs Polygraphy's CreateConfig lacks: the DLA core (it always picks core 0)."""
+        """The knobs Polygraphy's CreateConfig lacks: the DLA core (it always picks core 0); TF32 on TensorRT-RTX
+        (CreateConfigRTX leaves TensorRT's default); REQUIRE_USER_ALLOCATION on TensorRT-RTX, without which
+        TensorRT-RTX may allocate memory while it runs and a CUDA-graph capture of it fails (its docs require the
+        flag for stream capture; Refiner has no data-dependent shapes, the one thing the flag refuses)."""
         if options.dla_core is not None:
             cfg.DLA_core = options.dla_core
+        (cfg.set_flag if tf32(options) else cfg.clear_flag)(trt.BuilderFlag.TF32)
+        if target.rtx:
+            cfg.set_flag(trt.BuilderFlag.REQUIRE_USER_ALLOCATION)
 
     config = ptrt.PostprocessConfig(config, postprocess)
     strongly = not network.weak and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
@@ -430,6 +445,7 @@ def rebuild_command(output: str | Path, options: BuildOptions, onnx: str | Path 
             args += [flag, text(value)]
     args += ["--version-compatible"] if options.version_compatible else []
     args += ["--weak-typing"] if options.weak_typing else []
+    args += ["--tf32" if tf32(options) else "--no-tf32"]   # resolved: the line keeps meaning this engine
     return shlex.join(args + ["-o", text(Path(output))])
 
 
@@ -489,7 +505,9 @@ def build_engine(onnx: str | Path, output: str | Path, options: BuildOptions, *,
             hardware_compatibility=target.hardware_compat, version_compatible=options.version_compatible,
             timing_cache=str(options.timing_cache) if options.timing_cache else None,
             build_seconds=round(built["seconds"], 2), rebuild=rebuild or rebuild_command(output, options,
-                                                                                         onnx=network.onnx))
+                                                                                         onnx=network.onnx),
+            tf32=tf32(options), user_allocation=target.rtx,
+            plugin_tensorrt_version=built.get("plugin_tensorrt_version"))
         graph = dataclasses.replace(network.manifest.graph, precision=network.precision)
         record = network.manifest.derive("build", output, network.onnx, graph=graph, engine=info,
                                          report={**(report or {}), "engine_bytes": built["bytes"],
@@ -540,9 +558,31 @@ def child_build(job: dict) -> dict:
             notes.append(f"--timing-cache {job['timing_cache_name']}: {reason}; building without it, and this "
                          "build's cache replaces it")
     plugin = plugins.prepare(**job["plugin"])   # the parent's arguments: the AOT form registers per process
+    headers = plugin_headers(plugin, options.target, notes)
     data = engine_bytes(job["network"], options, plugin)
     Path(job["engine"]).write_bytes(data)
-    return {"seconds": time.perf_counter() - started, "bytes": len(data), "notes": notes}
+    return {"seconds": time.perf_counter() - started, "bytes": len(data), "notes": notes,
+            "plugin_tensorrt_version": headers}
+
+
+def plugin_headers(plugin: plugins.Plugin, target: Target, notes: list[str]) -> str | None:
+    """The TensorRT headers the library form's library was compiled against (None: unknown, said in a note), read
+    before the builder loads it; a library for another TensorRT major than the builder's is refused (the rule the
+    runtime checks apply, engine/checks.py plugin_refusal)."""
+    if plugin.library is None:
+        return None
+    version = import_tensorrt(target.flavour).__version__
+    headers = plugins.library_tensorrt_version(plugin.library)
+    if headers is None:
+        notes.append(f"the RefinerDLA plugin library {plugin.library} does not say which TensorRT headers it was "
+                     f"compiled against (no {plugins.VERSION_SYMBOL}): the engine is refused on any other TensorRT "
+                     "major than this one; rebuild the library to record it")
+        return None
+    if plugin_refusal("library", str(plugin.library), headers, version, version):
+        raise InputError(f"the RefinerDLA plugin library {plugin.library} was compiled against TensorRT {headers} "
+                         f"headers and this builder is TensorRT {version}: build the library against TensorRT "
+                         f"{version.split('.')[0]}'s headers ({plugins.BUILD_COMMAND})")
+    return headers
 
 
 def unreadable_timing_cache(flavour: str, path: Path) -> str | None:

@@ -87,6 +87,30 @@ def compute_capability_refusal(built_cc: str, hardware_compatibility: str, devic
     return None
 
 
+def plugin_refusal(plugin_form: str, library: str, headers: str | None, built_version: str,
+                   version: str) -> str | None:
+    """Why a library-form plan's RefinerDLA library cannot run on TensorRT `version`, or None.
+
+    ILogger and ILoggerFinder changed their layout in TensorRT 11.0, so a library compiled against one major's
+    headers is undefined behaviour under another's runtime from its first logged message. A version-compatible
+    10.x plan loads on TensorRT 11 only with a library built for 11: `headers` (the library's own report, recorded
+    at build) must be of the running major. A library that did not report them (None, or not a version) is taken
+    to be of the builder's major: it passes only where the running major is the builder's."""
+    if plugin_form != "library":
+        return None
+    here, compiled = tensorrt_release(version), tensorrt_release(headers) if headers is not None else None
+    if compiled is not None:
+        if here is None or compiled[0] != here[0]:
+            return (f"uses the RefinerDLA plugin library {library}, compiled against TensorRT {headers} headers, "
+                    f"which runs only on TensorRT {compiled[0]}, and this is {version}")
+        return None
+    built = tensorrt_release(built_version)
+    if built is None or here is None or built[0] != here[0]:
+        return (f"uses the RefinerDLA plugin library {library}, which does not say which TensorRT headers it was "
+                f"compiled against, and this is {version}, not the major of {built_version} that built the engine")
+    return None
+
+
 def plugin_library_path(engine: str | Path, recorded: str) -> Path:
     """The plugin library a manifest records. A relative path is taken against the engine's folder (so an engine
     and its library can move together, as in a Triton repository or a DeepStream folder), never against the
@@ -149,6 +173,10 @@ def check_engine(engine: str | Path, manifest: Manifest, runtime: Runtime, hash_
     if why:
         raise stale(why)
     check_plugin_library(engine, manifest)
+    why = plugin_refusal(info.plugin_form, info.plugin_library or "None", info.plugin_tensorrt_version,
+                         info.tensorrt_version, runtime.version)
+    if why:
+        raise stale(why)
 
 
 def check_plugin_library(engine: str | Path, manifest: Manifest) -> Path | None:

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 import shutil
@@ -19,6 +20,7 @@ from ..artifacts import file_sha256
 from ..errors import InputError, MissingDependencyError, VerificationError
 from ..extras import PLATFORM_HINT
 from ..refine import plugin_form
+from .checks import tensorrt_release
 from .targets import AOT_MIN_TENSORRT, Target, tensorrt_at_least
 
 FORMS = (*plugin_form.FORMS, "none")  # "none": an engine without the plugin (a plain graph)
@@ -30,6 +32,7 @@ SOURCE_DIR = ROOT / "plugins" / "refiner_dla"
 # docs/jetson.md: build/plugin at the top of the source checkout (not the working directory).
 BUILD_DIR = ROOT / "build" / "plugin"
 BUILD_COMMAND = "cmake -S plugins/refiner_dla -B build/plugin && cmake --build build/plugin -j"
+VERSION_SYMBOL = "refinerEdgePluginTensorRTVersion"   # the library's TensorRT headers, "MAJOR.MINOR.PATCH"
 LIBRARY_NAMES = ("librefiner_edge_plugin.so", "refiner_edge_plugin.dll")   # plugins/refiner_dla/CMakeLists.txt
 
 
@@ -67,6 +70,28 @@ def load_library(registry, library: str | Path, fix: str) -> None:
     find = getattr(registry, "get_creator", None) or registry.get_plugin_creator   # get_creator: TensorRT 10.0+
     if find(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
         raise InputError(f"TensorRT could not load the plugin library {library}: {fix}")
+
+
+def library_tensorrt_version(library: str | Path) -> str | None:
+    """The TensorRT headers the RefinerDLA library was compiled against ("10.13.3"), as it reports them through
+    `extern "C" char const* refinerEdgePluginTensorRTVersion()`; None when it does not say (a library built before
+    it exported the symbol, or one that cannot be loaded here: TensorRT's registry then reports the failure).
+
+    Recorded in the engine's manifest: ILogger and ILoggerFinder changed their layout in TensorRT 11.0, so a
+    library runs only on the TensorRT major whose headers it was compiled against (engine/checks.py
+    plugin_refusal)."""
+    try:
+        handle = ctypes.CDLL(str(library))
+        report = getattr(handle, VERSION_SYMBOL)
+    except (OSError, AttributeError):
+        return None
+    report.argtypes, report.restype = [], ctypes.c_char_p
+    value = report()
+    try:
+        text = value.decode("ascii") if value else ""
+    except UnicodeDecodeError:
+        return None
+    return text if tensorrt_release(text) is not None else None
 
 
 def default_form(target: Target, fused: bool, asked: str | None = None) -> str:

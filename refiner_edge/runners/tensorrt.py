@@ -68,10 +68,18 @@ class CudaBindings:
         return int(total) - int(free)
 
     def capture(self, enqueue) -> object:
-        """A CUDA graph of what `enqueue` puts on the stream."""
+        """A CUDA graph of what `enqueue` puts on the stream. The capture is ended whether or not `enqueue` succeeds:
+        a stream left capturing refuses all later work, so one failed enqueue would fail every later call (the C++
+        classifier ends it the same way). A graph captured around a failure is discarded, never launched."""
         rt = self.rt
         self._ok(rt.cudaStreamBeginCapture(self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
-        enqueue()
+        try:
+            enqueue()
+        except BaseException:
+            err, graph = rt.cudaStreamEndCapture(self.stream)
+            if err == rt.cudaError_t.cudaSuccess and graph is not None:
+                rt.cudaGraphDestroy(graph)
+            raise
         graph = self._ok(rt.cudaStreamEndCapture(self.stream))
         try:
             return self._ok(rt.cudaGraphInstantiate(graph, 0))
@@ -213,6 +221,12 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
     path = Path(engine)
     manifest = read_engine_manifest(path)
     info = manifest.engine
+    if cuda_graph and info.flavour == "tensorrt-rtx" and not info.user_allocation:
+        # TensorRT-RTX may allocate memory while it runs unless the engine was built to require user allocation,
+        # and an allocation inside stream capture breaks the graph
+        raise InputError(f"{path.name} was built without REQUIRE_USER_ALLOCATION, which TensorRT-RTX needs to "
+                         f"capture a CUDA graph: run without --cuda-graph, or rebuild with: "
+                         f"{rebuild_line(path, info.rebuild)}")
     trt, runtime = local_runtime(info.flavour)
     check_engine(path, manifest, runtime)
     cuda = cuda_api()
@@ -259,6 +273,18 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
         if not context.execute_async_v3(cuda.stream_handle):
             raise InputError(f"{path.name}: TensorRT could not run the batch")
 
+    def capture():
+        """The graph of one enqueue. The plain enqueue GraphSteps puts before every capture has run to completion
+        first (the warm-up): lazily loaded kernels and what a plugin sets up in its first enqueue (device
+        allocations, synchronous copies) are done by then, never recorded into the graph or breaking the capture.
+        TensorRT-RTX says whether this context can be captured at all (IExecutionContext::isStreamCapturable)."""
+        cuda.sync()
+        capturable = getattr(context, "is_stream_capturable", None)
+        if capturable is not None and not capturable(cuda.stream_handle):
+            raise InputError(f"{path.name}: {info.flavour} cannot capture this engine into a CUDA graph on this "
+                             "stream: run without --cuda-graph")
+        return cuda.capture(enqueue)
+
     def run(x: np.ndarray) -> np.ndarray:
         if not free_buffers.alive:
             raise InputError(f"{path.name}: the runner was closed")
@@ -279,7 +305,7 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
             if "plain" in actions:
                 enqueue()
             if "capture" in actions:
-                graphs[len(x)] = cuda.capture(enqueue)
+                graphs[len(x)] = capture()
                 steps.captured_for(len(x))
             if "replay" in actions:
                 cuda.launch(graphs[len(x)])

@@ -108,6 +108,10 @@ struct EngineInfo {
     bool version_compatible = false;
     double build_seconds = 0;
     std::string rebuild;             // the command line that builds the engine again
+    // added later, optional in the file (absent in older manifests)
+    std::optional<bool> tf32;        // FP32 layers may run as TF32
+    bool user_allocation = false;    // TensorRT-RTX: built with REQUIRE_USER_ALLOCATION
+    std::optional<std::string> plugin_tensorrt_version;  // library form: the headers it was compiled against
 };
 
 struct Manifest {
