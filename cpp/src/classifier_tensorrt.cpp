@@ -74,6 +74,7 @@ Runtime localRuntime(int device) {
 class TensorRTClassifier final : public Classifier {
 public:
     ~TensorRTClassifier() override {
+        if (device_set_) cudaSetDevice(options_.device);  // frees go to the device they were made on
         for (auto& g : graphs_) cudaGraphExecDestroy(g.second);
         context_.reset();
         engine_.reset();
@@ -95,7 +96,8 @@ public:
         Runtime here = localRuntime(options.device);
         s = checkEngine(path, m_, here, options.check_sha256);
         if (!s) return s;
-        if (cudaSetDevice(options.device) != cudaSuccess) return Status::Error("cannot use CUDA device " + std::to_string(options.device));
+        if (!(s = useDevice())) return s;
+        device_set_ = true;
         auto rebuild = [&](const std::string& why) {
             return Status::Error(name_ + " " + why + ": rebuild with: " + rebuildLine(path, info.rebuild));
         };
@@ -180,6 +182,14 @@ public:
         return Status::Ok();
     }
 
+    // The CUDA runtime's current device is per host thread: every entry point that touches CUDA makes the
+    // engine's device current first, or a run() from another thread than init()'s launches on device 0.
+    Status useDevice() const {
+        cudaError_t e = cudaSetDevice(options_.device);
+        if (e != cudaSuccess) return Status::Error("cannot use CUDA device " + std::to_string(options_.device) + ": " + cudaMessage(e));
+        return Status::Ok();
+    }
+
     Status enqueue() {
         if (!context_->enqueueV3(stream_))
             return Status::Error(name_ + ": TensorRT could not run the batch: " + logger().lastError());
@@ -191,6 +201,8 @@ public:
             return Status::Error("batch " + std::to_string(batch) + " is outside the engine's profile (" +
                                  std::to_string(min_batch_) + ".." + std::to_string(max_batch_) +
                                  "): use --batch-size within it, or rebuild with a wider --batch MIN:OPT:MAX");
+        Status s = useDevice();
+        if (!s) return s;
         cudaError_t e;
         std::memcpy(h_in_, input, in_count_ * batch * sizeof(float));
         if ((e = cudaMemcpyAsync(d_in_, h_in_, in_count_ * batch * sizeof(float), cudaMemcpyHostToDevice, stream_)) != cudaSuccess)
@@ -207,17 +219,24 @@ public:
         if (out.nbDims != 2 || out.d[0] != batch || out.d[1] != classes_)
             return Status::Error(name_ + ": output shape is not [" + std::to_string(batch) + ", " +
                                  std::to_string(classes_) + "] as the manifest says");
-        Status s;
         if (!options_.cuda_graph || steps.plain) {
             if (!(s = enqueue())) return s;
         }
         if (options_.cuda_graph && steps.capture) {
+            // the warm-up: the plain enqueue graph_steps.h puts before every capture runs to completion first, so
+            // lazily loaded kernels and what a plugin sets up in its first enqueue are done, not captured
+            if ((e = cudaStreamSynchronize(stream_)) != cudaSuccess)
+                return Status::Error(name_ + ": running the engine failed: " + cudaMessage(e));
             cudaGraph_t graph;
             if ((e = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal)) != cudaSuccess)
                 return Status::Error("CUDA graph capture: " + cudaMessage(e));
             Status q = enqueue();
-            e = cudaStreamEndCapture(stream_, &graph);
-            if (!q) return q;
+            graph = nullptr;
+            e = cudaStreamEndCapture(stream_, &graph);  // always ended: a stream left capturing fails all later work
+            if (!q) {
+                if (e == cudaSuccess && graph) cudaGraphDestroy(graph);  // captured around a failure: discarded
+                return q;
+            }
             if (e != cudaSuccess) return Status::Error("CUDA graph capture: " + cudaMessage(e));
             cudaGraphExec_t exec;
             e = cudaGraphInstantiate(&exec, graph, 0);
@@ -254,6 +273,7 @@ private:
     std::unique_ptr<nvinfer1::IExecutionContext, ContextDelete> context_;
     cudaStream_t stream_ = nullptr;
     bool own_stream_ = false;
+    bool device_set_ = false;
     void* d_in_ = nullptr;
     void* d_out_ = nullptr;
     void* h_in_ = nullptr;
