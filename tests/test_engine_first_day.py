@@ -418,6 +418,7 @@ def test_cli_tf32_flag_reaches_the_manifest_and_the_rebuild_line(tmp_path, tiny_
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["tf32"] is True and report["user_allocation"] is True
+    assert report["trtexec"] is None   # TensorRT-RTX engines are not trtexec's
     e = read_manifest(out).engine
     assert e.tf32 is True and " --tf32 " in e.rebuild and "--no-tf32" not in e.rebuild
 
@@ -513,3 +514,65 @@ def test_cpp_classifier_sets_the_device_at_each_cuda_entry_point():
     assert run.index("useDevice()") < first_cuda
     destructor = source[source.index("~TensorRTClassifier()"):]
     assert destructor.index("cudaSetDevice") < destructor.index("cudaGraphExecDestroy")
+
+
+# --- 8: the trtexec line that reproduces a build, per TensorRT major ----------------------------------------------
+
+def _network(tmp_path: Path, precision: str = "fp16", weak: bool = False):
+    from refiner_edge.engine.build import Network
+
+    manifest = read_manifest(engine_with_manifest(tmp_path / "g"))
+    cache = tmp_path / "g" / "model.calib" if precision == "int8" and weak else None
+    return Network(tmp_path / "g" / "m.onnx", tmp_path / "g" / ("plain.onnx" if weak else "m.onnx"), manifest,
+                   precision, fused=False, weak=weak, calibration_cache=cache)
+
+
+def test_trtexec_line_for_tensorrt_10_strongly_typed_with_the_plugin_library(tmp_path):
+    from refiner_edge.engine.build import trtexec_command
+
+    library = tmp_path / "lib" / "librefiner_edge_plugin.so"
+    options = BuildOptions(TARGETS["orin-agx-jp6"], workspace=1 << 30, timing_cache=tmp_path / "t.cache")
+    line = trtexec_command(_network(tmp_path), options, tmp_path / "m.engine", "10.3.0.26", (1, 2, 4), "library",
+                           library)
+    g = tmp_path / "g"
+    assert line == (f"trtexec --onnx={g / 'm.onnx'} --saveEngine={tmp_path / 'm.engine'} --stronglyTyped "
+                    "--minShapes=input:1x3x32x32 --optShapes=input:2x3x32x32 --maxShapes=input:4x3x32x32 "
+                    "--memPoolSize=workspace:1024M --builderOptimizationLevel=3 --noTF32 "
+                    f"--timingCacheFile={tmp_path / 't.cache'} --dynamicPlugins={library}")
+
+
+def test_trtexec_line_for_a_weakly_typed_int8_dla_build(tmp_path):
+    """TensorRT 10 weak typing (JetPack 6 DLA): the plain graph with --fp16 --int8 and the calibration cache."""
+    import shlex
+
+    from refiner_edge.engine.build import trtexec_command
+
+    options = BuildOptions(TARGETS["orin-agx-jp6"], precision="int8", dla_core=1, batch=(2, 2, 2), weak_typing=True,
+                           tf32=True)
+    args = shlex.split(trtexec_command(_network(tmp_path, "int8", weak=True), options, tmp_path / "m.engine",
+                                       "10.3.0", (2, 2, 2), "none"))
+    assert args[1] == f"--onnx={tmp_path / 'g' / 'plain.onnx'}"
+    assert args[3:6] == ["--fp16", "--int8", f"--calib={tmp_path / 'g' / 'model.calib'}"]
+    assert {"--useDLACore=1", "--allowGPUFallback", "--memPoolSize=workspace:4096M"} <= set(args)
+    assert "--stronglyTyped" not in args and "--noTF32" not in args   # TF32 asked for: trtexec's default
+
+
+def test_trtexec_line_for_tensorrt_11_and_where_there_is_none(tmp_path):
+    """TensorRT 11 is strongly typed only (no --stronglyTyped, no precision flags); TensorRT-RTX and the aot form
+    have no trtexec line."""
+    import shlex
+
+    from refiner_edge.engine.build import trtexec_command
+
+    options = BuildOptions(TARGETS["b200"], version_compatible=True)
+    args = shlex.split(trtexec_command(_network(tmp_path), options, tmp_path / "m.engine", "11.4.1", (1, 8, 32),
+                                       "none"))
+    assert "--stronglyTyped" not in args and "--fp16" not in args and "--versionCompatible" in args
+    assert "--maxShapes=input:32x3x32x32" in args and "--memPoolSize=workspace:8192M" in args
+    portable = BuildOptions(TARGETS["a100-portable"])
+    assert "--hardwareCompatibilityLevel=ampere+" in trtexec_command(_network(tmp_path), portable, "m.engine",
+                                                                     "10.13.3", (1, 8, 32), "none")
+    assert trtexec_command(_network(tmp_path), BuildOptions(TARGETS["a100"]), "m.engine", "10.13.3", (1, 8, 32),
+                           "aot") is None
+    assert trtexec_command(_network(tmp_path), BuildOptions(TARGETS["rtx-sm89"]), "m.engine", "1.7.1", (1, 8, 32),
+                           "none") is None

@@ -449,6 +449,44 @@ def rebuild_command(output: str | Path, options: BuildOptions, onnx: str | Path 
     return shlex.join(args + ["-o", text(Path(output))])
 
 
+TRTEXEC_HARDWARE_COMPAT = {"ampere+": "ampere+", "same-cc": "sameComputeCapability"}
+
+
+def trtexec_command(network: Network, options: BuildOptions, output: str | Path, tensorrt_version: str,
+                    batch: tuple[int, int, int], plugin_form: str, library: Path | None = None) -> str | None:
+    """The trtexec line that builds the engine this build makes, for the TensorRT it ran on (stored in the build
+    report, printed by build --json; docs/engines.md): the graph parsed, the profile, workspace, optimisation
+    level, TF32, DLA, hardware and version compatibility, timing cache and plugin library as the build set them.
+    Strongly typed is --stronglyTyped on TensorRT 10 and the only mode of TensorRT 11; a weakly typed build is
+    --fp16 (and --int8 with the calibration cache). None for TensorRT-RTX (not trtexec's) and for the aot form,
+    whose plugin registers from Python, which trtexec cannot."""
+    target = options.target
+    if target.rtx or plugin_form == "aot":
+        return None
+    name, channels, size = input_shape(network)
+    args = ["trtexec", f"--onnx={Path(network.parse).absolute()}", f"--saveEngine={Path(output).absolute()}"]
+    if network.weak:
+        args += ["--fp16"] if network.precision in ("fp16", "int8") else []
+        if network.precision == "int8":
+            args += ["--int8", f"--calib={Path(network.calibration_cache).absolute()}"]
+    elif tensorrt_version.split(".")[0] == "10":
+        args += ["--stronglyTyped"]
+    args += [f"--{which}Shapes={name}:{n}x{channels}x{size}x{size}" for which, n in zip(("min", "opt", "max"), batch)]
+    workspace = options.workspace or target.workspace
+    args += [f"--memPoolSize=workspace:{workspace >> 20}M" if workspace % (1 << 20) == 0 else
+             f"--memPoolSize=workspace:{workspace}B"]
+    args += [f"--builderOptimizationLevel={options.opt_level or target.opt_level}"]
+    args += [] if tf32(options) else ["--noTF32"]   # trtexec's default is TF32 on
+    if options.dla_core is not None:
+        args += [f"--useDLACore={options.dla_core}", "--allowGPUFallback"]
+    if target.hardware_compat != "none":
+        args += [f"--hardwareCompatibilityLevel={TRTEXEC_HARDWARE_COMPAT[target.hardware_compat]}"]
+    args += ["--versionCompatible"] if options.version_compatible else []
+    args += [f"--timingCacheFile={Path(options.timing_cache).absolute()}"] if options.timing_cache else []
+    args += [f"--dynamicPlugins={Path(library).absolute()}"] if library is not None else []
+    return shlex.join(args)
+
+
 def check_build_outputs(output: Path, options: BuildOptions, onnx: str | Path | None = None) -> None:
     """The engine, its manifest and the timing cache, refused before any work (artifacts.check_outputs)."""
     if output.suffix == MANIFEST_SUFFIX:
@@ -460,7 +498,7 @@ def check_build_outputs(output: Path, options: BuildOptions, onnx: str | Path | 
 def engine_report(output: Path, manifest: Manifest, stages: dict) -> dict:
     """What `build --json` prints: the engine file, its manifest's engine record as it is, and what each stage did."""
     return {"engine": str(output), "manifest": str(manifest_path(output)), "bytes": output.stat().st_size,
-            **dataclasses.asdict(manifest.engine), "stages": stages}
+            **dataclasses.asdict(manifest.engine), "trtexec": manifest.report.get("trtexec"), "stages": stages}
 
 
 def build_engine(onnx: str | Path, output: str | Path, options: BuildOptions, *, rebuild: str | None = None,
@@ -509,8 +547,11 @@ def build_engine(onnx: str | Path, output: str | Path, options: BuildOptions, *,
             tf32=tf32(options), user_allocation=target.rtx,
             plugin_tensorrt_version=built.get("plugin_tensorrt_version"))
         graph = dataclasses.replace(network.manifest.graph, precision=network.precision)
+        trtexec = trtexec_command(network, options, output, trt.__version__, (lo, opt, hi), plugin.form,
+                                  plugin.library)
         record = network.manifest.derive("build", output, network.onnx, graph=graph, engine=info,
                                          report={**(report or {}), "engine_bytes": built["bytes"],
+                                                 "trtexec": trtexec,
                                                  **({"aot_ptx": plugin.setup} if plugin.setup else {})})
         write_manifest(staging.path(output), record)
     return record
