@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Everything about RefinerDLA that needs a GPU, in one run (docs/kernel.md): the kernels' resource use for this GPU,
 # the CUDA C++ extension build, the GPU tests (Triton and CUDA kernels against a float64 reference, GPU
-# detection, and the TensorRT engine runner and C++ classifier where tensorrt is importable),
+# detection, and the TensorRT engine runner and C++ classifier where tensorrt is importable), the CUDA-graph
+# capture after a failed enqueue, a library-form engine served by tritonserver with the plugins= backend option
+# (where tensorrt and a tritonserver with its TensorRT backend exist; skipped with the reason otherwise),
 # compute-sanitizer memcheck and racecheck, and the benchmarks. Each step's log and status go to $OUT (default
 # out/gpu); a step that fails or times out is recorded and the next one still runs. A short table is printed last.
 #   bash benchmarks/gpu_check.sh            # from the checkout; needs python3 with torch (CUDA), triton, cupy
@@ -39,6 +41,12 @@ step() {
   tail -n 6 "$OUT/$name.log"
 }
 
+# skip NAME REASON: a step this machine cannot run, recorded with its reason (not a failure)
+skip() {
+  printf '%s\tskipped (%s)\t0\n' "$1" "$2" >> "$OUT/steps.tsv"
+  echo "== $1 skipped: $2"
+}
+
 step gpu_info 60 bash -c "nvidia-smi --query-gpu=name,compute_cap,memory.total,clocks.sm,clocks.max.sm,driver_version \
   --format=csv && $PY -c 'import sys, torch, triton; print(sys.version.split()[0], torch.__version__, torch.version.cuda, \
   triton.__version__, torch.cuda.get_device_name())'"
@@ -64,6 +72,11 @@ print('extension built')"
 step pytest_gpu 240 "$PY" -m pytest -q -m "gpu or tensorrt" -p no:cacheprovider -rs tests/
 step pytest_cpp_engine 120 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cpp.py -k engine_runs_through
 
+# the runner's CUDA-graph path after an enqueue that fails inside the capture (real cuda-python: the stream leaves
+# capture mode and the next capture replays), and the warm-up and failure-injection tests beside it
+step cuda_graph_failed_enqueue 90 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_engine_first_day.py \
+  -k "capture or warm_up"
+
 # without PyTorch's caching allocator every tensor is its own allocation, so small out-of-bounds accesses show
 if command -v compute-sanitizer > /dev/null; then
   for tool in memcheck racecheck; do
@@ -75,6 +88,20 @@ else
 fi
 
 step bench 300 "$PY" benchmarks/bench_refine.py --out "$OUT"
+
+# a library-form engine through a real tritonserver with --backend-config=tensorrt,plugins=... (deploy triton's
+# repository), last: it takes what the budget has left. It needs tensorrt, tritonclient and a tritonserver with
+# the TensorRT backend (the NGC tritonserver container has them; PyTriton's has only the Python backend)
+triton_backends="${TRITON_BACKENDS:-/opt/tritonserver/backends}"
+if ! command -v tritonserver > /dev/null; then
+  skip triton_library_engine "no tritonserver binary on PATH"
+elif [ ! -d "$triton_backends/tensorrt" ]; then
+  skip triton_library_engine "tritonserver has no TensorRT backend in $triton_backends"
+elif ! "$PY" -c "import tensorrt, tritonclient.http" 2> /dev/null; then
+  skip triton_library_engine "tensorrt or tritonclient is not importable"
+else
+  step triton_library_engine 240 bash benchmarks/triton_library_engine.sh "$OUT/triton_library"
+fi
 
 echo
 echo "== summary ($((SECONDS - START)) s; logs in $OUT)"

@@ -341,6 +341,38 @@ def test_cuda_graph_runner_recovers_from_a_failed_enqueue_in_capture(tmp_path, b
     assert not rt.execs
 
 
+@pytest.mark.gpu
+def test_real_cuda_python_capture_after_a_failed_enqueue():
+    """On a real GPU (benchmarks/gpu_check.sh): an enqueue that fails inside CudaBindings.capture leaves the stream
+    out of capture mode, and the next capture on it records, replays and frees as usual."""
+    pytest.importorskip("cuda.bindings.runtime", reason="cuda-python (cuda.bindings) is not installed")
+    try:
+        api = CudaBindings()
+    except RuntimeError as e:
+        pytest.skip(f"cuda-python cannot start here: {e}")
+    rt = api.rt
+    back = np.zeros(64, np.uint8)
+    ptr = api.malloc(back.nbytes)
+
+    def failing():
+        api._ok(rt.cudaMemsetAsync(ptr, 3, back.nbytes, api.stream))
+        raise InputError("TensorRT could not run the batch")
+
+    with pytest.raises(InputError):
+        api.capture(failing)
+    status = api._ok(rt.cudaStreamIsCapturing(api.stream))
+    assert status == rt.cudaStreamCaptureStatus.cudaStreamCaptureStatusNone
+    api.sync()
+    graph = api.capture(lambda: api._ok(rt.cudaMemsetAsync(ptr, 7, back.nbytes, api.stream)))
+    api.launch(graph)
+    api.d2h(back, ptr)
+    api.sync()
+    assert (back == 7).all()   # the failed capture's memset (3) never ran
+    api.destroy(graph)
+    api.free(ptr)
+    api.close()
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_every_capture_follows_a_completed_plain_enqueue(seed):
     """The warm-up rule, on random batch sequences: a call that captures has enqueued plainly first, for that
