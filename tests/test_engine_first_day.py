@@ -608,3 +608,28 @@ def test_trtexec_line_for_tensorrt_11_and_where_there_is_none(tmp_path):
                            "aot") is None
     assert trtexec_command(_network(tmp_path), BuildOptions(TARGETS["rtx-sm89"]), "m.engine", "1.7.1", (1, 8, 32),
                            "none") is None
+
+
+# --- the new manifest fields, read alike by Python and C++ ----------------------------------------------------
+
+from .test_compat import probe  # noqa: E402,F401 - the compiled C++ engine check (a fixture)
+
+
+@pytest.mark.parametrize("key,value,expect", [
+    ("tf32", "yes", "tf32 should be bool or NoneType, got str"),
+    ("user_allocation", None, "user_allocation must not be null"),
+    ("user_allocation", 1, "user_allocation should be bool, got int"),
+    ("plugin_tensorrt_version", 11, "plugin_tensorrt_version should be str or NoneType, got int"),
+])
+def test_new_engine_fields_are_typed_alike_in_python_and_cpp(key, value, expect, probe, tmp_path):  # noqa: F811
+    engine = engine_with_manifest(tmp_path / "e")
+    path = tmp_path / "e" / "model.engine.json"
+    data = json.loads(path.read_text())
+    data["engine"][key] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError) as caught:
+        read_manifest(engine)
+    assert str(caught.value).endswith(f"engine: {expect}")
+    done = subprocess.run([str(probe), str(engine), "tensorrt", "10.3.0", "8.7", "Orin"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1 and done.stderr.strip().endswith(f"engine: {expect}"), done.stderr
