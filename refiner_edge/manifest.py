@@ -134,8 +134,8 @@ class EngineInfo:
     rebuild: str                  # the command line that builds this engine again
     # added later, so optional: manifests written before them still read
     tf32: bool | None = None      # FP32 layers may run as TF32 (BuilderFlag.TF32); None: not recorded
-    user_allocation: bool = False   # TensorRT-RTX: built with REQUIRE_USER_ALLOCATION, which CUDA-graph capture needs
-    plugin_tensorrt_version: str | None = None   # library form: the TensorRT headers it was compiled against (None: unknown)
+    user_allocation: bool = False   # TensorRT-RTX: built with REQUIRE_USER_ALLOCATION (CUDA-graph capture needs it)
+    plugin_tensorrt_version: str | None = None   # library form: the TensorRT headers it was compiled for; None: unknown
 
 
 @dataclass

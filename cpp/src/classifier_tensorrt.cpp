@@ -186,7 +186,8 @@ public:
     // engine's device current first, or a run() from another thread than init()'s launches on device 0.
     Status useDevice() const {
         cudaError_t e = cudaSetDevice(options_.device);
-        if (e != cudaSuccess) return Status::Error("cannot use CUDA device " + std::to_string(options_.device) + ": " + cudaMessage(e));
+        if (e != cudaSuccess)
+            return Status::Error("cannot use CUDA device " + std::to_string(options_.device) + ": " + cudaMessage(e));
         return Status::Ok();
     }
 
