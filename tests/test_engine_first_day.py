@@ -633,3 +633,19 @@ def test_new_engine_fields_are_typed_alike_in_python_and_cpp(key, value, expect,
     done = subprocess.run([str(probe), str(engine), "tensorrt", "10.3.0", "8.7", "Orin"], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 1 and done.stderr.strip().endswith(f"engine: {expect}"), done.stderr
+
+
+def test_build_tf32_option_defaults_to_the_librarys():
+    """--tf32/--no-tf32 is None on the command line, resolved by the library from defaults.BUILD_TF32, whose value
+    the help states."""
+    import inspect
+
+    from refiner_edge import defaults
+    from refiner_edge.cli.build import build
+    from refiner_edge.engine.build import tf32
+
+    assert inspect.signature(build).parameters["tf32"].default is None
+    assert tf32(BuildOptions(TARGETS["rtx-sm89"])) is defaults.BUILD_TF32
+    assert tf32(BuildOptions(TARGETS["rtx-sm89"], tf32=not defaults.BUILD_TF32)) is not defaults.BUILD_TF32
+    shown = "tf32" if defaults.BUILD_TF32 else "no-tf32"
+    assert f"[default: {shown}]" in " ".join(invoke("build", "--help").stdout.split())

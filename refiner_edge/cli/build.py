@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..artifacts import manifest_path
+from ..defaults import BUILD_TF32
 from ..errors import InputError
 from ..engine.plugins import FORMS
 from ..precision import PRECISIONS
@@ -59,7 +60,8 @@ def build(
                                               "(DLA on JetPack 6 implies it).")] = False,
     tf32: Annotated[Optional[bool], typer.Option("--tf32/--no-tf32", help="Let FP32 layers run as TF32 (10-bit "
                                                  "mantissa products: faster on Ampere and newer, outside validate's "
-                                                 "FP32 budget) [default: no-tf32].", show_default=False)] = None,
+                                                 "FP32 budget) [default: "
+                                                 f"{'tf32' if BUILD_TF32 else 'no-tf32'}].", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Redo every stage even when its artifact is up to "
                                         "date.")] = False,
     list_targets: Annotated[bool, typer.Option("--list-targets", help="Print the targets table and exit.")] = False,
