@@ -612,6 +612,7 @@ def plugin_headers(plugin: plugins.Plugin, target: Target, notes: list[str]) -> 
     runtime checks apply, engine/checks.py plugin_refusal)."""
     if plugin.library is None:
         return None
+    # TensorRT first: a pip-installed libnvinfer is found by the library's dlopen only once tensorrt loaded it
     version = import_tensorrt(target.flavour).__version__
     headers = plugins.library_tensorrt_version(plugin.library)
     if headers is None:
