@@ -649,3 +649,37 @@ def test_build_tf32_option_defaults_to_the_librarys():
     assert tf32(BuildOptions(TARGETS["rtx-sm89"], tf32=not defaults.BUILD_TF32)) is not defaults.BUILD_TF32
     shown = "tf32" if defaults.BUILD_TF32 else "no-tf32"
     assert f"[default: {shown}]" in " ".join(invoke("build", "--help").stdout.split())
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_trtexec_line_of_a_real_build_makes_an_engine_that_runs_alike(tmp_path, tiny_plain):
+    """On a GPU with TensorRT and trtexec (benchmarks/gpu_check.sh): the manifest's trtexec line builds an engine
+    that gives the logits refiner-edge's own build gives, and the manifest records TF32 off."""
+    import shlex
+
+    if importlib.util.find_spec("tensorrt") is None:
+        pytest.skip("tensorrt is not installed (NVIDIA's index; JetPack ships it): TensorRT builds are not run here")
+    from refiner_edge.engine.targets import detect_gpu, get_target
+
+    if detect_gpu() is None:
+        pytest.skip("no CUDA GPU: TensorRT builds on the GPU it targets")
+    if shutil.which("trtexec") is None:
+        pytest.skip("trtexec is not on PATH (TensorRT's bin/ folder)")
+    ours = tmp_path / "ours.engine"
+    record = build_engine(tiny_plain, ours, BuildOptions(get_target("auto"), batch=(1, 2, 4)))
+    assert record.engine.tf32 is False and "--no-tf32" in record.engine.rebuild
+    line = record.report["trtexec"]
+    args = shlex.split(line.replace(str(ours.absolute()), str(tmp_path / "theirs.engine")))
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    theirs = tmp_path / "theirs.engine"
+    shutil.copy(ours.with_name("ours.engine.json"), tmp_path / "theirs.engine.json")
+    data = json.loads((tmp_path / "theirs.engine.json").read_text())
+    data["artifact"], data["sha256"] = theirs.name, file_sha256(theirs)
+    (tmp_path / "theirs.engine.json").write_text(json.dumps(data))
+    x = np.random.default_rng(0).standard_normal((2, 3, record.model.img_size, record.model.img_size))
+    a, b = tensorrt_runner(ours), tensorrt_runner(theirs)
+    np.testing.assert_allclose(b.run(x.astype(np.float32)), a.run(x.astype(np.float32)), rtol=1e-3, atol=1e-3)
+    a.close()
+    b.close()
