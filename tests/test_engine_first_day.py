@@ -341,6 +341,28 @@ def test_cuda_graph_runner_recovers_from_a_failed_enqueue_in_capture(tmp_path, b
     assert not rt.execs
 
 
+def test_invalidated_capture_is_one_line_and_the_next_call_works(tmp_path, boundary):
+    """CUDA ends an invalidated capture with an error and no graph: one line naming the fix, and the stream is
+    usable again for the next call."""
+    _, log, rt = boundary
+    engine = engine_with_manifest(tmp_path / "e")
+    runner = tensorrt_runner(engine, cuda_graph=True)
+    end = rt.cudaStreamEndCapture
+
+    def invalidated(stream):
+        rt.graphs.discard(end(stream)[1])   # ended, and no graph comes back
+        return (rt.cudaError_t.cudaErrorIllegalState, None)
+
+    rt.cudaStreamEndCapture = invalidated
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    with pytest.raises(InputError, match=r"^model\.engine: capturing a CUDA graph failed \(CUDA error 401\): run "
+                                         "without --cuda-graph$"):
+        runner.run(x)
+    rt.cudaStreamEndCapture = end
+    assert not rt.capturing and runner.run(x).shape == (1, 10) and not rt.graphs
+    runner.close()
+
+
 @pytest.mark.gpu
 def test_real_cuda_python_capture_after_a_failed_enqueue():
     """On a real GPU (benchmarks/gpu_check.sh): an enqueue that fails inside CudaBindings.capture leaves the stream

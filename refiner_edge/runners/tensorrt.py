@@ -283,7 +283,10 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
         if capturable is not None and not capturable(cuda.stream_handle):
             raise InputError(f"{path.name}: {info.flavour} cannot capture this engine into a CUDA graph on this "
                              "stream: run without --cuda-graph")
-        return cuda.capture(enqueue)
+        try:
+            return cuda.capture(enqueue)
+        except RuntimeError as e:   # CUDA refused the capture (e.g. it was invalidated by a synchronizing call)
+            raise InputError(f"{path.name}: capturing a CUDA graph failed ({e}): run without --cuda-graph") from None
 
     def run(x: np.ndarray) -> np.ndarray:
         if not free_buffers.alive:
