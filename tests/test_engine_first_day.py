@@ -705,3 +705,67 @@ def test_trtexec_line_of_a_real_build_makes_an_engine_that_runs_alike(tmp_path, 
     np.testing.assert_allclose(b.run(x.astype(np.float32)), a.run(x.astype(np.float32)), rtol=1e-3, atol=1e-3)
     a.close()
     b.close()
+
+
+class _Delegate:
+    """Passes every attribute through to `inner`, except those set on it (failure injection on a real object)."""
+
+    def __init__(self, inner, **overrides):
+        self.__dict__.update(_inner=inner, **overrides)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_real_engine_cuda_graph_after_a_failed_enqueue(tmp_path, tiny_plain, monkeypatch):
+    """On a GPU with TensorRT (benchmarks/gpu_check.sh): real TensorRT and cuda-python, the enqueue inside the first
+    capture made to fail once. That call is one line; the next ones capture, replay and match ONNX Runtime."""
+    if importlib.util.find_spec("tensorrt") is None:
+        pytest.skip("tensorrt is not installed (NVIDIA's index; JetPack ships it): TensorRT builds are not run here")
+    pytest.importorskip("cuda.bindings.runtime", reason="cuda-python (cuda.bindings) is not installed")
+    from refiner_edge.engine.targets import detect_gpu, get_target
+    from refiner_edge.runners.runtime import load_runner
+
+    if detect_gpu() is None:
+        pytest.skip("no CUDA GPU: TensorRT builds on the GPU it targets")
+    engine = tmp_path / "tiny.engine"
+    build_engine(tiny_plain, engine, BuildOptions(get_target("auto"), batch=(1, 2, 4)))
+    real = runner_module.local_runtime
+    calls = {"n": 0}
+
+    def execute(context):
+        def call(stream):
+            calls["n"] += 1
+            return False if calls["n"] == 2 else context.execute_async_v3(stream)   # 2: the first capture's
+        return call
+
+    def local_runtime(flavour):
+        trt, runtime = real(flavour)
+
+        def make_runtime(logger):
+            rt = trt.Runtime(logger)
+
+            def deserialize(data):
+                plan = rt.deserialize_cuda_engine(data)
+
+                def context():
+                    ctx = plan.create_execution_context()
+                    return _Delegate(ctx, execute_async_v3=execute(ctx))
+                return _Delegate(plan, create_execution_context=context)
+            return _Delegate(rt, deserialize_cuda_engine=deserialize)
+        return _Delegate(trt, Runtime=make_runtime), runtime
+
+    monkeypatch.setattr(runner_module, "local_runtime", local_runtime)
+    runner = tensorrt_runner(engine, cuda_graph=True)
+    ort = load_runner("onnxruntime", onnx=tiny_plain)
+    size = runner.manifest.model.img_size
+    x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+    with pytest.raises(InputError, match="TensorRT could not run the batch"):
+        runner.run(x)
+    expected = ort(x)
+    for _ in range(3):   # plain + capture, then replays
+        np.testing.assert_allclose(runner.run(x), expected, rtol=1e-2, atol=1e-2)
+    assert calls["n"] == 4
+    runner.close()
