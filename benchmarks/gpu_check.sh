@@ -73,9 +73,10 @@ step pytest_gpu 240 "$PY" -m pytest -q -m "gpu or tensorrt" -p no:cacheprovider 
 step pytest_cpp_engine 120 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cpp.py -k engine_runs_through
 
 # the runner's CUDA-graph path after an enqueue that fails inside the capture (real cuda-python: the stream leaves
-# capture mode and the next capture replays), and the warm-up and failure-injection tests beside it
-step cuda_graph_failed_enqueue 90 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_engine_first_day.py \
-  -k "capture or warm_up"
+# capture mode and the next capture replays; with tensorrt, a real engine whose first capture's enqueue fails),
+# and the warm-up and failure-injection tests beside it
+step cuda_graph_failed_enqueue 120 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_engine_first_day.py \
+  -k "capture or warm_up or failed_enqueue"
 
 # without PyTorch's caching allocator every tensor is its own allocation, so small out-of-bounds accesses show
 if command -v compute-sanitizer > /dev/null; then
