@@ -151,10 +151,11 @@ def max_engine_batch(manifest) -> int | None:
 
 def check_options(manifest, options: ServeOptions) -> None:
     """Refuse options that cannot serve the model of `manifest` (None: no manifest), before a server starts."""
-    if options.max_batch < 1:
-        raise InputError(f"--max-batch must be at least 1, got {options.max_batch}")
-    if options.queue_delay_us < 0:
-        raise InputError(f"--queue-delay-us must be >= 0, got {options.queue_delay_us}")
+    from .triton import INT32_MAX, QUEUE_DELAY_MAX_US, check_model_name, check_range
+
+    check_model_name(options.name)   # PyTriton's own rule, refused here in one line before it starts
+    check_range(options.max_batch, 1, INT32_MAX, "--max-batch")
+    check_range(options.queue_delay_us, 0, QUEUE_DELAY_MAX_US, "--queue-delay-us")
     bad = [b for b in options.preferred_batch if not 1 <= b <= options.max_batch]
     if bad:
         raise InputError(f"--preferred-batch sizes must be between 1 and --max-batch {options.max_batch}, got {bad}")

@@ -1,0 +1,270 @@
+"""Deploy, serve and the CLI's printing against hostile but realistic input: engines swapped behind their
+manifests, fixed-batch graphs, links, names that would inject config fields, file names that look like Rich markup,
+graphs of another interface, labels files with commas and tabs, and `serve` stopped by SIGTERM. The configs Triton
+must accept are loaded by a real tritonserver (PyTriton's binary, serve's environment) on loopback."""
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from refiner_edge.manifest import manifest_path, read_manifest
+
+from .helpers import assert_clean_failure, free_port, invoke
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
+HAS_PB = importlib.util.find_spec("tritonclient") is not None and importlib.util.find_spec("google.protobuf") \
+    is not None
+needs_pb = pytest.mark.skipif(not HAS_PB, reason="tritonclient[grpc] is not installed (pip install "
+                              "'refiner-edge[client]'): it holds Triton's model-config protobuf")
+
+
+def parse_config(path: Path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tmp_path_factory, tiny_plain):
+    if not HAS_RTX:
+        pytest.skip("tensorrt-rtx is not installed (pip install 'refiner-edge[rtx]'): no engine to deploy")
+    from refiner_edge.engine.build import BuildOptions, build_engine
+    from refiner_edge.engine.targets import TARGETS
+
+    out = tmp_path_factory.mktemp("hostile_engine") / "tiny.engine"
+    build_engine(tiny_plain, out, BuildOptions(TARGETS["rtx-sm89"], batch=(1, 2, 8)))
+    return out
+
+
+def engine_with(folder: Path, tiny_engine: Path, name: str = "tiny.engine", **engine_fields) -> Path:
+    """A copy of the tiny engine whose manifest says `engine_fields` (the file itself is unchanged)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    engine = folder / name
+    shutil.copyfile(tiny_engine, engine)
+    data = json.loads(manifest_path(tiny_engine).read_text())
+    data["engine"].update(engine_fields)
+    manifest_path(engine).write_text(json.dumps(data))
+    return engine
+
+
+# --- 11: deploy deepstream checks the engine against its manifest ----------------------------------------------
+
+def test_deepstream_refuses_an_engine_its_manifest_does_not_describe(tmp_path, tiny_engine):
+    """An engine swapped behind its manifest (fp16, profile up to 4 in the manifest; another file): the config would
+    carry the manifest's network-mode and batch-size for an engine they do not describe. Refused with the rebuild
+    line, as deploy triton and the C++ library refuse it; nothing is written."""
+    engine = engine_with(tmp_path / "e", tiny_engine, precision="fp16")
+    with open(engine, "ab") as f:
+        f.write(b"swapped")
+    out = tmp_path / "ds"
+    result = invoke("deploy", "deepstream", "--engine", engine, "-o", out)
+    assert_clean_failure(result, "tiny.engine is not the engine its manifest describes (SHA-256 differs)",
+                         "rebuild with: ")
+    assert result.exit_code == 2 and not out.exists()
+    assert_clean_failure(invoke("deploy", "triton", "--engine", engine, "-o", tmp_path / "r"), "SHA-256 differs")
+
+
+# --- 12: a fixed-batch graph --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fixed_graph(tmp_path_factory, tiny_model) -> Path:
+    """The tiny model exported with a fixed batch of 2 (`export --batch 2`)."""
+    from refiner_edge.onnx.export import export_onnx
+
+    out = tmp_path_factory.mktemp("fixed") / "fixed.onnx"
+    export_onnx(tiny_model, out, batch=2)
+    assert read_manifest(out).graph.batch == 2
+    return out
+
+
+@needs_pb
+def test_fixed_batch_repository_writes_full_shapes_everywhere(tmp_path, fixed_graph):
+    """max_batch_size 0 (Triton does not batch), so every dim is the full shape: the batch of 2 leads the model's,
+    the preprocessing model's and the ensemble's tensors alike (the ensemble's steps must agree: tritonserver
+    refuses "inconsistent shape" otherwise)."""
+    repo = tmp_path / "repo"
+    result = invoke("deploy", "triton", "--onnx", fixed_graph, "-o", repo, "--kind", "cpu")
+    assert result.exit_code == 0, result.output
+    m = read_manifest(fixed_graph)
+    model, pre, ens = (parse_config(repo / n / "config.pbtxt") for n in ("refiner", "refiner_preprocess",
+                                                                         "refiner_ensemble"))
+    assert model.max_batch_size == pre.max_batch_size == ens.max_batch_size == 0
+    assert list(model.input[0].dims) == list(pre.output[0].dims) == [2, 3, 64, 64]
+    assert list(model.output[0].dims) == list(ens.output[0].dims) == [2, m.model.num_classes]
+    assert list(pre.input[0].dims) == list(ens.input[0].dims) == [2]
+    assert not model.HasField("dynamic_batching") and not pre.HasField("dynamic_batching")
+
+
+# --- 13: links keep their manifest ------------------------------------------------------------------------------
+
+def test_a_linked_graph_and_engine_keep_their_manifest(tmp_path, tiny_plain, tiny_engine, sample_photos):
+    """current.onnx -> tiny.onnx: preprocess, infer and deploy read tiny.onnx's manifest (its 64-pixel crop, its
+    names), not the defaults of another variant, and do not say "has no manifest"."""
+    link = tmp_path / "current.onnx"
+    link.symlink_to(tiny_plain)
+    assert read_manifest(link) == read_manifest(tiny_plain)
+    from refiner_edge.images.preprocess import Preprocess
+    from refiner_edge.images.tensor_file import read_tensor
+
+    out = tmp_path / "x.rfet"
+    result = invoke("preprocess", sample_photos[0], "--onnx", link, "-o", out)
+    assert result.exit_code == 0, result.output
+    want = Preprocess.from_record(read_manifest(tiny_plain).preprocess).load(sample_photos[0])
+    np.testing.assert_array_equal(read_tensor(out), want)
+    result = invoke("deploy", "triton", "--onnx", link, "-o", tmp_path / "repo", "--json")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "repo" / "refiner" / "1" / "model.onnx").read_bytes() == tiny_plain.read_bytes()
+
+    engine_link = tmp_path / "current.engine"
+    engine_link.symlink_to(tiny_engine)
+    result = invoke("deploy", "deepstream", "--engine", engine_link, "-o", tmp_path / "ds")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ds" / "current.engine").read_bytes() == tiny_engine.read_bytes()
+    # a link whose target has no manifest still says so
+    bare = tmp_path / "bare.onnx"
+    shutil.copyfile(tiny_plain, bare)
+    (tmp_path / "bare-link.onnx").symlink_to(bare)
+    assert_clean_failure(invoke("deploy", "triton", "--onnx", tmp_path / "bare-link.onnx", "-o", tmp_path / "r"),
+                         "has no manifest")
+
+
+# --- 14: names and ranges as Triton takes them --------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ['my"model', "a\nb", "a/b", "a b", ".hidden", "x" * 201, "", "a\\b", "modèle"])
+def test_deploy_triton_refuses_names_triton_cannot_take(tmp_path, tiny_plain, name):
+    result = invoke("deploy", "triton", "--onnx", tiny_plain, "-o", tmp_path / "r", "--name", name)
+    assert_clean_failure(result, "--name must be")
+    assert result.exit_code == 2 and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("option,value", [("--queue-delay-us", str(2**64)), ("--instances", str(2**31)),
+                                          ("--max-batch", str(2**31))])
+def test_deploy_triton_refuses_numbers_out_of_their_field(tmp_path, tiny_plain, option, value):
+    result = invoke("deploy", "triton", "--onnx", tiny_plain, "-o", tmp_path / "r", option, value)
+    assert_clean_failure(result, f"{option} must be between")
+    assert result.exit_code == 2 and not (tmp_path / "r").exists()
+
+
+@needs_pb
+def test_graph_tensor_names_are_escaped_not_injected(tmp_path, tiny_plain):
+    """A manifest naming the output 'logits" max_batch_size: 99 x: "' (hand-edited): the config still parses, with
+    the name as it is and no field of its own."""
+    graph = tmp_path / "g.onnx"
+    shutil.copyfile(tiny_plain, graph)
+    data = json.loads(manifest_path(tiny_plain).read_text())
+    data["graph"]["output"] = 'logits" }\n] max_batch_size: 99 #'
+    data["artifact"] = "g.onnx\nmax_batch_size: 99"
+    manifest_path(graph).write_text(json.dumps(data))
+    assert invoke("deploy", "triton", "--onnx", graph, "-o", tmp_path / "repo", "--max-batch", "4").exit_code == 0
+    for name in ("refiner", "refiner_ensemble"):
+        cfg = parse_config(tmp_path / "repo" / name / "config.pbtxt")
+        assert cfg.max_batch_size == 4 and cfg.output[0].name == data["graph"]["output"]
+
+
+def test_deepstream_refuses_an_engine_name_with_a_newline(tmp_path, tiny_engine):
+    engine = engine_with(tmp_path / "e", tiny_engine, name="tiny\nbatch-size=64.engine")
+    result = invoke("deploy", "deepstream", "--engine", engine, "-o", tmp_path / "ds")
+    assert_clean_failure(result, "control character")
+    assert result.exit_code == 2 and not (tmp_path / "ds").exists()
+
+
+def test_deepstream_escapes_a_backslash_in_the_engine_name(tmp_path, tiny_engine):
+    """GLib's key files read a backslash as an escape: nvinfer would look for another file."""
+    engine = engine_with(tmp_path / "e", tiny_engine, name="tiny\\v2.engine")
+    assert invoke("deploy", "deepstream", "--engine", engine, "-o", tmp_path / "ds").exit_code == 0
+    text = (tmp_path / "ds" / "config_infer_refiner.txt").read_text()
+    assert "model-engine-file=tiny\\\\v2.engine\n" in text and (tmp_path / "ds" / "tiny\\v2.engine").is_file()
+
+
+def run_cli(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The CLI in a process of its own: `serve` replaces its process with serve's environment's interpreter."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("name", ["a/b", 'my"model', "a b"])
+def test_serve_refuses_a_model_name_in_one_line(tiny_plain, name):
+    """PyTriton's rule, checked before any server or environment: not "unexpected PyTritonValidationError"."""
+    result = run_cli("serve", "--onnx", tiny_plain, "--name", name, "--host", "127.0.0.1", "--http-port",
+                     free_port(), "--grpc-port", free_port())
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and lines[-1].startswith("error: --name must be"), result.stderr[-2000:]
+    assert len([line for line in lines if line.startswith("error:")]) == 1 and "Traceback" not in result.stderr
+
+
+# --- issue 24 item 3: what a library-form or version-compatible engine needs, in the files written ---------------
+
+@needs_pb
+def test_repository_says_how_to_load_a_version_compatible_library_engine(tmp_path, tiny_engine):
+    library = tmp_path / "e" / "libRefinerDLA.so"
+    library.parent.mkdir()
+    library.write_bytes(b"\x7fELF stand-in for the plugin library")
+    engine = engine_with(tmp_path / "e", tiny_engine, plugin_form="library", plugin_library=str(library),
+                         plugin_sha256=None, version_compatible=True)
+    repo = tmp_path / "repo"
+    result = invoke("deploy", "triton", "--engine", engine, "-o", repo, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    plugins = "--backend-config=tensorrt,plugins=/models/refiner/plugins/libRefinerDLA.so"
+    compatible = "--backend-config=tensorrt,version-compatible=true"
+    assert summary["backend_config"] == [plugins, compatible]
+    assert plugins in summary["server_command"] and compatible in summary["server_command"]
+    text = (repo / "refiner" / "config.pbtxt").read_text()
+    assert f"# Load it with: tritonserver --model-repository=/models {plugins} {compatible}\n" in text
+    assert (repo / "refiner" / "plugins" / "libRefinerDLA.so").read_bytes() == library.read_bytes()
+    assert parse_config(repo / "refiner" / "config.pbtxt").platform == "tensorrt_plan"
+    # printed too, without --json
+    result = invoke("deploy", "triton", "--engine", engine, "-o", repo)
+    assert result.exit_code == 0 and compatible in result.stdout and plugins in result.stdout
+
+    # a plain engine needs neither
+    result = invoke("deploy", "triton", "--engine", tiny_engine, "-o", tmp_path / "plain", "--json")
+    assert json.loads(result.stdout)["backend_config"] == []
+    assert "Load it with" not in (tmp_path / "plain" / "refiner" / "config.pbtxt").read_text()
+
+
+def test_deepstream_points_custom_lib_path_at_the_manifests_library(tmp_path, tiny_engine):
+    library = tmp_path / "e" / "libRefinerDLA.so"
+    library.parent.mkdir()
+    library.write_bytes(b"\x7fELF stand-in for the plugin library")
+    engine = engine_with(tmp_path / "e", tiny_engine, plugin_form="library", plugin_library=str(library),
+                         plugin_sha256=None, version_compatible=True)
+    out = tmp_path / "ds"
+    result = invoke("deploy", "deepstream", "--engine", engine, "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    text = (out / "config_infer_refiner.txt").read_text()
+    assert "\ncustom-lib-path=plugins/libRefinerDLA.so\n" in text
+    assert (out / "plugins" / "libRefinerDLA.so").read_bytes() == library.read_bytes()
+    assert any("version-compatible" in n for n in json.loads(result.stdout)["notes"])
+
+
+# --- 15: file names are never Rich markup ------------------------------------------------------------------------
+
+def test_file_names_that_look_like_markup_print_as_they_are(tmp_path, tiny_plain, sample_photos):
+    folder = tmp_path / "old [/archive]"   # the folder "archive]" inside "old ["
+    folder.mkdir(parents=True)
+    photo = folder / "holiday [draft].jpg"
+    shutil.copyfile(sample_photos[0], photo)
+    result = invoke("infer", "--onnx", tiny_plain, folder)
+    assert result.exit_code == 0, result.output
+    assert str(photo) in result.stdout
+
+
+def test_spinner_and_progress_take_file_names_as_text(monkeypatch, capsys):
+    """On a terminal (FORCE_COLOR makes Rich treat stderr as one) the spinner and progress labels hold names."""
+    from refiner_edge.cli.common import phases, status
+
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    with status("exporting to x [/y]/c.onnx ..."):
+        pass
+    with phases() as phase:
+        phase("classifying old [/archive]", 2)(2)
