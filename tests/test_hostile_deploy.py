@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from refiner_edge.deploy.serve import wait_ready
 from refiner_edge.manifest import manifest_path, read_manifest
 
-from .helpers import assert_clean_failure, free_port, invoke
+from .helpers import assert_clean_failure, free_port, invoke, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
@@ -268,3 +269,148 @@ def test_spinner_and_progress_take_file_names_as_text(monkeypatch, capsys):
         pass
     with phases() as phase:
         phase("classifying old [/archive]", 2)(2)
+
+
+# --- 12 and 14 in a real tritonserver -------------------------------------------------------------------------------
+
+# Where serve's interpreter has PyTriton's tritonserver, its libraries, its libpython and its version.
+SERVER_PATHS = ("import sys, sysconfig, pytriton\nfrom pathlib import Path\nfrom pytriton.utils.distribution import "
+                "get_libs_path\nprint(Path(pytriton.__file__).parent, get_libs_path(), sysconfig.get_config_var('LIBDIR'), "
+                "f'{sys.version_info.major}.{sys.version_info.minor}')")
+
+# The model's stand-in: PyTriton's tritonserver has the Python backend only (no onnxruntime or tensorrt backend),
+# so the graph's model is served by this, under the very config deploy wrote (its platform swapped for the Python
+# backend; names, dims, max_batch_size, batching and instances as written). It answers zeros of the output's shape.
+STAND_IN = '''import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.output = config["output"][0]
+        self.batched = config["max_batch_size"] > 0
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, self.input_name(request)).as_numpy()
+            dims = [int(d) for d in self.output["dims"]]
+            shape = [x.shape[0], *dims] if self.batched else dims
+            responses.append(pb_utils.InferenceResponse(
+                [pb_utils.Tensor(self.output["name"], np.zeros(shape, np.float32))]))
+        return responses
+
+    @staticmethod
+    def input_name(request):
+        return request.inputs()[0].name()
+'''
+
+
+def stand_in(repo: Path, name: str) -> None:
+    """Serve model `name` of `repo` by the Python stand-in, keeping the rest of its config.pbtxt as deploy wrote it."""
+    from google.protobuf import text_format
+
+    cfg = parse_config(repo / name / "config.pbtxt")
+    cfg.ClearField("platform")
+    cfg.ClearField("default_model_filename")
+    cfg.backend = "python"
+    for group in cfg.instance_group:
+        group.kind = group.KIND_CPU
+    (repo / name / "config.pbtxt").write_text(text_format.MessageToString(cfg))
+    for f in (repo / name / "1").iterdir():
+        f.unlink()
+    (repo / name / "1" / "model.py").write_text(STAND_IN)
+
+
+@pytest.fixture(scope="module")
+def tritonserver(serve_python, tmp_path_factory):
+    """start(repo, models) -> (url, process): PyTriton's tritonserver on loopback loading `models` of `repo`
+    (explicit model control), with serve's environment's Python-backend stub; stopped at the end of the test."""
+    where = subprocess.run([str(serve_python), "-c", SERVER_PATHS], capture_output=True, text=True, timeout=120,
+                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert where.returncode == 0, where.stderr[-2000:]
+    pytriton_dir, libs, libdir, version = where.stdout.split()
+    server = Path(pytriton_dir) / "tritonserver"
+    backends = tmp_path_factory.mktemp("backends") / "backends"
+    shutil.copytree(server / "backends", backends)
+    shutil.copy2(server / "python_backend_stubs" / version / "triton_python_backend_stub", backends / "python")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, libs, env.get("LD_LIBRARY_PATH", "")])
+    env["PATH"] = os.pathsep.join([str(Path(serve_python).parent), env.get("PATH", "")])
+    started = []
+
+    def start(repo: Path, models: list[str]):
+        http = free_port()
+        cmd = [str(server / "bin" / "tritonserver"), f"--model-repository={repo}", f"--backend-directory={backends}",
+               "--model-control-mode=explicit", *[f"--load-model={m}" for m in models],
+               "--http-address=127.0.0.1", f"--http-port={http}", "--allow-grpc=false", "--allow-metrics=false",
+               "--exit-timeout-secs=2", "--exit-on-error=true"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        started.append(proc)
+        url = f"127.0.0.1:{http}"
+        try:
+            wait_ready(url, models, timeout=90, alive=lambda: proc.poll() is None)
+        except (RuntimeError, TimeoutError):
+            stop(proc)
+            pytest.fail(f"tritonserver did not load {models}: {proc.stdout.read()[-4000:]}")
+        return url, proc
+
+    yield start
+    for proc in started:
+        stop(proc)
+
+
+@pytest.mark.serve
+@needs_pb
+def test_fixed_batch_ensemble_loads_and_answers_in_a_real_tritonserver(tmp_path, fixed_graph, sample_photos,
+                                                                     tritonserver):
+    """`export --batch 2` then `deploy triton`: tritonserver loads the ensemble (it refused it before with
+    "inconsistent shape") and answers two encoded images with [2, classes]."""
+    import tritonclient.http as httpclient
+
+    repo = tmp_path / "repo"
+    assert invoke("deploy", "triton", "--onnx", fixed_graph, "-o", repo, "--kind", "cpu").exit_code == 0
+    stand_in(repo, "refiner")
+    url, _proc = tritonserver(repo, ["refiner", "refiner_preprocess", "refiner_ensemble"])
+    client = httpclient.InferenceServerClient(url)
+    try:
+        x = httpclient.InferInput("image", [2], "BYTES")
+        x.set_data_from_numpy(np.array([p.read_bytes() for p in sample_photos], dtype=object))
+        logits = client.infer("refiner_ensemble", [x]).as_numpy(read_manifest(fixed_graph).graph.output)
+    finally:
+        client.close()
+    assert logits.shape == (2, read_manifest(fixed_graph).model.num_classes)
+
+
+@pytest.mark.serve
+@needs_pb
+def test_names_and_ranges_deploy_accepts_load_in_a_real_tritonserver(tmp_path, tiny_plain, tritonserver):
+    """The edges of what deploy triton accepts load: a name of every allowed kind of character, the longest queue
+    delay, two instances, preferred batches; and a graph output name with a quote and a newline, escaped."""
+    import tritonclient.http as httpclient
+
+    from refiner_edge.deploy.triton import QUEUE_DELAY_MAX_US
+
+    graph = tmp_path / "g.onnx"
+    shutil.copyfile(tiny_plain, graph)
+    data = json.loads(manifest_path(tiny_plain).read_text())
+    data["graph"]["output"] = 'log"its\n2'
+    manifest_path(graph).write_text(json.dumps(data))
+    name = "Refiner-v2.1_x"
+    repo = tmp_path / "repo"
+    result = invoke("deploy", "triton", "--onnx", graph, "-o", repo, "--name", name, "--kind", "cpu",
+                    "--queue-delay-us", QUEUE_DELAY_MAX_US, "--instances", "2", "--max-batch", "4",
+                    "--preferred-batch", "2", "--preferred-batch", "4")
+    assert result.exit_code == 0, result.output
+    stand_in(repo, name)
+    models = [name, f"{name}_preprocess", f"{name}_ensemble"]
+    url, _proc = tritonserver(repo, models)
+    client = httpclient.InferenceServerClient(url)
+    try:
+        for model in models:
+            assert client.get_model_config(model)["name"] == model
+        assert client.get_model_config(name)["output"][0]["name"] == 'log"its\n2'
+    finally:
+        client.close()
