@@ -414,3 +414,28 @@ def test_names_and_ranges_deploy_accepts_load_in_a_real_tritonserver(tmp_path, t
         assert client.get_model_config(name)["output"][0]["name"] == 'log"its\n2'
     finally:
         client.close()
+
+
+# --- 20: labels files name files with commas, tabs and quotes ----------------------------------------------------
+
+def test_labels_file_names_files_with_commas_tabs_and_quotes(tmp_path, sample_photos):
+    """The path is everything before the last run of blanks/tabs/commas; a quoted name is taken as it is."""
+    from refiner_edge.errors import InputError
+    from refiner_edge.images.imageset import ImageSet, labels_line, load_labels
+
+    root = tmp_path / "imgs"
+    names = ["beach, day 1.jpg", "a\tb.jpg", "sub/plain.jpg", 'odd, ".jpg', "trailing,.jpg"]
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sample_photos[0], root / name)
+    images = ImageSet(paths=[root / n for n in names], arrays=np.zeros((len(names), 3, 8, 8), np.float32))
+    table = tmp_path / "labels.txt"
+    table.write_text("# path index\nbeach, day 1.jpg 3\na\tb.jpg\t4\nsub/plain.jpg,5\n\"odd, \"\".jpg\",6\n"
+                     "\"trailing,.jpg\" 7\n")
+    assert list(load_labels(table, images, root)) == [3, 4, 5, 6, 7]
+    assert labels_line("x.jpg, 3 ") == ("x.jpg", 3) and labels_line("  sub/a b.jpg   12") == ("sub/a b.jpg", 12)
+    for bad in ("x.jpg", "3", "x.jpg three", '"unterminated.jpg 3'):
+        assert labels_line(bad) is None
+    table.write_text('"unterminated.jpg 3\n')
+    with pytest.raises(InputError, match=r"labels.txt:1: expected .*double quotes"):
+        load_labels(table, images, root)
