@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -439,3 +440,42 @@ def test_labels_file_names_files_with_commas_tabs_and_quotes(tmp_path, sample_ph
     table.write_text('"unterminated.jpg 3\n')
     with pytest.raises(InputError, match=r"labels.txt:1: expected .*double quotes"):
         load_labels(table, images, root)
+
+
+def triton_model_copies(name: str) -> list[Path]:
+    """The copies tritonserver makes of models loaded through its API (PyTriton's), folderXXXXXX in /tmp, of model
+    `name` or NAME_image."""
+    found = []
+    for folder in Path("/tmp").glob("folder*"):
+        try:
+            text = (folder / "config.pbtxt").read_text(errors="replace")
+        except OSError:
+            continue
+        if f'"{name}"' in text or f'"{name}_image"' in text:
+            found.append(folder)
+    return found
+
+
+@pytest.mark.serve
+@pytest.mark.slow
+def test_sigterm_stops_serve_gracefully_and_leaves_no_model_copies(tiny_plain, serve_python):
+    """`timeout`/`docker stop` send SIGTERM: tritonserver is stopped with its models unloaded (no "exited with
+    failure", no "Non-graceful termination"), its temporary model copies are gone, one `error: interrupted` line."""
+    name = f"sigterm_{os.getpid()}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "serve", "--onnx", str(tiny_plain), "--name",
+                             name, "--host", "127.0.0.1", "--http-port", str(free_port()), "--grpc-port",
+                             str(free_port()), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        ready = json.loads(proc.stdout.readline() or "null")
+        assert ready is not None, proc.stderr.read()[-3000:] if proc.poll() is not None else "no ready line"
+        assert triton_model_copies(name), "the server made no model copies to check for"
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=90)
+    finally:
+        stop(proc)
+    assert proc.returncode == 130, err[-3000:]
+    assert "exited with failure" not in err and "Non-graceful termination" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in err, err[-3000:]
+    assert triton_model_copies(name) == []

@@ -116,7 +116,12 @@ class ServeOptions:
     max_batch: int | None = None
     queue_delay_us: int | None = None
     preferred_batch: tuple[int, ...] = ()
-    exit_timeout_s: int = 5   # how long tritonserver waits for in-flight requests on shutdown
+    # how long tritonserver waits on shutdown for in-flight requests and for its models to unload. Unloading is what
+    # removes the copy of each model Triton made in the temporary folder (folderXXXXXX), and the encoded-image
+    # model's instances unload one after another (~15 s for 8 on a 2-core machine): a shorter limit ended the server
+    # "with failure", its Python stubs reporting "Non-graceful termination", and left the copies behind. PyTriton
+    # kills the server 30 s after its stop, so this stays below that.
+    exit_timeout_s: int = 25
 
     def __post_init__(self):
         self.name = default(self.name, defaults.SERVE_NAME)
