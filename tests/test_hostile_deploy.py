@@ -479,3 +479,76 @@ def test_sigterm_stops_serve_gracefully_and_leaves_no_model_copies(tiny_plain, s
     assert "exited with failure" not in err and "Non-graceful termination" not in err, err[-3000:]
     assert err.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in err, err[-3000:]
     assert triton_model_copies(name) == []
+
+
+# --- 17: graphs of another interface -------------------------------------------------------------------------------
+
+def small_graph(path: Path, kind: str) -> Path:
+    """A 64x64 classifier of 10 classes (GlobalAveragePool, MatMul) with the interface `kind` names: ok (FP32 NCHW,
+    [B, 10]), fp16 or uint8 input, nhwc, two inputs, rank1 (output [10]), seven (7 classes)."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    classes = 7 if kind == "seven" else 10
+    dtype = {"fp16": T.FLOAT16, "uint8": T.UINT8}.get(kind, T.FLOAT)
+    shape = ["N", 64, 64, 3] if kind == "nhwc" else [1 if kind == "rank1" else "N", 3, 64, 64]
+    inputs = [h.make_tensor_value_info("input", dtype, shape)]
+    nodes, x = [], "input"
+    if kind in ("fp16", "uint8"):
+        nodes.append(h.make_node("Cast", [x], ["cast"], to=T.FLOAT))
+        x = "cast"
+    if kind == "nhwc":
+        nodes.append(h.make_node("Transpose", [x], ["nchw"], perm=[0, 3, 1, 2]))
+        x = "nchw"
+    if kind == "two":
+        inputs.append(h.make_tensor_value_info("second", T.FLOAT, shape))
+        nodes.append(h.make_node("Add", [x, "second"], ["sum"]))
+        x = "sum"
+    inits = [nh.from_array(np.random.default_rng(0).standard_normal((3, classes)).astype(np.float32), "w")]
+    nodes += [h.make_node("GlobalAveragePool", [x], ["pool"]), h.make_node("Flatten", ["pool"], ["flat"]),
+              h.make_node("MatMul", ["flat", "w"], ["logits2d" if kind == "rank1" else "logits"])]
+    if kind == "rank1":
+        nodes.append(h.make_node("Reshape", ["logits2d", "shape"], ["logits"]))
+        inits.append(nh.from_array(np.array([classes], np.int64), "shape"))
+    out_shape = [classes] if kind == "rank1" else ["N", classes]
+    graph = h.make_graph(nodes, kind, inputs, [h.make_tensor_value_info("logits", T.FLOAT, out_shape)], inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+OTHER_INTERFACES = {"fp16": "is float16, not float32", "uint8": "is uint8, not float32",
+                    "nhwc": "(channels last, NHWC?)", "two": "it has 2 inputs ('input', 'second')",
+                    "rank1": "has shape [10], not [B, classes]"}
+
+
+@pytest.mark.parametrize("kind", sorted(OTHER_INTERFACES))
+def test_graphs_of_another_interface_end_in_one_line(tmp_path, kind, sample_photos):
+    graph = small_graph(tmp_path / f"{kind}.onnx", kind)
+    why = OTHER_INTERFACES[kind]
+    for args in (["infer", "--onnx", graph, "--variant", "refiner-vit-tiny", sample_photos[0]],
+                 ["bench", "--onnx", graph, "--iterations", "1"],
+                 ["calibrate", "--onnx", graph, "--images", sample_photos[0].parent, "--precision", "fp16", "-o",
+                  tmp_path / "c.onnx"],
+                 ["fuse", graph, "-o", tmp_path / "f.onnx"],
+                 ["validate", "--onnx", small_graph(tmp_path / "ok.onnx", "ok"), "--reference", graph, "--images",
+                  sample_photos[0].parent, "--variant", "refiner-vit-tiny"]):
+        result = invoke(*args)
+        assert_clean_failure(result, f"{graph.name}: ", why, "refiner-edge runs graphs with one FP32 input")
+        assert result.exit_code == 2, (args[0], result.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({graph.name, "ok.onnx"})
+
+
+def test_reference_with_another_class_count_and_nothing_to_fuse_are_one_line(tmp_path, sample_photos):
+    ok, seven = small_graph(tmp_path / "ok.onnx", "ok"), small_graph(tmp_path / "seven.onnx", "seven")
+    result = invoke("validate", "--onnx", ok, "--reference", seven, "--images", sample_photos[0].parent,
+                    "--variant", "refiner-vit-tiny")
+    assert_clean_failure(result, "has 7 classes and ok.onnx 10")
+    assert result.exit_code == 2
+    result = invoke("fuse", ok, "-o", tmp_path / "fused.onnx")
+    assert_clean_failure(result, "nothing to fuse: the graph has no attention-refinement subgraph")
+    assert result.exit_code == 2 and not (tmp_path / "fused.onnx").exists()
