@@ -178,6 +178,12 @@ def test_deepstream_refuses_an_engine_name_with_a_newline(tmp_path, tiny_engine)
     assert result.exit_code == 2 and not (tmp_path / "ds").exists()
 
 
+def test_deepstream_refuses_a_gpu_id_out_of_its_field(tmp_path, tiny_engine):
+    result = invoke("deploy", "deepstream", "--engine", tiny_engine, "-o", tmp_path / "ds", "--gpu-id", str(2**31))
+    assert_clean_failure(result, "--gpu-id must be between 0 and 2147483647")
+    assert result.exit_code == 2 and not (tmp_path / "ds").exists()
+
+
 def test_deepstream_escapes_a_backslash_in_the_engine_name(tmp_path, tiny_engine):
     """GLib's key files read a backslash as an escape: nvinfer would look for another file."""
     engine = engine_with(tmp_path / "e", tiny_engine, name="tiny\\v2.engine")

@@ -25,7 +25,7 @@ from ..artifacts import file_sha256
 from ..engine.checks import check_plugin_library, rebuild_line
 from ..errors import InputError
 from ..manifest import Manifest
-from .triton import check_file_name, comment_text, labels_text, publish_files
+from .triton import INT32_MAX, check_file_name, check_range, comment_text, labels_text, publish_files
 
 CONFIG_NAME = "config_infer_refiner.txt"
 NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}   # nvinfer's network-mode values
@@ -103,6 +103,7 @@ def write_deepstream(engine: str | Path, out: str | Path, batch: int | None = No
 
     if not math.isfinite(threshold):   # nvinfer would read 'nan' or 'inf' from the file and classify nothing
         raise InputError(f"--classifier-threshold must be a finite number (a logit), got {threshold}")
+    check_range(gpu_id, 0, INT32_MAX, "--gpu-id")   # nvinfer reads it as a GLib integer (int32)
     engine, out = Path(engine), Path(out)
     manifest = read_engine_manifest(engine)
     info = manifest.engine
