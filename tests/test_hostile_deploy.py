@@ -209,6 +209,16 @@ def test_serve_refuses_a_model_name_in_one_line(tiny_plain, name):
     assert len([line for line in lines if line.startswith("error:")]) == 1 and "Traceback" not in result.stderr
 
 
+def test_server_command_quotes_a_repository_path_with_blanks(tmp_path, tiny_plain):
+    import shlex
+
+    repo = tmp_path / "my models [v2]"
+    result = invoke("deploy", "triton", "--onnx", tiny_plain, "-o", repo, "--json")
+    assert result.exit_code == 0, result.output
+    words = shlex.split(json.loads(result.stdout)["server_command"])
+    assert words[words.index("-v") + 1] == f"{repo.resolve()}:/models"
+
+
 # --- issue 24 item 3: what a library-form or version-compatible engine needs, in the files written ---------------
 
 @needs_pb

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -80,7 +81,7 @@ class Repository:
     def server_command(self, image: str = "nvcr.io/nvidia/tritonserver:<yy.mm>-py3") -> str:
         options = "".join(f" {o}" for o in self.backend_config())
         return (f"docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 "
-                f"-v {self.path.resolve()}:{CONTAINER_REPO} {image} "
+                f"-v {shlex.quote(f'{self.path.resolve()}:{CONTAINER_REPO}')} {image} "
                 f"tritonserver --model-repository={CONTAINER_REPO}{options}")
 
     def to_dict(self) -> dict:
