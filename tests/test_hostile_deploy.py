@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -380,6 +381,7 @@ def tritonserver(serve_python, tmp_path_factory):
 
 
 @pytest.mark.serve
+@pytest.mark.slow
 @needs_pb
 def test_fixed_batch_ensemble_loads_and_answers_in_a_real_tritonserver(tmp_path, fixed_graph, sample_photos,
                                                                      tritonserver):
@@ -402,6 +404,7 @@ def test_fixed_batch_ensemble_loads_and_answers_in_a_real_tritonserver(tmp_path,
 
 
 @pytest.mark.serve
+@pytest.mark.slow
 @needs_pb
 def test_names_and_ranges_deploy_accepts_load_in_a_real_tritonserver(tmp_path, tiny_plain, tritonserver):
     """The edges of what deploy triton accepts load: a name of every allowed kind of character, the longest queue
@@ -462,7 +465,8 @@ def triton_model_copies(name: str) -> list[Path]:
     """The copies tritonserver makes of models loaded through its API (PyTriton's), folderXXXXXX in /tmp, of model
     `name` or NAME_image."""
     found = []
-    for folder in Path("/tmp").glob("folder*"):
+    places = {Path("/tmp"), Path(tempfile.gettempdir())}   # tritonserver writes them to /tmp whatever TMPDIR says
+    for folder in (f for place in places for f in place.glob("folder*")):
         try:
             text = (folder / "config.pbtxt").read_text(errors="replace")
         except OSError:
