@@ -136,8 +136,10 @@ def write_deepstream(engine: str | Path, out: str | Path, batch: int | None = No
         result.notes.append(f"{engine.name} was built by {info.flavour}: nvinfer loads TensorRT engines only; build "
                             "with TensorRT on (or for) the Jetson to run it")
     if info.version_compatible:
-        result.notes.append(f"{engine.name} is version-compatible: nvinfer deserializes it with the TensorRT it "
-                            "links, which must allow the lean runtime the plan carries (TensorRT >= the build's)")
+        result.notes.append(f"{engine.name} is version-compatible: it loads only where the runtime allows the lean "
+                            "runtime it carries (IRuntime::setEngineHostCodeAllowed), which nvinfer's config has no "
+                            "key for and which was not checked here; for DeepStream prefer an engine built without "
+                            "--version-compatible by the release's own TensorRT")
     if info.dla_core is not None:
         result.notes.append(f"the engine runs on DLA core {info.dla_core}: enable-dla=1, use-dla-core={info.dla_core}")
 
