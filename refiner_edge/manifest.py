@@ -191,6 +191,9 @@ def read_manifest(artifact: str | Path, required: bool = False, verify: bool = T
     no longer describes the file beside it (verify: its SHA-256 differs, e.g. a run that replaced the artifact was
     interrupted before its manifest was written)."""
     path = manifest_path(artifact)
+    if not path.is_file() and Path(artifact).is_symlink():
+        # a link (current.onnx -> refiner-vit-m.onnx) names the artifact it points to: its manifest lies beside that
+        path = manifest_path(Path(artifact).resolve())
     if not path.is_file():
         if required:
             raise InputError(f"{artifact} has no manifest ({path.name}): make it with refiner-edge")

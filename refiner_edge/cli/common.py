@@ -29,9 +29,11 @@ def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 
 
 def console(stderr: bool = False):
+    """The one Rich console every command prints through. Markup is off: what it prints holds file names, and
+    "holiday [draft].jpg" or "old [/archive]" are names, not styles (Rich would drop or refuse them)."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, markup=False)
 
 
 def note(message: str) -> None:
@@ -95,7 +97,7 @@ def phases(show: bool = True):
     if not (show and err.is_terminal):
         yield lambda label, total: (lambda n: None)
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as progress:
         def phase(label: str, total: int):
             task = progress.add_task(label, total=total or None)
@@ -111,7 +113,9 @@ def status(message: str):
     if not err.is_terminal:
         yield
         return
-    with err.status(message):
+    from rich.text import Text
+
+    with err.status(Text(message)):   # a Text, not a str: the spinner would read a str as markup
         yield
 
 

@@ -16,7 +16,8 @@ def validate(
     engine: Annotated[Optional[Path], typer.Option("--engine", help="TensorRT engine to check, run on TensorRT "
                                                    "[default: none].", dir_okay=False)] = None,
     labels: Annotated[Optional[str], typer.Option("--labels", help="'imagenet-folder' (class = sorted class "
-                                                  "folder index) or a file of 'relative/path index' lines; adds "
+                                                  "folder index) or a file of 'relative/path index' lines (index last, after a blank, tab or "
+                                                  "comma; a \"quoted\" path as it is, \"\" for a quote); adds "
                                                   "accuracy [default: none: no accuracy, agreement only].")] = None,
     reference: Annotated[str, typer.Option("--reference", help="'torch' (PyTorch FP32 from the checkpoint) or an "
                                            "ONNX file run on ONNX Runtime.")] = "torch",

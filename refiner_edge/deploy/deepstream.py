@@ -21,10 +21,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine.checks import check_plugin_library
+from ..artifacts import file_sha256
+from ..engine.checks import check_plugin_library, rebuild_line
 from ..errors import InputError
 from ..manifest import Manifest
-from .triton import labels_text, publish_files
+from .triton import INT32_MAX, check_file_name, check_range, comment_text, labels_text, publish_files
 
 CONFIG_NAME = "config_infer_refiner.txt"
 NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}   # nvinfer's network-mode values
@@ -52,6 +53,13 @@ def normalisation(manifest: Manifest) -> tuple[float, list[float], bool]:
     return scale, [255.0 * m for m in mean], exact
 
 
+def keyfile_string(text: str) -> str:
+    """`text` as a GLib key-file string value (what nvinfer reads with g_key_file_get_string): a backslash is an
+    escape there, and leading blanks are dropped. Control characters are refused before (check_file_name)."""
+    text = text.replace("\\", "\\\\")
+    return "\\s" + text[1:] if text.startswith(" ") else text
+
+
 def _number(value: float) -> str:
     return repr(float(value))   # shortest text that reads back as the same double
 
@@ -62,7 +70,7 @@ def nvinfer_properties(manifest: Manifest, engine_name: str, batch: int, thresho
     scale, offsets, exact = normalisation(manifest)
     props = {
         "gpu-id": str(gpu_id),
-        "model-engine-file": engine_name,
+        "model-engine-file": keyfile_string(engine_name),
         "labelfile-path": "labels.txt",
         "batch-size": str(batch),
         "network-mode": str(NETWORK_MODE[info.precision]),
@@ -79,7 +87,8 @@ def nvinfer_properties(manifest: Manifest, engine_name: str, batch: int, thresho
         "gie-unique-id": "1",
     }
     if library is not None:
-        props["custom-lib-path"] = library
+        # nvinfer dlopens it before it deserializes the engine; the library registers RefinerDLA when loaded
+        props["custom-lib-path"] = keyfile_string(library)
     if info.dla_core is not None:
         props["enable-dla"] = "1"
         props["use-dla-core"] = str(info.dla_core)
@@ -94,9 +103,15 @@ def write_deepstream(engine: str | Path, out: str | Path, batch: int | None = No
 
     if not math.isfinite(threshold):   # nvinfer would read 'nan' or 'inf' from the file and classify nothing
         raise InputError(f"--classifier-threshold must be a finite number (a logit), got {threshold}")
+    check_range(gpu_id, 0, INT32_MAX, "--gpu-id")   # nvinfer reads it as a GLib integer (int32)
     engine, out = Path(engine), Path(out)
     manifest = read_engine_manifest(engine)
     info = manifest.engine
+    # the config is the manifest's (precision, profile, plugin): it must be this engine's, as Triton and C++ check
+    if manifest.sha256 and file_sha256(engine) != manifest.sha256:
+        raise InputError(f"{engine.name} is not the engine its manifest describes (SHA-256 differs): rebuild with: "
+                         f"{rebuild_line(engine, info.rebuild)}")
+    check_file_name(engine.name, "the engine's file name")
     profile = info.profiles[0] if info.profiles else None
     top = profile.max[0] if profile else (manifest.graph.batch if isinstance(manifest.graph.batch, int) else 1)
     lo = profile.min[0] if profile else top
@@ -106,6 +121,8 @@ def write_deepstream(engine: str | Path, out: str | Path, batch: int | None = No
     if info.precision not in NETWORK_MODE:
         raise InputError(f"{engine.name}: unknown precision {info.precision!r} in its manifest")
     library = check_plugin_library(engine, manifest)
+    if library is not None:
+        check_file_name(library.name, "the plugin library's file name")
     lib_rel = f"plugins/{library.name}" if library is not None else None
     props, exact = nvinfer_properties(manifest, engine.name, batch, threshold, lib_rel, gpu_id)
     result = DeepStreamConfig(out, props, exact)
@@ -118,6 +135,11 @@ def write_deepstream(engine: str | Path, out: str | Path, batch: int | None = No
     if info.flavour != "tensorrt":
         result.notes.append(f"{engine.name} was built by {info.flavour}: nvinfer loads TensorRT engines only; build "
                             "with TensorRT on (or for) the Jetson to run it")
+    if info.version_compatible:
+        result.notes.append(f"{engine.name} is version-compatible: it loads only where the runtime allows the lean "
+                            "runtime it carries (IRuntime::setEngineHostCodeAllowed), which nvinfer's config has no "
+                            "key for and which was not checked here; for DeepStream prefer an engine built without "
+                            "--version-compatible by the release's own TensorRT")
     if info.dla_core is not None:
         result.notes.append(f"the engine runs on DLA core {info.dla_core}: enable-dla=1, use-dla-core={info.dla_core}")
 
@@ -134,8 +156,9 @@ def write_deepstream(engine: str | Path, out: str | Path, batch: int | None = No
 def _config_text(manifest: Manifest, props: dict[str, str], exact: bool) -> str:
     pre = manifest.preprocess
     lines = [
-        f"# nvinfer configuration written by refiner-edge deploy deepstream from {manifest.artifact}",
-        f"# ({manifest.model.variant}@{pre.img_size}, {manifest.engine.precision}, target {manifest.engine.target},",
+        f"# nvinfer configuration written by refiner-edge deploy deepstream from {comment_text(manifest.artifact)}",
+        f"# ({comment_text(manifest.model.variant)}@{pre.img_size}, {manifest.engine.precision}, "
+        f"target {comment_text(manifest.engine.target)},",
         f"#  {manifest.engine.flavour} {manifest.engine.tensorrt_version}). Paths are relative to this file.",
         f"# Preprocessing: (pixel / 255 - mean {pre.mean}) / std {pre.std} = net-scale-factor * (pixel - offsets): "
         + ("exact." if exact else "APPROXIMATE (std differs across channels; the mean std is used)."),

@@ -116,7 +116,12 @@ class ServeOptions:
     max_batch: int | None = None
     queue_delay_us: int | None = None
     preferred_batch: tuple[int, ...] = ()
-    exit_timeout_s: int = 5   # how long tritonserver waits for in-flight requests on shutdown
+    # how long tritonserver waits on shutdown for in-flight requests and for its models to unload. Unloading is what
+    # removes the copy of each model Triton made in the temporary folder (folderXXXXXX), and the encoded-image
+    # model's instances unload one after another (~15 s for 8 on a 2-core machine): a shorter limit ended the server
+    # "with failure", its Python stubs reporting "Non-graceful termination", and left the copies behind. PyTriton
+    # kills the server 30 s after its stop, so this stays below that.
+    exit_timeout_s: int = 25
 
     def __post_init__(self):
         self.name = default(self.name, defaults.SERVE_NAME)
@@ -151,10 +156,11 @@ def max_engine_batch(manifest) -> int | None:
 
 def check_options(manifest, options: ServeOptions) -> None:
     """Refuse options that cannot serve the model of `manifest` (None: no manifest), before a server starts."""
-    if options.max_batch < 1:
-        raise InputError(f"--max-batch must be at least 1, got {options.max_batch}")
-    if options.queue_delay_us < 0:
-        raise InputError(f"--queue-delay-us must be >= 0, got {options.queue_delay_us}")
+    from .triton import INT32_MAX, QUEUE_DELAY_MAX_US, check_model_name, check_range
+
+    check_model_name(options.name)   # PyTriton's own rule, refused here in one line before it starts
+    check_range(options.max_batch, 1, INT32_MAX, "--max-batch")
+    check_range(options.queue_delay_us, 0, QUEUE_DELAY_MAX_US, "--queue-delay-us")
     bad = [b for b in options.preferred_batch if not 1 <= b <= options.max_batch]
     if bad:
         raise InputError(f"--preferred-batch sizes must be between 1 and --max-batch {options.max_batch}, got {bad}")

@@ -15,13 +15,22 @@ temporary folder beside REPO and each renamed into place, so a failed run leaves
 other models of an existing repository stay as they are.
 
 A library-form engine needs its plugin library loaded before Triton deserializes it: `tritonserver
---backend-config=tensorrt,plugins=/models/NAME/plugins/libX.so` (or `LD_PRELOAD=` that path). An AOT-form engine
-carries its kernel inside it, and a plain engine has no plugin: nothing to load.
+--backend-config=tensorrt,plugins=/models/NAME/plugins/libX.so` (or `LD_PRELOAD=` that path; the library registers
+RefinerDLA when it is loaded). A version-compatible engine carries its own lean runtime, which Triton runs only with
+`--backend-config=tensorrt,version-compatible=true`. An AOT-form engine carries its kernel inside it, and a plain
+engine has no plugin: nothing to load. The options a repository needs are printed and written at the top of
+NAME/config.pbtxt (a comment), so the repository itself says how to start the server.
+
+Names and numbers are checked as Triton and PyTriton take them, before anything is written: a model name is
+letters, digits, '.', '_' and '-' (PyTriton's rule; nothing that can end a pbtxt string or a path component), and
+max_batch_size, instance counts and the queue delay fit their protobuf fields.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -36,6 +45,11 @@ from ..manifest import IMAGENET_LABELS, Manifest, read_manifest
 IMAGE_INPUT = "image"
 PREPROCESSED = "preprocessed"
 CONTAINER_REPO = "/models"   # where the repository is mounted in NVIDIA's container (docs/serving.md)
+# PyTriton's model-name rule (it refuses anything else); Triton takes the name as a folder and a pbtxt string
+MODEL_NAME = re.compile(r"[A-Za-z0-9._-]+")
+NAME_LIMIT = 200               # NAME_preprocess must still fit a file name (255 bytes)
+INT32_MAX = 2**31 - 1          # max_batch_size and instance_group count are int32 in Triton's model config
+QUEUE_DELAY_MAX_US = (2**64 - 1) // 1000   # uint64, and Triton counts it in nanoseconds (x 1000) in a uint64
 
 
 @dataclass
@@ -57,19 +71,67 @@ class Repository:
     max_batch: int
     files: list[str] = field(default_factory=list)
     plugin_library: str | None = None     # inside the repository, for --backend-config
+    version_compatible: bool = False      # a version-compatible engine: Triton must be told to run its lean runtime
     notes: list[str] = field(default_factory=list)
 
+    def backend_config(self) -> list[str]:
+        """The tritonserver options this model needs to load (none for an ONNX graph or a plain engine)."""
+        return server_options(self.plugin_library, self.version_compatible)
+
     def server_command(self, image: str = "nvcr.io/nvidia/tritonserver:<yy.mm>-py3") -> str:
-        plugins = f" --backend-config=tensorrt,plugins={CONTAINER_REPO}/{self.plugin_library}" \
-            if self.plugin_library else ""
+        options = "".join(f" {o}" for o in self.backend_config())
         return (f"docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 "
-                f"-v {self.path.resolve()}:{CONTAINER_REPO} {image} "
-                f"tritonserver --model-repository={CONTAINER_REPO}{plugins}")
+                f"-v {shlex.quote(f'{self.path.resolve()}:{CONTAINER_REPO}')} {image} "
+                f"tritonserver --model-repository={CONTAINER_REPO}{options}")
 
     def to_dict(self) -> dict:
         return {"repository": str(self.path), "name": self.name, "platform": self.platform,
                 "max_batch": self.max_batch, "files": self.files, "plugin_library": self.plugin_library,
+                "version_compatible": self.version_compatible, "backend_config": self.backend_config(),
                 "server_command": self.server_command(), "notes": self.notes}
+
+
+def server_options(plugin_library: str | None, version_compatible: bool) -> list[str]:
+    """--backend-config options for the tensorrt backend: `plugins=` dlopens the RefinerDLA library (which
+    registers its creator when loaded) before the plan is deserialized; `version-compatible=true` lets the backend
+    run the lean runtime a version-compatible plan carries (it refuses such a plan otherwise)."""
+    options = []
+    if plugin_library:
+        options.append(f"--backend-config=tensorrt,plugins={CONTAINER_REPO}/{plugin_library}")
+    if version_compatible:
+        options.append("--backend-config=tensorrt,version-compatible=true")
+    return options
+
+
+def pbtxt_string(text: str) -> str:
+    """`text` as a protobuf text-format string literal: quotes, backslashes and control characters escaped, so a
+    name from a manifest can never end the string and write fields of its own."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\{ord(ch):03o}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def comment_text(text: str) -> str:
+    """`text` on one comment line: control characters (a newline would start a line of fields) shown as '?'."""
+    return "".join("?" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch for ch in str(text))
+
+
+def check_model_name(name: str, option: str = "--name") -> None:
+    """A Triton model name as PyTriton takes it: letters, digits, '.', '_', '-', not starting with '.'."""
+    if not name or not MODEL_NAME.fullmatch(name) or name.startswith(".") or len(name) > NAME_LIMIT:
+        raise InputError(f"{option} must be 1-{NAME_LIMIT} letters, digits, '.', '_' or '-' (not starting with '.'), "
+                         f"a name Triton takes as a folder and a config string; got {name!r}")
+
+
+def check_range(value: int, low: int, high: int, option: str) -> None:
+    if not low <= value <= high:
+        raise InputError(f"{option} must be between {low} and {high}, got {value}")
 
 
 def labels_text(manifest: Manifest) -> str:
@@ -111,23 +173,33 @@ def _dims(values) -> str:
     return "[ " + ", ".join(str(int(v)) for v in values) + " ]"
 
 
+def batch_lead(manifest: Manifest, max_batch: int) -> list[int]:
+    """The leading dims of every tensor in the configs: none when Triton batches (max_batch_size > 0, the batch is
+    implicit), else the graph's fixed batch, written out (max_batch_size 0: Triton takes dims as full shapes)."""
+    return [] if max_batch else [int(manifest.graph.batch)]
+
+
 def model_config(manifest: Manifest, options: RepositoryOptions, platform: str, max_batch: int,
-                 filename: str) -> str:
+                 filename: str, backend_config: list[str] = ()) -> str:
     graph, size, classes = manifest.graph, manifest.preprocess.img_size, manifest.model.num_classes
-    lead = [] if max_batch else [int(graph.batch)]
+    lead = batch_lead(manifest, max_batch)
     kind = "KIND_CPU" if options.kind == "cpu" else "KIND_GPU"
     lines = [
-        f"# Written by refiner-edge deploy triton from {manifest.artifact} ({manifest.model.variant}, "
-        f"{graph.precision}, sha256 {manifest.sha256[:12]})",
-        f'name: "{options.name}"',
+        f"# Written by refiner-edge deploy triton from {comment_text(manifest.artifact)} "
+        f"({comment_text(manifest.model.variant)}, {comment_text(graph.precision)}, sha256 {manifest.sha256[:12]})",
+    ]
+    if backend_config:
+        lines.append(f"# Load it with: tritonserver --model-repository={CONTAINER_REPO} {' '.join(backend_config)}")
+    lines += [
+        f"name: {pbtxt_string(options.name)}",
         f'platform: "{platform}"',
         f'default_model_filename: "{filename}"',
         f"max_batch_size: {max_batch}",
         "input [",
-        f'  {{ name: "{graph.input}" data_type: TYPE_FP32 dims: {_dims(lead + [3, size, size])} }}',
+        f'  {{ name: {pbtxt_string(graph.input)} data_type: TYPE_FP32 dims: {_dims(lead + [3, size, size])} }}',
         "]",
         "output [",
-        f'  {{ name: "{graph.output}" data_type: TYPE_FP32 dims: {_dims(lead + [classes])} '
+        f'  {{ name: {pbtxt_string(graph.output)} data_type: TYPE_FP32 dims: {_dims(lead + [classes])} '
         'label_filename: "labels.txt" }',
         "]",
     ]
@@ -140,43 +212,47 @@ def model_config(manifest: Manifest, options: RepositoryOptions, platform: str, 
 
 def preprocess_config(manifest: Manifest, options: RepositoryOptions, max_batch: int) -> str:
     size = manifest.preprocess.img_size
+    lead = batch_lead(manifest, max_batch)
     pre = json.dumps({k: getattr(manifest.preprocess, k) for k in
                       ("img_size", "crop_pct", "resize_size", "mean", "std", "interpolation")})
     lines = [
         f"# Written by refiner-edge deploy triton: encoded images -> {options.name}'s input tensor",
-        f'name: "{options.name}_preprocess"',
+        f"name: {pbtxt_string(options.name + '_preprocess')}",
         'backend: "python"',
         f"max_batch_size: {max_batch}",
-        f'input [ {{ name: "{IMAGE_INPUT}" data_type: TYPE_STRING dims: [ 1 ] }} ]',
-        f'output [ {{ name: "{PREPROCESSED}" data_type: TYPE_FP32 dims: {_dims([3, size, size])} }} ]',
+        # batched: [1] per request (the batch is implicit); fixed batch B: the B images of the one request
+        f'input [ {{ name: "{IMAGE_INPUT}" data_type: TYPE_STRING dims: {_dims(lead or [1])} }} ]',
+        f'output [ {{ name: "{PREPROCESSED}" data_type: TYPE_FP32 dims: {_dims(lead + [3, size, size])} }} ]',
     ]
     if max_batch:
         lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {options.queue_delay_us} }}")
     lines += [
         f"instance_group [ {{ count: {options.instances} kind: KIND_CPU }} ]",
-        f"parameters {{ key: \"preprocess\" value {{ string_value: {json.dumps(pre)} }} }}",
+        f"parameters {{ key: \"preprocess\" value {{ string_value: {pbtxt_string(pre)} }} }}",
     ]
     return "\n".join(lines) + "\n"
 
 
 def ensemble_config(manifest: Manifest, options: RepositoryOptions, max_batch: int) -> str:
     graph, classes = manifest.graph, manifest.model.num_classes
+    lead = batch_lead(manifest, max_batch)
+    output = pbtxt_string(graph.output)
     return "\n".join([
         f"# Written by refiner-edge deploy triton: send encoded image bytes, get {options.name}'s logits",
-        f'name: "{options.name}_ensemble"',
+        f"name: {pbtxt_string(options.name + '_ensemble')}",
         'platform: "ensemble"',
         f"max_batch_size: {max_batch}",
-        f'input [ {{ name: "{IMAGE_INPUT}" data_type: TYPE_STRING dims: [ 1 ] }} ]',
-        f'output [ {{ name: "{graph.output}" data_type: TYPE_FP32 dims: [ {classes} ] '
+        f'input [ {{ name: "{IMAGE_INPUT}" data_type: TYPE_STRING dims: {_dims(lead or [1])} }} ]',
+        f'output [ {{ name: {output} data_type: TYPE_FP32 dims: {_dims(lead + [classes])} '
         'label_filename: "labels.txt" } ]',
         "ensemble_scheduling {",
         "  step [",
-        f'    {{ model_name: "{options.name}_preprocess" model_version: -1 '
+        f"    {{ model_name: {pbtxt_string(options.name + '_preprocess')} model_version: -1 "
         f'input_map {{ key: "{IMAGE_INPUT}" value: "{IMAGE_INPUT}" }} '
         f'output_map {{ key: "{PREPROCESSED}" value: "{PREPROCESSED}" }} }},',
-        f'    {{ model_name: "{options.name}" model_version: -1 '
-        f'input_map {{ key: "{graph.input}" value: "{PREPROCESSED}" }} '
-        f'output_map {{ key: "{graph.output}" value: "{graph.output}" }} }}',
+        f"    {{ model_name: {pbtxt_string(options.name)} model_version: -1 "
+        f'input_map {{ key: {pbtxt_string(graph.input)} value: "{PREPROCESSED}" }} '
+        f"output_map {{ key: {output} value: {output} }} }}",
         "  ]",
         "}",
     ]) + "\n"
@@ -245,14 +321,19 @@ def write_repository(artifact: str | Path, out: str | Path, options: RepositoryO
     is_engine = manifest.engine is not None
     platform, filename = ("tensorrt_plan", "model.plan") if is_engine else ("onnxruntime_onnx", "model.onnx")
     repo = Repository(out, options.name, platform, max_batch, notes=engine_notes(artifact, manifest))
+    library = None
+    if is_engine and manifest.engine.plugin_form == "library":
+        library = check_plugin_library(artifact, manifest)
+        check_file_name(library.name, "the plugin library's file name")
+        repo.plugin_library = f"{options.name}/plugins/{library.name}"
+    repo.version_compatible = bool(is_engine and manifest.engine.version_compatible)
     files: dict[str, str | Path] = {
-        f"{options.name}/config.pbtxt": model_config(manifest, options, platform, max_batch, filename),
+        f"{options.name}/config.pbtxt": model_config(manifest, options, platform, max_batch, filename,
+                                                     repo.backend_config()),
         f"{options.name}/1/{filename}": artifact,
         f"{options.name}/labels.txt": labels_text(manifest),
     }
-    if is_engine and manifest.engine.plugin_form == "library":
-        library = check_plugin_library(artifact, manifest)
-        repo.plugin_library = f"{options.name}/plugins/{library.name}"
+    if library is not None:
         files[repo.plugin_library] = library
     folders = []
     if options.ensemble:
@@ -266,12 +347,11 @@ def write_repository(artifact: str | Path, out: str | Path, options: RepositoryO
 def check_options(artifact: Path, manifest: Manifest, options: RepositoryOptions) -> None:
     """Refuse options this artifact cannot be served with, before anything is written."""
     is_engine = manifest.engine is not None
-    if not options.name or any(c in options.name for c in "/\\ ") or options.name.startswith("."):
-        raise InputError(f"--name must be a plain model name, got {options.name!r}")
-    if options.instances < 1:
-        raise InputError(f"--instances must be at least 1, got {options.instances}")
-    if options.queue_delay_us < 0:
-        raise InputError(f"--queue-delay-us must be >= 0, got {options.queue_delay_us}")
+    check_model_name(options.name)
+    check_range(options.instances, 1, INT32_MAX, "--instances")
+    check_range(options.queue_delay_us, 0, QUEUE_DELAY_MAX_US, "--queue-delay-us")
+    if options.max_batch is not None:
+        check_range(options.max_batch, 0, INT32_MAX, "--max-batch")
     if options.kind not in (None, "gpu", "cpu"):
         raise InputError(f"--kind must be gpu or cpu, got {options.kind}")
     if is_engine and options.kind == "cpu":
@@ -283,6 +363,13 @@ def check_options(artifact: Path, manifest: Manifest, options: RepositoryOptions
                          "run them; deploy the unfused graph, or build an engine from it and deploy --engine")
 
 
+def check_file_name(name: str, what: str) -> None:
+    """A file name a config line names: no control character (a newline would end the line and start another)."""
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
+        raise InputError(f"{what} {name!r} holds a control character (a newline?), which a config file cannot hold: "
+                         "rename the file")
+
+
 def engine_notes(artifact: Path, manifest: Manifest) -> list[str]:
     """What a user must know to serve this engine with Triton (nothing for an ONNX graph)."""
     engine, notes = manifest.engine, []
@@ -290,6 +377,12 @@ def engine_notes(artifact: Path, manifest: Manifest) -> list[str]:
         return notes
     if engine.plugin_form == "aot":
         notes.append("AOT-plugin engine: the kernel is inside the engine, no plugin library to load")
+    if engine.plugin_form == "library":
+        notes.append("library-form engine: tritonserver must load the RefinerDLA plugin library copied into the "
+                     "repository (--backend-config=tensorrt,plugins=..., in the command below and atop config.pbtxt)")
+    if engine.version_compatible:
+        notes.append("version-compatible engine: tritonserver needs --backend-config=tensorrt,version-compatible=true "
+                     "to run the lean runtime it carries (in the command below and atop config.pbtxt)")
     if engine.flavour != "tensorrt":
         notes.append(f"{artifact.name} was built by {engine.flavour}: Triton's tensorrt backend loads TensorRT engines "
                      "only; build with TensorRT (the container's version) to serve it")

@@ -2,6 +2,7 @@
 inference, unreadable files skipped and counted, and optional labels (a folder per class, or a labels file)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -133,19 +134,35 @@ def load_labels(spec: str | Path, images: ImageSet, root: Path) -> np.ndarray:
     return _labels_from_file(Path(spec), images, root)
 
 
+# A labels-file line: the image's path, then separators (blanks, tabs, commas), then its class index, last. The name
+# is everything before the last separator run, so it may hold blanks, tabs and commas ("beach, day 1.jpg 3",
+# "a b.jpg\t3", "x.jpg,3" as CSV writes it). A name in double quotes is taken as it is, "" standing for one quote
+# (CSV's quoting): "odd, .jpg",3 for one that ends in a separator.
+_UNQUOTED = re.compile(r"\s*(.*?)[\s,]+([+-]?\d+)\s*")
+_QUOTED = re.compile(r'\s*"((?:[^"]|"")*)"[\s,]+([+-]?\d+)\s*')
+
+
+def labels_line(line: str) -> tuple[str, int] | None:
+    """(path, class index) of one labels-file line; None when it is not one."""
+    if line.lstrip().startswith('"'):
+        match = _QUOTED.fullmatch(line)
+        return (match.group(1).replace('""', '"'), int(match.group(2))) if match else None
+    match = _UNQUOTED.fullmatch(line)
+    return (match.group(1), int(match.group(2))) if match and match.group(1) else None
+
+
 def _labels_from_file(path: Path, images: ImageSet, root: Path) -> np.ndarray:
     if not path.is_file():
         raise InputError(f"labels file not found: {path} (or use --labels {IMAGENET_FOLDER})")
     table: dict[str, int] = {}
     for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
-        name, _, value = line.replace(",", " ").replace("\t", " ").rpartition(" ")
-        try:
-            table[name.strip()] = int(value)
-        except ValueError:
-            raise InputError(f"{path}:{n}: expected 'relative/path class_index', got {line[:80]!r}") from None
+        entry = labels_line(line)
+        if entry is None:
+            raise InputError(f"{path}:{n}: expected 'relative/path class_index' (a name with a leading or trailing "
+                             f"blank or comma in double quotes, \"\" for a quote), got {line[:80]!r}")
+        table[entry[0]] = entry[1]
     labels, missing = [], []
     for image in images.paths:
         rel = image.relative_to(root).as_posix() if root.is_dir() and image.is_relative_to(root) else image.name

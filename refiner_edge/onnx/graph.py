@@ -51,3 +51,60 @@ def graph_preprocess(path: str | Path, manifest, input_shape, variant: str | Non
     if size is not None and size != pre.img_size:
         raise InputError(f"{path} takes {size}x{size} images but its preprocessing says {pre.img_size}")
     return pre
+
+
+INTERFACE = "one FP32 input NCHW [B, 3, S, S] and logits [B, classes], as refiner-edge export writes"
+
+
+def check_interface(path: str | Path, inputs, outputs) -> None:
+    """InputError, in one line, unless the graph has the interface every runner feeds and reads: one float32 input
+    [B, 3, S, S] (channels first) and a float32 first output [B, classes]. `inputs`/`outputs` are ONNX Runtime's
+    NodeArgs (name, type, shape). A graph from elsewhere (FP16 or uint8 input, NHWC, two inputs, a rank-1 output)
+    would otherwise fail inside ONNX Runtime or NumPy."""
+    name = Path(path).name
+
+    def shape(arg) -> str:
+        return "[" + ", ".join(str(d) if d not in (None, "") else "?" for d in arg.shape) + "]"
+
+    def refuse(why: str) -> InputError:
+        return InputError(f"{name}: {why}; refiner-edge runs graphs with {INTERFACE}")
+
+    if len(inputs) != 1:
+        raise refuse(f"it has {len(inputs)} inputs ({', '.join(repr(i.name) for i in inputs)})")
+    inp = inputs[0]
+    if inp.type != "tensor(float)":
+        raise refuse(f"its input {inp.name!r} is {inp.type.removeprefix('tensor(').rstrip(')')}, not float32")
+    dims = list(inp.shape)
+    if len(dims) != 4:
+        raise refuse(f"its input {inp.name!r} has shape {shape(inp)}")
+    if dims[1] != 3:
+        hint = " (channels last, NHWC?)" if dims[3] == 3 else ""
+        raise refuse(f"its input {inp.name!r} has shape {shape(inp)}{hint}")
+    if not outputs:
+        raise refuse("it has no output")
+    out = outputs[0]
+    if out.type != "tensor(float)":
+        raise refuse(f"its output {out.name!r} is {out.type.removeprefix('tensor(').rstrip(')')}, not float32")
+    if len(out.shape) != 2 or not isinstance(out.shape[1], int) or out.shape[1] < 1:
+        raise refuse(f"its output {out.name!r} has shape {shape(out)}, not [B, classes]")
+
+
+def model_interface(model):
+    """(inputs, outputs) of an onnx.ModelProto in ONNX Runtime's NodeArg form (name, type, shape), for
+    check_interface where no session is open (calibrate, fuse). Initializers listed as inputs (older IRs) are not
+    inputs."""
+    from collections import namedtuple
+
+    from onnx import TensorProto
+
+    arg = namedtuple("Arg", "name type shape")
+    initialized = {t.name for t in model.graph.initializer}
+
+    def of(value):
+        t = value.type.tensor_type
+        kind = TensorProto.DataType.Name(t.elem_type).lower() if t.elem_type else "undefined"
+        kind = {"float": "float", "double": "double"}.get(kind, kind)
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+        return arg(value.name, f"tensor({kind})", dims)
+
+    return ([of(v) for v in model.graph.input if v.name not in initialized], [of(v) for v in model.graph.output])

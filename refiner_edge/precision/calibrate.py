@@ -17,7 +17,7 @@ from ..compare import Comparison
 from ..defaults import default
 from ..errors import InputError
 from ..manifest import Verification, read_manifest, write_manifest
-from ..onnx.graph import graph_precision, graph_preprocess, load_onnx, opset_of
+from ..onnx.graph import check_interface, graph_precision, graph_preprocess, load_onnx, model_interface, opset_of
 from . import CALIBRATED
 from .fp16 import RULES, convert_to_fp16, fp32_nodes
 from .int8 import (QUANTIZED_OPS, Budget, activation_inputs, check_quantizer, layer_sensitivity, meet_budget,
@@ -115,6 +115,7 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path,
         check_quantizer()
     started = time.perf_counter()
     model = load_float_graph(source)
+    check_interface(source, *model_interface(model))   # a graph of another interface: one line, before the images
     manifest = read_manifest(source)
     graph_input = model.graph.input[0]
     shape = [d.dim_value if d.HasField("dim_value") else None for d in graph_input.type.tensor_type.shape.dim]

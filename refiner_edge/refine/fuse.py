@@ -14,7 +14,7 @@ from ..compare import THRESHOLDS, Comparison
 from ..defaults import FUSE_NUM, default
 from ..errors import InputError, VerificationError
 from ..manifest import PluginInfo, Verification, read_manifest, write_manifest
-from ..onnx.graph import graph_precision, graph_preprocess, load_onnx
+from ..onnx.graph import check_interface, graph_precision, graph_preprocess, load_onnx, model_interface
 from . import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from .plugin_form import FORMS
 from .surgery import fuse_graph
@@ -47,6 +47,7 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, image
         raise InputError(f"unknown plugin form '{form}'; choose one of: {', '.join(FORMS)}")
     source, output = Path(source), Path(output)
     model = load_onnx(source)
+    check_interface(source, *model_interface(model))
     manifest = read_manifest(source)
     fused, count = fuse_graph(model, manifest.model.refining_blocks if manifest else None)
     comparison = None

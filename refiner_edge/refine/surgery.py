@@ -181,6 +181,9 @@ def fuse_graph(model, expected: int | None = None):
         raise InputError("the graph already holds RefinerDLA nodes (fused twice?)")
     expected = count_depthwise_convs(graph) if expected is None else expected
     matches = _matches(graph)
+    if expected == 0 and not matches:
+        raise InputError("nothing to fuse: the graph has no attention-refinement subgraph (a Refiner-ViT refining "
+                         "block's depthwise 3x3 convolution); fuse takes a graph from refiner-edge export")
     if expected == 0 or len(matches) != expected:
         raise VerificationError(f"found {len(matches)} attention-refinement subgraphs, expected {expected} "
                                 "(one per refining block); the graph was not changed")

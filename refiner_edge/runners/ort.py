@@ -10,7 +10,7 @@ import numpy as np
 from .. import refine  # noqa: F401 (registers how ONNX Runtime runs fused graphs; imports no torch)
 from ..errors import InputError
 from ..manifest import read_manifest
-from ..onnx.graph import graph_preprocess
+from ..onnx.graph import check_interface, graph_preprocess
 from .base import Runner
 
 
@@ -25,6 +25,7 @@ def onnxruntime_runner(onnx: str | Path | None = None, variant: str | None = Non
         raise InputError(f"ONNX model not found: {path}")
     manifest = read_manifest(path)
     session = ort_session(path)
+    check_interface(path, session.get_inputs(), session.get_outputs())   # before anything indexes them
     inp = session.get_inputs()[0]
     pre = graph_preprocess(path, manifest, inp.shape, variant, img_size)
     num_classes = session.get_outputs()[0].shape[-1]

@@ -55,6 +55,9 @@ def validate_onnx(onnx: str | Path | None, images: str | Path, *, engine: str | 
     recorded = manifest.model.checkpoint_sha256 if manifest else None
     if ref.weights_sha256 and recorded and ref.weights_sha256 != recorded:  # loading hashed the file already
         raise InputError(f"{checkpoint} is not the checkpoint {path.name} was exported from (SHA-256 differs)")
+    if ref.num_classes != candidate.num_classes:   # else the comparison would fail on the logits' shapes
+        raise InputError(f"the reference ({ref.description}) has {ref.num_classes} classes and {path.name} "
+                         f"{candidate.num_classes}: they are not the same model")
     if ref.preprocess != candidate.preprocess:
         raise InputError(f"the reference preprocesses differently ({ref.preprocess}) from {path.name} "
                          f"({candidate.preprocess}): they are not the same model")
