@@ -391,7 +391,7 @@ bool RefinerDLAPlugin::supportsFormatCombination(
     {
         return supportedType(desc.type);
     }
-    return desc.type == inOut[kIn].desc.type; // the output has the input's type
+    return desc.type == inOut[kIn].desc.type && supportedType(desc.type); // the output has the input's type
 }
 
 size_t RefinerDLAPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* /*inputs*/, int32_t /*nbInputs*/,
