@@ -414,10 +414,36 @@ void checkMessage(std::string const& message, std::string const& what)
     CHECK(message.size() > std::strlen("RefinerDLA: ") + 8, what + ": a reason is given: " + message);
 }
 
-//! One call that must fail: returns its status, checks that one error naming `needle` was logged.
+//! HARNESS_SKIP (comma-separated parts of check names) leaves out refusal checks, so that a plugin that crashes on
+//! one case (an older version, a mutation) can still be run through the others.
+bool skipped(std::string const& what)
+{
+    char const* env = std::getenv("HARNESS_SKIP");
+    std::string list = env != nullptr ? env : "";
+    size_t start = 0;
+    while (start < list.size())
+    {
+        size_t end = list.find(',', start);
+        end = end == std::string::npos ? list.size() : end;
+        std::string const part = list.substr(start, end - start);
+        if (!part.empty() && what.find(part) != std::string::npos)
+        {
+            std::printf("skipped: %s\n", what.c_str());
+            return true;
+        }
+        start = end + 1;
+    }
+    return false;
+}
+
+//! One call that must fail: checks that it is refused and that one error naming `needle` was logged.
 template <typename F>
 void expectRefused(Logger& logger, std::string const& what, std::string const& needle, F call)
 {
+    if (skipped(what))
+    {
+        return;
+    }
     size_t const before = logger.errors();
     bool const refused = call();
     CHECK(refused, what + ": refused");
@@ -804,10 +830,12 @@ void runtimePhaseChecks(IPluginCreatorV3One* creator, Logger& logger)
     CHECK(launchCount() == before + 1, "one kernel launch");
 
     size_t n0 = launchCount();
+    int const q0 = deviceQueries();
     CHECK(run(ctx0, {2, 12, 197, 197}, DataType::kHALF) == 0, "FP16 enqueue");
     CHECK(run(contexts[1], {3, 12, 14, 14}) == 0, "a second context's enqueue");
     CHECK(run(ctx0, {70000, 12, 9, 9}) == 0, "a batch past grid.y's 65535");
     CHECK(launchCount() == n0 + 3, "three more launches");
+    CHECK(deviceQueries() == q0, "no device query per launch: " + std::to_string(deviceQueries() - q0) + " in 3");
 
     // defect 16: empty tensors are no-ops, launching nothing
     n0 = launchCount();
@@ -1150,6 +1178,7 @@ int preload(char const* nvinfer)
 
 int main(int argc, char** argv)
 {
+    std::setvbuf(stdout, nullptr, _IONBF, 0); // every line printed before a sanitizer aborts the process
     if (argc != 4)
     {
         std::fprintf(stderr, "usage: %s sequence|bare|linked|first|preload PLUGIN_LIBRARY FAKE_LIBNVINFER\n", argv[0]);
