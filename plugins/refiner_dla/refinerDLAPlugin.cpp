@@ -5,6 +5,7 @@
 
 #include <dlfcn.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <sstream>
@@ -706,6 +707,19 @@ RefinerDLAPluginCreator& theCreator()
     return creator;
 }
 
+//! True when this library is named in LD_PRELOAD (it then initialises before the host has loaded TensorRT).
+bool preloaded() noexcept
+{
+    char const* env = std::getenv("LD_PRELOAD");
+    Dl_info self{};
+    if (env == nullptr || dladdr(reinterpret_cast<void*>(&preloaded), &self) == 0 || self.dli_fname == nullptr)
+    {
+        return false;
+    }
+    char const* slash = std::strrchr(self.dli_fname, '/');
+    return std::strstr(env, slash != nullptr ? slash + 1 : self.dli_fname) != nullptr;
+}
+
 //! TensorRT's getPluginRegistry and getLogger, from the libnvinfer this process runs.
 GetRegistry findTensorRT(GetLogger& logger) noexcept
 {
@@ -714,17 +728,19 @@ GetRegistry findTensorRT(GetLogger& logger) noexcept
     {
         return ::getPluginRegistry;
     }
-    // libnvinfer loaded RTLD_LOCAL (Triton's backend) is not in our scope: find it by its soname. Under LD_PRELOAD
-    // it may not be loaded yet: load the one the dynamic linker finds, which the host's later load will share.
+    // libnvinfer loaded RTLD_LOCAL (Triton's backend) is not in our scope: find it by its soname
     std::string const soname = "libnvinfer.so." + std::to_string(NV_TENSORRT_MAJOR);
     void* handle = dlopen(soname.c_str(), RTLD_LAZY | RTLD_LOCAL | RTLD_NOLOAD);
-    if (handle == nullptr)
+    if (handle == nullptr && preloaded())
     {
+        // LD_PRELOAD: the host loads TensorRT later; load the libnvinfer the dynamic linker finds, which the host's
+        // load by soname then shares. Nowhere else: a library opened before TensorRT (a ctypes probe of
+        // refinerEdgePluginTensorRTVersion) must not pick a libnvinfer for a process that may import another.
         handle = dlopen(soname.c_str(), RTLD_LAZY | RTLD_LOCAL);
     }
     if (handle == nullptr)
     {
-        return nullptr; // no TensorRT here: only IPluginRegistry::loadLibrary can register the creator
+        return nullptr; // no TensorRT loaded: only IPluginRegistry::loadLibrary can register the creator
     }
     // the handle is kept for the library's lifetime: the registry must outlive our registration in it
     logger = reinterpret_cast<GetLogger>(dlsym(handle, "getLogger"));

@@ -3,8 +3,9 @@
 // fake_nvinfer.cpp (registry, global logger) and the GPU by fake_cudart.cpp (host memory, recorded launches).
 //   harness SCENARIO PLUGIN_LIBRARY FAKE_LIBNVINFER
 // Scenarios: sequence (loadLibrary, then every IPluginV3 method), bare (a Triton/DeepStream dlopen RTLD_LOCAL beside
-// an RTLD_LOCAL libnvinfer, then loadLibrary of the same file), first (dlopen before libnvinfer is loaded: the
-// library loads it by soname), preload (run under LD_PRELOAD: checks the registration made at start-up).
+// an RTLD_LOCAL libnvinfer, then loadLibrary of the same file), linked (the same with the library linked to
+// libnvinfer), first (dlopen before libnvinfer is loaded: no libnvinfer of its own, loadLibrary later works),
+// preload (run under LD_PRELOAD: the library loads libnvinfer by soname and registers at start-up).
 // Prints one line per failed check and "harness: N checks, 0 failures"; exits 1 on any failure.
 #include "NvInfer.h"
 #include "NvInferRuntime.h"
@@ -1081,23 +1082,24 @@ int bare(char const* plugin, char const* nvinfer, bool nvinferFirst)
     }
     if (!nvinferFirst)
     {
-        // the library loaded libnvinfer.so.<major> itself (LD_PRELOAD's order): the host's later load shares it
+        // opened before TensorRT and not preloaded (a ctypes probe of refinerEdgePluginTensorRTVersion): the library
+        // must not load a libnvinfer of its own, which a later `import tensorrt` would then share
         std::string const soname = "libnvinfer.so." STR(NV_TENSORRT_MAJOR);
         void* loaded = dlopen(soname.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
-        CHECK(loaded != nullptr, "the plugin loaded libnvinfer by its soname");
-        n = openNvinfer(soname.c_str(), RTLD_NOW | RTLD_LOCAL);
+        CHECK(loaded == nullptr, "a library opened before TensorRT loads no libnvinfer");
         if (loaded != nullptr)
         {
             dlclose(loaded);
         }
-    }
-    if (n.registry == nullptr)
-    {
-        return 1;
+        n = openNvinfer(nvinfer, RTLD_NOW | RTLD_LOCAL);
+        if (n.registry != nullptr)
+        {
+            CHECK(findCreator(n.registry) == nullptr, "nothing registered before TensorRT was loaded");
+        }
     }
     checkVersion(lib);
     IPluginCreatorV3One* creator = findCreator(n.registry);
-    CHECK(creator != nullptr, "a bare dlopen registers RefinerDLA (static registration)");
+    CHECK(creator != nullptr || !nvinferFirst, "a bare dlopen registers RefinerDLA (static registration)");
     if (creator != nullptr)
     {
         // no setLoggerFinder on this path: errors go to TensorRT's global logger
