@@ -742,6 +742,16 @@ void buildPhaseChecks(IPluginCreatorV3One* creator, Logger& logger)
     expectRefused(logger, "configurePlugin with a 2^31-1 square profile", "grid",
         [&] { return b->configurePlugin(&huge, 1, &cout, 1) != 0; });
     CHECK(b->getWorkspaceSize(&cin, 1, &cout, 1) == 0, "no workspace");
+    // the methods the plugin leaves to IPluginV3OneBuild's defaults: one tactic-free, alias-free kernel
+    CHECK(b->getNbTactics() == 0, "getNbTactics");
+    int32_t tactics[4] = {};
+    CHECK(b->getValidTactics(tactics, 4) == 0 || b->getNbTactics() == 0, "getValidTactics");
+    CHECK(b->getFormatCombinationLimit() > 0, "getFormatCombinationLimit");
+    char const* timing = b->getTimingCacheID();
+    char const* metadata = b->getMetadataString();
+    CHECK(timing == nullptr || std::strlen(timing) < 4096, "getTimingCacheID");
+    CHECK(metadata == nullptr || std::strlen(metadata) < 4096, "getMetadataString");
+    CHECK(runtime(p)->setTactic(0) == 0, "setTactic(0)");
 
     IPluginV3* c = p->clone();
     CHECK(c != nullptr && std::strcmp(core(c)->getPluginName(), "RefinerDLA") == 0, "clone");
