@@ -118,3 +118,51 @@ def test_mutation_without_cudafree_fails(harness_build, tmp_path):
     result = _run(tmp_path / "out", "10.13.3", "sequence")
     assert result.returncode != 0, result.stdout[-3000:]
     assert "device memory never freed" in result.stdout or "LeakSanitizer" in result.stderr
+
+
+PROBE = """
+import tensorrt_rtx as trt
+registry = trt.get_plugin_registry()
+def registered():
+    return registry.get_creator("RefinerDLA", "1", "refiner_edge") is not None
+print("at start-up", registered())
+handle = registry.load_library({lib!r})
+print("load_library", handle is not None, registered())
+print("again", registry.load_library({lib!r}) is not None, registered())
+registry.deregister_library(handle)
+print("deregistered", registered())
+"""
+
+
+def test_real_registry_takes_a_preloaded_library_then_load_library(tmp_path):
+    """Against a real TensorRT registry, TensorRT-RTX's (it runs on CPU here; its IPluginRegistry has TensorRT 11's
+    interface): under LD_PRELOAD the library registers at start-up, load_library of the same file then succeeds (the
+    load-time registration gives way inside getCreators, with no deadlock), a second load is refused as a duplicate,
+    and deregister_library removes RefinerDLA."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.find_spec("tensorrt_rtx_libs")
+    if spec is None or importlib.util.find_spec("tensorrt_rtx") is None:
+        pytest.skip("tensorrt-rtx is not installed: no real TensorRT registry to load the library into")
+    rtx = Path(spec.submodule_search_locations[0]) / "libtensorrt_rtx.so.1"
+    headers = _headers_root() / "11.1" / "include"
+    if not rtx.is_file() or not headers.is_dir():
+        pytest.skip(f"{rtx.name} or the TensorRT 11.1 headers not found")
+    tools = _tools()
+    lib = tmp_path / "librefiner_edge_plugin.so"
+    built = subprocess.run([tools["NVCC"], "-std=c++17", "-O1", "-shared", "-Xcompiler", "-fPIC,-fvisibility=hidden",
+                            "-gencode=arch=compute_90,code=sm_90", f"-I{PLUGIN_DIR}", "-isystem", str(headers),
+                            str(PLUGIN_DIR / "refinerDLAKernel.cu"), str(PLUGIN_DIR / "refinerDLAPlugin.cpp"), "-ldl",
+                            "-o", str(lib)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    # a TensorRT 11 build looks for libnvinfer.so.11: here that name is TensorRT-RTX's library, whose soname the
+    # tensorrt_rtx bindings then find already loaded, as a host's libnvinfer would be
+    (tmp_path / "libnvinfer.so.11").symlink_to(rtx)
+    env = {**os.environ, "LD_PRELOAD": str(lib),
+           "LD_LIBRARY_PATH": f"{tmp_path}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+    result = subprocess.run([sys.executable, "-c", PROBE.format(lib=str(lib))], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert result.stdout.split("\n")[:4] == ["at start-up True", "load_library True True", "again False True",
+                                            "deregistered False"], result.stdout + result.stderr[-2000:]
