@@ -328,7 +328,7 @@ int32_t RefinerDLAPlugin::configurePlugin(
         }
         // the largest shape the profile admits must fit a grid and 32-bit indices
         Dims const& max = in[kIn].max;
-        if (max.nbDims == 4)
+        if (max.nbDims == 4 && max.d[0] >= 0 && max.d[2] >= 0 && max.d[3] >= 0) // -1: not known yet
         {
             char const* reason
                 = refinerDLAUnsupported(max.d[0], mHeads, mExpanded, max.d[2], max.d[3], mDevice.maxSharedBytes);
