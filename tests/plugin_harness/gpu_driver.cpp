@@ -340,7 +340,7 @@ int main(int argc, char** argv)
     runCase(creator, 16, 48, 1, 33, 65, false, false, rng);
     runCase(creator, 16, 48, 1, 33, 65, true, true, rng);
     runCase(creator, 4, 12, 3, 1, 1, false, false, rng);
-    runCase(creator, 32, 400, 1, 17, 40, false, false, rng); // past 48 KiB of shared memory: opted in
+    runCase(creator, 32, 400, 1, 17, 40, false, true, rng); // past 48 KiB of shared memory: opted in, captured
     runCase(creator, 1, 3, 70000, 2, 3, false, false, rng);  // a batch past grid.y's 65535
     runCase(creator, 12, 36, 2, 0, 0, false, false, rng);    // an empty map: a no-op
     runCase(creator, 12, 36, 0, 8, 8, true, false, rng);     // batch 0
