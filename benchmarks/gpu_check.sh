@@ -88,6 +88,12 @@ else
   printf 'sanitizer\tFAILED (compute-sanitizer not found)\t0\n' >> "$OUT/steps.tsv"; failed=1
 fi
 
+# the TensorRT plugin library's own enqueue path (tests/plugin_harness/gpu_sanitize.sh: built for this GPU against
+# TensorRT's headers, checked against float64, a CUDA graph of the first enqueue), plain then memcheck and racecheck
+if command -v compute-sanitizer > /dev/null; then
+  step plugin_sanitizer 150 bash tests/plugin_harness/gpu_sanitize.sh "$OUT/plugin" "$cap"
+fi
+
 step bench 300 "$PY" benchmarks/bench_refine.py --out "$OUT"
 
 # a library-form engine through a real tritonserver with --backend-config=tensorrt,plugins=... (deploy triton's

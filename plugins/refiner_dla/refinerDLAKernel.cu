@@ -6,6 +6,8 @@
 
 #include <cuda_fp16.h>
 
+#include <cstdint>
+
 namespace refiner_edge
 {
 namespace
@@ -201,8 +203,9 @@ cudaError_t launchTyped(void const* input, void* output, float const* weights, i
 {
     auto kernel = refinerDLAKernel<T, MAXH>;
     size_t const shared = refinerDLASharedBytes(heads, expanded);
-    if (shared > 48 * 1024)
+    if (shared > kRefinerDLADefaultSharedBytes)
     {
+        // per launch: the attribute belongs to the current device's context, which may change between launches
         cudaError_t const status
             = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
         if (status != cudaSuccess)
@@ -210,9 +213,11 @@ cudaError_t launchTyped(void const* input, void* output, float const* weights, i
             return status;
         }
     }
-    int32_t const tilesX = (cols + kTileW - 1) / kTileW;
-    int32_t const tilesY = (rows + kTileH - 1) / kTileH;
-    dim3 const grid(static_cast<uint32_t>(tilesX * tilesY), static_cast<uint32_t>(batch < kMaxGridY ? batch : kMaxGridY));
+    // refinerDLAUnsupported has checked that the tile count fits grid.x (2^31 - 1) in 64-bit arithmetic
+    int32_t const tilesX = static_cast<int32_t>((static_cast<int64_t>(cols) + kTileW - 1) / kTileW);
+    int32_t const tilesY = static_cast<int32_t>((static_cast<int64_t>(rows) + kTileH - 1) / kTileH);
+    dim3 const grid(static_cast<uint32_t>(static_cast<int64_t>(tilesX) * tilesY),
+        static_cast<uint32_t>(batch < kMaxGridY ? batch : kMaxGridY));
     kernel<<<grid, kThreads, shared, stream>>>(static_cast<T const*>(input), static_cast<T*>(output), weights, batch,
         heads, expanded, rows, cols, tilesX, static_cast<int32_t>(alignedWeightFloats(heads, expanded)));
     return cudaGetLastError();
@@ -242,48 +247,65 @@ size_t refinerDLASharedBytes(int32_t heads, int32_t expanded)
     return sizeof(float) * (alignedWeightFloats(heads, expanded) + static_cast<size_t>(heads) * kHalo + kChunk * kHalo);
 }
 
-char const* refinerDLAUnsupported(int32_t batch, int32_t heads, int32_t expanded, int32_t rows, int32_t cols)
+cudaError_t refinerDLAQueryDevice(RefinerDLADevice& device)
 {
-    if (batch < 0 || rows < 1 || cols < 1)
+    int id = 0;
+    int shared = 0;
+    cudaError_t status = cudaGetDevice(&id);
+    if (status == cudaSuccess)
     {
-        return "RefinerDLA: the map must have at least one row and column and a non-negative batch";
+        status = cudaDeviceGetAttribute(&shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, id);
+    }
+    if (status == cudaSuccess)
+    {
+        device.id = id;
+        device.maxSharedBytes = static_cast<size_t>(shared);
+    }
+    return status;
+}
+
+char const* refinerDLAUnsupported(
+    int64_t batch, int32_t heads, int32_t expanded, int64_t rows, int64_t cols, size_t maxSharedBytes)
+{
+    if (batch < 0 || rows < 0 || cols < 0)
+    {
+        return "the map's batch, rows and columns must not be negative";
+    }
+    if (batch > INT32_MAX || rows > INT32_MAX || cols > INT32_MAX)
+    {
+        return "the map's batch, rows and columns must each be below 2^31";
     }
     if (heads < 1 || heads > kRefinerDLAMaxHeads)
     {
-        return "RefinerDLA: the number of heads must be between 1 and 32";
+        return "the number of heads must be between 1 and 32";
     }
     if (expanded < 1)
     {
-        return "RefinerDLA: the number of expanded channels must be positive";
+        return "the number of expanded channels must be positive";
     }
-    if (static_cast<int64_t>((cols + kTileW - 1) / kTileW) * ((rows + kTileH - 1) / kTileH) > 0x7fffffff)
+    // 64-bit: one block per tile in grid.x, whose limit is 2^31 - 1
+    if (((cols + kTileW - 1) / kTileW) * ((rows + kTileH - 1) / kTileH) > INT32_MAX)
     {
-        return "RefinerDLA: the map is too large for one grid";
+        return "the map has more tiles than one grid takes (2^31 - 1 blocks of 8 x 32 positions)";
     }
-    int device = 0;
-    int limit = 0;
-    if (cudaGetDevice(&device) != cudaSuccess
-        || cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
+    if (refinerDLASharedBytes(heads, expanded) > maxSharedBytes)
     {
-        return "RefinerDLA: cannot query the CUDA device";
-    }
-    if (refinerDLASharedBytes(heads, expanded) > static_cast<size_t>(limit))
-    {
-        return "RefinerDLA: heads x expanded channels need more shared memory than this GPU has per block";
+        return "heads x expanded channels need more shared memory per block than the GPU allows";
     }
     return nullptr;
 }
 
 cudaError_t launchRefinerDLA(void const* input, void* output, RefinerDLAType type, float const* weights,
-    int32_t batch, int32_t heads, int32_t expanded, int32_t rows, int32_t cols, cudaStream_t stream)
+    int32_t batch, int32_t heads, int32_t expanded, int32_t rows, int32_t cols, size_t maxSharedBytes,
+    cudaStream_t stream)
 {
-    if (refinerDLAUnsupported(batch, heads, expanded, rows, cols) != nullptr)
+    if (refinerDLAUnsupported(batch, heads, expanded, rows, cols, maxSharedBytes) != nullptr)
     {
         return cudaErrorInvalidValue;
     }
-    if (batch == 0)
+    if (batch == 0 || rows == 0 || cols == 0)
     {
-        return cudaSuccess;
+        return cudaSuccess; // an empty tensor: nothing to compute, as TensorRT treats empty tensors
     }
     switch (type)
     {

@@ -29,15 +29,35 @@ enum class RefinerDLAType : int32_t
 //! Largest head count the kernel is instantiated for (Refiner-ViT uses 12 and 16).
 constexpr int32_t kRefinerDLAMaxHeads = 32;
 
+//! Dynamic shared memory a block may use without cudaFuncAttributeMaxDynamicSharedMemorySize.
+constexpr size_t kRefinerDLADefaultSharedBytes = 48 * 1024;
+
+//! The largest opt-in shared memory per block of any GPU the library is built for (sm_90/sm_100: 227 KiB);
+//! heads x expanded channels needing more run nowhere, so the plugin refuses them before knowing the device.
+constexpr size_t kRefinerDLAMaxSharedBytesAnyGpu = 227 * 1024;
+
 //! Dynamic shared memory one block needs (weights, the input tile with its halo, one chunk of x1).
 size_t refinerDLASharedBytes(int32_t heads, int32_t expanded);
 
-//! nullptr when the shape is supported on the current device, else a sentence saying what is not.
-char const* refinerDLAUnsupported(int32_t batch, int32_t heads, int32_t expanded, int32_t rows, int32_t cols);
+//! What a launch needs to know of the device; read once (refinerDLAQueryDevice), not on every launch.
+struct RefinerDLADevice
+{
+    int32_t id{-1};
+    size_t maxSharedBytes{0}; //!< cudaDevAttrMaxSharedMemoryPerBlockOptin
+};
 
-//! Launch on `stream`. `weights` is a device pointer to the packed float32 buffer.
+//! Reads the current device's limits (cudaGetDevice, cudaDeviceGetAttribute).
+cudaError_t refinerDLAQueryDevice(RefinerDLADevice& device);
+
+//! nullptr when the shape is supported with `maxSharedBytes` of shared memory per block, else a sentence saying
+//! what is not (no prefix: callers add their own). An empty map (a zero batch, rows or columns) is supported.
+char const* refinerDLAUnsupported(
+    int64_t batch, int32_t heads, int32_t expanded, int64_t rows, int64_t cols, size_t maxSharedBytes);
+
+//! Launch on `stream`. `weights` is a device pointer to the packed float32 buffer. An empty map launches nothing.
 //! Returns cudaErrorInvalidValue for unsupported shapes (see refinerDLAUnsupported), else the launch status.
 cudaError_t launchRefinerDLA(void const* input, void* output, RefinerDLAType type, float const* weights,
-    int32_t batch, int32_t heads, int32_t expanded, int32_t rows, int32_t cols, cudaStream_t stream);
+    int32_t batch, int32_t heads, int32_t expanded, int32_t rows, int32_t cols, size_t maxSharedBytes,
+    cudaStream_t stream);
 
 } // namespace refiner_edge

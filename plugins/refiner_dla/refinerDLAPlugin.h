@@ -6,12 +6,40 @@
 #include "NvInfer.h"
 #include "NvInferRuntime.h"
 
+#include "refinerDLAKernel.h"
+
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace refiner_edge
 {
+
+//! The packed weights, on the host and (once per device) on the GPU, shared by a plugin and all its clones:
+//! read-only once made, so execution contexts on one device share one device copy.
+class RefinerDLAWeights
+{
+public:
+    explicit RefinerDLAWeights(std::vector<float> host);
+    RefinerDLAWeights(RefinerDLAWeights const&) = delete;
+    RefinerDLAWeights& operator=(RefinerDLAWeights const&) = delete;
+    ~RefinerDLAWeights();
+
+    std::vector<float> const& host() const noexcept
+    {
+        return mHost;
+    }
+    //! The device copy for `device` (the current one), made on first request; nullptr (and `error` set) on failure.
+    float const* device(int32_t device, std::string& error) noexcept;
+
+private:
+    std::vector<float> const mHost;
+    std::mutex mMutex;
+    std::vector<std::pair<int32_t, float*>> mDevice;
+};
 
 class RefinerDLAPlugin : public nvinfer1::IPluginV3,
                          public nvinfer1::IPluginV3OneCore,
@@ -23,7 +51,7 @@ public:
     RefinerDLAPlugin(int32_t heads, int32_t expanded, std::vector<float> weights, std::string const& ns);
     RefinerDLAPlugin(RefinerDLAPlugin const& other);
     RefinerDLAPlugin& operator=(RefinerDLAPlugin const&) = delete;
-    ~RefinerDLAPlugin() override;
+    ~RefinerDLAPlugin() override = default;
 
     // IPluginV3
     nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override;
@@ -57,13 +85,18 @@ public:
     nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
 private:
-    //! Copies the weights to the device once; false (and logged) when that fails.
-    bool ensureDeviceWeights() noexcept;
+    //! Reads the current device's limits once per plugin object; false (and logged) when that fails.
+    bool readDevice() noexcept;
+    //! Sets mDeviceWeights from the shared copy for this plugin's device; false (and logged) when that fails.
+    bool attachWeights() noexcept;
+    //! Empty when this plugin runs the 4-D map `dims` of type `type` on its device, else why not.
+    std::string unsupported(nvinfer1::Dims const& dims, nvinfer1::DataType type) const;
 
     int32_t mHeads{};
     int32_t mExpanded{};
-    std::vector<float> mWeights;
-    float* mDeviceWeights{nullptr};
+    std::shared_ptr<RefinerDLAWeights> mWeights;
+    float const* mDeviceWeights{nullptr};
+    RefinerDLADevice mDevice{};
     std::string mNamespace;
     std::vector<nvinfer1::PluginField> mFieldsToSerialize;
     nvinfer1::PluginFieldCollection mFCToSerialize{};
@@ -86,3 +119,7 @@ private:
 };
 
 } // namespace refiner_edge
+
+//! The TensorRT version ("MAJOR.MINOR.PATCH") whose headers the library was compiled against: a library built for
+//! one major must not be loaded by another (ILogger/ILoggerFinder changed their layout in 11.0).
+extern "C" __attribute__((visibility("default"))) char const* refinerEdgePluginTensorRTVersion();

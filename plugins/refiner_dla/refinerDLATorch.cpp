@@ -5,8 +5,28 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
+#include <map>
+#include <mutex>
+
 namespace
 {
+
+// The device's shared-memory limit, read once per device rather than on every call.
+size_t maxSharedBytes(c10::DeviceIndex index)
+{
+    static std::mutex mutex;
+    static std::map<c10::DeviceIndex, size_t> limits;
+    std::lock_guard<std::mutex> lock(mutex);
+    auto found = limits.find(index);
+    if (found == limits.end())
+    {
+        refiner_edge::RefinerDLADevice device;
+        cudaError_t const status = refiner_edge::refinerDLAQueryDevice(device);
+        TORCH_CHECK(status == cudaSuccess, "RefinerDLA: cannot query the CUDA device: ", cudaGetErrorString(status));
+        found = limits.emplace(index, device.maxSharedBytes).first;
+    }
+    return found->second;
+}
 
 torch::Tensor forwardOut(torch::Tensor const& a, torch::Tensor const& weights, int64_t heads, torch::Tensor out)
 {
@@ -24,21 +44,17 @@ torch::Tensor forwardOut(torch::Tensor const& a, torch::Tensor const& weights, i
     auto const input = a.contiguous();
     TORCH_CHECK(out.is_contiguous(), "RefinerDLA: the output must be contiguous");
     c10::cuda::CUDAGuard guard(a.device());
+    size_t const maxShared = maxSharedBytes(a.device().index());
+    char const* reason = refiner_edge::refinerDLAUnsupported(a.size(0), static_cast<int32_t>(heads), expanded,
+        a.size(2), a.size(3), maxShared);
+    TORCH_CHECK(reason == nullptr, "RefinerDLA: ", reason);
     auto const type = a.scalar_type() == torch::kFloat16 ? refiner_edge::RefinerDLAType::kFLOAT16
                                                          : refiner_edge::RefinerDLAType::kFLOAT32;
     cudaError_t const status = refiner_edge::launchRefinerDLA(input.data_ptr(), out.data_ptr(), type,
         weights.contiguous().data_ptr<float>(), static_cast<int32_t>(a.size(0)), static_cast<int32_t>(heads),
-        static_cast<int32_t>(expanded), static_cast<int32_t>(a.size(2)), static_cast<int32_t>(a.size(3)),
+        expanded, static_cast<int32_t>(a.size(2)), static_cast<int32_t>(a.size(3)), maxShared,
         c10::cuda::getCurrentCUDAStream().stream());
-    if (status != cudaSuccess)
-    {
-        // the launcher checks the shape itself; only on failure is the reason worth looking up
-        char const* reason = refiner_edge::refinerDLAUnsupported(static_cast<int32_t>(a.size(0)),
-            static_cast<int32_t>(heads), static_cast<int32_t>(expanded), static_cast<int32_t>(a.size(2)),
-            static_cast<int32_t>(a.size(3)));
-        TORCH_CHECK(reason == nullptr, reason);
-        TORCH_CHECK(false, "RefinerDLA launch failed: ", cudaGetErrorString(status));
-    }
+    TORCH_CHECK(status == cudaSuccess, "RefinerDLA launch failed: ", cudaGetErrorString(status));
     return out;
 }
 
