@@ -16,6 +16,7 @@ try:  # typer >= 0.22 vendors click; older releases depend on it
 except ImportError:  # pragma: no cover
     import click
 
+from ..artifacts import NO_SPACE, no_space_error, space_left
 from ..errors import RefinerEdgeError
 from ..extras import missing_dependency
 
@@ -61,6 +62,11 @@ def handle_errors(func):
         except (typer.Exit, typer.Abort, click.ClickException):
             raise
         except OSError as e:
+            if e.errno in NO_SPACE and not state["verbose"]:
+                # a full disk where the library did not name the output (shutil.copyfile names its source first)
+                name = e.filename2 or e.filename
+                fail(str(no_space_error(name, e)) if name else f"{e.strerror} ({space_left(Path.cwd(), e.errno)})",
+                     2)
             if e.filename is None or state["verbose"]:
                 unexpected(e)
             # a file the user named that the system refuses (a name too long, a folder that is a file, ...): the

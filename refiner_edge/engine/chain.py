@@ -4,6 +4,10 @@ photographs) -> fuse (when the plugin form needs a fused graph) -> build, each a
 A stage is skipped when its artifact is there, matches its manifest's SHA-256, and its manifest's report holds the
 same `chain_key`: the SHA-256 of the stage's inputs (files by content) and options. The stages of one run are
 published together or not at all (build_chain), so an interrupted or failed run leaves the earlier generation whole.
+
+The stage files have derived names beside the engine (s.onnx, s.fp16.onnx ...), the names a user gives their own
+files too. The chain replaces only files it made, as their manifests prove (a chain record, and the file unchanged
+since); any other file there is refused before any work (check_own), never replaced.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from pathlib import Path
 from typing import Callable, ContextManager
 
 from .. import __version__
-from ..artifacts import Staging, check_artifact, file_sha256, staged_outputs
+from ..artifacts import Staging, check_artifact, file_sha256, manifest_path, staged_outputs
 from ..errors import InputError, RefinerEdgeError
 from ..manifest import Manifest, read_manifest, write_manifest
 from . import plugins
@@ -51,6 +55,26 @@ def reusable(path: Path, key: str) -> Manifest | None:
     if manifest is None or manifest.report.get("chain_key") != key or file_sha256(path) != manifest.sha256:
         return None
     return manifest
+
+
+def check_own(path: Path, output: Path, also: Path | None = None) -> None:
+    """Refuse a stage file, its manifest, or `also` (the calibration cache beside it) unless the chain made them: its
+    manifest holds a chain record and matches the file (read_manifest checks the SHA-256). One line, what to do."""
+    manifest_file = manifest_path(path)
+    present = [p for p in (path, manifest_file, also) if p is not None and (p.exists() or p.is_symlink())]
+    if not present:
+        return
+    try:
+        manifest = read_manifest(path)
+    except RefinerEdgeError:
+        manifest, why = None, f"{manifest_file.name} does not describe it"
+    else:
+        if manifest is not None and "chain_key" in manifest.report:
+            return
+        why = (f"no {manifest_file.name} records it" if manifest is None else
+               f"{manifest_file.name} records `refiner-edge {manifest.stage}`, not this chain")
+    raise InputError(f"{present[0]} was not made by this build chain ({why}) and the chain would replace it: give "
+                     f"your graph with --onnx, or move it, or choose another -o than {output.name}")
 
 
 def stamp(path: Path, key: str, inputs: dict) -> None:
@@ -121,6 +145,8 @@ def build_chain(output: str | Path, options: BuildOptions, *, variant: str | Non
     for path in (*stage_paths, output):
         check_artifact(path, inputs=inputs_given, extra=[calib] if calib and path == paths["calibrate"] else [])
     check_build_outputs(output, options)
+    for path in stage_paths:   # the user's own s.onnx, s.fp16.onnx ...: never replaced
+        check_own(path, output, also=calib if path == paths["calibrate"] else None)
     checkpoint_sha = file_sha256(checkpoint) if checkpoint is not None else None
     # Every stage writes into one staging folder and everything is published together at the end (the engine's
     # manifest last), under the locks of every stage's file: an interrupted or failed chain leaves the earlier
