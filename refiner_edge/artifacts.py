@@ -28,6 +28,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -351,7 +352,8 @@ def staged_outputs(*artifacts: str | Path, extra: Iterable[str | Path] = (), loc
     try:
         with locked(*artifacts, *locks, note=note):
             sweep(folder)
-            with scratch_folder(folder) as scratch, out_of_space(order, artifacts[-1]):
+            # the space left is measured once the scratch folder is gone: what the user has to work with
+            with out_of_space(order, artifacts[-1]), scratch_folder(folder) as scratch:
                 staging = Staging(scratch)
                 yield staging
                 stale = [manifest_path(a) for a in artifacts
@@ -433,13 +435,17 @@ def _sweep_lock(path: Path) -> None:
 
 # --- a full disk ------------------------------------------------------------------------------------------------
 
+_TEMPORARY = re.compile(r"\.(.+)\.[A-Za-z0-9_]{8}\.tmp")   # atomic_output's (and a deploy folder's) temporary name
+
+
 def public_path(path: str | Path) -> Path:
-    """Where a file written in a scratch folder (or one nested in it, as the chain's stages do) is published."""
-    path = Path(path).absolute()
-    parts = list(path.parts)
+    """Where a file written under a temporary name is published: out of its scratch folders (the chain's stages
+    nest one in another) and temporary folder names (`.NAME.XXXXXXXX.tmp`)."""
+    parts = list(Path(path).absolute().parts)
     while len(parts) > 2 and parts[-2].startswith(SCRATCH_PREFIX):
         parts.pop(-2)
-    return Path(*parts)
+    temporary = [_TEMPORARY.fullmatch(part) for part in parts[:-1]]
+    return Path(*[m.group(1) if m else part for m, part in zip(temporary, parts[:-1])], parts[-1])
 
 
 def _size(n: float) -> str:
@@ -471,7 +477,7 @@ def space_left(folder: str | Path, error: int = errno.ENOSPC) -> str:
 def no_space_error(dest: str | Path, e: OSError) -> NoSpaceError:
     dest = public_path(dest)
     return NoSpaceError(f"cannot write {dest}: {e.strerror or os.strerror(e.errno)} "
-                        f"({space_left(dest.parent, e.errno)}); nothing was written")
+                        f"({space_left(dest.parent, e.errno)})")
 
 
 @contextlib.contextmanager
@@ -501,17 +507,17 @@ def atomic_output(dest: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    try:
-        with out_of_space([dest], dest):
+    with out_of_space([dest], dest):
+        try:
             yield tmp_path
             if tmp_path.exists():
                 os.chmod(tmp_path, 0o666 & ~_umask())
             os.replace(tmp_path, dest)
-    except BaseException:
-        with deferred_interrupts():
-            tmp_path.unlink(missing_ok=True)
-            remove_folders(created)
-        raise
+        except BaseException:
+            with deferred_interrupts():
+                tmp_path.unlink(missing_ok=True)
+                remove_folders(created)
+            raise
 
 
 def write_json(dest: str | Path, data: dict) -> Path:
