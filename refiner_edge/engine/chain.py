@@ -59,15 +59,16 @@ def reusable(path: Path, key: str) -> Manifest | None:
 
 def check_own(path: Path, output: Path, also: Path | None = None) -> None:
     """Refuse a stage file, its manifest, or `also` (the calibration cache beside it) unless the chain made them: its
-    manifest holds a chain record and matches the file (read_manifest checks the SHA-256). One line, what to do."""
+    manifest holds a chain record. One line, saying what to do. (A file that no longer matches such a manifest is
+    the chain's too, e.g. a new file beside its old manifest after a hard kill: it is made again, not refused.)"""
     manifest_file = manifest_path(path)
     present = [p for p in (path, manifest_file, also) if p is not None and (p.exists() or p.is_symlink())]
     if not present:
         return
     try:
-        manifest = read_manifest(path)
+        manifest = read_manifest(path, verify=False)
     except RefinerEdgeError:
-        manifest, why = None, f"{manifest_file.name} does not describe it"
+        manifest, why = None, f"{manifest_file.name} is not a manifest this version reads"
     else:
         if manifest is not None and "chain_key" in manifest.report:
             return
