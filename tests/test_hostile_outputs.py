@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -181,6 +182,35 @@ def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path):
     assert list(tmp_path.iterdir()) == []   # no scratch folder, no .x.onnx.lock
 
 
+SIGTERM_IN_OP = textwrap.dedent("""
+    import os, signal, sys
+    import refiner_edge.refine.ort_op as op
+
+    real = op.refiner_dla_numpy
+
+    def terminated(*args, **kwargs):  # failure injection: SIGTERM arrives while ONNX Runtime runs the Python op
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    op.refiner_dla_numpy = terminated
+    from refiner_edge.cli import run
+    sys.argv = ["refiner-edge", *sys.argv[1:]]
+    run()
+""")
+
+
+def test_sigterm_inside_onnx_runtime_waits_for_the_op(tmp_path, graph):
+    """Held until ONNX Runtime returns, as Ctrl-C is: raised inside the op, it would abort the process (exit 134)."""
+    pytest.importorskip("onnxruntime_extensions", reason="the fuse check runs the reference op")
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_IN_OP, "fuse", graph, "-o", out / "f.onnx"],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert proc.stderr.strip() == "error: interrupted", proc.stderr[-2000:]
+    assert list(out.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_what_a_killed_run_left_is_swept_and_a_live_runs_is_not(tmp_path):
     from refiner_edge.artifacts import LOCK_MARK, sweep
@@ -277,6 +307,11 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(small_disk, graph, sample_ph
         assert code == 2, (command, err)
         one_error(err, f"cannot write {target}: No space left on device", f"KB free in {small_disk}")
         assert list(small_disk.iterdir()) == [], command
+    if HAS_RTX:   # the builder's child cannot even write its result there
+        code, err = run("build", "--onnx", graph, "--target", "rtx-sm89", "--batch", "1", "-o", small_disk / "e.engine")
+        assert code == 2, err
+        one_error(err, f"cannot write {small_disk / 'e.engine'}: No space left on device")
+        assert list(small_disk.iterdir()) == []
     # deploy names what it writes, not its input
     code, err = run("deploy", "triton", "--onnx", graph, "--kind", "cpu", "-o", small_disk / "repo")
     assert code == 2, err
