@@ -146,14 +146,19 @@ def build_chain(output: str | Path, options: BuildOptions, *, variant: str | Non
     for path in (*stage_paths, output):
         check_artifact(path, inputs=inputs_given, extra=[calib] if calib and path == paths["calibrate"] else [])
     check_build_outputs(output, options)
-    for path in stage_paths:   # the user's own s.onnx, s.fp16.onnx ...: never replaced
-        check_own(path, output, also=calib if path == paths["calibrate"] else None)
+
+    def check_stage_files() -> None:   # the user's own s.onnx, s.fp16.onnx ...: never replaced
+        for path in stage_paths:
+            check_own(path, output, also=calib if path == paths["calibrate"] else None)
+
+    check_stage_files()
     checkpoint_sha = file_sha256(checkpoint) if checkpoint is not None else None
     # Every stage writes into one staging folder and everything is published together at the end (the engine's
     # manifest last), under the locks of every stage's file: an interrupted or failed chain leaves the earlier
     # generation whole, and a concurrent chain to the same -o waits instead of mixing its stages with this one's.
     with staged_outputs(*stage_paths, output, extra=[calib] if calib else [], locks=[options.timing_cache],
                         inputs=inputs_given, note=note) as staging:
+        check_stage_files()   # again under the locks: another run may have written them while this one waited
         stages = chain_stages(output, options, paths, form=form, variant=variant, checkpoint=checkpoint,
                               checkpoint_sha=checkpoint_sha, img_size=img_size, calib_images=calib_images,
                               precision=precision, note=note)
