@@ -111,6 +111,8 @@ def test_the_chain_replaces_its_own_stage_files_and_then_the_users_export_is_kep
 # --- 2: what a run reads is never what it writes ----------------------------------------------------------------
 
 def test_an_inputs_manifest_is_never_an_output(tmp_path, graph, sample_photos):
+    photo = tmp_path / "photo.jpg"   # a copy: a regression would write over it
+    shutil.copy(sample_photos[0], photo)
     before = contents(tmp_path)
     manifest = tmp_path / "a.onnx.json"
     for command, needle in (
@@ -121,7 +123,7 @@ def test_an_inputs_manifest_is_never_an_output(tmp_path, graph, sample_photos):
               manifest], f"--timing-cache {manifest} is also an input of this run (the manifest of {graph})"),
             (["preprocess", sample_photos[0], "--onnx", graph, "-o", graph], f"-o {graph} is also an input"),
             (["preprocess", sample_photos[0], "--onnx", graph, "-o", manifest], "(the manifest of"),
-            (["fuse", graph, "--images", sample_photos[0], "-o", sample_photos[0]], "is also an input")):
+            (["fuse", graph, "--images", photo, "-o", photo], f"-o {photo} is also an input")):
         result = invoke(*command)
         assert result.exit_code == 2, (command, result.output)
         assert_clean_failure(result, needle)
