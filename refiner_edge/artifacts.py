@@ -105,11 +105,25 @@ _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (sta
           (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
+class _ReadSet:
+    """The files a run reads, by identity: (device, inode) for those that exist (a hard link or a symlink is the same
+    file), the resolved path for those that do not. Built once, so checking n outputs against n inputs (preprocess
+    of a folder) stays linear."""
+
+    def __init__(self, inputs: Iterable[str | Path | None]):
+        self.inodes: dict[tuple[int, int], str] = {}
+        self.paths: dict[str, str] = {}
+        for path, what in read_paths(inputs):
+            try:
+                st = os.stat(path)
+                self.inodes.setdefault((st.st_dev, st.st_ino), what)
+            except OSError:
+                self.paths.setdefault(os.path.realpath(path), what)
+
+    def find(self, path: Path, st: os.stat_result | None) -> str | None:
+        if st is not None:
+            return self.inodes.get((st.st_dev, st.st_ino))
+        return self.paths.get(os.path.realpath(path)) if self.paths else None
 
 
 def _existing_folder(path: Path) -> Path:
@@ -154,7 +168,7 @@ def check_outputs(*outputs: str | Path | None, inputs: Iterable[str | Path | Non
     process cannot write, or whose name (or its manifest's, which the caller lists) is longer than the file system
     allows. Missing folders are fine: they are created when the run publishes."""
     tried: set = set()
-    inputs = read_paths(inputs)
+    inputs = _ReadSet(inputs)
     for out in outputs:
         if out is None:
             continue
@@ -176,9 +190,9 @@ def check_outputs(*outputs: str | Path | None, inputs: Iterable[str | Path | Non
         if st is not None and not stat.S_ISREG(st.st_mode):
             kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a regular file")
             raise InputError(f"{option} {path} is {kind}, not a regular file: give a file name to write")
-        for given, what in inputs:
-            if _same_file(path, given):
-                raise InputError(f"{option} {path} is also an input of this run ({what}): write to another file")
+        what = inputs.find(path, st)
+        if what is not None:
+            raise InputError(f"{option} {path} is also an input of this run ({what}): write to another file")
         if not folder.is_dir():
             raise InputError(f"{option} {path}: {folder} is a file, not a folder")
         _check_writable(folder, path, option, tried)
