@@ -184,6 +184,33 @@ def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path):
     assert list(tmp_path.iterdir()) == []   # no scratch folder, no .x.onnx.lock
 
 
+def builder_of(pid: int) -> list[int]:
+    try:
+        kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return [k for k in kids if b"refiner_edge.engine.worker" in Path(f"/proc/{k}/cmdline").read_bytes()]
+
+
+@rtx
+def test_sigterm_stops_the_builder_and_leaves_nothing(tmp_path, graph):
+    out = tmp_path / "e" / "t.engine"
+    proc = cli("build", "--onnx", graph, "--target", "rtx-sm89", "--batch", "1:2:4", "-o", out)
+    deadline = time.monotonic() + 120
+    while not builder_of(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    builder = builder_of(proc.pid)
+    assert builder, "the build ran no child process"
+    proc.send_signal(signal.SIGTERM)   # as `timeout` or `docker stop` sends it: to the command, not its builder
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:   # the tiny compile can end first
+        pytest.skip("the build finished before SIGTERM arrived")
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "error: interrupted", err
+    assert not Path(f"/proc/{builder[0]}").exists() or "zombie" in Path(f"/proc/{builder[0]}/status").read_text()
+    assert not out.parent.exists()   # nor the folder it made
+
+
 SIGTERM_IN_OP = textwrap.dedent("""
     import os, signal, sys
     import refiner_edge.refine.ort_op as op
