@@ -211,6 +211,34 @@ def test_sigterm_stops_the_builder_and_leaves_nothing(tmp_path, graph):
     assert not out.parent.exists()   # nor the folder it made
 
 
+SIGTERM_IN_NATIVE_IMPORT = textwrap.dedent("""
+    import importlib, os, signal, sys
+    real = importlib.import_module
+
+    def import_module(name, *args, **kwargs):   # failure injection: SIGTERM while a pybind11 module initialises,
+        if name.startswith("tensorrt"):           # which turns the KeyboardInterrupt into ImportError, as it does
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+            except KeyboardInterrupt:
+                raise ImportError("initialization failed")
+        return real(name, *args, **kwargs)
+
+    importlib.import_module = import_module
+    from refiner_edge.cli import run
+    sys.argv = ["refiner-edge", *sys.argv[1:]]
+    run()
+""")
+
+
+def test_an_interrupt_inside_a_native_modules_import_is_not_a_missing_package(tmp_path, graph):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_IN_NATIVE_IMPORT, "build", "--onnx", graph, "--target",
+                           "rtx-sm89", "-o", out / "e.engine"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 130, proc.stderr[-2000:]   # not 3, "tensorrt-rtx is not installed"
+    assert proc.stderr.strip() == "error: interrupted", proc.stderr[-2000:]
+    assert not out.exists()
+
+
 SIGTERM_IN_OP = textwrap.dedent("""
     import os, signal, sys
     import refiner_edge.refine.ort_op as op
