@@ -346,9 +346,10 @@ def publish(moves: list[tuple[Path, Path]], remove: Iterable[Path] = ()) -> None
 
 @contextlib.contextmanager
 def staged_outputs(*artifacts: str | Path, extra: Iterable[str | Path] = (), locks: Iterable[str | Path | None] = (),
-                   inputs: Iterable[str | Path | None] = (), option: str = "-o",
+                   inputs: Iterable[str | Path | None] = (), option: str = "-o", stale: Iterable[Path] = (),
                    note: Callable[[str], None] = lambda message: None) -> Iterator[Staging]:
     """Check `artifacts` (one folder), lock them (and `locks`), and yield a Staging in a scratch folder beside them.
+    `stale`: files of the earlier generation that this one has no counterpart for, removed with the publish.
     Write each artifact, its manifest and any `extra` file (e.g. a calibration cache) at `staging.path(dest)`.
     On success they are published: the artifacts in the order given, the extra files, then the manifests in the same
     order, the last one being the commit point (a stage the run reused has no staged file and is left alone; an
@@ -370,9 +371,9 @@ def staged_outputs(*artifacts: str | Path, extra: Iterable[str | Path] = (), loc
             with out_of_space(order, artifacts[-1]), scratch_folder(folder) as scratch:
                 staging = Staging(scratch)
                 yield staging
-                stale = [manifest_path(a) for a in artifacts
-                         if staging.path(a).exists() and not staging.path(manifest_path(a)).exists()]
-                publish([(staging.path(dest), dest) for dest in order], remove=stale)
+                bare = [manifest_path(a) for a in artifacts
+                        if staging.path(a).exists() and not staging.path(manifest_path(a)).exists()]
+                publish([(staging.path(dest), dest) for dest in order], remove=[*bare, *stale])
     except BaseException:
         with deferred_interrupts():
             remove_folders(created)

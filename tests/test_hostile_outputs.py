@@ -162,6 +162,20 @@ def test_fuse_and_calibrate_from_a_bare_graph_leave_no_stale_manifest(tmp_path, 
     assert not [p for p in tmp_path.rglob(".*")]
 
 
+def test_an_fp16_graph_over_an_int8_one_leaves_no_calibration_cache(tmp_path, graph, sample_photos):
+    out = tmp_path / "c.onnx"
+    common = ["calibrate", "--onnx", graph, "--images", sample_photos[0], "--num", "1", "--eval-num", "1", "-o", out]
+    result = invoke(*common, "--precision", "int8")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "c.calib").is_file()
+    result = invoke(*common, "--precision", "fp16")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "a.onnx.json", "c.onnx", "c.onnx.json"]
+    (tmp_path / "c.calib").write_text("mine")   # one the manifest does not name is not ours to remove
+    assert invoke(*common, "--precision", "fp16").exit_code == 0
+    assert (tmp_path / "c.calib").read_text() == "mine"
+
+
 # --- 4: SIGTERM is Ctrl-C; what killed runs left is swept; failed runs remove the folders they made ------------
 
 def wait_for_scratch(folder: Path, proc: subprocess.Popen, timeout: float = 120) -> Path:
