@@ -9,8 +9,9 @@ published together.
 - `staged_outputs`: every file of a run is written into a scratch folder beside its destination, then renamed into
   place in one go, each manifest after its artifact and the last manifest as the commit point. A full disk there is
   one NoSpaceError naming the output and the space left, with nothing published.
-- What a killed run (SIGKILL, power loss) leaves, a scratch folder or a lock file, is removed by the next run that
-  writes in that folder: each is held (flock) by its run while in use, so a free one has lost its owner.
+- What a killed run (SIGKILL, power loss) leaves, a scratch folder (staged_outputs', atomic_output's) or a lock
+  file, is removed by the next run that writes in that folder: each is held (flock) by its run while in use, so a
+  free one has lost its owner.
 
 Why renames into place and not a generation folder: the engine must stay a raw plan at the path the user gave (trtexec,
 Triton and DeepStream open it there), with `<engine>.json` beside it, so the pair cannot become one directory entry.
@@ -48,6 +49,7 @@ LOCK_MARK = b"refiner-edge lock\n"   # written into a lock file once held: only 
 UNMARKED_STALE_S = 24 * 3600   # a scratch folder never held (killed at birth, or an older release's) after a day
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)   # full disk, full quota, file size limit (ulimit -f)
 _held: dict[str, list] = {}   # lock path -> [fd, count]: a run that holds a lock may take it again (the chain's stages)
+_swept: set[Path] = set()     # folders atomic_output has swept in this process
 
 
 def manifest_path(artifact: str | Path) -> Path:
@@ -511,28 +513,30 @@ def out_of_space(dests: list[Path], default: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def atomic_output(dest: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `dest`; on success it replaces `dest`, on any error (Ctrl-C included) it is
-    removed. For a single file with no manifest; an artifact and its manifest go through staged_outputs.
+    """Yield a temporary path beside `dest` (in a scratch folder, so a killed run's is swept like any other); on
+    success it replaces `dest`, on any error (Ctrl-C included) it is removed. For a single file with no manifest; an
+    artifact and its manifest go through staged_outputs.
 
-    The file gets the permissions any new file gets (0666 less the umask), not mkstemp's private 0600.
+    The file gets the permissions any new file gets (0666 less the umask), not a temporary file's private 0600.
     """
     dest = Path(dest)
-    created = make_folder(dest.absolute().parent)
-    prefix = hidden_name(dest.name, ".", name_max(dest.absolute().parent) - 16)   # mkstemp adds 8 + ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    with out_of_space([dest], dest):
-        try:
+    folder = dest.absolute().parent
+    created = make_folder(folder)
+    try:
+        if folder not in _swept:   # once per folder and process: preprocess writes thousands of files in one
+            _swept.add(folder)
+            sweep(folder)
+        with out_of_space([dest], dest), scratch_folder(folder) as scratch:
+            tmp_path = scratch / (dest.name if dest.name != SCRATCH_OWNER else "_")
+            os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
             yield tmp_path
             if tmp_path.exists():
                 os.chmod(tmp_path, 0o666 & ~_umask())
             os.replace(tmp_path, dest)
-        except BaseException:
-            with deferred_interrupts():
-                tmp_path.unlink(missing_ok=True)
-                remove_folders(created)
-            raise
+    except BaseException:
+        with deferred_interrupts():
+            remove_folders(created)
+        raise
 
 
 def write_json(dest: str | Path, data: dict) -> Path:
