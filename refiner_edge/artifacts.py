@@ -452,7 +452,7 @@ def _sweep_lock(path: Path) -> None:
 
 # --- a full disk ------------------------------------------------------------------------------------------------
 
-_TEMPORARY = re.compile(r"\.(.+)\.[A-Za-z0-9_]{8}\.tmp")   # atomic_output's (and a deploy folder's) temporary name
+_TEMPORARY = re.compile(r"\.(.+)\.[A-Za-z0-9_]{8}\.tmp")   # a deploy folder's temporary name (mkdtemp)
 
 
 def public_path(path: str | Path) -> Path:
