@@ -113,5 +113,6 @@ def print_calibration(report: dict, output: Path) -> None:
     out.print(f"vs FP32 on {ev['images']} images: top-1 agreement {ev['agreement']:.2f}%, cosine "
               f"{ev['cosine']:.6f}, SQNR {ev['sqnr_db']:.2f} dB, max abs error {ev['max_abs']:.4g}")
     cache = report.get("tensorrt_calibration_cache")
-    extra = f", {cache['file']}" if cache else ""
-    out.print(f"wrote {output}, {manifest_path(output)}{extra}")
+    written = [output] + [manifest_path(output)] * manifest_path(output).is_file()   # none from a bare graph
+    written += [output.with_name(cache["file"])] if cache else []
+    out.print(f"wrote {', '.join(map(str, written))}")

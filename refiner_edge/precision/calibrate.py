@@ -39,6 +39,20 @@ def calibration_cache_path(output: str | Path) -> Path:
     return output.with_name(output.stem + ".calib")
 
 
+def stale_cache(output: Path, cache: Path | None) -> list[Path]:
+    """The calibration cache an earlier INT8 graph at `output` left, when this graph has none (FP16): removed with
+    the publish, as its manifest proves it was that graph's, so no TensorRT 10 build reads it for the new one."""
+    earlier = calibration_cache_path(output)
+    if cache is not None or not earlier.is_file():
+        return []
+    try:
+        manifest = read_manifest(output, verify=False)
+    except InputError:
+        return []
+    recorded = manifest.report.get("tensorrt_calibration_cache") if manifest is not None else None
+    return [earlier] if isinstance(recorded, dict) and recorded.get("file") == earlier.name else []
+
+
 def load_float_graph(source: Path):
     """The plain FP32 graph to calibrate; fused or already calibrated graphs are refused."""
     model = load_onnx(source)
@@ -179,7 +193,7 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path,
             stage="calibrate", candidate="onnxruntime-cpu", reference=f"{source.name} (FP32) on onnxruntime-cpu",
             inputs=f"{comparison.images} calibration images", metrics=comparison.metrics(),
             thresholds={} if budget is None else {"max_drop": budget.max_drop, "min_sqnr_db": budget.min_sqnr_db}))
-    with staged_outputs(output, extra=[cache] if cache else []) as staging:
+    with staged_outputs(output, extra=[cache] if cache else [], stale=stale_cache(output, cache)) as staging:
         onnx.save(result, str(staging.path(output)))
         if cache is not None:
             write_cache(staging.path(cache), {k: ranges.clip(k) for k in ranges.minmax}, o.tensorrt_version)
