@@ -192,14 +192,19 @@ def read_manifest(artifact: str | Path, required: bool = False, verify: bool = T
             raise InputError(f"{artifact} has no manifest ({path.name}): make it with refiner-edge")
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_not_json)
+    except (OSError, ValueError) as e:   # ValueError: JSONDecodeError, UnicodeDecodeError, _not_json
         raise InputError(f"{path}: not a readable manifest ({e})") from None
     manifest = parse_manifest(data, str(path))
     if verify and manifest.sha256 and Path(artifact).is_file() and file_sha256(artifact) != manifest.sha256:
         raise InputError(f"{path.name} does not describe {Path(artifact).name} (SHA-256 differs): the file changed "
                          "after its manifest was written; make it again")
     return manifest
+
+
+def _not_json(token: str):
+    """Python's json reads bare NaN and Infinity; RFC 8259 (and the C++ reader) does not: refuse them alike."""
+    raise ValueError(f"{token} is not a JSON value: write it as the string \"{token}\"")
 
 
 def parse_manifest(data: Any, where: str = "manifest") -> Manifest:

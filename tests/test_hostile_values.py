@@ -3,7 +3,9 @@ ends in one `error:` line and a documented exit code before any work, or is comp
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -55,3 +57,86 @@ def test_serve_refuses_the_extreme_image_with_one_line():
     pre = Preprocess(224, 0.9, (0.5,) * 3, (0.5,) * 3)
     with pytest.raises(InputError, match=r"aspect ratio \(1x30000\) cannot be resized to a short side of 248"):
         decode_image(buf.getvalue(), pre)
+
+
+# ------------------------------------------------------------------------------------------------ 7, 8: zero heads
+
+def _strict(text: str):
+    """json.loads as RFC 8259 reads: a bare NaN or Infinity token is an error."""
+    def refuse(token):
+        raise AssertionError(f"{token} in JSON output")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.fixture(scope="module")
+def zero_head(tmp_path_factory):
+    """The tiny model with a zero-initialised head: every logit is 0 (a fresh fine-tuning head looks like this)."""
+    torch = pytest.importorskip("torch")
+    from refiner_edge.models.factory import create_model
+    from refiner_edge.onnx.export import export_onnx
+
+    from .helpers import randomize
+
+    model = randomize(create_model("refiner-vit-tiny"), seed=2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith(("head.", "aux_head.")):
+                p.zero_()
+    path = tmp_path_factory.mktemp("zero_head") / "zero.onnx"
+    export_onnx(model, path)
+    return path
+
+
+def test_cosine_of_identical_zero_outputs_is_one():
+    from refiner_edge.compare import Comparison
+
+    zeros = np.zeros((3, 10))
+    c = Comparison.of(zeros, zeros, {"min_cosine": 0.99999, "min_sqnr_db": 60.0, "min_agreement": 99.0})
+    assert c.cosine == 1.0 and c.sqnr_db == math.inf and c.max_abs == 0.0 and bool(c), str(c)
+    one_zero = Comparison.of(np.zeros((1, 4)), np.ones((1, 4)))
+    assert one_zero.cosine == 0.0
+    mixed = Comparison.of(np.array([[0.0, 0.0], [1.0, 2.0]]), np.array([[0.0, 0.0], [1.0, 2.0]]))
+    assert mixed.cosine == pytest.approx(1.0)
+    nan = Comparison.of(np.full((1, 4), np.nan), np.ones((1, 4)), {"min_cosine": 0.5})
+    assert not nan   # NaN still fails
+
+
+def test_manifest_of_a_zero_head_is_strict_json(zero_head):
+    data = _strict((zero_head.parent / "zero.onnx.json").read_text())
+    metrics = data["verification"][0]["metrics"]
+    assert metrics["max_abs"] == 0.0 and metrics["sqnr_db"] == "Infinity", metrics
+
+
+def test_validate_a_zero_head_graph_against_itself_passes_with_strict_json(zero_head, tmp_path):
+    Image.new("RGB", (90, 70), (120, 30, 200)).save(tmp_path / "a.png")
+    r = invoke("validate", "--images", tmp_path, "--onnx", zero_head, "--reference", zero_head, "--json")
+    assert r.exit_code == 0, r.output
+    report = _strict(r.stdout)
+    assert report["metrics"]["cosine"] == 1.0 and report["metrics"]["sqnr_db"] == "Infinity", report
+
+
+def test_infer_json_never_prints_nan(tiny_plain, tmp_path, monkeypatch):
+    from refiner_edge.runners import classify
+
+    Image.new("RGB", (90, 70), (120, 30, 200)).save(tmp_path / "a.png")
+    real = classify.topk
+
+    def poisoned(logits, k, num_classes):   # failure injection: a broken graph's NaN logits
+        return real(np.full_like(logits, np.nan), k, num_classes)
+
+    monkeypatch.setattr(classify, "topk", poisoned)
+    r = invoke("infer", tmp_path / "a.png", "--onnx", tiny_plain, "--json", "--topk", "2")
+    probs = [p["prob"] for p in _strict(r.stdout)[0]["predictions"]]
+    assert probs == ["NaN", "NaN"], r.stdout
+
+
+def test_manifest_reader_refuses_bare_nan(tiny_plain, tmp_path):
+    from refiner_edge.manifest import read_manifest
+
+    import shutil
+    graph = tmp_path / "g.onnx"
+    shutil.copy(tiny_plain, graph)
+    text = (tiny_plain.parent / (tiny_plain.name + ".json")).read_text()
+    (tmp_path / "g.onnx.json").write_text(text.replace('"crop_pct": 0.9', '"crop_pct": NaN'))
+    with pytest.raises(InputError, match="NaN is not a JSON value"):
+        read_manifest(graph, verify=False)
