@@ -12,7 +12,7 @@ from PIL import Image
 from refiner_edge.errors import InputError
 from refiner_edge.images import transform
 
-from .helpers import invoke
+from .helpers import assert_clean_failure, invoke
 
 
 # ------------------------------------------------------------------------------------------------ 5: aspect ratio
@@ -140,3 +140,75 @@ def test_manifest_reader_refuses_bare_nan(tiny_plain, tmp_path):
     (tmp_path / "g.onnx.json").write_text(text.replace('"crop_pct": 0.9', '"crop_pct": NaN'))
     with pytest.raises(InputError, match="NaN is not a JSON value"):
         read_manifest(graph, verify=False)
+
+
+# ------------------------------------------------------------------------------------------------ 6, 18: options
+
+@pytest.mark.parametrize("args, needle", [
+    (["--iterations", "1000000000000"], "--iterations"),
+    (["--warmup", "1000000000000"], "--warmup"),
+    (["--triton", "localhost:1", "--concurrency", "100000000"], "--concurrency"),
+])
+def test_bench_bounds_its_counts_before_any_work(args, needle):
+    # no model is named: a bound checked before the work fails on the option, not on the missing model
+    r = invoke("bench", *args)
+    assert r.exit_code == 2
+    assert_clean_failure(r, needle)
+
+
+def test_bench_refuses_a_batch_larger_than_memory(tiny_plain):
+    r = invoke("bench", "--onnx", tiny_plain, "--batch", "1000000000000", "--iterations", "1")
+    assert r.exit_code == 2
+    assert_clean_failure(r, "--batch 1000000000000", "GiB")
+
+
+def test_bench_help_states_the_bound():
+    r = invoke("bench", "--help")
+    assert "1,000,000" in " ".join(r.stdout.split())
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Failure injection: calibration must not begin; reaching it fails the test."""
+    from refiner_edge.precision import calibrate as stage
+
+    def forbidden(*a, **k):
+        raise AssertionError("calibration ran before the option was checked")
+
+    monkeypatch.setattr(stage, "collect_ranges", forbidden)
+    monkeypatch.setattr(stage, "load_float_graph", forbidden)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--memory", "1e400"], "--memory"),
+    (["--memory", "inf"], "--memory"),
+    (["--memory", "nan"], "--memory"),
+    (["--tensorrt-version", "foo"], "--tensorrt-version"),
+    (["--tensorrt-version", "10"], "--tensorrt-version"),
+    (["--seed", "-1"], "--seed"),
+    (["--min-sqnr", "nan", "--precision", "int8"], "--min-sqnr"),
+    (["--min-sqnr", "inf", "--precision", "int8"], "--min-sqnr"),
+])
+def test_calibrate_refuses_bad_options_before_the_work(tiny_plain, tmp_path, no_work, args, needle):
+    Image.new("RGB", (80, 60), (1, 2, 3)).save(tmp_path / "a.png")
+    r = invoke("calibrate", "--onnx", tiny_plain, "--images", tmp_path, "-o", tmp_path / "c.onnx", *args)
+    assert r.exit_code == 2, r.output
+    assert_clean_failure(r, needle)
+    assert not (tmp_path / "c.onnx").exists()
+
+
+@pytest.mark.parametrize("line, needle", [
+    ("/etc/hostname\n", "not a name relative to --images"),
+    ("../outside.png\n", "not a name relative to --images"),
+    (b"caf\xe9.png\n", "not UTF-8"),
+])
+def test_calibration_list_names_only_images_inside_the_folder(tiny_plain, tmp_path, line, needle):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (80, 60), (1, 2, 3)).save(images / "a.png")
+    Image.new("RGB", (80, 60), (1, 2, 3)).save(tmp_path / "outside.png")
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(line if isinstance(line, bytes) else line.encode())
+    r = invoke("calibrate", "--onnx", tiny_plain, "--images", images, "-o", tmp_path / "c.onnx", "--list", listing)
+    assert r.exit_code == 2, r.output
+    assert_clean_failure(r, needle)
