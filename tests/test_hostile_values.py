@@ -212,3 +212,41 @@ def test_calibration_list_names_only_images_inside_the_folder(tiny_plain, tmp_pa
     r = invoke("calibrate", "--onnx", tiny_plain, "--images", images, "-o", tmp_path / "c.onnx", "--list", listing)
     assert r.exit_code == 2, r.output
     assert_clean_failure(r, needle)
+
+
+# ------------------------------------------------------------------------------------------------ 9, 18: checkpoints
+
+def _checkpoint(tmp_path, tiny_model, name, change):
+    torch = pytest.importorskip("torch")
+    state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    change(state)
+    path = tmp_path / name
+    torch.save({"state_dict": state}, path)
+    return path
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_checkpoint_with_nonfinite_weights_is_refused_naming_the_tensor(tmp_path, tiny_model, value):
+    def poison(state):
+        state["blocks.1.attn.DLA.conv_exp.weight"].view(-1)[3] = value
+
+    ckpt = _checkpoint(tmp_path, tiny_model, "bad.pth", poison)
+    Image.new("RGB", (80, 60), (1, 2, 3)).save(tmp_path / "a.png")
+    for args in (["infer", tmp_path / "a.png"], ["export", "-o", tmp_path / "x.onnx"]):
+        r = invoke(*args, "--variant", "refiner-vit-tiny", "--checkpoint", ckpt)
+        assert r.exit_code == 2, r.output
+        assert_clean_failure(r, "NaN or infinite weights", "blocks.1.attn.DLA.conv_exp.weight (1 of")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("shape", [(1, 0, 48), (0,), (1, 1, 48)])
+def test_checkpoint_with_an_empty_pos_embed_is_one_line(tmp_path, tiny_model, shape):
+    import torch
+
+    def empty(state):
+        state["pos_embed"] = torch.zeros(shape)
+
+    ckpt = _checkpoint(tmp_path, tiny_model, "empty.pth", empty)
+    r = invoke("export", "-o", tmp_path / "x.onnx", "--variant", "refiner-vit-tiny", "--checkpoint", ckpt)
+    assert r.exit_code == 2, r.output
+    assert_clean_failure(r, "empty.pth: pos_embed has shape")
