@@ -688,6 +688,33 @@ def test_manifest_reader_refuses_malformed_manifests_as_python_does(build, tmp_p
         assert r.returncode == 1 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+def test_manifest_reader_refuses_out_of_range_fields_as_python_does(build, tmp_path):
+    # one table of hand-edited manifests (tests/manifest_cases.py) for both readers: the same line from each
+    from .manifest_cases import CASES, edited, good_manifest, text
+
+    r = _cpp_manifest(build, tmp_path, json.dumps(good_manifest()))
+    assert r.returncode == 0, r.stderr
+    for name, path, value, message in CASES:
+        manifest = text(edited(path, value))
+        assert _python_error(json.loads(manifest)) == f"M: {message}", name
+        r = _cpp_manifest(build, tmp_path, manifest)
+        assert r.returncode == 1 and r.stderr.strip() == f"error: M: {message}", (name, r.stderr)
+
+
+def test_manifest_reader_reads_non_finite_metrics_as_python_writes_them(build, tmp_path):
+    # strict JSON (refiner_edge/strict_json.py): an exact match's infinite SQNR is the string "Infinity"
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"plan")
+    m = _engine_manifest(tmp_path)
+    m.verification = [manifest_module.Verification("build", "tensorrt", "onnxruntime", "2 images",
+                                                   {"sqnr_db": float("inf"), "cosine": float("nan")}, {})]
+    write_manifest(engine, m)
+    text = (tmp_path / "model.engine.json").read_text()
+    assert '"sqnr_db": "Infinity"' in text and '"cosine": "NaN"' in text
+    r = _run([build["probe"], "manifest", tmp_path / "model.engine.json"])
+    assert r.returncode == 0, r.stderr
+
+
 # ------------------------------------------------------------------------------------------------ engine checks
 
 def _engine_manifest(tmp_path, **engine) -> Manifest:

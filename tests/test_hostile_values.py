@@ -250,3 +250,53 @@ def test_checkpoint_with_an_empty_pos_embed_is_one_line(tmp_path, tiny_model, sh
     r = invoke("export", "-o", tmp_path / "x.onnx", "--variant", "refiner-vit-tiny", "--checkpoint", ckpt)
     assert r.exit_code == 2, r.output
     assert_clean_failure(r, "empty.pth: pos_embed has shape")
+
+
+# ------------------------------------------------------------------------------------------------ 19: manifests
+
+def test_the_good_manifest_of_the_case_table_is_read():
+    from refiner_edge.manifest import parse_manifest
+
+    from .manifest_cases import good_manifest
+
+    assert parse_manifest(good_manifest(), "M").engine.profiles[0].max == [8, 3, 224, 224]
+
+
+@pytest.mark.parametrize("case", __import__("tests.manifest_cases", fromlist=["CASES"]).CASES, ids=lambda c: c[0])
+def test_hand_edited_manifests_are_refused_when_read(case):
+    from refiner_edge.manifest import parse_manifest
+
+    from .manifest_cases import edited, text
+
+    name, path, value, message = case
+    with pytest.raises(InputError) as e:
+        parse_manifest(json.loads(text(edited(path, value))), "M")
+    assert str(e.value) == f"M: {message}"
+
+
+def test_deploy_triton_refuses_a_hand_edited_manifest(tiny_plain, tmp_path):
+    import shutil
+
+    graph = tmp_path / "g.onnx"
+    shutil.copy(tiny_plain, graph)
+    data = json.loads((tiny_plain.parent / (tiny_plain.name + ".json")).read_text())
+    data["preprocess"]["std"] = [0.0, 0.0, 0.0]
+    (tmp_path / "g.onnx.json").write_text(json.dumps(data))
+    r = invoke("deploy", "triton", "--onnx", graph, "-o", tmp_path / "repo")
+    assert r.exit_code == 2, r.output
+    assert_clean_failure(r, "mean and std must be finite and std non-zero")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_infer_refuses_a_manifest_with_crop_pct_zero(tiny_plain, tmp_path):
+    import shutil
+
+    graph = tmp_path / "g.onnx"
+    shutil.copy(tiny_plain, graph)
+    data = json.loads((tiny_plain.parent / (tiny_plain.name + ".json")).read_text())
+    data["preprocess"]["crop_pct"] = -1.0
+    (tmp_path / "g.onnx.json").write_text(json.dumps(data))
+    Image.new("RGB", (80, 60), (1, 2, 3)).save(tmp_path / "a.png")
+    r = invoke("infer", tmp_path / "a.png", "--onnx", graph)
+    assert r.exit_code == 2, r.output
+    assert_clean_failure(r, "crop_pct -1 must be a finite number above 0")
