@@ -51,8 +51,9 @@ class Comparison:
         out2, ref2 = out.reshape(len(out), -1), ref.reshape(len(ref), -1)
         err = out2 - ref2
         noise, signal = float(np.sum(err * err)), float(np.sum(ref2 * ref2))
-        sqnr = float("inf") if noise == 0.0 else float(10.0 * np.log10(max(signal, 1e-300) / noise))
-        cosine = float(np.mean(row_cosines(out2, ref2))) if len(out2) else 1.0
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):   # non-finite outputs report as such
+            sqnr = float("inf") if noise == 0.0 else float(10.0 * np.log10(max(signal, 1e-300) / noise))
+            cosine = float(np.mean(row_cosines(out2, ref2))) if len(out2) else 1.0
         max_abs = float(np.max(np.abs(err))) if err.size else 0.0
         scale = float(np.max(np.abs(ref2))) if ref2.size else 0.0
         top_out, top_ref = out2.argmax(axis=1), ref2.argmax(axis=1)

@@ -300,3 +300,101 @@ def test_infer_refuses_a_manifest_with_crop_pct_zero(tiny_plain, tmp_path):
     r = invoke("infer", tmp_path / "a.png", "--onnx", graph)
     assert r.exit_code == 2, r.output
     assert_clean_failure(r, "crop_pct -1 must be a finite number above 0")
+
+
+# ------------------------------------------------------------------------------------------------ 10: FP16 overflow
+
+@pytest.fixture(scope="module")
+def big_logits(tmp_path_factory):
+    """The tiny model with one class's head bias at 83,000: its logit is beyond FP16's 65504 on every image."""
+    torch = pytest.importorskip("torch")
+    from refiner_edge.models.factory import create_model
+    from refiner_edge.onnx.export import export_onnx
+
+    from .helpers import randomize
+
+    model = randomize(create_model("refiner-vit-tiny"), seed=1)
+    with torch.no_grad():
+        model.head.bias[3] = 83_000.0
+    root = tmp_path_factory.mktemp("big_logits")
+    export_onnx(model, root / "big.onnx")
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    return root / "big.onnx", images
+
+
+def test_fp16_keeps_an_overflowing_head_in_fp32_to_the_output(big_logits, tmp_path):
+    from refiner_edge.onnx.session import ort_session
+
+    graph, images = big_logits
+    out = tmp_path / "big.fp16.onnx"
+    r = invoke("calibrate", "--onnx", graph, "--images", images, "--precision", "fp16", "-o", out, "--json")
+    assert r.exit_code == 0, r.output
+    report = _strict(r.stdout)
+    assert math.isfinite(report["evaluation"]["cosine"]) and report["evaluation"]["sqnr_db"] > 40, report
+    x = np.random.default_rng(1).standard_normal((2, 3, 64, 64), dtype=np.float32)
+    logits = ort_session(out, ["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert np.isfinite(logits).all() and logits[:, 3].min() > 65504, logits[:, 3]
+
+
+def test_fp16_kept_gemm_reads_its_bias_in_fp32():
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from refiner_edge.onnx.session import ort_session
+    from refiner_edge.precision.fp16 import convert_to_fp16
+
+    bias = np.array([1e5, 1.0, 2.0], np.float32)   # beyond FP16: the converter clips it to 65504
+    nodes = [helper.make_node("Relu", ["x"], ["h"], name="relu"),
+             helper.make_node("Gemm", ["h", "W", "B"], ["y"], name="gemm"),
+             helper.make_node("Add", ["y", "B"], ["z"], name="add")]   # an FP16 node sharing the bias
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y2", TensorProto.FLOAT, [1, 3]),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 3])],
+                              [numpy_helper.from_array(np.ones((4, 3), np.float32), "W"),
+                               numpy_helper.from_array(bias, "B")])
+    graph.node.append(helper.make_node("Identity", ["y"], ["y2"], name="out"))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    converted = convert_to_fp16(model, ["gemm", "out"])
+    inits = {i.name: i for i in converted.graph.initializer}
+    gemm = next(n for n in converted.graph.node if n.name == "gemm")
+    assert inits[gemm.input[2]].data_type == TensorProto.FLOAT, gemm.input
+    assert numpy_helper.to_array(inits[gemm.input[2]])[0] == 1e5
+    y = ort_session(_saved(converted), ["CPUExecutionProvider"]).run(
+        ["y2"], {"x": np.ones((1, 4), np.float32)})[0]
+    np.testing.assert_array_equal(y, [[4 + 1e5, 5, 6]])
+    onnx.checker.check_model(converted)
+
+
+def _saved(model):
+    import tempfile
+
+    import onnx
+
+    path = tempfile.mkdtemp() + "/m.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_calibrate_refuses_to_publish_a_graph_whose_report_is_not_finite(big_logits, tmp_path, monkeypatch):
+    from refiner_edge.precision import calibrate as stage
+
+    # failure injection: the FP16 graph's logits overflow (as a GPU computing the head in FP16 would give them);
+    # the first run is the FP32 reference, the second the calibrated graph
+    real, calls = stage.run_logits, []
+
+    def overflowing(model, x, batch):
+        calls.append(model)
+        out = real(model, x, batch)
+        return out if len(calls) == 1 else np.where(out > 65504, np.inf, out)
+
+    monkeypatch.setattr(stage, "run_logits", overflowing)
+    graph, images = big_logits
+    out = tmp_path / "bad.fp16.onnx"
+    r = invoke("calibrate", "--onnx", graph, "--images", images, "--precision", "fp16", "-o", out)
+    assert r.exit_code == 4, r.output
+    assert_clean_failure(r, "NaN or infinite logits", "nothing written")
+    assert not out.exists() and not (tmp_path / "bad.fp16.onnx.json").exists()

@@ -16,7 +16,7 @@ from ..artifacts import check_artifact, staged_outputs
 from ..batching import pad_batch
 from ..compare import Comparison
 from ..defaults import default
-from ..errors import InputError
+from ..errors import InputError, VerificationError
 from ..manifest import Verification, read_manifest, write_manifest
 from ..onnx.graph import graph_precision, graph_preprocess, load_onnx, opset_of
 from . import CALIBRATED
@@ -168,6 +168,7 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path,
                                                          eval_batch)
     if comparison is None:
         comparison = Comparison.of(run_logits(result, x_eval, eval_batch), reference)
+    _check_finite(comparison, reference, o.precision, source)
     finished = time.perf_counter()
 
     onnx.checker.check_model(result)
@@ -200,6 +201,18 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path,
         if manifest is not None:
             write_manifest(staging.path(output), record)
     return report
+
+
+def _check_finite(comparison: Comparison, reference: np.ndarray, precision: str, source: Path) -> None:
+    """A graph whose own report is not finite (NaN cosine, -inf SQNR: outputs that overflowed) is never
+    published: its predictions would be NaN. An exact match (SQNR +inf) is finite enough."""
+    if not np.isfinite(reference).all():
+        raise VerificationError(f"{source.name} (FP32) itself gives NaN or infinite logits on the calibration "
+                                "images: nothing written")
+    if not (math.isfinite(comparison.max_abs) and math.isfinite(comparison.cosine)):
+        raise VerificationError(f"the {precision.upper()} graph gives NaN or infinite logits on the calibration "
+                                f"images (cosine {comparison.cosine:.6f}, SQNR {comparison.sqnr_db:.2f} dB, max abs "
+                                f"error {comparison.max_abs:.4g}): nothing written")
 
 
 def _int8_graph(source: Path, model, ranges, nodes: list[str], refinements: int, keep_fp32: list[str],
