@@ -31,7 +31,7 @@ INDEX_LABELS = "class-index"      # any other head: classes are named by their i
 # Ranges every reader holds a manifest to (docs/manifest.md), here and in cpp/src/manifest.cpp with the same words:
 # a hand-edited manifest is refused when read, never half-used (std 0 would give NaN predictions).
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")  # of a graph, and of the engine built from it (precision.PRECISIONS)
 MAX_IMG_SIZE, MAX_RESIZE_SIZE, MAX_CLASSES, MAX_OPSET = 8192, 65536, 1_000_000, 1000
 
 
