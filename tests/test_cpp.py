@@ -821,6 +821,25 @@ def test_topk_json_has_the_shape_of_refiner_edge_infer(build, tmp_path):
     assert ours[1]["predictions"][0]["index"] == 7 and ours[1]["predictions"][1]["index"] == 9
 
 
+def test_topk_json_is_strict_for_nan_logits(build, tmp_path):
+    # a broken engine's NaN logits: the probabilities are the string "NaN", as `refiner-edge infer --json` writes
+    from refiner_edge import strict_json
+    from refiner_edge.runners.classify import ImageResult, topk
+
+    logits = np.full((1, 10), np.nan, np.float32)
+    write_tensor(tmp_path / "logits.rfet", logits)
+    r = _run([build["probe"], "topk", tmp_path / "logits.rfet", "2"])
+    assert r.returncode == 0, r.stderr
+
+    def refuse(token):
+        raise AssertionError(f"{token} in JSON output")
+
+    ours = json.loads(r.stdout, parse_constant=refuse)
+    theirs = json.loads(strict_json.dumps([ImageResult("row0", p).to_dict() for p in topk(logits, 2, 10)]))
+    assert [p["prob"] for p in ours[0]["predictions"]] == [p["prob"] for p in theirs[0]["predictions"]] == \
+        ["NaN", "NaN"]
+
+
 def test_installed_package_is_found_by_another_project(build, images, tmp_path):
     """find_package(refiner_edge) + refiner_edge::refiner_edge, as cpp/README.md shows a user."""
     project = tmp_path / "consumer"
