@@ -27,7 +27,6 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -39,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from . import strict_json
 from .errors import InputError, NoSpaceError
 
 MANIFEST_SUFFIX = ".json"
@@ -541,7 +541,7 @@ def atomic_output(dest: str | Path) -> Iterator[Path]:
 
 def write_json(dest: str | Path, data: dict) -> Path:
     with atomic_output(dest) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        tmp.write_text(strict_json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return Path(dest)
 
 

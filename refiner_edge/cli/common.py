@@ -145,9 +145,9 @@ def status(message: str):
 
 
 def print_json(data) -> None:
-    import json
+    from .. import strict_json
 
-    typer.echo(json.dumps(data, indent=2, default=str))
+    typer.echo(strict_json.dumps(data, indent=2, default=str))
 
 
 def output_file(value: str) -> Path:
