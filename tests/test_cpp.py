@@ -60,7 +60,7 @@ from refiner_edge.engine.checks import Runtime, check_engine
 from refiner_edge.errors import InputError
 from refiner_edge.images.preprocess import Preprocess, load_image
 from refiner_edge import manifest as manifest_module
-from refiner_edge.manifest import EngineInfo, GraphInfo, Manifest, ModelInfo, parse_manifest, write_manifest
+from refiner_edge.manifest import EngineInfo, GraphInfo, Manifest, ModelInfo, parse_manifest, read_manifest, write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 CPP = ROOT / "cpp"
@@ -765,6 +765,23 @@ def test_engine_checks_give_pythons_rebuild_line(build, tmp_path):
     engine.write_bytes(engine.read_bytes()[:3])
     r = _run([build["probe"], "check-engine", engine, "tensorrt", "10.3.0", "8.7", "Orin"])
     assert r.returncode == 1 and "SHA-256 differs): rebuild with: refiner-edge build --onnx" in r.stderr
+
+
+def test_engine_checks_follow_a_link_to_the_engines_manifest(build, tmp_path):
+    """A link (current.engine -> model.engine) keeps the engine's manifest in C++ as in Python (read_manifest)."""
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\x00plan bytes")
+    write_manifest(engine, _engine_manifest(tmp_path))
+    (tmp_path / "links").mkdir()
+    link = tmp_path / "links" / "current.engine"
+    link.symlink_to(engine)
+    assert read_manifest(link) is not None
+    r = _run([build["probe"], "check-engine", link, "tensorrt", "10.3.0", "8.7", "Orin"])
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    # a link with a manifest of its own keeps that one
+    (tmp_path / "links" / "current.engine.json").write_text("{}")
+    r = _run([build["probe"], "check-engine", link, "tensorrt", "10.3.0", "8.7", "Orin"])
+    assert r.returncode == 1 and "current.engine.json" in r.stderr, r.stderr
 
 
 # ------------------------------------------------------------------------------------------------ the app

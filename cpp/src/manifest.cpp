@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <initializer_list>
 #include <fstream>
 #include <sstream>
@@ -392,6 +393,13 @@ Status parseManifest(const std::string& text, const std::string& where, Manifest
 
 Status readManifest(const std::string& artifact, Manifest& out) try {
     std::string path = manifestPath(artifact);
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(path, ec) && std::filesystem::is_symlink(artifact, ec)) {
+        // a link (current.engine -> refiner-vit-m.engine) names the artifact it points to: its manifest lies beside
+        // that, as refiner_edge/manifest.py's read_manifest finds it
+        std::filesystem::path target = std::filesystem::canonical(artifact, ec);
+        if (!ec) path = manifestPath(target.string());
+    }
     std::ifstream in(path, std::ios::binary);
     if (!in) {
         size_t slash = path.find_last_of('/');
