@@ -82,6 +82,19 @@ def tiny_checkpoint(tmp_path_factory, tiny_model) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_engine(tmp_path_factory, tiny_plain) -> Path:
+    """The tiny graph built for rtx-sm89 with a 1:2:8 profile (TensorRT-RTX on the CPU): what deploy tests deploy."""
+    if importlib.util.find_spec("tensorrt_rtx") is None:
+        pytest.skip("tensorrt-rtx is not installed (pip install 'refiner-edge[rtx]'): no engine to deploy")
+    from refiner_edge.engine.build import BuildOptions, build_engine
+    from refiner_edge.engine.targets import TARGETS
+
+    out = tmp_path_factory.mktemp("deploy_engine") / "tiny.engine"
+    build_engine(tiny_plain, out, BuildOptions(TARGETS["rtx-sm89"], batch=(1, 2, 8)))
+    return out
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

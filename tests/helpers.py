@@ -1,8 +1,11 @@
 """Shared test helpers."""
+import importlib.util
 import signal
 import socket
 import subprocess
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from refiner_edge.cli import app
@@ -67,3 +70,17 @@ def stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=10)
+
+
+HAS_PB = importlib.util.find_spec("tritonclient") is not None and importlib.util.find_spec("google.protobuf") \
+    is not None
+needs_pb = pytest.mark.skipif(not HAS_PB, reason="tritonclient[grpc] is not installed (pip install "
+                              "'refiner-edge[client]'): it holds Triton's model-config protobuf")
+
+
+def parse_config(path: Path):
+    """A config.pbtxt as Triton reads it (tritonclient's model-config protobuf)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())

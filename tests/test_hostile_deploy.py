@@ -18,33 +18,10 @@ import pytest
 from refiner_edge.deploy.serve import wait_ready
 from refiner_edge.manifest import manifest_path, read_manifest
 
-from .helpers import assert_clean_failure, free_port, invoke, stop
+from .helpers import assert_clean_failure, free_port, invoke, needs_pb, parse_config, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
-HAS_PB = importlib.util.find_spec("tritonclient") is not None and importlib.util.find_spec("google.protobuf") \
-    is not None
-needs_pb = pytest.mark.skipif(not HAS_PB, reason="tritonclient[grpc] is not installed (pip install "
-                              "'refiner-edge[client]'): it holds Triton's model-config protobuf")
-
-
-def parse_config(path: Path):
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
-
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
-
-
-@pytest.fixture(scope="module")
-def tiny_engine(tmp_path_factory, tiny_plain):
-    if not HAS_RTX:
-        pytest.skip("tensorrt-rtx is not installed (pip install 'refiner-edge[rtx]'): no engine to deploy")
-    from refiner_edge.engine.build import BuildOptions, build_engine
-    from refiner_edge.engine.targets import TARGETS
-
-    out = tmp_path_factory.mktemp("hostile_engine") / "tiny.engine"
-    build_engine(tiny_plain, out, BuildOptions(TARGETS["rtx-sm89"], batch=(1, 2, 8)))
-    return out
 
 
 def engine_with(folder: Path, tiny_engine: Path, name: str = "tiny.engine", **engine_fields) -> Path:
@@ -364,7 +341,7 @@ def tritonserver(serve_python, tmp_path_factory):
         cmd = [str(server / "bin" / "tritonserver"), f"--model-repository={repo}", f"--backend-directory={backends}",
                "--model-control-mode=explicit", *[f"--load-model={m}" for m in models],
                "--http-address=127.0.0.1", f"--http-port={http}", "--allow-grpc=false", "--allow-metrics=false",
-               "--exit-timeout-secs=2", "--exit-on-error=true"]
+               "--exit-timeout-secs=20", "--exit-on-error=true"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         started.append(proc)
         url = f"127.0.0.1:{http}"
