@@ -105,8 +105,8 @@ def choose_form(target: Target, asked: str | None, *, fused: bool | None, weak: 
     manifest); None for the chain, which makes the graph the form needs. A form asked for is used or refused.
     Otherwise a fused graph takes the target's form and a plain one none; the chain takes the target's form when
     it is available here (`available`, which registers nothing; `builder_version` gives the builder's version),
-    else the plain graph, with a note (`probe=False`: the target's form, unprobed). TensorRT-RTX has no custom plugins, and a weakly typed build parses the
-    plain graph, so both make plain graphs."""
+    else the plain graph, with a note (`probe=False`: the target's form, unprobed). TensorRT-RTX has no custom
+    plugins, and a weakly typed build parses the plain graph, so both make plain graphs."""
     if asked is not None and asked not in FORMS:
         raise InputError(f"unknown plugin form '{asked}'; choose one of: {', '.join(FORMS)}")
     if target.rtx and fused:
