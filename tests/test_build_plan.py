@@ -106,3 +106,31 @@ def test_list_targets_reads_the_plans_defaults():
         assert row["workspace_gib"] * (1 << 30) == plan.workspace(options) == target.workspace
         assert row["opt_level"] == plan.opt_level(options) and row["tf32"] is plan.tf32(options)
         assert row["plugin"] == ("none" if target.rtx else target.plugin)
+
+
+@rtx
+def test_every_stage_returns_one_result_type(tmp_path, tiny_model, sample_photos):
+    """export, calibrate, fuse and build each return a StageResult: the artifact, the manifest written beside it
+    (read back equal), the comparison it was verified by (None where nothing was compared) and its report."""
+    from refiner_edge.engine.build import BuildOptions, build_engine
+    from refiner_edge.manifest import read_manifest
+    from refiner_edge.onnx.export import export_onnx
+    from refiner_edge.precision.calibrate import CalibrateOptions, calibrate_onnx
+    from refiner_edge.result import StageResult
+
+    plain, fp16 = tmp_path / "t.onnx", tmp_path / "t.fp16.onnx"
+    results = {"export": export_onnx(tiny_model, plain),
+               "calibrate": calibrate_onnx(plain, sample_photos[0].parent, fp16,
+                                           CalibrateOptions(precision="fp16", num=2, eval_num=2)),
+               "build": build_engine(fp16, tmp_path / "t.engine", BuildOptions(TARGETS["rtx-sm89"], batch=(1, 1, 2)))}
+    if importlib.util.find_spec("onnxruntime_extensions") is not None:   # the fused graph's check needs it
+        from refiner_edge.refine.fuse import fuse_onnx
+
+        results["fuse"] = fuse_onnx(plain, tmp_path / "t.fused.onnx")
+        assert results["fuse"].report == {"fused_nodes": 2, "form": "library"} and results["fuse"].comparison
+    for stage, result in results.items():
+        assert type(result) is StageResult and result.manifest.stage == stage
+        assert result.manifest == read_manifest(result.artifact)
+    assert results["export"].comparison and results["calibrate"].comparison.images == 2
+    assert results["calibrate"].report == results["calibrate"].manifest.report
+    assert results["build"].comparison is None and "trtexec" in results["build"].report

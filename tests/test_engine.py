@@ -25,7 +25,8 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "engines.md"
 
 
 def build_rtx(onnx, out, cc="89", **kw):
-    return build_engine(onnx, out, BuildOptions(TARGETS[f"rtx-sm{cc}"], batch=kw.pop("batch", (1, 2, 8)), **kw))
+    return build_engine(onnx, out, BuildOptions(TARGETS[f"rtx-sm{cc}"], batch=kw.pop("batch", (1, 2, 8)), **kw)
+                        ).manifest
 
 
 @pytest.fixture(scope="module")

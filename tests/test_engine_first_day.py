@@ -457,7 +457,8 @@ def test_context_that_cannot_be_captured_is_refused_in_one_line(tmp_path, bounda
 
 @rtx
 def test_rtx_build_records_tf32_and_user_allocation(tmp_path, tiny_plain):
-    record = build_engine(tiny_plain, tmp_path / "a.engine", BuildOptions(TARGETS["rtx-sm89"], batch=(1, 2, 4)))
+    record = build_engine(tiny_plain, tmp_path / "a.engine",
+                          BuildOptions(TARGETS["rtx-sm89"], batch=(1, 2, 4))).manifest
     e = record.engine
     assert (e.tf32, e.user_allocation, e.plugin_tensorrt_version) == (False, True, None)
     assert e.rebuild.split()[-3:-2] == ["--no-tf32"]
@@ -696,7 +697,7 @@ def test_trtexec_line_of_a_real_build_makes_an_engine_that_runs_alike(tmp_path, 
     if shutil.which("trtexec") is None:
         pytest.skip("trtexec is not on PATH (TensorRT's bin/ folder)")
     ours = tmp_path / "ours.engine"
-    record = build_engine(tiny_plain, ours, BuildOptions(get_target("auto"), batch=(1, 2, 4)))
+    record = build_engine(tiny_plain, ours, BuildOptions(get_target("auto"), batch=(1, 2, 4))).manifest
     assert record.engine.tf32 is False and "--no-tf32" in record.engine.rebuild
     line = record.report["trtexec"]
     args = shlex.split(line.replace(str(ours.absolute()), str(tmp_path / "theirs.engine")))

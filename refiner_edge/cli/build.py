@@ -119,11 +119,9 @@ def build(
         workspace=parse_size(workspace) if workspace else None, timing_cache=timing_cache,
         version_compatible=version_compatible, weak_typing=weak_typing, plugin=plugin.value if plugin else None,
         tf32=tf32)
-    if options.version_compatible and options.target.rtx:
-        raise InputError("--version-compatible is a TensorRT option; TensorRT-RTX engines are not version compatible")
     if onnx is not None:
         with status(f"building {onnx.name} for {options.target.name} ..."):
-            manifest = build_engine(onnx, output, options, note=note)
+            manifest = build_engine(onnx, output, options, note=note).manifest
         stages = {"build": {"artifact": str(output), "reused": False}}
     else:
         from ..engine.chain import build_chain

@@ -15,6 +15,7 @@ from ..artifacts import (MANIFEST_SUFFIX, Staging, atomic_output, check_artifact
                          staged_outputs)
 from ..errors import InputError, VerificationError
 from ..manifest import EngineInfo, Manifest, Profile, write_manifest
+from ..result import StageResult
 from . import plugins
 from .plan import BuildOptions, BuildPlan, read_network, rebuild_command, resolve, trtexec_command
 
@@ -34,8 +35,9 @@ def engine_report(output: Path, manifest: Manifest, stages: dict) -> dict:
 
 
 def build_engine(onnx: str | Path, output: str | Path, options: BuildOptions, *, rebuild: str | None = None,
-                 report: dict | None = None, note: Callable[[str], None] = lambda message: None) -> Manifest:
-    """Build `onnx` into the raw engine `output` and write its manifest `<output>.json` beside it.
+                 report: dict | None = None, note: Callable[[str], None] = lambda message: None) -> StageResult:
+    """Build `onnx` into the raw engine `output` and write its manifest `<output>.json` beside it; the result's
+    manifest holds the engine's record.
 
     The engine file is TensorRT's serialized plan and nothing else, so trtexec, Triton and DeepStream load it as it
     is. Nothing is written unless the build succeeds; an earlier engine at `output` stays until then.
@@ -47,7 +49,7 @@ def build_engine(onnx: str | Path, output: str | Path, options: BuildOptions, *,
 
 
 def make_engine(plan: BuildPlan, output: Path, *, rebuild: str | None = None, report: dict | None = None,
-                note: Callable[[str], None] = lambda message: None) -> Manifest:
+                note: Callable[[str], None] = lambda message: None) -> StageResult:
     """Build the plan's graph into `output` (outputs already checked) and write its manifest beside it."""
     network, options = plan.network, plan.options
     report = dict(report or {})
@@ -65,7 +67,7 @@ def make_engine(plan: BuildPlan, output: Path, *, rebuild: str | None = None, re
                                                  "trtexec": trtexec_command(plan, output, plugin.library),
                                                  **({"aot_ptx": plugin.setup} if plugin.setup else {})})
         write_manifest(staging.path(output), record)
-    return record
+    return StageResult(output, record, None, record.report)
 
 
 def engine_info(plan: BuildPlan, plugin: plugins.Plugin, built: dict, rebuild: str) -> EngineInfo:

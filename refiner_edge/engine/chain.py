@@ -171,7 +171,7 @@ def chain_stages(output: Path, plan: BuildPlan, paths: dict[str, Path | None], *
                                "refiner_edge": __version__},
         label=lambda source: f"build {source.name} for {target.name} ({target.flavour}) -> {output.name}",
         make=lambda source, dest, record: make_engine(plan.with_graph(source), dest, rebuild=rebuild, report=record,
-                                                      note=note),
+                                                      note=note).manifest,
         records_itself=True))
     return stages
 

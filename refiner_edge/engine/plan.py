@@ -168,6 +168,8 @@ def resolve(options: BuildOptions, network: Network, *,
     if precision not in PRECISIONS:
         raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
     check_dla(options, precision)
+    if options.version_compatible and target.rtx:
+        raise InputError("--version-compatible is a TensorRT option; TensorRT-RTX engines are not version compatible")
     weak = options.weak_typing or (options.dla_core is not None and not target.strongly_typed_only)
     if weak and target.strongly_typed_only:
         raise InputError(f"{target.name} ({'TensorRT-RTX' if target.rtx else 'TensorRT ' + target.tensorrt}) builds "
