@@ -7,7 +7,11 @@ published together.
 - `locked`: an advisory fcntl lock per output (`.NAME.lock` beside it, removed when released), so runs writing the
   same file take turns instead of interleaving their renames.
 - `staged_outputs`: every file of a run is written into a scratch folder beside its destination, then renamed into
-  place in one go, each manifest after its artifact and the last manifest as the commit point.
+  place in one go, each manifest after its artifact and the last manifest as the commit point. A full disk there is
+  one NoSpaceError naming the output and the space left, with nothing published.
+- What a killed run (SIGKILL, power loss) leaves, a scratch folder (staged_outputs', atomic_output's) or a lock
+  file, is removed by the next run that writes in that folder: each is held (flock) by its run while in use, so a
+  free one has lost its owner.
 
 Why renames into place and not a generation folder: the engine must stay a raw plan at the path the user gave (trtexec,
 Triton and DeepStream open it there), with `<engine>.json` beside it, so the pair cannot become one directory entry.
@@ -23,22 +27,29 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import json
 import os
+import re
 import shutil
 import signal
 import stat
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from .errors import InputError
+from . import strict_json
+from .errors import InputError, NoSpaceError
 
 MANIFEST_SUFFIX = ".json"
 NAME_MAX = 255            # when the file system does not say (pathconf)
 SCRATCH_PREFIX = ".refiner-edge-"
+SCRATCH_OWNER = ".owner"  # made once the scratch folder is held: a held-then-free folder is a killed run's
+LOCK_MARK = b"refiner-edge lock\n"   # written into a lock file once held: only such files are swept
+UNMARKED_STALE_S = 24 * 3600   # a scratch folder never held (killed at birth, or an older release's) after a day
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)   # full disk, full quota, file size limit (ulimit -f)
 _held: dict[str, list] = {}   # lock path -> [fd, count]: a run that holds a lock may take it again (the chain's stages)
+_swept: set[Path] = set()     # folders atomic_output has swept in this process
 
 
 def manifest_path(artifact: str | Path) -> Path:
@@ -96,11 +107,25 @@ _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (sta
           (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
+class _ReadSet:
+    """The files a run reads, by identity: (device, inode) for those that exist (a hard link or a symlink is the same
+    file), the resolved path for those that do not. Built once, so checking n outputs against n inputs (preprocess
+    of a folder) stays linear."""
+
+    def __init__(self, inputs: Iterable[str | Path | None]):
+        self.inodes: dict[tuple[int, int], str] = {}
+        self.paths: dict[str, str] = {}
+        for path, what in read_paths(inputs):
+            try:
+                st = os.stat(path)
+                self.inodes.setdefault((st.st_dev, st.st_ino), what)
+            except OSError:
+                self.paths.setdefault(os.path.realpath(path), what)
+
+    def find(self, path: Path, st: os.stat_result | None) -> str | None:
+        if st is not None:
+            return self.inodes.get((st.st_dev, st.st_ino))
+        return self.paths.get(os.path.realpath(path)) if self.paths else None
 
 
 def _existing_folder(path: Path) -> Path:
@@ -126,12 +151,26 @@ def _check_writable(folder: Path, path: Path, option: str, tried: set) -> None:
     tried.add(folder)
 
 
+def read_paths(inputs: Iterable[str | Path | None]) -> list[tuple[Path, str]]:
+    """What a run reads, as (path, how to name it): each input and, for a file, its manifest beside it, which the
+    run reads too (a manifest overwritten by an output would describe another file)."""
+    paths = []
+    for given in inputs:
+        if given is None:
+            continue
+        given = Path(given)
+        paths.append((given, str(given)))
+        if not given.is_dir():
+            paths.append((manifest_path(given), f"the manifest of {given}"))
+    return paths
+
+
 def check_outputs(*outputs: str | Path | None, inputs: Iterable[str | Path | None] = (), option: str = "-o") -> None:
     """Refuse, before any work, an output that is not a regular file, is one of `inputs`, lies in a folder this
     process cannot write, or whose name (or its manifest's, which the caller lists) is longer than the file system
     allows. Missing folders are fine: they are created when the run publishes."""
     tried: set = set()
-    inputs = [Path(i) for i in inputs if i is not None]
+    inputs = _ReadSet(inputs)
     for out in outputs:
         if out is None:
             continue
@@ -153,9 +192,9 @@ def check_outputs(*outputs: str | Path | None, inputs: Iterable[str | Path | Non
         if st is not None and not stat.S_ISREG(st.st_mode):
             kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a regular file")
             raise InputError(f"{option} {path} is {kind}, not a regular file: give a file name to write")
-        for given in inputs:
-            if (st is not None or given.exists()) and _same_file(path, given):
-                raise InputError(f"{option} {path} is also an input of this run ({given}): write to another file")
+        what = inputs.find(path, st)
+        if what is not None:
+            raise InputError(f"{option} {path} is also an input of this run ({what}): write to another file")
         if not folder.is_dir():
             raise InputError(f"{option} {path}: {folder} is a file, not a folder")
         _check_writable(folder, path, option, tried)
@@ -187,7 +226,7 @@ def lock_path(path: str | Path) -> Path:
     return path.with_name(hidden_name(path.name, ".lock", name_max(_existing_folder(path))))
 
 
-def _make_folder(folder: Path) -> list[Path]:
+def make_folder(folder: Path) -> list[Path]:
     """Create `folder` and its missing parents; returns those created (to remove again if the run fails)."""
     created = []
     for parent in reversed([folder, *folder.parents]):
@@ -202,7 +241,7 @@ def _make_folder(folder: Path) -> list[Path]:
     return created
 
 
-def _remove_folders(created: list[Path]) -> None:
+def remove_folders(created: list[Path]) -> None:
     for folder in reversed(created):
         with contextlib.suppress(OSError):
             folder.rmdir()
@@ -230,6 +269,8 @@ def _acquire(lock: Path, what: Path, note: Callable[[str], None]) -> int:
             except FileNotFoundError:
                 now = None
             if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+                with contextlib.suppress(OSError):   # unmarked (a full disk) is only never swept
+                    os.pwrite(fd, LOCK_MARK, 0)
                 return fd
         except BaseException:
             os.close(fd)
@@ -276,10 +317,11 @@ class Staging:
         return self.folder / Path(dest).name
 
 
-def publish(moves: list[tuple[Path, Path]]) -> None:
+def publish(moves: list[tuple[Path, Path]], remove: Iterable[Path] = ()) -> None:
     """Rename each (staged, destination) in order, Ctrl-C deferred; staged files that are absent are skipped (a
-    stage the run reused). Each file reaches the disk before its rename, so the rename never publishes a file the
-    disk does not have in full after a power loss."""
+    stage the run reused). Then remove each of `remove` (an old manifest whose artifact was just replaced by one
+    with none: left there, it would describe another file). Each file reaches the disk before its rename, so the
+    rename never publishes a file the disk does not have in full after a power loss."""
     present = [(src, dest) for src, dest in moves if src.exists()]
     mode = 0o666 & ~_umask()
     for src, _ in present:
@@ -287,8 +329,13 @@ def publish(moves: list[tuple[Path, Path]]) -> None:
         with open(src, "rb") as f:
             os.fsync(f.fileno())
     with deferred_interrupts():
+        # artifacts before manifests, so a hard kill in between leaves a new file beside its old manifest, which
+        # readers refuse (SHA-256 differs), never an old file that lost its manifest
         for src, dest in present:
             os.replace(src, dest)
+        for dest in remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(dest)
     folders = {dest.parent for _, dest in present}
     for folder in folders:
         with contextlib.suppress(OSError):
@@ -301,66 +348,200 @@ def publish(moves: list[tuple[Path, Path]]) -> None:
 
 @contextlib.contextmanager
 def staged_outputs(*artifacts: str | Path, extra: Iterable[str | Path] = (), locks: Iterable[str | Path | None] = (),
-                   inputs: Iterable[str | Path | None] = (), option: str = "-o",
+                   inputs: Iterable[str | Path | None] = (), option: str = "-o", stale: Iterable[Path] = (),
                    note: Callable[[str], None] = lambda message: None) -> Iterator[Staging]:
     """Check `artifacts` (one folder), lock them (and `locks`), and yield a Staging in a scratch folder beside them.
+    `stale`: files of the earlier generation that this one has no counterpart for, removed with the publish.
     Write each artifact, its manifest and any `extra` file (e.g. a calibration cache) at `staging.path(dest)`.
     On success they are published: the artifacts in the order given, the extra files, then the manifests in the same
-    order, the last one being the commit point (a stage the run reused has no staged file and is left alone). On
-    any failure or Ctrl-C nothing is published and the scratch folder, the lock files and any folder this run created
-    are removed."""
+    order, the last one being the commit point (a stage the run reused has no staged file and is left alone; an
+    artifact published without a manifest loses the old one). On any failure or Ctrl-C nothing is published and the
+    scratch folder, the lock files and any folder this run created are removed; a full disk is a NoSpaceError.
+    What killed runs left in the folder (sweep) goes first."""
     artifacts = [Path(a) for a in artifacts]
     extra = [Path(e) for e in extra]
     folder = artifacts[0].absolute().parent
     if any(p.absolute().parent != folder for p in artifacts + extra):
         raise ValueError("staged outputs must share one folder")
     check_outputs(*artifacts, *map(manifest_path, artifacts), *extra, inputs=inputs, option=option)
-    created = _make_folder(folder)
+    order = [*artifacts, *extra, *map(manifest_path, artifacts)]
+    created = make_folder(folder)
     try:
         with locked(*artifacts, *locks, note=note):
-            scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=folder))
-            try:
+            sweep(folder)
+            # the space left is measured once the scratch folder is gone: what the user has to work with
+            with out_of_space(order, artifacts[-1]), scratch_folder(folder) as scratch:
                 staging = Staging(scratch)
                 yield staging
-                order = [*artifacts, *extra, *map(manifest_path, artifacts)]
-                publish([(staging.path(dest), dest) for dest in order])
-            finally:
-                with deferred_interrupts():
-                    shutil.rmtree(scratch, ignore_errors=True)
+                bare = [manifest_path(a) for a in artifacts
+                        if staging.path(a).exists() and not staging.path(manifest_path(a)).exists()]
+                publish([(staging.path(dest), dest) for dest in order], remove=[*bare, *stale])
     except BaseException:
         with deferred_interrupts():
-            _remove_folders(created)
+            remove_folders(created)
         raise
 
 
 @contextlib.contextmanager
-def atomic_output(dest: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `dest`; on success it replaces `dest`, on any error (Ctrl-C included) it is
-    removed. For a single file with no manifest; an artifact and its manifest go through staged_outputs.
+def scratch_folder(folder: str | Path) -> Iterator[Path]:
+    """A scratch folder in `folder` (`.refiner-edge-XXXX`), held (flock) while the run uses it and removed after,
+    so that sweep can tell one a killed run left (free) from one in use."""
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=folder))
+    fd = None
+    try:
+        fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.close(os.open(scratch / SCRATCH_OWNER, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        yield scratch
+    finally:
+        with deferred_interrupts():
+            shutil.rmtree(scratch, ignore_errors=True)
+            if fd is not None:
+                os.close(fd)
 
-    The file gets the permissions any new file gets (0666 less the umask), not mkstemp's private 0600.
+
+def sweep(folder: str | Path) -> None:
+    """Remove what killed runs left in `folder`: scratch folders (held by their run while in use) and lock files
+    (held while a run writes) that no live process holds. Taking a lock file's lock and unlinking it is what a
+    finishing run does anyway, and a run about to take it retries on the new file (_acquire)."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            if entry.name.startswith(SCRATCH_PREFIX) and entry.is_dir(follow_symlinks=False):
+                _sweep_scratch(Path(entry.path))
+            elif entry.name.startswith(".") and entry.name.endswith(".lock") and \
+                    entry.is_file(follow_symlinks=False):
+                _sweep_lock(Path(entry.path))
+
+
+def _sweep_scratch(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return   # a live run's
+        # no owner mark: made a moment ago by a run about to hold it, unless it is old
+        if (path / SCRATCH_OWNER).exists() or time.time() - os.fstat(fd).st_mtime > UNMARKED_STALE_S:
+            shutil.rmtree(path, ignore_errors=True)
+    finally:
+        os.close(fd)
+
+
+def _sweep_lock(path: Path) -> None:
+    if str(path.absolute()) in _held:
+        return
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if os.pread(fd, len(LOCK_MARK) + 1, 0) != LOCK_MARK:
+            return   # not one of ours, or not yet held
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        mine = os.fstat(fd)
+        now = os.stat(path)
+        if (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+            os.unlink(path)
+    finally:
+        os.close(fd)
+
+
+# --- a full disk ------------------------------------------------------------------------------------------------
+
+_TEMPORARY = re.compile(r"\.(.+)\.[A-Za-z0-9_]{8}\.tmp")   # a deploy folder's temporary name (mkdtemp)
+
+
+def public_path(path: str | Path) -> Path:
+    """Where a file written under a temporary name is published: out of its scratch folders (the chain's stages
+    nest one in another) and temporary folder names (`.NAME.XXXXXXXX.tmp`)."""
+    parts = list(Path(path).absolute().parts)
+    while len(parts) > 2 and parts[-2].startswith(SCRATCH_PREFIX):
+        parts.pop(-2)
+    temporary = [_TEMPORARY.fullmatch(part) for part in parts[:-1]]
+    return Path(*[m.group(1) if m else part for m, part in zip(temporary, parts[:-1])], parts[-1])
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def space_left(folder: str | Path, error: int = errno.ENOSPC) -> str:
+    """The free space where `folder` is (the file size limit too, when that is what stopped the write)."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        text = f"{_size(shutil.disk_usage(folder).free)} free in {folder}"
+    except OSError:
+        text = f"free space in {folder} unknown"
+    if error == errno.EFBIG:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY:
+            text += f"; this process may write files of at most {_size(limit)} (ulimit -f)"
+    return text
+
+
+def no_space_error(dest: str | Path, e: OSError) -> NoSpaceError:
+    dest = public_path(dest)
+    return NoSpaceError(f"cannot write {dest}: {e.strerror or os.strerror(e.errno)} "
+                        f"({space_left(dest.parent, e.errno)})")
+
+
+@contextlib.contextmanager
+def out_of_space(dests: list[Path], default: Path) -> Iterator[None]:
+    """A full disk (quota, file size limit) while writing `dests` -> one NoSpaceError naming the one being written
+    (by its name in the scratch folder; else `default`) and the space left."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in NO_SPACE:
+            raise
+        name = Path(os.fsdecode(e.filename)).name if e.filename else None
+        dest = next((d for d in dests if d.name == name), default)
+        raise no_space_error(dest, e) from None
+
+
+@contextlib.contextmanager
+def atomic_output(dest: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `dest` (in a scratch folder, so a killed run's is swept like any other); on
+    success it replaces `dest`, on any error (Ctrl-C included) it is removed. For a single file with no manifest; an
+    artifact and its manifest go through staged_outputs.
+
+    The file gets the permissions any new file gets (0666 less the umask), not a temporary file's private 0600.
     """
     dest = Path(dest)
-    created = _make_folder(dest.absolute().parent)
-    prefix = hidden_name(dest.name, ".", name_max(dest.absolute().parent) - 16)   # mkstemp adds 8 + ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    folder = dest.absolute().parent
+    created = make_folder(folder)
     try:
-        yield tmp_path
-        if tmp_path.exists():
-            os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, dest)
+        if folder not in _swept:   # once per folder and process: preprocess writes thousands of files in one
+            _swept.add(folder)
+            sweep(folder)
+        with out_of_space([dest], dest), scratch_folder(folder) as scratch:
+            tmp_path = scratch / (dest.name if dest.name != SCRATCH_OWNER else "_")
+            os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            yield tmp_path
+            if tmp_path.exists():
+                os.chmod(tmp_path, 0o666 & ~_umask())
+            os.replace(tmp_path, dest)
     except BaseException:
         with deferred_interrupts():
-            tmp_path.unlink(missing_ok=True)
-            _remove_folders(created)
+            remove_folders(created)
         raise
 
 
 def write_json(dest: str | Path, data: dict) -> Path:
     with atomic_output(dest) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        tmp.write_text(strict_json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     return Path(dest)
 
 

@@ -22,13 +22,21 @@ THRESHOLD_RANGES = {"min_agreement": (0.0, 100.0), "min_cosine": (-1.0, 1.0), "m
                     "max_accuracy_drop": (None, None), "max_rel_error": (0.0, None)}
 
 
+def row_cosines(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row pair [N, D]. Where both rows are all zeros they are identical, and count as 1
+    (a zero-initialised head against itself must pass); where only one is, as 0. NaN stays NaN (it fails)."""
+    no, nr = np.linalg.norm(out, axis=1), np.linalg.norm(ref, axis=1)
+    cos = np.sum(out * ref, axis=1) / np.maximum(no * nr, 1e-300)
+    return np.where((no == 0) & (nr == 0), 1.0, cos)
+
+
 @dataclass
 class Comparison:
     images: int               # rows compared
     max_abs: float            # largest |out - ref|
     max_rel: float            # max_abs / largest |ref|
     agreement: float          # % of rows whose argmax equals the reference's
-    cosine: float             # mean per-row cosine similarity
+    cosine: float             # mean per-row cosine similarity (row_cosines: two zero rows count as 1)
     sqnr_db: float            # 10 log10(sum ref^2 / sum (out - ref)^2)
     accuracy: float | None = None            # % correct against labels, candidate
     reference_accuracy: float | None = None  # % correct against labels, reference
@@ -43,9 +51,9 @@ class Comparison:
         out2, ref2 = out.reshape(len(out), -1), ref.reshape(len(ref), -1)
         err = out2 - ref2
         noise, signal = float(np.sum(err * err)), float(np.sum(ref2 * ref2))
-        sqnr = float("inf") if noise == 0.0 else float(10.0 * np.log10(max(signal, 1e-300) / noise))
-        norms = np.linalg.norm(out2, axis=1) * np.linalg.norm(ref2, axis=1)
-        cosine = float(np.mean(np.sum(out2 * ref2, axis=1) / np.maximum(norms, 1e-300))) if len(out2) else 1.0
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):   # non-finite outputs report as such
+            sqnr = float("inf") if noise == 0.0 else float(10.0 * np.log10(max(signal, 1e-300) / noise))
+            cosine = float(np.mean(row_cosines(out2, ref2))) if len(out2) else 1.0
         max_abs = float(np.max(np.abs(err))) if err.size else 0.0
         scale = float(np.max(np.abs(ref2))) if ref2.size else 0.0
         top_out, top_ref = out2.argmax(axis=1), ref2.argmax(axis=1)

@@ -27,3 +27,7 @@ class VerificationError(RefinerEdgeError):
     """An artifact was produced but failed its accuracy or validity check; nothing was written."""
 
     exit_code = 4
+
+
+class NoSpaceError(InputError):
+    """An output could not be written: the disk (or quota, or file size limit) is full; nothing was published."""

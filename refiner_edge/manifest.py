@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import platform
 import types
 import typing
@@ -27,6 +28,23 @@ IMAGENET_LABELS = "imagenet-1k"   # the labels shipped with the package, in the 
 INDEX_LABELS = "class-index"      # any other head: classes are named by their index
 
 
+# Ranges every reader holds a manifest to (docs/manifest.md), here and in cpp/src/manifest.cpp with the same words:
+# a hand-edited manifest is refused when read, never half-used (std 0 would give NaN predictions).
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+PRECISIONS = ("fp32", "fp16", "int8")  # of a graph, and of the engine built from it (precision.PRECISIONS)
+MAX_IMG_SIZE, MAX_RESIZE_SIZE, MAX_CLASSES, MAX_OPSET = 8192, 65536, 1_000_000, 1000
+
+
+def _in_range(where: str, name: str, value: int, lo: int, hi: int) -> None:
+    if not lo <= value <= hi:
+        raise InputError(f"{where}: {name} {value} is out of range ({lo} to {hi})")
+
+
+def _one_of(where: str, name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InputError(f"{where}: {name} '{value}' is not one of {', '.join(allowed)}")
+
+
 @dataclass
 class ModelInfo:
     """The network the artifact computes."""
@@ -38,6 +56,12 @@ class ModelInfo:
     refining_blocks: int
     aux_head: bool
     checkpoint_sha256: str | None   # None: random weights (PyTorch cannot rebuild them)
+
+    def check(self, where: str) -> None:
+        _in_range(where, "img_size", self.img_size, 1, MAX_IMG_SIZE)
+        _in_range(where, "num_classes", self.num_classes, 1, MAX_CLASSES)
+        _in_range(where, "heads", self.heads, 1, 1024)
+        _in_range(where, "refining_blocks", self.refining_blocks, 0, 1024)
 
 
 @dataclass
@@ -51,6 +75,22 @@ class Preprocessing:
     std: list[float]
     interpolation: str
 
+    def check(self, where: str) -> None:
+        _in_range(where, "img_size", self.img_size, 1, MAX_IMG_SIZE)
+        if not 0 < self.crop_pct < float("inf"):
+            raise InputError(f"{where}: crop_pct {self.crop_pct:g} must be a finite number above 0")
+        _in_range(where, "resize_size", self.resize_size, 1, MAX_RESIZE_SIZE)
+        for name in ("mean", "std"):
+            if len(getattr(self, name)) != 3:
+                raise InputError(f"{where}: {name} should hold 3 values (R, G, B), got {len(getattr(self, name))}")
+        if not all(abs(v) < float("inf") for v in self.mean + self.std) or 0 in self.std:
+            raise InputError(f"{where}: mean and std must be finite and std non-zero")
+        _one_of(where, "interpolation", self.interpolation, INTERPOLATIONS)
+        if math.floor(self.img_size / self.crop_pct) != self.resize_size:
+            # the words (and no `where`) of images.preprocess.Preprocess.from_record, which checks it too
+            raise InputError(f"manifest preprocessing is inconsistent: resize_size {self.resize_size} but "
+                             f"floor(img_size / crop_pct) = {math.floor(self.img_size / self.crop_pct)}")
+
 
 @dataclass
 class PluginInfo:
@@ -61,6 +101,9 @@ class PluginInfo:
     namespace: str
     nodes: int
     form: str = "library"   # library: IPluginV3 library loaded at run time; aot: kernel embedded in the engine
+
+    def check(self, where: str) -> None:
+        _in_range(where, "nodes", self.nodes, 0, 1_000_000)
 
 
 @dataclass
@@ -76,6 +119,12 @@ class GraphInfo:
     fp32_ops: list[dict] = field(default_factory=list)  # FP16/INT8 graphs: ops kept FP32 {node, op, reason, max_abs}
     fp16_layers: list[dict] = field(default_factory=list)   # INT8: layers left unquantized {node, op, reason}
     plugin: PluginInfo | None = None
+
+    def check(self, where: str) -> None:
+        if self.batch != "dynamic" and not (isinstance(self.batch, int) and 1 <= self.batch < 2 ** 31):
+            raise InputError(f"{where}: batch must be \"dynamic\" or at least 1")
+        _in_range(where, "opset", self.opset, 1, MAX_OPSET)
+        _one_of(where, "precision", self.precision, PRECISIONS)
 
 
 @dataclass
@@ -108,6 +157,12 @@ class Profile:
     opt: list[int]
     max: list[int]
 
+    def check(self, where: str) -> None:
+        if not len(self.min) == len(self.opt) == len(self.max) == 4:
+            raise InputError(f"{where}: min, opt and max should be [batch, 3, size, size]")
+        if not all(1 <= a <= b <= c for a, b, c in zip(self.min, self.opt, self.max)):
+            raise InputError(f"{where}: min, opt and max must be positive with min <= opt <= max")
+
 
 @dataclass
 class EngineInfo:
@@ -137,6 +192,16 @@ class EngineInfo:
     user_allocation: bool = False   # TensorRT-RTX: built with REQUIRE_USER_ALLOCATION (CUDA-graph capture needs it)
     plugin_tensorrt_version: str | None = None   # library form: the TensorRT headers it was compiled for; None: unknown
 
+    def check(self, where: str) -> None:
+        if not self.profiles:
+            raise InputError(f"{where}: profiles is empty: the engine has no input shapes")
+        if self.dla_core is not None:
+            _in_range(where, "dla_core", self.dla_core, 0, 15)
+        _in_range(where, "workspace", self.workspace, 0, 1 << 50)
+        _in_range(where, "builder_optimization_level", self.builder_optimization_level, 0, 5)
+        if not 0 <= self.build_seconds < float("inf"):
+            raise InputError(f"{where}: build_seconds {self.build_seconds:g} must be a finite number, 0 or more")
+
 
 @dataclass
 class Manifest:
@@ -154,6 +219,9 @@ class Manifest:
     created: str = ""
     versions: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+
+    def check(self, where: str) -> None:
+        _one_of(where, "stage", self.stage, STAGES)
 
     def derive(self, stage: str, artifact: str | Path, source_path: str | Path, **changes) -> "Manifest":
         """The manifest of an artifact made from this one: model, preprocessing and labels carry over, the
@@ -199,14 +267,19 @@ def read_manifest(artifact: str | Path, required: bool = False, verify: bool = T
             raise InputError(f"{artifact} has no manifest ({path.name}): make it with refiner-edge")
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_not_json)
+    except (OSError, ValueError) as e:   # ValueError: JSONDecodeError, UnicodeDecodeError, _not_json
         raise InputError(f"{path}: not a readable manifest ({e})") from None
     manifest = parse_manifest(data, str(path))
     if verify and manifest.sha256 and Path(artifact).is_file() and file_sha256(artifact) != manifest.sha256:
         raise InputError(f"{path.name} does not describe {Path(artifact).name} (SHA-256 differs): the file changed "
                          "after its manifest was written; make it again")
     return manifest
+
+
+def _not_json(token: str):
+    """Python's json reads bare NaN and Infinity; RFC 8259 (and the C++ reader) does not: refuse them alike."""
+    raise ValueError(f"{token} is not a JSON value: write it as the string \"{token}\"")
 
 
 def parse_manifest(data: Any, where: str = "manifest") -> Manifest:
@@ -233,7 +306,10 @@ def _build(cls, data: Any, where: str):
                 raise InputError(f"{where}: missing field '{f.name}'")
             continue
         values[f.name] = _value(hints[f.name], data[f.name], f"{where}: {f.name}")
-    return cls(**values)
+    built = cls(**values)
+    if hasattr(built, "check"):   # ranges, once the types hold (nested records were checked as they were built)
+        built.check(where)
+    return built
 
 
 def _value(hint, value, where: str):

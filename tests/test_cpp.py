@@ -688,6 +688,33 @@ def test_manifest_reader_refuses_malformed_manifests_as_python_does(build, tmp_p
         assert r.returncode == 1 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+def test_manifest_reader_refuses_out_of_range_fields_as_python_does(build, tmp_path):
+    # one table of hand-edited manifests (tests/manifest_cases.py) for both readers: the same line from each
+    from .manifest_cases import CASES, edited, good_manifest, text
+
+    r = _cpp_manifest(build, tmp_path, json.dumps(good_manifest()))
+    assert r.returncode == 0, r.stderr
+    for name, path, value, message in CASES:
+        manifest = text(edited(path, value))
+        assert _python_error(json.loads(manifest)) == f"M: {message}", name
+        r = _cpp_manifest(build, tmp_path, manifest)
+        assert r.returncode == 1 and r.stderr.strip() == f"error: M: {message}", (name, r.stderr)
+
+
+def test_manifest_reader_reads_non_finite_metrics_as_python_writes_them(build, tmp_path):
+    # strict JSON (refiner_edge/strict_json.py): an exact match's infinite SQNR is the string "Infinity"
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"plan")
+    m = _engine_manifest(tmp_path)
+    m.verification = [manifest_module.Verification("build", "tensorrt", "onnxruntime", "2 images",
+                                                   {"sqnr_db": float("inf"), "cosine": float("nan")}, {})]
+    write_manifest(engine, m)
+    text = (tmp_path / "model.engine.json").read_text()
+    assert '"sqnr_db": "Infinity"' in text and '"cosine": "NaN"' in text
+    r = _run([build["probe"], "manifest", tmp_path / "model.engine.json"])
+    assert r.returncode == 0, r.stderr
+
+
 # ------------------------------------------------------------------------------------------------ engine checks
 
 def _engine_manifest(tmp_path, **engine) -> Manifest:
@@ -792,6 +819,25 @@ def test_topk_json_has_the_shape_of_refiner_edge_infer(build, tmp_path):
         assert np.allclose([p["prob"] for p in a["predictions"]], [p["prob"] for p in b["predictions"]],
                            rtol=1e-12, atol=1e-15)
     assert ours[1]["predictions"][0]["index"] == 7 and ours[1]["predictions"][1]["index"] == 9
+
+
+def test_topk_json_is_strict_for_nan_logits(build, tmp_path):
+    # a broken engine's NaN logits: the probabilities are the string "NaN", as `refiner-edge infer --json` writes
+    from refiner_edge import strict_json
+    from refiner_edge.runners.classify import ImageResult, topk
+
+    logits = np.full((1, 10), np.nan, np.float32)
+    write_tensor(tmp_path / "logits.rfet", logits)
+    r = _run([build["probe"], "topk", tmp_path / "logits.rfet", "2"])
+    assert r.returncode == 0, r.stderr
+
+    def refuse(token):
+        raise AssertionError(f"{token} in JSON output")
+
+    ours = json.loads(r.stdout, parse_constant=refuse)
+    theirs = json.loads(strict_json.dumps([ImageResult("row0", p).to_dict() for p in topk(logits, 2, 10)]))
+    assert [p["prob"] for p in ours[0]["predictions"]] == [p["prob"] for p in theirs[0]["predictions"]] == \
+        ["NaN", "NaN"]
 
 
 def test_installed_package_is_found_by_another_project(build, images, tmp_path):

@@ -1,5 +1,8 @@
 // The manifest reader: the same rules and messages as refiner_edge/manifest.py (docs/manifest.md).
 #include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <initializer_list>
 #include <fstream>
 #include <sstream>
 
@@ -95,6 +98,37 @@ private:
     std::string& error_;
 };
 
+// Range rules: refiner_edge/manifest.py's check() methods, in the same order and words (docs/manifest.md).
+constexpr long long kMaxImgSize = 8192, kMaxResizeSize = 65536, kMaxClasses = 1000000, kMaxOpset = 1000;
+
+std::string num(double v) {   // Python's format(v, "g")
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return buf;
+}
+
+// False (and the error set) when value is outside [lo, hi].
+bool inRange(const std::string& where, const char* name, long long value, long long lo, long long hi,
+             std::string& error) {
+    if (!error.empty()) return false;
+    if (value >= lo && value <= hi) return true;
+    error = where + ": " + name + " " + std::to_string(value) + " is out of range (" + std::to_string(lo) + " to " +
+            std::to_string(hi) + ")";
+    return false;
+}
+
+bool oneOf(const std::string& where, const char* name, const std::string& value,
+           std::initializer_list<const char*> allowed, std::string& error) {
+    if (!error.empty()) return false;
+    std::string list;
+    for (const char* a : allowed) {
+        if (value == a) return true;
+        list += (list.empty() ? "" : ", ") + std::string(a);
+    }
+    error = where + ": " + name + " '" + value + "' is not one of " + list;
+    return false;
+}
+
 // A nested object field that must hold an object (a dataclass in the Python schema).
 const Value* nested(Fields& f, const char* name, bool required, bool nullable, std::string& error) {
     const Value* v = f.field(name, required, nullable, "object");
@@ -156,6 +190,9 @@ void readEngine(const Value& v, const std::string& where, EngineInfo& e, std::st
             readShape(g, "max", prof.max);
             if (error.empty() && (prof.min.size() != 4 || prof.opt.size() != 4 || prof.max.size() != 4))
                 error = g.where() + ": min, opt and max should be [batch, 3, size, size]";
+            for (size_t d = 0; d < 4 && error.empty(); ++d)
+                if (!(1 <= prof.min[d] && prof.min[d] <= prof.opt[d] && prof.opt[d] <= prof.max[d]))
+                    error = g.where() + ": min, opt and max must be positive with min <= opt <= max";
             e.profiles.push_back(std::move(prof));
         }
     }
@@ -163,9 +200,8 @@ void readEngine(const Value& v, const std::string& where, EngineInfo& e, std::st
     e.plugin_library = f.optStr("plugin_library");
     e.plugin_sha256 = f.optStr("plugin_sha256");
     auto dla = f.optInt("dla_core");
-    if (dla) e.dla_core = static_cast<int>(*dla);
     e.workspace = f.integer("workspace");
-    e.builder_optimization_level = static_cast<int>(f.integer("builder_optimization_level"));
+    const long long level = f.integer("builder_optimization_level");
     e.hardware_compatibility = f.str("hardware_compatibility");
     e.version_compatible = f.boolean("version_compatible");
     f.optStr("timing_cache");
@@ -185,6 +221,12 @@ void readEngine(const Value& v, const std::string& where, EngineInfo& e, std::st
         else e.plugin_tensorrt_version = h->string;
     }
     if (error.empty() && e.profiles.empty()) error = where + ": profiles is empty: the engine has no input shapes";
+    if (dla && inRange(where, "dla_core", *dla, 0, 15, error)) e.dla_core = static_cast<int>(*dla);
+    inRange(where, "workspace", e.workspace, 0, 1LL << 50, error);
+    if (inRange(where, "builder_optimization_level", level, 0, 5, error))
+        e.builder_optimization_level = static_cast<int>(level);
+    if (error.empty() && !(e.build_seconds >= 0 && std::isfinite(e.build_seconds)))
+        error = where + ": build_seconds " + num(e.build_seconds) + " must be a finite number, 0 or more";
 }
 
 void readManifestValue(const Value& root, const std::string& where, Manifest& m, std::string& error) {
@@ -212,12 +254,21 @@ void readManifestValue(const Value& root, const std::string& where, Manifest& m,
     if (model && error.empty()) {
         Fields g(*model, where + ": model", error);
         m.model.variant = g.str("variant");
-        m.model.img_size = static_cast<int>(g.integer("img_size"));
-        m.model.num_classes = static_cast<int>(g.integer("num_classes"));
-        m.model.heads = static_cast<int>(g.integer("heads"));
-        m.model.refining_blocks = static_cast<int>(g.integer("refining_blocks"));
+        const long long img = g.integer("img_size"), classes = g.integer("num_classes"), heads = g.integer("heads"),
+                        refining = g.integer("refining_blocks");
         m.model.aux_head = g.boolean("aux_head");
         m.model.checkpoint_sha256 = g.optStr("checkpoint_sha256");
+        const std::string at = where + ": model";
+        inRange(at, "img_size", img, 1, kMaxImgSize, error);
+        inRange(at, "num_classes", classes, 1, kMaxClasses, error);
+        inRange(at, "heads", heads, 1, 1024, error);
+        inRange(at, "refining_blocks", refining, 0, 1024, error);
+        if (error.empty()) {
+            m.model.img_size = static_cast<int>(img);
+            m.model.num_classes = static_cast<int>(classes);
+            m.model.heads = static_cast<int>(heads);
+            m.model.refining_blocks = static_cast<int>(refining);
+        }
     }
     const Value* pre = nested(f, "preprocess", true, false, error);
     if (pre && error.empty()) {
@@ -230,18 +281,21 @@ void readManifestValue(const Value& root, const std::string& where, Manifest& m,
         m.preprocess.interpolation = g.str("interpolation");
         if (error.empty()) {
             // Bounds first, so a hostile manifest never sizes an allocation.
-            if (img < 1 || img > 8192 || resize < 1 || resize > 65536 || !(m.preprocess.crop_pct > 0.0))
-                error = where + ": preprocess: img_size " + std::to_string(img) + ", crop_pct " +
-                        std::to_string(m.preprocess.crop_pct) + ", resize_size " + std::to_string(resize) +
-                        " are out of range";
-            else if (std::floor(double(img) / m.preprocess.crop_pct) != double(resize))
-                error = "manifest preprocessing is inconsistent: resize_size " + std::to_string(resize) +
-                        " but floor(img_size / crop_pct) = " +
-                        std::to_string(static_cast<long long>(std::floor(double(img) / m.preprocess.crop_pct)));
+            const std::string at = where + ": preprocess";
+            const double crop = m.preprocess.crop_pct;
+            inRange(at, "img_size", img, 1, kMaxImgSize, error);
+            if (error.empty() && !(crop > 0.0 && std::isfinite(crop)))
+                error = at + ": crop_pct " + num(crop) + " must be a finite number above 0";
+            inRange(at, "resize_size", resize, 1, kMaxResizeSize, error);
             for (int c = 0; c < 3 && error.empty(); ++c)
                 if (!(m.preprocess.std[c] != 0.0f) || !std::isfinite(m.preprocess.std[c]) ||
                     !std::isfinite(m.preprocess.mean[c]))
-                    error = where + ": preprocess: mean and std must be finite and std non-zero";
+                    error = at + ": mean and std must be finite and std non-zero";
+            oneOf(at, "interpolation", m.preprocess.interpolation, {"bicubic", "bilinear", "nearest"}, error);
+            if (error.empty() && std::floor(double(img) / crop) != double(resize))
+                error = "manifest preprocessing is inconsistent: resize_size " + std::to_string(resize) +
+                        " but floor(img_size / crop_pct) = " +
+                        std::to_string(static_cast<long long>(std::floor(double(img) / crop)));
             m.preprocess.img_size = static_cast<int>(img);
             m.preprocess.resize_size = static_cast<int>(resize);
         }
@@ -253,10 +307,17 @@ void readManifestValue(const Value& root, const std::string& where, Manifest& m,
         m.graph.input = g.str("input");
         m.graph.output = g.str("output");
         const Value* batch = g.field("batch", true, false, "int");
-        if (batch && batch->type == Type::Int) m.graph.batch = static_cast<int>(batch->integer);
-        else if (batch && batch->type == Type::String) m.graph.batch = 0;
-        else if (batch) g.wrong("batch", "int or str", *batch);
-        m.graph.opset = static_cast<int>(g.integer("opset"));
+        bool batchOk = true;
+        if (batch && batch->type == Type::Int) {
+            batchOk = batch->integer >= 1 && batch->integer <= INT32_MAX;
+            m.graph.batch = batchOk ? static_cast<int>(batch->integer) : 0;
+        } else if (batch && batch->type == Type::String) {
+            batchOk = batch->string == "dynamic";
+            m.graph.batch = 0;
+        } else if (batch) {
+            g.wrong("batch", "int or str", *batch);
+        }
+        const long long opset = g.integer("opset");
         m.graph.precision = g.str("precision");
         m.graph.fused = g.boolean("fused");
         g.list("fp32_ops", false);
@@ -268,10 +329,15 @@ void readManifestValue(const Value& root, const std::string& where, Manifest& m,
             info.name = p.str("name");
             info.version = p.str("version");
             info.ns = p.str("namespace");
-            info.nodes = static_cast<int>(p.integer("nodes"));
+            const long long nodes = p.integer("nodes");
             info.form = p.str("form", false, "library");
+            if (inRange(p.where(), "nodes", nodes, 0, 1000000, error)) info.nodes = static_cast<int>(nodes);
             m.graph.plugin = info;
         }
+        const std::string at = where + ": graph";
+        if (error.empty() && !batchOk) error = at + ": batch must be \"dynamic\" or at least 1";
+        if (inRange(at, "opset", opset, 1, kMaxOpset, error)) m.graph.opset = static_cast<int>(opset);
+        oneOf(at, "precision", m.graph.precision, {"fp32", "fp16", "int8"}, error);
     }
     const Value* source = nested(f, "source", false, true, error);
     if (source && error.empty()) {
@@ -302,6 +368,7 @@ void readManifestValue(const Value& root, const std::string& where, Manifest& m,
     m.sha256 = f.str("sha256", false);
     m.created = f.str("created", false);
     f.object("versions", false);
+    oneOf(where, "stage", m.stage, {"export", "calibrate", "fuse", "build"}, error);
 }
 
 }  // namespace

@@ -56,7 +56,8 @@ void jsonString(std::ostringstream& o, const std::string& s) {
 // The shortest text that reads back as the same double, laid out as Python's repr: positional for exponents
 // -4..15 ("0.0001", "0.25", "1.0"), else scientific with a two-digit exponent ("1e-05", "1.5e+16").
 std::string shortest(double v) {
-    if (!std::isfinite(v)) return v != v ? "NaN" : (v > 0 ? "Infinity" : "-Infinity");  // as json.dumps writes them
+    // strict JSON has no NaN or Infinity: their names as strings, as refiner_edge/strict_json.py writes them
+    if (!std::isfinite(v)) return v != v ? "\"NaN\"" : (v > 0 ? "\"Infinity\"" : "\"-Infinity\"");
     char buf[64];
     auto r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::scientific);
     std::string sci(buf, r.ptr);                       // "-1.2345e-05"

@@ -88,6 +88,9 @@ app.add_typer(deploy.deploy_app, name="deploy")
 
 
 def run() -> None:  # console-script entry point
+    # SIGTERM (timeout, docker stop, systemd) is Ctrl-C: the run cleans up (scratch folder, locks) and exits 130;
+    # Python's default would end the process at once and leave them behind
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         app(prog_name="refiner-edge")
     except KeyboardInterrupt:   # while Typer builds the command, before any command's own handling
@@ -97,3 +100,4 @@ def run() -> None:  # console-script entry point
         # the command is over, its result written: a Ctrl-C while the interpreter shuts down (which restores the
         # default SIGINT action, death by signal) would otherwise turn a finished run into exit -2
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

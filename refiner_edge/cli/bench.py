@@ -10,6 +10,11 @@ import typer
 from ..errors import InputError
 from .common import CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, console, note, phases, print_json
 
+# Checked before any model loads: each timed call's duration is kept (8 bytes), and a million calls is hours of
+# timing on the fastest engine; --iterations 10**12 would ask for 7 TiB before the first call.
+MAX_ITERATIONS = 1_000_000
+MAX_CONCURRENCY = 1024    # client threads, each with its own connection
+
 
 def bench(
     engine: Annotated[Optional[Path], typer.Option("--engine", help="TensorRT engine from `refiner-edge build` "
@@ -20,15 +25,18 @@ def bench(
     checkpoint: CheckpointOpt = None,
     img_size: ImgSizeOpt = None,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Images per call.")] = 1,
-    iterations: Annotated[int, typer.Option("--iterations", min=1, help="Timed calls.")] = 50,
-    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed calls first.")] = 5,
+    iterations: Annotated[int, typer.Option("--iterations", min=1, max=MAX_ITERATIONS,
+                                            help=f"Timed calls, at most {MAX_ITERATIONS:,}.")] = 50,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, max=MAX_ITERATIONS,
+                                        help=f"Untimed calls first, at most {MAX_ITERATIONS:,}.")] = 5,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="TensorRT: replay the enqueue as a CUDA "
                                              "graph.")] = False,
     triton: Annotated[Optional[str], typer.Option("--triton", help="Time a model behind a Triton Inference "
                                                   "Server instead: [http://|grpc://]HOST:PORT[/MODEL] (MODEL "
                                                   "defaults to refiner) [default: none].")] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="--triton: requests in flight at once "
-                                             "(one client each, as perf_analyzer).")] = 1,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=MAX_CONCURRENCY,
+                                             help="--triton: requests in flight at once (one client each, as "
+                                             f"perf_analyzer), at most {MAX_CONCURRENCY}.")] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Time a model: p50/p90/p99 latency, throughput and peak memory. The artifact picks the runtime: --engine
@@ -43,6 +51,7 @@ def bench(
 
     runner = open_runner(onnx, engine, variant=variant, checkpoint=checkpoint, img_size=img_size,
                          cuda_graph=cuda_graph)
+    _check_input_fits(batch, runner.preprocess.img_size)
     if runner.random_weights and not as_json:
         note("random weights: timing is the same as with trained ones")
     with phases() as phase:
@@ -58,6 +67,21 @@ def bench(
                     f"mean {lat['mean']:.2f}")
     console().print(f"throughput: {report['throughput_ips']:.1f} images/s")
     console().print("memory MB: " + "  ".join(f"{k} {v:.0f}" for k, v in mem.items()))
+
+
+def _check_input_fits(batch: int, img_size: int) -> None:
+    """bench times the batch it names, never chunks of it: an input batch larger than this machine's memory is
+    refused before it is allocated (--batch 10**9 would otherwise end in MemoryError)."""
+    import os
+
+    need = batch * 3 * img_size * img_size * 4
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        raise InputError(f"--batch {batch}: its input alone is {need / 2 ** 30:.1f} GiB, more than this machine's "
+                         f"{have / 2 ** 30:.1f} GiB of memory")
 
 
 def _bench_triton(url: str, concurrency: int, batch: int, iterations: int, warmup: int, as_json: bool,

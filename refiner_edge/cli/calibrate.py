@@ -49,13 +49,13 @@ def calibrate(
                                                       "(fewer where --memory needs) [default: "
                                                       f"{defaults.CALIBRATE_BATCH_SIZE}].")] = None,
     memory: Annotated[Optional[float], typer.Option("--memory", min=0.05, help="GB of activations the stage may "
-                                                    "hold at once; the graph runs in segments and batches shrink "
-                                                    "to fit [default: 1].")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the image sample [default: "
+                                                    "hold at once, 0.05 to 4096; the graph runs in segments and "
+                                                    "batches shrink to fit [default: 1].")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the image sample, 0 or more [default: "
                                                 f"{defaults.CALIBRATE_SEED}].")] = None,
     tensorrt_version: Annotated[Optional[str], typer.Option("--tensorrt-version", help="TensorRT version written "
-                                                            "into the calibration cache header (the reader "
-                                                            "rewrites it) [default: "
+                                                            "into the calibration cache header, MAJOR.MINOR[.PATCH] "
+                                                            "(the reader rewrites it) [default: "
                                                             f"{defaults.TENSORRT_CACHE_VERSION}].")] = None,
     listing: Annotated[Optional[Path], typer.Option("--list", help="Calibration list (e.g. calibration/NAME.txt): "
                                                     "image file names relative to --images; only those are "
@@ -113,5 +113,6 @@ def print_calibration(report: dict, output: Path) -> None:
     out.print(f"vs FP32 on {ev['images']} images: top-1 agreement {ev['agreement']:.2f}%, cosine "
               f"{ev['cosine']:.6f}, SQNR {ev['sqnr_db']:.2f} dB, max abs error {ev['max_abs']:.4g}")
     cache = report.get("tensorrt_calibration_cache")
-    extra = f", {cache['file']}" if cache else ""
-    out.print(f"wrote {output}, {manifest_path(output)}{extra}")
+    written = [output] + [manifest_path(output)] * manifest_path(output).is_file()   # none from a bare graph
+    written += [output.with_name(cache["file"])] if cache else []
+    out.print(f"wrote {', '.join(map(str, written))}")

@@ -16,6 +16,7 @@ try:  # typer >= 0.22 vendors click; older releases depend on it
 except ImportError:  # pragma: no cover
     import click
 
+from ..artifacts import NO_SPACE, no_space_error, space_left
 from ..errors import RefinerEdgeError
 from ..extras import missing_dependency
 
@@ -50,34 +51,58 @@ def fail(message: str, code: int = 1) -> None:
 
 def handle_errors(func):
     """Turn domain errors (and, unless --verbose, unexpected ones) into one line on stderr and an exit code;
-    Ctrl-C into 'error: interrupted' and 130, after the artifacts' cleanup has run."""
+    Ctrl-C (and SIGTERM, app.run) into 'error: interrupted' and 130, after the artifacts' cleanup has run."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except RefinerEdgeError as e:
-            fail(str(e), e.exit_code)
         except KeyboardInterrupt:
             fail("interrupted", 130)
         except (typer.Exit, typer.Abort, click.ClickException):
             raise
-        except OSError as e:
-            if e.filename is None or state["verbose"]:
-                unexpected(e)
-            # a file the user named that the system refuses (a name too long, a folder that is a file, ...): the
-            # paths a command reads and writes are the user's, and checks cannot foresee every errno
-            name = str(e.filename)
-            fail(f"{name if len(name) <= 80 else name[:60] + '...' + name[-16:]}: {e.strerror}", 2)
-        except ModuleNotFoundError as e:   # an optional package (torch, tensorrt ...): name the extra, exit 3
-            missing = missing_dependency(e, f"'{func.__name__.replace('_', ' ')}'")
-            if missing is None:
-                unexpected(e)
-            fail(str(missing), missing.exit_code)
         except Exception as e:
-            unexpected(e)
+            if interrupted(e):   # native code turned the KeyboardInterrupt into its own error: still an interrupt
+                fail("interrupted", 130)
+            report(e, func.__name__)
 
     return wrapper
+
+
+def interrupted(e: BaseException | None) -> bool:
+    """Whether `e` comes of a Ctrl-C/SIGTERM: a module whose C++ init is interrupted raises ImportError
+    ('initialization failed', pybind11) with the KeyboardInterrupt as its context, which would otherwise read as a
+    missing package (exit 3)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def report(e: Exception, command: str) -> None:
+    """One line and the exit code for an exception out of `command` (called where it was caught)."""
+    if isinstance(e, RefinerEdgeError):
+        fail(str(e), e.exit_code)
+    if isinstance(e, OSError):
+        if e.errno in NO_SPACE and not state["verbose"]:
+            # a full disk where the library did not name the output (shutil.copyfile names its source first)
+            name = e.filename2 or e.filename
+            fail(str(no_space_error(name, e)) if name else f"{e.strerror} ({space_left(Path.cwd(), e.errno)})", 2)
+        if e.filename is None or state["verbose"]:
+            unexpected(e)
+        # a file the user named that the system refuses (a name too long, a folder that is a file, ...): the
+        # paths a command reads and writes are the user's, and checks cannot foresee every errno
+        name = str(e.filename)
+        fail(f"{name if len(name) <= 80 else name[:60] + '...' + name[-16:]}: {e.strerror}", 2)
+    if isinstance(e, ModuleNotFoundError):   # an optional package (torch, tensorrt ...): name the extra, exit 3
+        missing = missing_dependency(e, f"'{command.replace('_', ' ')}'")
+        if missing is None:
+            unexpected(e)
+        fail(str(missing), missing.exit_code)
+    unexpected(e)
 
 
 def unexpected(e: Exception) -> None:
@@ -120,9 +145,9 @@ def status(message: str):
 
 
 def print_json(data) -> None:
-    import json
+    from .. import strict_json
 
-    typer.echo(json.dumps(data, indent=2, default=str))
+    typer.echo(strict_json.dumps(data, indent=2, default=str))
 
 
 def output_file(value: str) -> Path:

@@ -49,7 +49,8 @@ def preprocess(
     pre = artifact_preprocess(onnx, engine, variant, img_size)
     paths = find_images(images)
     dests = output_paths(paths, output)
-    check_outputs(*dests, inputs=paths)   # before any image is decoded or file written
+    # before any image is decoded or file written; the graph or engine (and its manifest) is read too
+    check_outputs(*dests, inputs=[*paths, onnx, engine])
     failed = []
     for path, dest in zip(paths, dests):
         try:

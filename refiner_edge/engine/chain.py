@@ -4,6 +4,10 @@ photographs) -> fuse (when the plugin form needs a fused graph) -> build, each a
 A stage is skipped when its artifact is there, matches its manifest's SHA-256, and its manifest's report holds the
 same `chain_key`: the SHA-256 of the stage's inputs (files by content) and options. The stages of one run are
 published together or not at all (build_chain), so an interrupted or failed run leaves the earlier generation whole.
+
+The stage files have derived names beside the engine (s.onnx, s.fp16.onnx ...), the names a user gives their own
+files too. The chain replaces only files it made, as their manifests prove (a chain record, and the file unchanged
+since); any other file there is refused before any work (check_own), never replaced.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from pathlib import Path
 from typing import Callable, ContextManager
 
 from .. import __version__
-from ..artifacts import Staging, check_artifact, file_sha256, staged_outputs
+from ..artifacts import Staging, check_artifact, file_sha256, manifest_path, staged_outputs
 from ..errors import InputError, RefinerEdgeError
 from ..manifest import Manifest, read_manifest, write_manifest
 from .build import check_build_outputs, make_engine
@@ -50,6 +54,27 @@ def reusable(path: Path, key: str) -> Manifest | None:
     if manifest is None or manifest.report.get("chain_key") != key or file_sha256(path) != manifest.sha256:
         return None
     return manifest
+
+
+def check_own(path: Path, output: Path, also: Path | None = None) -> None:
+    """Refuse a stage file, its manifest, or `also` (the calibration cache beside it) unless the chain made them: its
+    manifest holds a chain record. One line, saying what to do. (A file that no longer matches such a manifest is
+    the chain's too, e.g. a new file beside its old manifest after a hard kill: it is made again, not refused.)"""
+    manifest_file = manifest_path(path)
+    present = [p for p in (path, manifest_file, also) if p is not None and (p.exists() or p.is_symlink())]
+    if not present:
+        return
+    try:
+        manifest = read_manifest(path, verify=False)
+    except RefinerEdgeError:
+        manifest, why = None, f"{manifest_file.name} is not a manifest this version reads"
+    else:
+        if manifest is not None and "chain_key" in manifest.report:
+            return
+        why = (f"no {manifest_file.name} records it" if manifest is None else
+               f"{manifest_file.name} records `refiner-edge {manifest.stage}`, not this chain")
+    raise InputError(f"{present[0]} was not made by this build chain ({why}) and the chain would replace it: give "
+                     f"your graph with --onnx, or move it, or choose another -o than {output.name}")
 
 
 def stamp(path: Path, key: str, inputs: dict) -> None:
@@ -93,12 +118,19 @@ def build_chain(output: str | Path, options: BuildOptions, *, variant: str | Non
     for path in (*stage_paths, output):
         check_artifact(path, inputs=inputs_given, extra=[calib] if calib and path == paths["calibrate"] else [])
     check_build_outputs(output, options)
+
+    def check_stage_files() -> None:   # the user's own s.onnx, s.fp16.onnx ...: never replaced
+        for path in stage_paths:
+            check_own(path, output, also=calib if path == paths["calibrate"] else None)
+
+    check_stage_files()
     checkpoint_sha = file_sha256(checkpoint) if checkpoint is not None else None
     # Every stage writes into one staging folder and everything is published together at the end (the engine's
     # manifest last), under the locks of every stage's file: an interrupted or failed chain leaves the earlier
     # generation whole, and a concurrent chain to the same -o waits instead of mixing its stages with this one's.
     with staged_outputs(*stage_paths, output, extra=[calib] if calib else [], locks=[options.timing_cache],
                         inputs=inputs_given, note=note) as staging:
+        check_stage_files()   # again under the locks: another run may have written them while this one waited
         stages = chain_stages(output, plan, paths, variant=variant, checkpoint=checkpoint,
                               checkpoint_sha=checkpoint_sha, img_size=img_size, calib_images=calib_images, note=note)
         return _run_stages(stages, staging, force, step)
@@ -123,6 +155,7 @@ def chain_stages(output: Path, plan: BuildPlan, paths: dict[str, Path | None], *
                  note: Callable[[str], None]) -> list[Stage]:
     """export -> calibrate (fp16/int8) -> fuse (a plugin form) -> build, as the plan says."""
     precision, form, target = plan.precision, plan.plugin_form, plan.target
+
     def export(_previous, dest: Path, _record: dict) -> None:
         from ..models.factory import create_model
         from ..onnx.export import export_onnx

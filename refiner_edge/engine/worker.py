@@ -16,6 +16,7 @@ A child killed by the kernel (out of memory) or crashing is one error line in th
 from __future__ import annotations
 
 import ctypes
+import errno
 import importlib
 import logging
 import os
@@ -25,11 +26,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..artifacts import deferred_interrupts
+from ..artifacts import NO_SPACE, deferred_interrupts
 from ..errors import RefinerEdgeError
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 PR_SET_PDEATHSIG = 1
+NO_SPACE_EXIT = 75   # the child could not even write its result: the disk is full
 
 
 def run_in_child(function: str, job: dict, result: Path, what: str) -> dict:
@@ -57,11 +59,15 @@ def run_in_child(function: str, job: dict, result: Path, what: str) -> dict:
         raise
     outcome = _read_result(result)
     if outcome is None:
+        if code == NO_SPACE_EXIT:   # the caller (artifacts.staged_outputs) names the output and the space left
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         if code < 0:
             name = signal.Signals(-code).name
             hint = ": out of memory? (the kernel kills with SIGKILL)" if -code == signal.SIGKILL else ""
             raise RefinerEdgeError(f"the {what} died ({name}){hint}")
         raise RefinerEdgeError(f"the {what} exited with code {code} and no result (see the log above)")
+    if "oserror" in outcome:   # a full disk while it wrote: the caller names the output and the space left
+        raise OSError(*outcome["oserror"])
     if "error" in outcome:
         module, name, message = outcome["error"]
         cls = getattr(sys.modules.get(module), name, None)
@@ -99,15 +105,27 @@ def main() -> None:
         outcome = getattr(importlib.import_module(module), name)(job)
     except RefinerEdgeError as e:
         outcome = {"error": (type(e).__module__, type(e).__name__, str(e))}
+    except OSError as e:
+        if e.errno not in NO_SPACE:
+            outcome = _unexpected(module, e, job["verbose"])
+        else:
+            outcome = {"oserror": (e.errno, e.strerror, e.filename)}
     except Exception as e:
-        if job["verbose"]:
-            import traceback
+        outcome = _unexpected(module, e, job["verbose"])
+    try:
+        Path(job["result"]).write_bytes(pickle.dumps(outcome))
+    except OSError as e:   # no room for even the result: the exit status says it, not a traceback
+        sys.exit(NO_SPACE_EXIT if e.errno in NO_SPACE else 1)
 
-            traceback.print_exc()
-        first = str(e).splitlines()[0] if str(e) else ""
-        outcome = {"error": ("refiner_edge.errors", "RefinerEdgeError",
-                             f"{module} failed: {type(e).__name__}: {first} (run with -v for the traceback)")}
-    Path(job["result"]).write_bytes(pickle.dumps(outcome))
+
+def _unexpected(module: str, e: Exception, verbose: bool) -> dict:
+    if verbose:
+        import traceback
+
+        traceback.print_exc()
+    first = str(e).splitlines()[0] if str(e) else ""
+    return {"error": ("refiner_edge.errors", "RefinerEdgeError",
+                      f"{module} failed: {type(e).__name__}: {first} (run with -v for the traceback)")}
 
 
 if __name__ == "__main__":

@@ -45,10 +45,18 @@ def read_listing(listing: str | Path, root: Path) -> list[Path]:
         raise InputError(f"calibration list not found: {listing}")
     if not root.is_dir():
         raise InputError(f"--list names files inside a folder: --images {root} is not a folder")
-    names = [line.split("#", 1)[0].strip() for line in listing.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = listing.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{listing}: not UTF-8 text (byte {e.start}): a calibration list is a text file of "
+                         "image names") from None
+    names = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     names = [n for n in names if n]
     if not names:
         raise InputError(f"{listing} names no images")
+    for name in names:   # a recipe names images inside --images, never elsewhere
+        if Path(name).is_absolute() or ".." in Path(name).parts or "\0" in name:
+            raise InputError(f"{listing}: '{name}' is not a name relative to --images (no absolute paths, no '..')")
     by_name: dict[str, Path] | None = None
     paths, missing = [], []
     for name in names:

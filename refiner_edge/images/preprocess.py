@@ -62,7 +62,11 @@ class Preprocess:
             raise InputError(str(e)) from None
 
     def load(self, path: str | Path) -> np.ndarray:
-        return self(load_image(path))
+        img = load_image(path)
+        try:
+            return self(img)
+        except InputError as e:   # an image the transform refuses (an extreme aspect ratio): name the file
+            raise InputError(f"{path}: {e}") from None
 
 
 def load_image(path: str | Path) -> Image.Image:

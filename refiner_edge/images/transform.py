@@ -14,6 +14,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit; larger images are refused, never decoded
+# The resized image (before the crop) may hold at most this many pixels: a tiny file of 1 x 30000 pixels passes
+# MAX_PIXELS, yet its short-side resize would be 248 x 7.4M. The C++ library applies the same bound
+# (cpp/src/image.cpp, preprocess), so both languages refuse the same images.
+MAX_RESIZED_PIXELS = 4 * MAX_PIXELS
 RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
             "nearest": Image.Resampling.NEAREST}
 
@@ -66,6 +70,15 @@ def resize_size(img_size: int, crop_pct: float) -> int:
     return math.floor(img_size / crop_pct)
 
 
+def resized_shape(w: int, h: int, size: int) -> tuple[int, int]:
+    """(width, height) with the short side resized to `size`, aspect kept; ImageError when that image would hold
+    more than MAX_RESIZED_PIXELS (an extreme aspect ratio), before any pixel is resampled."""
+    new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    if new_w < 1 or new_h < 1 or new_w * new_h > MAX_RESIZED_PIXELS:
+        raise ImageError(f"the image's aspect ratio ({w}x{h}) cannot be resized to a short side of {size}")
+    return new_w, new_h
+
+
 def evaluate(img: Image.Image, img_size: int, crop_pct: float, mean, std, interpolation: str) -> np.ndarray:
     """RGB image -> float32 [3, img_size, img_size]: resize the short side to resize_size (aspect kept, `interpolation`
     one of RESAMPLE), center-crop img_size, scale to [0, 1], (x - mean) / std."""
@@ -73,7 +86,7 @@ def evaluate(img: Image.Image, img_size: int, crop_pct: float, mean, std, interp
         raise ImageError(f"unknown interpolation '{interpolation}'; use one of {', '.join(RESAMPLE)}")
     w, h = img.size
     size = resize_size(img_size, crop_pct)
-    new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    new_w, new_h = resized_shape(w, h, size)
     img = img.resize((new_w, new_h), RESAMPLE[interpolation])
     top = int(round((new_h - img_size) / 2.0))
     left = int(round((new_w - img_size) / 2.0))

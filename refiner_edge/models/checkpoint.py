@@ -78,6 +78,8 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def resize_pos_embed(pos: torch.Tensor, tokens: int) -> torch.Tensor:
     """Resize a [1, 1 + g*g, C] position embedding to `tokens` positions: the cls slot kept, the grid bicubic."""
+    if pos.dim() != 3 or pos.shape[0] != 1 or pos.shape[1] < 2 or pos.shape[2] < 1:
+        raise CheckpointError(f"pos_embed has shape {tuple(pos.shape)}: expected [1, 1 + grid positions, dim]")
     if pos.shape[1] == tokens:
         return pos
     old, new = int(round((pos.shape[1] - 1) ** 0.5)), int(round((tokens - 1) ** 0.5))
@@ -96,7 +98,10 @@ def load_into(model: torch.nn.Module, path: str | Path) -> str:
     state = read_checkpoint(path)
     expected = model.state_dict()
     if "pos_embed" in state and "pos_embed" in expected:
-        state["pos_embed"] = resize_pos_embed(state["pos_embed"], expected["pos_embed"].shape[1])
+        try:
+            state["pos_embed"] = resize_pos_embed(state["pos_embed"], expected["pos_embed"].shape[1])
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from None
     if getattr(model, "aux_head", True) is None:  # a model built without the aux head ignores its weights
         state = {k: v for k, v in state.items() if not k.startswith("aux_head.")}
     missing = sorted(set(expected) - set(state))
@@ -113,8 +118,18 @@ def load_into(model: torch.nn.Module, path: str | Path) -> str:
              if state[k].shape != v.shape]
     if wrong:
         raise CheckpointError(f"{path} has tensors of the wrong shape (file vs model): {_short(wrong)}")
+    # NaN or infinite weights make every prediction NaN (argmax then answers class 0 with prob NaN): refuse them here,
+    # naming the tensors, rather than let export or inference take the blame
+    bad = [f"{k} ({_count_nonfinite(v)} of {v.numel()} values)" for k, v in state.items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path} has NaN or infinite weights in {len(bad)} tensors: {_short(bad, 3)}")
     model.load_state_dict(state, strict=True)
     return file_sha256(path)
+
+
+def _count_nonfinite(t: torch.Tensor) -> int:
+    return int((~torch.isfinite(t)).sum())
 
 
 def _short(items: list[str], n: int = 6) -> str:

@@ -69,16 +69,19 @@ class InterruptSafeSession:
 
 @contextlib.contextmanager
 def interrupts_deferred():
-    """Hold SIGINT for the duration of the block and raise KeyboardInterrupt after it, if one came."""
+    """Hold SIGINT (and SIGTERM, which the command line turns into KeyboardInterrupt too) for the duration of the
+    block and raise KeyboardInterrupt after it, if one came."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if received:
         raise KeyboardInterrupt
 

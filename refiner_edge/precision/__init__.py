@@ -6,6 +6,6 @@ int8     - Q/DQ placement for TensorRT, per-layer sensitivity and the accuracy b
 tensorrt_cache - the TensorRT 10 (weak typing) calibration cache written from the same ranges, and its reader
 calibrate - the `refiner-edge calibrate` stage tying these together
 """
-PRECISIONS = ("fp32", "fp16", "int8")  # of a graph, and of the engine built from it
+from ..manifest import PRECISIONS  # noqa: F401  (fp32, fp16, int8: the manifest's schema holds the one list)
 CALIBRATED = ("fp16", "int8")          # what calibrate makes from a plain FP32 graph
 METHODS = ("entropy", "percentile", "max", "mse")   # how INT8 activation ranges are chosen (ranges.py)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+import math
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -15,7 +16,7 @@ from ..artifacts import check_artifact, staged_outputs
 from ..batching import pad_batch
 from ..compare import Comparison
 from ..defaults import default
-from ..errors import InputError
+from ..errors import InputError, VerificationError
 from ..manifest import Verification, read_manifest, write_manifest
 from ..onnx.graph import check_interface, graph_precision, graph_preprocess, load_onnx, model_interface, opset_of
 from ..result import StageResult
@@ -25,7 +26,11 @@ from .int8 import (QUANTIZED_OPS, Budget, activation_inputs, check_quantizer, la
                    quantizable_nodes, quantize, run_logits)
 from ..onnx.memory import GB, budget_bytes, forward_batch
 from .ranges import METHODS, collect_ranges
-from .tensorrt_cache import DEFAULT_VERSION, write_cache
+from .tensorrt_cache import DEFAULT_VERSION, check_version, write_cache
+
+# --memory: below 50 MB not even one segment of the tiny model fits; above 4 TB no host has it (and inf or 1e400
+# would overflow the byte count)
+MIN_MEMORY_GB, MAX_MEMORY_GB = 0.05, 4096.0
 
 # progress(label, total) starts a phase and returns its tick(n) callback
 Progress = Callable[[str, int], Callable[[int], None]]
@@ -38,6 +43,20 @@ def _no_progress(label: str, total: int) -> Callable[[int], None]:
 def calibration_cache_path(output: str | Path) -> Path:
     output = Path(output)
     return output.with_name(output.stem + ".calib")
+
+
+def stale_cache(output: Path, cache: Path | None) -> list[Path]:
+    """The calibration cache an earlier INT8 graph at `output` left, when this graph has none (FP16): removed with
+    the publish, as its manifest proves it was that graph's, so no TensorRT 10 build reads it for the new one."""
+    earlier = calibration_cache_path(output)
+    if cache is not None or not earlier.is_file():
+        return []
+    try:
+        manifest = read_manifest(output, verify=False)
+    except InputError:
+        return []
+    recorded = manifest.report.get("tensorrt_calibration_cache") if manifest is not None else None
+    return [earlier] if isinstance(recorded, dict) and recorded.get("file") == earlier.name else []
 
 
 def load_float_graph(source: Path):
@@ -87,6 +106,16 @@ class CalibrateOptions:
                              "--precision int8")
         if o.max_drop is not None and not 0 <= o.max_drop <= 100:
             raise InputError(f"--max-drop is in percentage points (0 to 100), got {o.max_drop}")
+        if o.min_sqnr is not None and not math.isfinite(o.min_sqnr):
+            raise InputError(f"--min-sqnr must be a finite number of dB, got {o.min_sqnr}")
+        for option, value in (("--num", o.num), ("--eval-num", o.eval_num), ("--batch-size", o.batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"{option} must be at least 1, got {value}")
+        if not isinstance(o.seed, int) or not 0 <= o.seed < 2 ** 64:   # NumPy's seeds are non-negative
+            raise InputError(f"--seed must be between 0 and 2**64 - 1, got {o.seed}")
+        if o.memory_gb is not None and not MIN_MEMORY_GB <= o.memory_gb <= MAX_MEMORY_GB:   # NaN fails too
+            raise InputError(f"--memory must be between {MIN_MEMORY_GB} and {MAX_MEMORY_GB:g} GB, got {o.memory_gb}")
+        check_version(o.tensorrt_version)
         return o
 
     @property
@@ -155,6 +184,7 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path,
                                                          eval_batch)
     if comparison is None:
         comparison = Comparison.of(run_logits(result, x_eval, eval_batch), reference)
+    _check_finite(comparison, reference, o.precision, source)
     finished = time.perf_counter()
 
     onnx.checker.check_model(result)
@@ -180,13 +210,25 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path,
             stage="calibrate", candidate="onnxruntime-cpu", reference=f"{source.name} (FP32) on onnxruntime-cpu",
             inputs=f"{comparison.images} calibration images", metrics=comparison.metrics(),
             thresholds={} if budget is None else {"max_drop": budget.max_drop, "min_sqnr_db": budget.min_sqnr_db}))
-    with staged_outputs(output, extra=[cache] if cache else []) as staging:
+    with staged_outputs(output, extra=[cache] if cache else [], stale=stale_cache(output, cache)) as staging:
         onnx.save(result, str(staging.path(output)))
         if cache is not None:
             write_cache(staging.path(cache), {k: ranges.clip(k) for k in ranges.minmax}, o.tensorrt_version)
         if manifest is not None:
             write_manifest(staging.path(output), record)
     return StageResult(output, record if manifest is not None else None, comparison, report)
+
+
+def _check_finite(comparison: Comparison, reference: np.ndarray, precision: str, source: Path) -> None:
+    """A graph whose own report is not finite (NaN cosine, -inf SQNR: outputs that overflowed) is never
+    published: its predictions would be NaN. An exact match (SQNR +inf) is finite enough."""
+    if not np.isfinite(reference).all():
+        raise VerificationError(f"{source.name} (FP32) itself gives NaN or infinite logits on the calibration "
+                                "images: nothing written")
+    if not (math.isfinite(comparison.max_abs) and math.isfinite(comparison.cosine)):
+        raise VerificationError(f"the {precision.upper()} graph gives NaN or infinite logits on the calibration "
+                                f"images (cosine {comparison.cosine:.6f}, SQNR {comparison.sqnr_db:.2f} dB, max abs "
+                                f"error {comparison.max_abs:.4g}): nothing written")
 
 
 def _int8_graph(source: Path, model, ranges, nodes: list[str], refinements: int, keep_fp32: list[str],

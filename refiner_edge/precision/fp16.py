@@ -6,7 +6,8 @@ The rules (each decision is recorded with the range that triggered it):
 - LayerNormalization: its variance sums x^2, which overflows FP16 once |x| > 256;
 - Softmax: FP16 rounds a logit x by up to |x| * 2^-11 before exp, a 1% error in the probabilities at |x| = 20;
 - a refinement subgraph is kept whole (all FP16 or all FP32), so the graph surgery still finds and fuses it.
-Graph inputs and outputs stay FP32 (Cast nodes inside), so callers feed and read the same tensors at every precision.
+Graph inputs and outputs stay FP32 (Cast nodes inside), so callers feed and read the same tensors at every precision;
+a path kept in FP32 stays FP32 end to end: its weights (a Gemm's bias too) and the cast to the graph's output.
 The conversion itself is ONNX Runtime's float16 converter (onnxruntime.transformers.float16).
 """
 from __future__ import annotations
@@ -73,6 +74,7 @@ def convert_to_fp16(model, keep_fp32: list[str]):
     converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=list(keep_fp32) or None)
     graph = gs.import_onnx(converted)
     _drop_round_trips(graph)
+    _fp32_weights(graph, gs.import_onnx(model), set(keep_fp32))
     _merge_duplicate_casts(graph)
     graph.cleanup().toposort()  # the converter appends its Cast nodes at the end: restore the node order
     return gs.export_onnx(graph)
@@ -89,9 +91,36 @@ def _drop_round_trips(graph) -> None:
         if prev is None or prev.op != "Cast" or prev.attrs.get("to") != TensorProto.FLOAT16:
             continue
         if node.outputs[0] in graph.outputs:
+            # the graph's output keeps its name and type: its Cast reads the FP32 tensor (a no-op cast), so
+            # logits beyond FP16's 65504 are not turned into infinity on the way out
+            node.inputs[0] = prev.inputs[0]
             continue
         _redirect(node.outputs[0], prev.inputs[0])
         node.outputs.clear()
+
+
+def _fp32_weights(graph, original, keep: set[str]) -> None:
+    """A node kept in FP32 reads its weights in FP32: the converter may store one of them (a Gemm's bias) in FP16
+    and cast it back, which rounds it, or turns a bias beyond 65504 into infinity. Such an input is replaced by
+    the original FP32 constant (a copy where FP16 nodes share it)."""
+    import numpy as np
+    from onnx import TensorProto
+
+    weights = {name: t for name, t in original.tensors().items() if hasattr(t, "values") and
+               getattr(t.values, "dtype", None) == np.float32}
+    copies: dict[str, object] = {}
+    for node in [n for n in graph.nodes if n.name in keep]:
+        for i, t in enumerate(node.inputs):
+            source = t
+            if len(t.inputs) == 1 and t.inputs[0].op == "Cast" and t.inputs[0].attrs.get("to") == TensorProto.FLOAT:
+                source = t.inputs[0].inputs[0]   # the converter's Cast from an FP16 constant
+            if source.name not in weights or getattr(getattr(source, "values", None), "dtype", None) == np.float32:
+                continue
+            if source.name not in copies:
+                import onnx_graphsurgeon as gs
+
+                copies[source.name] = gs.Constant(f"{source.name}_fp32", np.asarray(weights[source.name].values))
+            node.inputs[i] = copies[source.name]
 
 
 def _merge_duplicate_casts(graph) -> None:

@@ -20,6 +20,16 @@ ALGORITHM = "EntropyCalibration2"   # the calibrator interface that reads the ca
 DEFAULT_VERSION = TENSORRT_CACHE_VERSION
 
 
+def check_version(version: str) -> str:
+    """A TensorRT version as MAJOR.MINOR[.PATCH[.BUILD]] with MAJOR 8 or later, or InputError: checked before
+    calibration runs, not when the cache is written at its end."""
+    parts = version.split(".") if isinstance(version, str) else []
+    if not 2 <= len(parts) <= 4 or not all(p.isascii() and p.isdigit() for p in parts) or int(parts[0]) < 8:
+        raise InputError(f"--tensorrt-version must be a TensorRT version such as {DEFAULT_VERSION} "
+                         f"(MAJOR.MINOR[.PATCH], 8 or later), got '{version}'")
+    return version
+
+
 def version_tag(version: str) -> int:
     """TensorRT's NV_TENSORRT_VERSION: major * 10000 + minor * 100 + patch for TensorRT 10 and later."""
     parts = [int(p) for p in version.split(".")[:3] if p.isdigit()] + [0, 0]

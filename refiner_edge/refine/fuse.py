@@ -3,13 +3,12 @@ checked on real images against the graph it came from before it is kept, with it
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from ..artifacts import staged_outputs
+from ..artifacts import deferred_interrupts, make_folder, remove_folders, scratch_folder, staged_outputs
 from ..compare import THRESHOLDS, Comparison
 from ..defaults import FUSE_NUM, default
 from ..errors import InputError, VerificationError
@@ -52,7 +51,9 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, image
     manifest = read_manifest(source)
     fused, count = fuse_graph(model, manifest.model.refining_blocks if manifest else None)
     comparison = record = None
-    with staged_outputs(output) as staging:
+    # in place (output = source) is allowed; otherwise neither the source nor its manifest may be written
+    read = [images] + ([] if output.absolute() == source.absolute() else [source])
+    with staged_outputs(output, inputs=read) as staging:
         tmp = staging.path(output)
         onnx.save(fused, str(tmp))
         if verify:
@@ -88,12 +89,17 @@ def export_fused(model, output: str | Path, *, opset: int = 17, batch: int | str
     from ..onnx.export import export_onnx
 
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".refiner-edge-") as scratch:
-        plain = Path(scratch) / output.name
-        exported = export_onnx(model, plain, opset=opset, batch=batch)
-        on_exported(exported)
-        fused = fuse_onnx(plain, output, verify=verify, images=images, num=num, form=form)
+    created = make_folder(output.absolute().parent)
+    try:
+        with scratch_folder(output.absolute().parent) as scratch:
+            plain = scratch / output.name
+            exported = export_onnx(model, plain, opset=opset, batch=batch)
+            on_exported(exported)
+            fused = fuse_onnx(plain, output, verify=verify, images=images, num=num, form=form)
+    except BaseException:   # a failed run leaves no folder it made (export --fuse -o new/sub/x.onnx)
+        with deferred_interrupts():
+            remove_folders(created)
+        raise
     return {"export": exported, "fuse": fused}
 
 
