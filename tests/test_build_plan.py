@@ -134,3 +134,20 @@ def test_every_stage_returns_one_result_type(tmp_path, tiny_model, sample_photos
     assert results["export"].comparison and results["calibrate"].comparison.images == 2
     assert results["calibrate"].report == results["calibrate"].manifest.report
     assert results["build"].comparison is None and "trtexec" in results["build"].report
+
+
+def test_the_package_docstring_states_the_import_checks_layers(tmp_path, monkeypatch):
+    """tools/import_check.py holds the layer order (the pipeline above the stages, the CLI on top) and refuses a
+    package docstring that states another."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(root / "tools"))
+    import import_check
+
+    assert import_check.STAGES[-2:] == ("pipeline", "cli") and import_check.stage_order_problems(root) == []
+    assert import_check.stage_of("refiner_edge.pipeline") > import_check.stage_of("refiner_edge.engine.build")
+    package = tmp_path / import_check.PACKAGE
+    package.mkdir()
+    package.joinpath("__init__.py").write_text('"""Stages: models -> onnx -> precision -> refine -> engine."""\n')
+    assert len(import_check.stage_order_problems(tmp_path)) == 1

@@ -101,7 +101,7 @@ def test_option_parsing():
 
 
 def test_chain_names_its_stages_after_the_engine():
-    from refiner_edge.engine.chain import artifact_paths
+    from refiner_edge.pipeline import artifact_paths
 
     paths = artifact_paths(Path("out/s.int8.engine"), "int8", fused=True)
     assert [p.name for p in paths.values()] == ["s.onnx", "s.int8.onnx", "s.int8.fused.onnx"]

@@ -124,7 +124,7 @@ def build(
             manifest = build_engine(onnx, output, options, note=note).manifest
         stages = {"build": {"artifact": str(output), "reused": False}}
     else:
-        from ..engine.chain import build_chain
+        from ..pipeline import build_chain
 
         def step(label: str):
             note(label)

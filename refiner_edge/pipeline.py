@@ -1,5 +1,7 @@
-"""`refiner-edge build` with no graph given: export -> calibrate (fp16/int8, on the images given or the sample
-photographs) -> fuse (when the plugin form needs a fused graph) -> build, each artifact kept beside the engine.
+"""The pipeline, one layer above the stages (tools/import_check.py): `refiner-edge build` with no graph given runs
+export -> calibrate (fp16/int8, on the images given or the sample photographs) -> fuse (when the plugin form needs a
+fused graph) -> build, each artifact kept beside the engine. The build's plan (engine/plan.py) is resolved before
+the export, so every check of the build runs once, before minutes of work; each stage returns its StageResult.
 
 A stage is skipped when its artifact is there, matches its manifest's SHA-256, and its manifest's report holds the
 same `chain_key`: the SHA-256 of the stage's inputs (files by content) and options. The stages of one run are
@@ -18,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager
 
-from .. import __version__
-from ..artifacts import Staging, check_artifact, file_sha256, manifest_path, staged_outputs
-from ..errors import InputError, RefinerEdgeError
-from ..manifest import Manifest, read_manifest, write_manifest
-from .build import check_build_outputs, make_engine
-from .plan import BuildOptions, BuildPlan, planned_network, rebuild_command, resolve
+from . import __version__
+from .artifacts import Staging, check_artifact, file_sha256, manifest_path, staged_outputs
+from .engine.build import check_build_outputs, make_engine
+from .engine.plan import BuildOptions, BuildPlan, planned_network, rebuild_command, resolve
+from .errors import InputError, RefinerEdgeError
+from .manifest import Manifest, read_manifest, write_manifest
+from .result import StageResult
 
 Step = Callable[[str], ContextManager]
 
@@ -34,7 +37,7 @@ def chain_key(**parts) -> str:
 
 def images_digest(folder: Path) -> str:
     """SHA-256 over the images' relative names and contents: a changed, added or removed image recalibrates."""
-    from ..images.preprocess import find_images
+    from .images.preprocess import find_images
 
     h = hashlib.sha256()
     for path in find_images([folder]):
@@ -99,8 +102,8 @@ def build_chain(output: str | Path, options: BuildOptions, *, variant: str | Non
                 step: Step = lambda label: contextlib.nullcontext(),
                 note: Callable[[str], None] = lambda message: None) -> dict:
     """Make the engine `output` from a variant (and checkpoint) through every stage; returns what each stage did."""
-    from ..models.variants import DEFAULT_VARIANT
-    from ..precision.calibrate import calibration_cache_path
+    from .models.variants import DEFAULT_VARIANT
+    from .precision.calibrate import calibration_cache_path
 
     output = Path(output)
     if output.suffix == ".onnx" or output.suffix == ".json":
@@ -145,7 +148,7 @@ class Stage:
     artifact: Path
     inputs: Callable[[Path | None], dict]             # previous artifact -> what the artifact is made from
     label: Callable[[Path | None], str]               # previous artifact -> the step's line
-    make: Callable[[Path | None, Path, dict], object]  # (previous, where to write, chain record) -> its result
+    make: Callable[[Path | None, Path, dict], StageResult]   # (previous, where to write, chain record) -> result
     report: dict = field(default_factory=dict)        # said about it beside the artifact
     records_itself: bool = False                      # make writes the chain record (else it is stamped after)
 
@@ -156,13 +159,13 @@ def chain_stages(output: Path, plan: BuildPlan, paths: dict[str, Path | None], *
     """export -> calibrate (fp16/int8) -> fuse (a plugin form) -> build, as the plan says."""
     precision, form, target = plan.precision, plan.plugin_form, plan.target
 
-    def export(_previous, dest: Path, _record: dict) -> None:
-        from ..models.factory import create_model
-        from ..onnx.export import export_onnx
+    def export(_previous, dest: Path, _record: dict) -> StageResult:
+        from .models.factory import create_model
+        from .onnx.export import export_onnx
 
         if checkpoint is None:
             note("no --checkpoint: the weights are random")
-        export_onnx(create_model(variant, img_size=img_size, checkpoint=checkpoint), dest)
+        return export_onnx(create_model(variant, img_size=img_size, checkpoint=checkpoint), dest)
 
     stages = [Stage("export", paths["export"],
                     inputs=lambda _previous: {"variant": variant, "checkpoint_sha256": checkpoint_sha,
@@ -170,8 +173,8 @@ def chain_stages(output: Path, plan: BuildPlan, paths: dict[str, Path | None], *
                     label=lambda _previous: f"export {variant} -> {paths['export'].name}", make=export)]
 
     if paths["calibrate"] is not None:
-        from ..images.samples import sample_image_dir
-        from ..precision.calibrate import CalibrateOptions, calibrate_onnx
+        from .images.samples import sample_image_dir
+        from .precision.calibrate import CalibrateOptions, calibrate_onnx
 
         images = Path(calib_images) if calib_images is not None else sample_image_dir()
         if not images.exists():
@@ -187,7 +190,7 @@ def chain_stages(output: Path, plan: BuildPlan, paths: dict[str, Path | None], *
             report={"images": str(images)}))
 
     if paths["fuse"] is not None:
-        from ..refine.fuse import fuse_onnx
+        from .refine.fuse import fuse_onnx
 
         stages.append(Stage(
             "fuse", paths["fuse"],
@@ -204,7 +207,7 @@ def chain_stages(output: Path, plan: BuildPlan, paths: dict[str, Path | None], *
                                "refiner_edge": __version__},
         label=lambda source: f"build {source.name} for {target.name} ({target.flavour}) -> {output.name}",
         make=lambda source, dest, record: make_engine(plan.with_graph(source), dest, rebuild=rebuild, report=record,
-                                                      note=note).manifest,
+                                                      note=note),
         records_itself=True))
     return stages
 
@@ -222,7 +225,7 @@ def _run_stages(stages: list[Stage], staging: Staging, force: bool, step: Step) 
         if manifest is None:
             made = staging.path(stage.artifact)
             with step(stage.label(source)):
-                manifest = stage.make(source, made, record)
+                manifest = stage.make(source, made, record).manifest
             if not stage.records_itself:
                 stamp(made, record["chain_key"], inputs)
         report[stage.name] = {"artifact": str(stage.artifact), **stage.report, "reused": made == stage.artifact}
