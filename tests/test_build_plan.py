@@ -151,3 +151,16 @@ def test_the_package_docstring_states_the_import_checks_layers(tmp_path, monkeyp
     package.mkdir()
     package.joinpath("__init__.py").write_text('"""Stages: models -> onnx -> precision -> refine -> engine."""\n')
     assert len(import_check.stage_order_problems(tmp_path)) == 1
+
+
+def test_option_refusals_are_the_librarys(tmp_path, tiny_plain):
+    """A refusal of the options belongs to the plan, so a Python caller meets the one the command line prints."""
+    from refiner_edge.engine.build import BuildOptions, build_engine
+    from refiner_edge.errors import InputError
+
+    with pytest.raises(InputError, match="TensorRT-RTX engines are not version compatible"):
+        build_engine(tiny_plain, tmp_path / "t.engine", BuildOptions(TARGETS["rtx-sm89"], version_compatible=True))
+    result = invoke("build", "--onnx", tiny_plain, "--target", "rtx-sm89", "--version-compatible",
+                    "-o", tmp_path / "t.engine")
+    assert result.exit_code == 2 and "not version compatible" in result.stderr
+    assert not list(tmp_path.iterdir())
