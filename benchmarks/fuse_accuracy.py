@@ -41,7 +41,7 @@ def main() -> int:
             export_onnx(model, plain)
             t_export = time.perf_counter() - t
             t = time.perf_counter()
-            report = fuse_onnx(plain, fused, verify=False)
+            report = fuse_onnx(plain, fused, verify=False).report
             t_fuse = time.perf_counter() - t
             size = model.cfg.img_size
             x = np.random.default_rng(1).uniform(-1, 1, (args.batch, 3, size, size)).astype(np.float32)

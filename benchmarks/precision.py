@@ -44,7 +44,7 @@ def digits(root: Path) -> None:
     for precision, method in RUNS:
         out = root / f"{precision}.{method}.onnx"
         report = calibrate_onnx(plain, root / "train", out,
-                                CalibrateOptions(precision=precision, method=method, num=512))
+                                CalibrateOptions(precision=precision, method=method, num=512)).report
         v = validate_onnx(out, root / "test", labels="imagenet-folder", checkpoint=checkpoint)["metrics"]
         print(f"| {precision} | {method} | {report['calibration']['seconds']:.1f} | {v['reference_accuracy']:.2f} | "
               f"{v['accuracy']:.2f} | {v['accuracy_drop']:.2f} | {v['agreement']:.2f} | {v['sqnr_db']:.1f} |")
@@ -84,7 +84,8 @@ def refiner_s(root: Path, crops: int) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for precision, method in (("fp16", "max"), ("int8", "percentile")):
         out = root / f"s.{precision}.onnx"
-        report = calibrate_onnx(plain, calib, out, CalibrateOptions(precision=precision, method=method, num=crops))
+        report = calibrate_onnx(plain, calib, out,
+                                CalibrateOptions(precision=precision, method=method, num=crops)).report
         seconds = report["calibration"]["seconds"]
         v = validate_onnx(out, sample_image_dir(), checkpoint=checkpoint)["metrics"]
         build_s, size = _rtx_build(out)

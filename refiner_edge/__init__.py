@@ -1,8 +1,15 @@
 """refiner-edge: Refiner-ViT from PyTorch to ONNX and TensorRT, with the attention refinement as one fused op.
 
-One subpackage per pipeline stage: models -> onnx (export) -> precision (calibrate) -> refine (fuse) -> engine
-(build) -> runners (infer, validate, bench); images feeds them all, manifest is the record beside every artifact,
-cli is the command line over them.
+One subpackage per stage, in layers, lowest first (tools/import_check.py holds the same order and lets a module
+import only its own layer or a lower one):
+
+    models -> images -> onnx -> refine -> precision -> engine -> runners -> deploy -> pipeline -> cli
+
+models (Refiner-ViT), images (preprocessing), onnx (export), refine (fuse: the RefinerDLA op), precision
+(calibrate), engine (build), runners (infer, validate, bench), deploy (Triton, DeepStream); pipeline runs the
+stages in the order an engine is made (export -> calibrate -> fuse -> build, each returning a StageResult), and cli
+is the command line over them all. Modules directly in the package (manifest, the record beside every artifact;
+artifacts, errors, compare, result ...) are shared by every layer.
 
 Heavy modules (torch, onnx, tensorrt) are imported only when the attribute that needs them is used.
 """

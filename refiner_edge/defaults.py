@@ -36,7 +36,7 @@ SERVE_GRPC_PORT = 8001
 SERVE_MAX_BATCH = 8
 SERVE_QUEUE_DELAY_US = 2000
 
-# build (engine/build.py): FP32 layers stay FP32 unless --tf32. TensorRT and trtexec default to TF32, whose 10-bit
+# build (engine/plan.py): FP32 layers stay FP32 unless --tf32. TensorRT and trtexec default to TF32, whose 10-bit
 # mantissa products put FP32 engines outside the FP32 accuracy budget `validate` holds them to (compare.py); an
 # FP32 engine is the exact reference, FP16 and INT8 are the fast ones.
 BUILD_TF32 = False

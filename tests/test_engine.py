@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from refiner_edge.engine import plugins
-from refiner_edge.engine.build import BuildOptions, build_engine, parse_batch, parse_size
+from refiner_edge.cli.build import parse_batch, parse_size
+from refiner_edge.engine.build import BuildOptions, build_engine
 from refiner_edge.engine.checks import Runtime, batch_in_profile, check_engine, read_engine_manifest
 from refiner_edge.engine.targets import TARGETS, Gpu, detect_gpu, get_target, match_target
 from refiner_edge.errors import InputError, MissingDependencyError
@@ -24,7 +25,8 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "engines.md"
 
 
 def build_rtx(onnx, out, cc="89", **kw):
-    return build_engine(onnx, out, BuildOptions(TARGETS[f"rtx-sm{cc}"], batch=kw.pop("batch", (1, 2, 8)), **kw))
+    return build_engine(onnx, out, BuildOptions(TARGETS[f"rtx-sm{cc}"], batch=kw.pop("batch", (1, 2, 8)), **kw)
+                        ).manifest
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +101,7 @@ def test_option_parsing():
 
 
 def test_chain_names_its_stages_after_the_engine():
-    from refiner_edge.engine.chain import artifact_paths
+    from refiner_edge.pipeline import artifact_paths
 
     paths = artifact_paths(Path("out/s.int8.engine"), "int8", fused=True)
     assert [p.name for p in paths.values()] == ["s.onnx", "s.int8.onnx", "s.int8.fused.onnx"]
@@ -227,11 +229,11 @@ def test_polygraphy_is_rebound_when_the_flavour_changes():
     from polygraphy import mod
 
     import polygraphy.backend.trt.loader as loader
-    import refiner_edge.engine.build as build_module
+    import refiner_edge.engine.backend as backend
 
     loader.trt = mod.lazy_import("tensorrt>=8.5")   # as if imported with POLYGRAPHY_USE_TENSORRT_RTX unset
-    build_module._bound = "tensorrt"
-    build_module.polygraphy_trt("tensorrt-rtx")
+    backend._bound = "tensorrt"
+    backend.polygraphy_trt("tensorrt-rtx")
     assert loader.trt.__name__ == "tensorrt_rtx"
     assert sys.modules["polygraphy.backend.trt.config"].trt.__name__ == "tensorrt_rtx"
 
@@ -310,12 +312,12 @@ def test_plugin_forms_refuse_cleanly(monkeypatch, tmp_path):
     with pytest.raises(InputError, match="needs TensorRT >= 10.9"):
         plugins.prepare("aot", "10.3.0")
     with pytest.raises(InputError, match="needs a fused graph"):
-        plugins.check_form("library", TARGETS["orin-agx-jp6"], False, "plain.onnx")
+        plugins.choose_form(TARGETS["orin-agx-jp6"], "library", fused=False, graph="plain.onnx")
     with pytest.raises(InputError, match="build it with --plugin library or --plugin aot"):
-        plugins.check_form("none", TARGETS["orin-agx-jp6"], True, "fused.onnx")
+        plugins.choose_form(TARGETS["orin-agx-jp6"], "none", fused=True, graph="fused.onnx")
     with pytest.raises(InputError, match="in the library plugin form, not aot: fuse the graph with"):
-        plugins.check_form("aot", TARGETS["thor-jp7"], True, "fused.onnx", "library")
-    plugins.check_form("aot", TARGETS["thor-jp7"], True, "fused.onnx", "aot")
+        plugins.choose_form(TARGETS["thor-jp7"], "aot", fused=True, graph="fused.onnx", graph_form="library")
+    plugins.choose_form(TARGETS["thor-jp7"], "aot", fused=True, graph="fused.onnx", graph_form="aot")
     # without tensorrt the AOT plugin module says what is missing, in one line
     if importlib.util.find_spec("tensorrt") is None:
         with pytest.raises(MissingDependencyError, match="tensorrt"):

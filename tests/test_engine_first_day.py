@@ -21,7 +21,8 @@ import pytest
 
 from refiner_edge.artifacts import file_sha256
 from refiner_edge.engine import plugins
-from refiner_edge.engine.build import BuildOptions, build_engine, plugin_headers
+from refiner_edge.engine.backend import plugin_headers
+from refiner_edge.engine.build import BuildOptions, build_engine
 from refiner_edge.engine.checks import Runtime
 from refiner_edge.engine.targets import TARGETS
 from refiner_edge.errors import InputError
@@ -456,7 +457,8 @@ def test_context_that_cannot_be_captured_is_refused_in_one_line(tmp_path, bounda
 
 @rtx
 def test_rtx_build_records_tf32_and_user_allocation(tmp_path, tiny_plain):
-    record = build_engine(tiny_plain, tmp_path / "a.engine", BuildOptions(TARGETS["rtx-sm89"], batch=(1, 2, 4)))
+    record = build_engine(tiny_plain, tmp_path / "a.engine",
+                          BuildOptions(TARGETS["rtx-sm89"], batch=(1, 2, 4))).manifest
     e = record.engine
     assert (e.tf32, e.user_allocation, e.plugin_tensorrt_version) == (False, True, None)
     assert e.rebuild.split()[-3:-2] == ["--no-tf32"]
@@ -573,21 +575,31 @@ def test_cpp_classifier_sets_the_device_at_each_cuda_entry_point():
 # --- 8: the trtexec line that reproduces a build, per TensorRT major ----------------------------------------------
 
 def _network(tmp_path: Path, precision: str = "fp16", weak: bool = False):
-    from refiner_edge.engine.build import Network
+    from refiner_edge.engine.plan import Network
 
     manifest = read_manifest(engine_with_manifest(tmp_path / "g"))
     cache = tmp_path / "g" / "model.calib" if precision == "int8" and weak else None
-    return Network(tmp_path / "g" / "m.onnx", tmp_path / "g" / ("plain.onnx" if weak else "m.onnx"), manifest,
-                   precision, fused=False, weak=weak, calibration_cache=cache)
+    return Network(tmp_path / "g" / "m.onnx", "refiner-vit-tiny", 2, 32, "input", "dynamic", precision, fused=False,
+                   manifest=manifest, parse=tmp_path / "g" / ("plain.onnx" if weak else "m.onnx"),
+                   calibration_cache=cache)
+
+
+def _trtexec(network, options: BuildOptions, output, version: str, batch, form: str, library=None):
+    """The trtexec line of a plan settled as `resolve` would for these options on `version` (which needs the
+    target's TensorRT and GPU, absent here)."""
+    from refiner_edge.engine.plan import BuildPlan, opt_level, tf32, trtexec_command, workspace
+
+    plan = BuildPlan(options, network, version, network.precision, weak=network.parse != network.onnx,
+                     plugin_form=form, profile=batch, profile_note=None, workspace=workspace(options),
+                     opt_level=opt_level(options), tf32=tf32(options), user_allocation=options.target.rtx)
+    return trtexec_command(plan, output, library)
 
 
 def test_trtexec_line_for_tensorrt_10_strongly_typed_with_the_plugin_library(tmp_path):
-    from refiner_edge.engine.build import trtexec_command
-
     library = tmp_path / "lib" / "librefiner_edge_plugin.so"
     options = BuildOptions(TARGETS["orin-agx-jp6"], workspace=1 << 30, timing_cache=tmp_path / "t.cache")
-    line = trtexec_command(_network(tmp_path), options, tmp_path / "m.engine", "10.3.0.26", (1, 2, 4), "library",
-                           library)
+    line = _trtexec(_network(tmp_path), options, tmp_path / "m.engine", "10.3.0.26", (1, 2, 4), "library",
+                    library)
     g = tmp_path / "g"
     assert line == (f"trtexec --onnx={g / 'm.onnx'} --saveEngine={tmp_path / 'm.engine'} --stronglyTyped "
                     "--minShapes=input:1x3x32x32 --optShapes=input:2x3x32x32 --maxShapes=input:4x3x32x32 "
@@ -599,12 +611,10 @@ def test_trtexec_line_for_a_weakly_typed_int8_dla_build(tmp_path):
     """TensorRT 10 weak typing (JetPack 6 DLA): the plain graph with --fp16 --int8 and the calibration cache."""
     import shlex
 
-    from refiner_edge.engine.build import trtexec_command
-
     options = BuildOptions(TARGETS["orin-agx-jp6"], precision="int8", dla_core=1, batch=(2, 2, 2), weak_typing=True,
                            tf32=True)
-    args = shlex.split(trtexec_command(_network(tmp_path, "int8", weak=True), options, tmp_path / "m.engine",
-                                       "10.3.0", (2, 2, 2), "none"))
+    args = shlex.split(_trtexec(_network(tmp_path, "int8", weak=True), options, tmp_path / "m.engine",
+                                "10.3.0", (2, 2, 2), "none"))
     assert args[1] == f"--onnx={tmp_path / 'g' / 'plain.onnx'}"
     assert args[3:6] == ["--fp16", "--int8", f"--calib={tmp_path / 'g' / 'model.calib'}"]
     assert {"--useDLACore=1", "--allowGPUFallback", "--memPoolSize=workspace:4096M"} <= set(args)
@@ -616,20 +626,18 @@ def test_trtexec_line_for_tensorrt_11_and_where_there_is_none(tmp_path):
     have no trtexec line."""
     import shlex
 
-    from refiner_edge.engine.build import trtexec_command
-
     options = BuildOptions(TARGETS["b200"], version_compatible=True)
-    args = shlex.split(trtexec_command(_network(tmp_path), options, tmp_path / "m.engine", "11.4.1", (1, 8, 32),
-                                       "none"))
+    args = shlex.split(_trtexec(_network(tmp_path), options, tmp_path / "m.engine", "11.4.1", (1, 8, 32),
+                                "none"))
     assert "--stronglyTyped" not in args and "--fp16" not in args and "--versionCompatible" in args
     assert "--maxShapes=input:32x3x32x32" in args and "--memPoolSize=workspace:8192M" in args
     portable = BuildOptions(TARGETS["a100-portable"])
-    assert "--hardwareCompatibilityLevel=ampere+" in trtexec_command(_network(tmp_path), portable, "m.engine",
-                                                                     "10.13.3", (1, 8, 32), "none")
-    assert trtexec_command(_network(tmp_path), BuildOptions(TARGETS["a100"]), "m.engine", "10.13.3", (1, 8, 32),
-                           "aot") is None
-    assert trtexec_command(_network(tmp_path), BuildOptions(TARGETS["rtx-sm89"]), "m.engine", "1.7.1", (1, 8, 32),
-                           "none") is None
+    assert "--hardwareCompatibilityLevel=ampere+" in _trtexec(_network(tmp_path), portable, "m.engine",
+                                                              "10.13.3", (1, 8, 32), "none")
+    assert _trtexec(_network(tmp_path), BuildOptions(TARGETS["a100"]), "m.engine", "10.13.3", (1, 8, 32),
+                    "aot") is None
+    assert _trtexec(_network(tmp_path), BuildOptions(TARGETS["rtx-sm89"]), "m.engine", "1.7.1", (1, 8, 32),
+                    "none") is None
 
 
 # --- the new manifest fields, read alike by Python and C++ ----------------------------------------------------
@@ -664,7 +672,7 @@ def test_build_tf32_option_defaults_to_the_librarys():
 
     from refiner_edge import defaults
     from refiner_edge.cli.build import build
-    from refiner_edge.engine.build import tf32
+    from refiner_edge.engine.plan import tf32
 
     assert inspect.signature(build).parameters["tf32"].default is None
     assert tf32(BuildOptions(TARGETS["rtx-sm89"])) is defaults.BUILD_TF32
@@ -689,7 +697,7 @@ def test_trtexec_line_of_a_real_build_makes_an_engine_that_runs_alike(tmp_path, 
     if shutil.which("trtexec") is None:
         pytest.skip("trtexec is not on PATH (TensorRT's bin/ folder)")
     ours = tmp_path / "ours.engine"
-    record = build_engine(tiny_plain, ours, BuildOptions(get_target("auto"), batch=(1, 2, 4)))
+    record = build_engine(tiny_plain, ours, BuildOptions(get_target("auto"), batch=(1, 2, 4))).manifest
     assert record.engine.tf32 is False and "--no-tf32" in record.engine.rebuild
     line = record.report["trtexec"]
     args = shlex.split(line.replace(str(ours.absolute()), str(tmp_path / "theirs.engine")))

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from refiner_edge.engine import plugins
-from refiner_edge.engine.build import check_hardware_compat
+from refiner_edge.engine.plan import check_hardware_compat
 from refiner_edge.engine.targets import TARGETS, Gpu, detect_gpu, get_target
 from refiner_edge.errors import InputError, MissingDependencyError
 from refiner_edge.images.preprocess import Preprocess

@@ -175,8 +175,8 @@ def test_int8_qdq_placement_is_what_tensorrt_wants(tiny_plain, tiny_int8):
 
 def test_int8_graph_still_fuses(tiny_int8, tmp_path):
     pytest.importorskip("onnxruntime_extensions")
-    report = fuse_onnx(tiny_int8, tmp_path / "f.onnx")
-    assert report["fused_nodes"] == 2 and report["comparison"]
+    result = fuse_onnx(tiny_int8, tmp_path / "f.onnx")
+    assert result.report["fused_nodes"] == 2 and result.comparison
 
 
 def test_int8_tensorrt_cache_names_plain_graph_tensors(tiny_plain, tiny_int8):
@@ -224,7 +224,7 @@ def test_fp16_decisions_follow_the_measured_ranges(tiny_plain, tmp_path):
     path = tmp_path / "mixed.onnx"
     onnx.save(fp16, str(path))
     pytest.importorskip("onnxruntime_extensions")
-    assert fuse_onnx(path, tmp_path / "mixed.fused.onnx")["fused_nodes"] == 2
+    assert fuse_onnx(path, tmp_path / "mixed.fused.onnx").report["fused_nodes"] == 2
 
 
 def test_budget_keeps_the_most_sensitive_layers_in_fp16(tiny_plain, tiny_int8, sample_photos):

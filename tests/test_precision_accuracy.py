@@ -76,8 +76,8 @@ def test_refiner_s_calibrated_graphs_fuse(refiner_s_graphs, precision, tmp_path)
     pytest.importorskip("onnxruntime_extensions")
     from refiner_edge.refine.fuse import fuse_onnx
 
-    report = fuse_onnx(refiner_s_graphs[precision], tmp_path / "fused.onnx")
-    assert report["fused_nodes"] == 8 and report["comparison"]
+    result = fuse_onnx(refiner_s_graphs[precision], tmp_path / "fused.onnx")
+    assert result.report["fused_nodes"] == 8 and result.comparison
 
 
 @pytest.mark.slow

@@ -128,8 +128,8 @@ def plain_s(tmp_path_factory):
 def test_fused_refiner_s_equals_plain_graph(plain_s, tmp_path):
     model, plain = plain_s
     fused = tmp_path / "s.fused.onnx"
-    report = fuse_onnx(plain, fused, thresholds={"max_rel_error": 1e-5})
-    assert report["fused_nodes"] == 8 and report["comparison"].max_rel < 1e-5
+    result = fuse_onnx(plain, fused, thresholds={"max_rel_error": 1e-5})
+    assert result.report["fused_nodes"] == 8 and result.comparison.max_rel < 1e-5
     graph = onnx.load(str(fused))
     nodes = [n for n in graph.graph.node if n.op_type == PLUGIN_NAME]
     assert len(nodes) == 8
@@ -165,8 +165,8 @@ def test_every_variant_fuses(tmp_path, variant, blocks):
     model = randomize(create_model(variant), seed=4)
     plain = tmp_path / "p.onnx"
     export_onnx(model, plain, batch=1)
-    report = fuse_onnx(plain, tmp_path / "f.onnx", thresholds={"max_rel_error": 1e-5})
-    assert report["fused_nodes"] == blocks and report["comparison"]
+    result = fuse_onnx(plain, tmp_path / "f.onnx", thresholds={"max_rel_error": 1e-5})
+    assert result.report["fused_nodes"] == blocks and result.comparison
 
 
 @needs_ort_extensions
@@ -174,8 +174,8 @@ def test_fuse_tiny_at_other_resolution_and_in_place(tmp_path):
     model = randomize(create_model("refiner-vit-tiny", img_size=96), seed=8)
     path = tmp_path / "t.onnx"
     export_onnx(model, path)
-    report = fuse_onnx(path, path)  # `export --fuse` rewrites in place
-    assert report["fused_nodes"] == 2 and report["comparison"]
+    result = fuse_onnx(path, path)  # `export --fuse` rewrites in place
+    assert result.report["fused_nodes"] == 2 and result.comparison
     assert json.loads((tmp_path / "t.onnx.json").read_text())["stage"] == "fuse"
 
 
@@ -240,8 +240,8 @@ def test_fuse_with_qdq_elsewhere(tmp_path, tiny_model):
     model.graph.node.insert(idx, q)
     qdq = tmp_path / "qdq.onnx"
     onnx.save(model, str(qdq))
-    report = fuse_onnx(qdq, tmp_path / "qdq.fused.onnx", thresholds={"max_rel_error": 1e-5})
-    assert report["fused_nodes"] == 2 and report["comparison"]
+    result = fuse_onnx(qdq, tmp_path / "qdq.fused.onnx", thresholds={"max_rel_error": 1e-5})
+    assert result.report["fused_nodes"] == 2 and result.comparison
     ops = [n.op_type for n in onnx.load(str(tmp_path / "qdq.fused.onnx")).graph.node]
     assert ops.count("QuantizeLinear") == 1 and ops.count("DequantizeLinear") == 1
 

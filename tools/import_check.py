@@ -5,8 +5,9 @@ against the pipeline's direction.
 
 The stages, lowest first: an import may reach the same stage or a lower one, never a higher one. Imports inside
 functions (lazy ones, which keep torch and TensorRT out of `--help`) count too: they still make the lower stage
-depend on the higher one. Modules directly in the package (errors, manifest, artifacts ...) are shared by all
-stages and may import none of them.
+depend on the higher one. `pipeline` (one module, the chain of stages) is the layer above the stages, under the
+command line. The other modules directly in the package (errors, manifest, artifacts ...) are shared by all stages
+and may import none of them. The package docstring states the same order (`stage_order_problems`).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = "refiner_edge"
-STAGES = ("models", "images", "onnx", "refine", "precision", "engine", "runners", "deploy", "cli")
+STAGES = ("models", "images", "onnx", "refine", "precision", "engine", "runners", "deploy", "pipeline", "cli")
 
 
 def module_files(root: Path) -> dict[str, Path]:
@@ -96,7 +97,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def stage_of(module: str) -> int | None:
-    """The module's position in STAGES; -1 for the shared modules directly in the package; None for the package."""
+    """The module's position in STAGES (a folder, or the pipeline module); -1 for the shared modules directly in the
+    package; None for the package."""
     parts = module.split(".")
     if len(parts) == 1:
         return None
@@ -124,12 +126,21 @@ def problems(root: Path) -> tuple[list[str], int]:
     return found, len(modules)
 
 
+def stage_order_problems(root: Path) -> list[str]:
+    """The package docstring must state STAGES in this order, as `a -> b -> ...`, so the two cannot drift."""
+    path = root / PACKAGE / "__init__.py"
+    doc = " ".join((ast.get_docstring(ast.parse(path.read_text(), str(path))) or "").split())
+    order = " -> ".join(STAGES)
+    return [] if order in doc else [f"{PACKAGE}/__init__.py: its docstring does not state the stages in order: {order}"]
+
+
 def main() -> int:
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1]
     if not (root / PACKAGE / "__init__.py").is_file():
         print(f"error: no {PACKAGE} package under {root}", file=sys.stderr)
         return 2
     found, count = problems(root)
+    found += stage_order_problems(root)
     for line in found:
         print(line)
     print(f"{count} modules, {len(found)} problems")

@@ -2,6 +2,7 @@
 engine and its manifest, for a target of engine/targets.py."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,6 +15,32 @@ from ..engine.plugins import FORMS
 from ..precision import PRECISIONS
 from .common import (CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, choices, console, note, output_file,
                      print_json, status)
+
+
+def parse_batch(text: str) -> tuple[int, int, int]:
+    """'MIN:OPT:MAX' or 'N' (a static batch) -> (min, opt, max)."""
+    try:
+        parts = tuple(int(p) for p in text.split(":"))
+    except ValueError:
+        parts = ()
+    if len(parts) == 1:
+        parts = parts * 3
+    if len(parts) != 3 or not 1 <= parts[0] <= parts[1] <= parts[2]:
+        raise InputError(f"--batch must be MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX (or one size), got '{text}'")
+    return parts  # type: ignore[return-value]
+
+
+def parse_size(text: str) -> int:
+    """'4G', '512M', '1073741824' -> bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        value = -1
+    if not math.isfinite(value) or value < 1:
+        raise InputError(f"--workspace must be a size such as 4G, 512M or a byte count, got '{text}'")
+    return int(value)
 
 
 Precision = choices("Precision", PRECISIONS)
@@ -69,12 +96,13 @@ def build(
 ) -> None:
     """Build a TensorRT engine (raw plan + manifest) for a Jetson, datacenter or RTX target; with no --onnx, run
     export, calibration and fusion first, reusing up-to-date artifacts."""
-    from ..engine.build import (BuildOptions, build_engine, check_build_outputs, engine_report, parse_batch,
-                                parse_size)
+    from ..engine.build import BuildOptions, build_engine, engine_report
     from ..engine.targets import TARGETS, get_target
 
     if list_targets:
-        rows = [t.row() for t in TARGETS.values()]
+        from ..engine.plan import target_row
+
+        rows = [target_row(t) for t in TARGETS.values()]
         print_json(rows) if as_json else print_targets(rows)
         return
     if output is None:
@@ -91,15 +119,12 @@ def build(
         workspace=parse_size(workspace) if workspace else None, timing_cache=timing_cache,
         version_compatible=version_compatible, weak_typing=weak_typing, plugin=plugin.value if plugin else None,
         tf32=tf32)
-    if options.version_compatible and options.target.rtx:
-        raise InputError("--version-compatible is a TensorRT option; TensorRT-RTX engines are not version compatible")
     if onnx is not None:
-        check_build_outputs(output, options, onnx)   # before anything is read or built
         with status(f"building {onnx.name} for {options.target.name} ..."):
-            manifest = build_engine(onnx, output, options, note=note)
+            manifest = build_engine(onnx, output, options, note=note).manifest
         stages = {"build": {"artifact": str(output), "reused": False}}
     else:
-        from ..engine.chain import build_chain
+        from ..pipeline import build_chain
 
         def step(label: str):
             note(label)

@@ -49,19 +49,19 @@ def export(
     if not fuse:
         with status(f"exporting {name} to {output} ..."):
             result = export_onnx(model, output, opset=opset, batch=batch_value)
-        report = {"output": str(output), "export": result["comparison"].to_dict()}
+        report = {"output": str(output), "export": result.comparison.to_dict()}
         if not as_json:
-            out.print(f"verified on ONNX Runtime: {result['comparison']}")
+            out.print(f"verified on ONNX Runtime: {result.comparison}")
     else:
         from ..refine.fuse import export_fused
 
-        def exported(result: dict) -> None:
+        def exported(result) -> None:
             if not as_json:
-                out.print(f"verified on ONNX Runtime: {result['comparison']}")
+                out.print(f"verified on ONNX Runtime: {result.comparison}")
 
         with status(f"exporting {name} and fusing its attention refinements ..."):
             result = export_fused(model, output, opset=opset, batch=batch_value, on_exported=exported)
-        report = {"output": str(output), "export": result["export"]["comparison"].to_dict(),
+        report = {"output": str(output), "export": result["export"].comparison.to_dict(),
                   "fuse": fuse_report(result["fuse"], verify=True, quiet=as_json)}
     if checkpoint is None:
         note("no --checkpoint given: the weights are random")

@@ -8,6 +8,7 @@ import typer
 
 from ..defaults import FUSE_NUM
 from ..refine.plugin_form import FORMS
+from ..result import StageResult
 from .common import JsonOpt, choices, console, note, output_file, print_json, status
 
 
@@ -23,18 +24,18 @@ def run_fuse(source: Path, output: Path, verify: bool, images: Path | None = Non
     return fuse_report(result, verify, quiet)
 
 
-def fuse_report(result: dict, verify: bool, quiet: bool) -> dict:
+def fuse_report(result: StageResult, verify: bool, quiet: bool) -> dict:
     """What fuse_onnx's `result` says, printed (unless quiet) and as the --json report."""
-    comparison = result["comparison"]
+    comparison, done = result.comparison, result.report
     if verify and comparison is None:
         note("not verified: the reference RefinerDLA op needs onnxruntime-extensions")
     if not quiet:
         out = console()
-        out.print(f"fused {result['fused_nodes']} refinement subgraphs into RefinerDLA nodes ({result['form']} "
+        out.print(f"fused {done['fused_nodes']} refinement subgraphs into RefinerDLA nodes ({done['form']} "
                   "plugin form)")
         if comparison is not None:
             out.print(f"fused vs plain graph on ONNX Runtime: {comparison}")
-    return {"output": str(result["output"]), "fused_nodes": result["fused_nodes"], "form": result["form"],
+    return {"output": str(result.artifact), "fused_nodes": done["fused_nodes"], "form": done["form"],
             "verification": None if comparison is None else comparison.to_dict()}
 
 

@@ -51,7 +51,7 @@ def serve(
     from ..deploy.serve import (ServeOptions, check_options, check_serving, print_last_on_stdout,
                                 serving_unavailable)
     from ..deploy.serve import serve as run_server
-    from ..engine.build import check_onnx_graph
+    from ..onnx.graph import check_onnx_graph
     from ..runners.runtime import artifact_manifest, choose_runtime, open_runner
 
     here = serving_unavailable() is None or os.environ.get(serve_env.INSIDE_VAR)

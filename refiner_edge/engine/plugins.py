@@ -15,9 +15,10 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..artifacts import file_sha256
-from ..errors import InputError, MissingDependencyError, VerificationError
+from ..errors import InputError, MissingDependencyError, RefinerEdgeError, VerificationError
 from ..extras import PLATFORM_HINT
 from ..refine import plugin_form
 from .checks import tensorrt_release
@@ -94,39 +95,60 @@ def library_tensorrt_version(library: str | Path) -> str | None:
     return text if tensorrt_release(text) is not None else None
 
 
-def default_form(target: Target, fused: bool, asked: str | None = None) -> str:
-    """The one plugin-form decision: the form asked for, else the target's for a fused graph, else none (a plain
-    graph, and every TensorRT-RTX target, has no plugin)."""
-    if asked is not None:
-        return asked
-    return target.plugin if fused and not target.rtx else "none"
+def choose_form(target: Target, asked: str | None, *, fused: bool | None, weak: bool = False,
+                graph: str = "the graph", graph_form: str | None = None,
+                builder_version: Callable[[], str] | None = None, probe: bool = True,
+                note: Callable[[str], None] = lambda message: None) -> str:
+    """The one plugin-form decision, with its refusals, each naming the one fix.
 
-
-def check_target(form: str, target: Target) -> None:
-    """TensorRT-RTX has no custom plugins: the one place that says so for a form."""
-    if target.rtx and form != "none":
-        raise InputError(f"TensorRT-RTX ({target.name}) has no custom plugins: use --plugin none")
-
-
-def check_form(form: str, target: Target, fused: bool, graph_name: str, graph_form: str | None = None) -> None:
-    """Refuse combinations that cannot build, each with the one fix. graph_form: the form the fused graph's nodes
-    were written in (`refiner-edge fuse --plugin-form`), from its manifest."""
-    if form not in FORMS:
-        raise InputError(f"unknown plugin form '{form}'; choose one of: {', '.join(FORMS)}")
+    `fused`: whether the graph given has RefinerDLA nodes (`graph_form`: the form they were written in, from its
+    manifest); None for the chain, which makes the graph the form needs. A form asked for is used or refused.
+    Otherwise a fused graph takes the target's form and a plain one none; the chain takes the target's form when
+    it is available here (`available`, which registers nothing; `builder_version` gives the builder's version),
+    else the plain graph, with a note (`probe=False`: the target's form, unprobed). TensorRT-RTX has no custom
+    plugins, and a weakly typed build parses the plain graph, so both make plain graphs."""
+    if asked is not None and asked not in FORMS:
+        raise InputError(f"unknown plugin form '{asked}'; choose one of: {', '.join(FORMS)}")
     if target.rtx and fused:
-        raise InputError(f"{graph_name} has fused RefinerDLA nodes and TensorRT-RTX ({target.name}) has no custom "
+        raise InputError(f"{graph} has fused RefinerDLA nodes and TensorRT-RTX ({target.name}) has no custom "
                          "plugins: build the plain graph (`refiner-edge export` without --fuse, or --plugin none "
                          "with no --onnx)")
-    check_target(form, target)
+    if fused is None:
+        form = asked or ("none" if target.rtx else target.plugin)
+    else:
+        form = asked or (target.plugin if fused and not target.rtx else "none")
+    if target.rtx and form != "none":
+        raise InputError(f"TensorRT-RTX ({target.name}) has no custom plugins: use --plugin none")
+    if fused is None:
+        if weak:
+            return "none"   # a weakly typed build parses the plain graph: no RefinerDLA nodes
+        if probe and asked is None and form != "none":
+            try:
+                available(form, builder_version() if builder_version else None)
+            except RefinerEdgeError as e:
+                note(f"building the plain graph: the {form} plugin form is not available ({e})")
+                return "none"
+        return form
     if fused and form == "none":
-        raise InputError(f"{graph_name} has fused RefinerDLA nodes: build it with --plugin library or --plugin aot, "
+        raise InputError(f"{graph} has fused RefinerDLA nodes: build it with --plugin library or --plugin aot, "
                          "or build the plain graph")
     if not fused and form != "none":
-        raise InputError(f"--plugin {form} needs a fused graph and {graph_name} has no RefinerDLA nodes: fuse it "
+        raise InputError(f"--plugin {form} needs a fused graph and {graph} has no RefinerDLA nodes: fuse it "
                          "(`refiner-edge fuse`) or use --plugin none")
     if fused and graph_form is not None and graph_form != form:
-        raise InputError(f"{graph_name}'s RefinerDLA nodes are in the {graph_form} plugin form, not {form}: fuse "
+        raise InputError(f"{graph}'s RefinerDLA nodes are in the {graph_form} plugin form, not {form}: fuse "
                          f"the graph with `refiner-edge fuse --plugin-form {form}`")
+    return form
+
+
+def available(form: str, tensorrt_version: str | None) -> None:
+    """Raise what `prepare(form)` would raise for a missing piece, without building or registering anything:
+    the library built (not building it), or TensorRT >= 10.9 with tensorrt.plugin, Triton and the AOT module."""
+    if form == "library":
+        find_library(build=False)
+    elif form == "aot":
+        check_aot_version(tensorrt_version)
+        import_aot().available()
 
 
 def prepare(form: str, tensorrt_version: str | None = None, portable_cc: int | None = None,
@@ -138,14 +160,18 @@ def prepare(form: str, tensorrt_version: str | None = None, portable_cc: int | N
     if form == "library":
         library = find_library(build=True)
         return Plugin("library", library, file_sha256(library))
-    if tensorrt_version is not None and not tensorrt_at_least(tensorrt_version, AOT_MIN_TENSORRT):
-        raise InputError(f"the aot plugin form needs TensorRT >= 10.9 and this is {tensorrt_version}: use --plugin "
-                         "library")
+    check_aot_version(tensorrt_version)
     global _aot_registered
     aot = import_aot()
     setup = aot.register(portable_cc, min_cuda)
     _aot_registered = True
     return Plugin("aot", setup=setup)
+
+
+def check_aot_version(tensorrt_version: str | None) -> None:
+    if tensorrt_version is not None and not tensorrt_at_least(tensorrt_version, AOT_MIN_TENSORRT):
+        raise InputError(f"the aot plugin form needs TensorRT >= 10.9 and this is {tensorrt_version}: use --plugin "
+                         "library")
 
 
 def import_aot():

@@ -11,8 +11,8 @@ import logging
 import subprocess
 from dataclasses import dataclass
 
-from ..errors import InputError
-from ..extras import PLATFORM_HINT
+from ..errors import InputError, MissingDependencyError
+from ..extras import PLATFORM_HINT, install_hint
 
 GiB = 1 << 30
 log = logging.getLogger(__name__)
@@ -216,9 +216,21 @@ def detect_gpu(failures: list[str] | None = None) -> Gpu | None:
     return None
 
 
+MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
+
+
+def import_tensorrt(flavour: str):
+    """The tensorrt or tensorrt_rtx module, or a MissingDependencyError naming the extra to install."""
+    try:
+        return importlib.import_module(MODULES[flavour])
+    except ImportError:
+        raise MissingDependencyError(f"{flavour} is not installed ({install_hint(MODULES[flavour])})"
+                                     ) from None
+
+
 def installed_tensorrt() -> tuple[str, str] | None:
     """(flavour, version) of the TensorRT Python package that is installed, TensorRT proper first."""
-    for flavour, module in (("tensorrt", "tensorrt"), ("tensorrt-rtx", "tensorrt_rtx")):
+    for flavour, module in MODULES.items():
         try:
             return flavour, importlib.import_module(module).__version__
         except ImportError:

@@ -1,4 +1,4 @@
-"""Native work in a child process, so Ctrl-C stops it: the TensorRT build (engine/build.py, `child_build`).
+"""Native work in a child process, so Ctrl-C stops it: the TensorRT build (engine/backend.py, `child_build`).
 
 In-process, SIGINT cannot stop TensorRT's builder: Python runs its handler only between bytecodes, the builder's
 C++ runs for seconds to minutes without returning, and the KeyboardInterrupt raised in its logger callback is caught

@@ -17,6 +17,7 @@ from ..images.preprocess import Preprocess
 from ..manifest import (IMAGENET_LABELS, INDEX_LABELS, GraphInfo, Manifest, ModelInfo, Verification,
                         write_manifest)
 from ..models.model import RefinerViT
+from ..result import StageResult
 from .session import ort_session
 
 MIN_OPSET = 17
@@ -58,11 +59,11 @@ def verification_input(model: RefinerViT, batch: int, seed: int = 0) -> np.ndarr
 
 
 def export_onnx(model: RefinerViT, output: str | Path, *, opset: int | None = None, batch: int | str | None = None,
-                tolerance: float | None = None, verify_batch: int | None = None) -> dict:
+                tolerance: float | None = None, verify_batch: int | None = None) -> StageResult:
     """Export `model` to a plain ONNX graph at `output`, verified against PyTorch before it is kept.
 
-    batch: "dynamic" (default) or a fixed batch size. Returns {"manifest": the Manifest written beside the file,
-    "comparison": the Comparison of its outputs with PyTorch's}.
+    batch: "dynamic" (default) or a fixed batch size. Returns the StageResult: the manifest written beside the
+    file, and the comparison of its outputs with PyTorch's.
     """
     opset = DEFAULT_OPSET if opset is None else opset
     batch = "dynamic" if batch is None else batch
@@ -95,7 +96,7 @@ def export_onnx(model: RefinerViT, output: str | Path, *, opset: int | None = No
             stage="export", candidate="onnxruntime-cpu", reference="pytorch-fp32", inputs=f"random, batch {n}",
             metrics=result.metrics(), thresholds=result.thresholds))
         write_manifest(tmp, manifest)
-    return {"manifest": manifest, "comparison": result}
+    return StageResult(output, manifest, result, manifest.report)
 
 
 def export_manifest(model: RefinerViT, opset: int, batch: int | str) -> Manifest:

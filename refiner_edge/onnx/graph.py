@@ -20,6 +20,19 @@ def load_onnx(path: str | Path, load_external_data: bool = True):
         raise InputError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
 
 
+def check_onnx_graph(path: str | Path) -> None:
+    """InputError unless `path` parses as an ONNX model with a graph: a wrong file given to --onnx is named as such,
+    not as a graph that lacks its manifest."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # protobuf raises DecodeError and others with no common base
+        model = None
+    if model is None or not model.graph.node:
+        raise InputError(f"{path} is not an ONNX graph: give a graph from refiner-edge export, calibrate or fuse")
+
+
 def opset_of(model) -> int:
     """The default-domain opset of an onnx.ModelProto."""
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))

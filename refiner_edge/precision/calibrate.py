@@ -19,6 +19,7 @@ from ..defaults import default
 from ..errors import InputError, VerificationError
 from ..manifest import Verification, read_manifest, write_manifest
 from ..onnx.graph import check_interface, graph_precision, graph_preprocess, load_onnx, model_interface, opset_of
+from ..result import StageResult
 from . import CALIBRATED
 from .fp16 import RULES, convert_to_fp16, fp32_nodes
 from .int8 import (QUANTIZED_OPS, Budget, activation_inputs, check_quantizer, layer_sensitivity, meet_budget,
@@ -124,9 +125,9 @@ class CalibrateOptions:
 
 
 def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path,
-                   options: CalibrateOptions | None = None, progress: Progress = _no_progress) -> dict:
+                   options: CalibrateOptions | None = None, progress: Progress = _no_progress) -> StageResult:
     """Calibrate the plain graph `source` on `images` and write `options.precision`'s graph to `output`.
-    Returns the report, which is also the `report` of the manifest written to `<output>.json`.
+    Returns the StageResult, whose report is also the `report` of the manifest written to `<output>.json`.
     """
     import onnx
 
@@ -215,7 +216,7 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path,
             write_cache(staging.path(cache), {k: ranges.clip(k) for k in ranges.minmax}, o.tensorrt_version)
         if manifest is not None:
             write_manifest(staging.path(output), record)
-    return report
+    return StageResult(output, record if manifest is not None else None, comparison, report)
 
 
 def _check_finite(comparison: Comparison, reference: np.ndarray, precision: str, source: Path) -> None:

@@ -115,6 +115,18 @@ def _tensorrt():
     return trt, trtp
 
 
+def available():
+    """(tensorrt, tensorrt.plugin) when everything `register` needs is installed, registering nothing (the build
+    chain asks before it chooses the form); else the MissingDependencyError `register` would raise."""
+    trt, trtp = _tensorrt()
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError("the RefinerDLA AOT plugin compiles its kernel with Triton: pip install triton") \
+            from None
+    return trt, trtp
+
+
 def register(portable_cc: int | None = None, min_cuda: str | None = None) -> dict:
     """Register refiner_edge::RefinerDLA with TensorRT's plugin registry (once per process); returns what the
     engine's manifest records about the embedded PTX.
@@ -127,12 +139,7 @@ def register(portable_cc: int | None = None, min_cuda: str | None = None) -> dic
     global _registered
     if _registered:
         return _configure(portable_cc, min_cuda)
-    trt, trtp = _tensorrt()
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        raise MissingDependencyError("the RefinerDLA AOT plugin compiles its kernel with Triton: pip install triton") \
-            from None
+    trt, trtp = available()
     from typing import List, Tuple, Union
 
     @trtp.register(QUALIFIED_NAME)

@@ -14,6 +14,7 @@ from ..defaults import FUSE_NUM, default
 from ..errors import InputError, VerificationError
 from ..manifest import PluginInfo, Verification, read_manifest, write_manifest
 from ..onnx.graph import check_interface, graph_precision, graph_preprocess, load_onnx, model_interface
+from ..result import StageResult
 from . import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from .plugin_form import FORMS
 from .surgery import fuse_graph
@@ -30,7 +31,7 @@ def fuse_thresholds(precision: str) -> dict:
 
 
 def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, images: str | Path | None = None,
-              num: int | None = None, thresholds: dict | None = None, form: str = "library") -> dict:
+              num: int | None = None, thresholds: dict | None = None, form: str = "library") -> StageResult:
     """Fuse the refinement subgraphs of the ONNX file `source` into `output` (may be the same path), atomically.
 
     With verify, the fused graph runs on ONNX Runtime with the reference RefinerDLA op on up to `num` real images
@@ -38,7 +39,7 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, image
     fuse_thresholds of its precision). form: "library" (weights as node attributes, the IPluginV3 library's fields)
     or "aot" (refine/plugin_form.aot_form: the AOT plugin embedded in TensorRT >= 10.9 engines); an AOT graph does
     not run on ONNX Runtime, so it is verified in the library form it is made from.
-    Returns {"fused_nodes", "comparison" (None when not verified), "output", "form"}.
+    Returns the StageResult: its comparison is None when not verified, its report {"fused_nodes", "form"}.
     """
     import onnx
 
@@ -49,7 +50,7 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, image
     check_interface(source, *model_interface(model))
     manifest = read_manifest(source)
     fused, count = fuse_graph(model, manifest.model.refining_blocks if manifest else None)
-    comparison = None
+    comparison = record = None
     # in place (output = source) is allowed; otherwise neither the source nor its manifest may be written
     read = [images] + ([] if output.absolute() == source.absolute() else [source])
     with staged_outputs(output, inputs=read) as staging:
@@ -75,16 +76,16 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, image
                     "on onnxruntime-cpu", inputs=f"{comparison.images} images", metrics=comparison.metrics(),
                     thresholds=comparison.thresholds))
             write_manifest(tmp, record)
-    return {"fused_nodes": count, "comparison": comparison, "output": output, "form": form}
+    return StageResult(output, record, comparison, {"fused_nodes": count, "form": form})
 
 
 def export_fused(model, output: str | Path, *, opset: int = 17, batch: int | str = "dynamic", verify: bool = True,
                  images: str | Path | None = None, num: int | None = None, form: str = "library",
-                 on_exported: Callable[[dict], None] = lambda result: None) -> dict:
+                 on_exported: Callable[[StageResult], None] = lambda result: None) -> dict[str, StageResult]:
     """Export the PyTorch `model` and fuse its refinements into `output` in one step. The plain graph goes to a
     scratch folder beside `output`, so a failed export or fusion leaves an earlier `output` as it was.
-    `on_exported` gets export_onnx's result before the fusion starts. Returns {"export": export_onnx's result,
-    "fuse": fuse_onnx's}."""
+    `on_exported` gets export_onnx's result before the fusion starts. Returns {"export": export_onnx's
+    StageResult, "fuse": fuse_onnx's}."""
     from ..onnx.export import export_onnx
 
     output = Path(output)

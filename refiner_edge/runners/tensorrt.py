@@ -181,8 +181,7 @@ def cuda_api():
 
 def local_runtime(flavour: str):
     """(tensorrt module, Runtime description of this machine)."""
-    from ..engine.build import import_tensorrt
-    from ..engine.targets import detect_gpu
+    from ..engine.targets import detect_gpu, import_tensorrt
 
     trt = import_tensorrt(flavour)
     gpu = detect_gpu()

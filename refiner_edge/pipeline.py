@@ -1,5 +1,7 @@
-"""`refiner-edge build` with no graph given: export -> calibrate (fp16/int8, on the images given or the sample
-photographs) -> fuse (when the plugin form needs a fused graph) -> build, each artifact kept beside the engine.
+"""The pipeline, one layer above the stages (tools/import_check.py): `refiner-edge build` with no graph given runs
+export -> calibrate (fp16/int8, on the images given or the sample photographs) -> fuse (when the plugin form needs a
+fused graph) -> build, each artifact kept beside the engine. The build's plan (engine/plan.py) is resolved before
+the export, so every check of the build runs once, before minutes of work; each stage returns its StageResult.
 
 A stage is skipped when its artifact is there, matches its manifest's SHA-256, and its manifest's report holds the
 same `chain_key`: the SHA-256 of the stage's inputs (files by content) and options. The stages of one run are
@@ -14,17 +16,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager
 
-from .. import __version__
-from ..artifacts import Staging, check_artifact, file_sha256, manifest_path, staged_outputs
-from ..errors import InputError, RefinerEdgeError
-from ..manifest import Manifest, read_manifest, write_manifest
-from . import plugins
-from .build import (BuildOptions, build_engine, check_build_outputs, check_dla, check_fits, import_tensorrt,
-                    rebuild_command, weak_typing)
+from . import __version__
+from .artifacts import Staging, check_artifact, file_sha256, manifest_path, staged_outputs
+from .engine.build import check_build_outputs, make_engine
+from .engine.plan import BuildOptions, BuildPlan, planned_network, rebuild_command, resolve
+from .errors import InputError, RefinerEdgeError
+from .manifest import Manifest, read_manifest, write_manifest
+from .result import StageResult
 
 Step = Callable[[str], ContextManager]
 
@@ -35,7 +37,7 @@ def chain_key(**parts) -> str:
 
 def images_digest(folder: Path) -> str:
     """SHA-256 over the images' relative names and contents: a changed, added or removed image recalibrates."""
-    from ..images.preprocess import find_images
+    from .images.preprocess import find_images
 
     h = hashlib.sha256()
     for path in find_images([folder]):
@@ -94,51 +96,24 @@ def artifact_paths(output: Path, precision: str, fused: bool) -> dict[str, Path]
             "fuse": output.with_name(f"{calibrated}.fused.onnx") if fused else None}
 
 
-def choose_plugin(options: BuildOptions, note: Callable[[str], None]) -> str:
-    """The form asked for, else the target's; a default form that cannot be used here falls back to the plain
-    graph, with a note (an explicit --plugin fails instead)."""
-    target = options.target
-    form = plugins.default_form(target, True, options.plugin)
-    if options.plugin is not None or form == "none":
-        return form
-    try:
-        version = import_tensorrt(target.flavour).__version__
-        if target.plugin == "library":
-            plugins.find_library(build=False)
-        else:
-            plugins.prepare("aot", version)
-    except RefinerEdgeError as e:
-        note(f"building the plain graph: the {target.plugin} plugin form is not available ({e})")
-        return "none"
-    return target.plugin
-
-
 def build_chain(output: str | Path, options: BuildOptions, *, variant: str | None = None,
                 checkpoint: str | Path | None = None, img_size: int | None = None,
                 calib_images: str | Path | None = None, force: bool = False,
                 step: Step = lambda label: contextlib.nullcontext(),
                 note: Callable[[str], None] = lambda message: None) -> dict:
     """Make the engine `output` from a variant (and checkpoint) through every stage; returns what each stage did."""
-    from ..models.variants import DEFAULT_VARIANT, get_variant
-    from ..precision.calibrate import calibration_cache_path
+    from .models.variants import DEFAULT_VARIANT
+    from .precision.calibrate import calibration_cache_path
 
     output = Path(output)
     if output.suffix == ".onnx" or output.suffix == ".json":
         raise InputError("-o names the engine (e.g. model.engine); the ONNX stages are written beside it")
-    precision = options.precision or "fp32"
-    options = replace(options, precision=precision)
-    check_dla(options, precision)  # before minutes of export and calibration
-    form = choose_plugin(options, note)
-    if weak_typing(options):
-        fused, form = False, "none"   # a weakly typed build parses the plain graph: no RefinerDLA nodes
-    else:
-        fused = form != "none"
-    plugins.check_target(form, options.target)
     variant = variant or DEFAULT_VARIANT
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise InputError(f"checkpoint not found: {checkpoint}")
-    cfg = get_variant(variant)
-    check_fits(cfg.name, cfg.heads, cfg.with_overrides(img_size=img_size).img_size, precision, options)
+    # every check of the build, before minutes of export and calibration
+    plan = resolve(options, planned_network(variant, img_size), note=note)
+    precision, fused = plan.precision, plan.plugin_form != "none"
     paths = artifact_paths(output, precision, fused)
     stage_paths = [p for p in paths.values() if p is not None]
     calib = calibration_cache_path(paths["calibrate"]) if precision == "int8" else None
@@ -159,9 +134,8 @@ def build_chain(output: str | Path, options: BuildOptions, *, variant: str | Non
     with staged_outputs(*stage_paths, output, extra=[calib] if calib else [], locks=[options.timing_cache],
                         inputs=inputs_given, note=note) as staging:
         check_stage_files()   # again under the locks: another run may have written them while this one waited
-        stages = chain_stages(output, options, paths, form=form, variant=variant, checkpoint=checkpoint,
-                              checkpoint_sha=checkpoint_sha, img_size=img_size, calib_images=calib_images,
-                              precision=precision, note=note)
+        stages = chain_stages(output, plan, paths, variant=variant, checkpoint=checkpoint,
+                              checkpoint_sha=checkpoint_sha, img_size=img_size, calib_images=calib_images, note=note)
         return _run_stages(stages, staging, force, step)
 
 
@@ -174,22 +148,24 @@ class Stage:
     artifact: Path
     inputs: Callable[[Path | None], dict]             # previous artifact -> what the artifact is made from
     label: Callable[[Path | None], str]               # previous artifact -> the step's line
-    make: Callable[[Path | None, Path, dict], object]  # (previous, where to write, chain record) -> its result
+    make: Callable[[Path | None, Path, dict], StageResult]   # (previous, where to write, chain record) -> result
     report: dict = field(default_factory=dict)        # said about it beside the artifact
     records_itself: bool = False                      # make writes the chain record (else it is stamped after)
 
 
-def chain_stages(output: Path, options: BuildOptions, paths: dict[str, Path | None], *, form: str, variant: str,
-                 checkpoint, checkpoint_sha: str | None, img_size: int | None, calib_images, precision: str,
+def chain_stages(output: Path, plan: BuildPlan, paths: dict[str, Path | None], *, variant: str, checkpoint,
+                 checkpoint_sha: str | None, img_size: int | None, calib_images,
                  note: Callable[[str], None]) -> list[Stage]:
-    """export -> calibrate (fp16/int8) -> fuse (a plugin form) -> build, as the options ask."""
-    def export(_previous, dest: Path, _record: dict) -> None:
-        from ..models.factory import create_model
-        from ..onnx.export import export_onnx
+    """export -> calibrate (fp16/int8) -> fuse (a plugin form) -> build, as the plan says."""
+    precision, form, target = plan.precision, plan.plugin_form, plan.target
+
+    def export(_previous, dest: Path, _record: dict) -> StageResult:
+        from .models.factory import create_model
+        from .onnx.export import export_onnx
 
         if checkpoint is None:
             note("no --checkpoint: the weights are random")
-        export_onnx(create_model(variant, img_size=img_size, checkpoint=checkpoint), dest)
+        return export_onnx(create_model(variant, img_size=img_size, checkpoint=checkpoint), dest)
 
     stages = [Stage("export", paths["export"],
                     inputs=lambda _previous: {"variant": variant, "checkpoint_sha256": checkpoint_sha,
@@ -197,8 +173,8 @@ def chain_stages(output: Path, options: BuildOptions, paths: dict[str, Path | No
                     label=lambda _previous: f"export {variant} -> {paths['export'].name}", make=export)]
 
     if paths["calibrate"] is not None:
-        from ..images.samples import sample_image_dir
-        from ..precision.calibrate import CalibrateOptions, calibrate_onnx
+        from .images.samples import sample_image_dir
+        from .precision.calibrate import CalibrateOptions, calibrate_onnx
 
         images = Path(calib_images) if calib_images is not None else sample_image_dir()
         if not images.exists():
@@ -214,7 +190,7 @@ def chain_stages(output: Path, options: BuildOptions, paths: dict[str, Path | No
             report={"images": str(images)}))
 
     if paths["fuse"] is not None:
-        from ..refine.fuse import fuse_onnx
+        from .refine.fuse import fuse_onnx
 
         stages.append(Stage(
             "fuse", paths["fuse"],
@@ -222,18 +198,16 @@ def chain_stages(output: Path, options: BuildOptions, paths: dict[str, Path | No
             label=lambda source: f"fuse {source.name} -> {paths['fuse'].name} ({form} form)",
             make=lambda source, dest, _record: fuse_onnx(source, dest, verify=True, form=form)))
 
-    options = replace(options, plugin=form)
-    rebuild = rebuild_command(output, options, model={"variant": variant, "checkpoint": checkpoint,
-                                                       "img_size": img_size, "calib_images": calib_images})
-    builder = f"{options.target.flavour} {import_tensorrt(options.target.flavour).__version__}"
+    rebuild = rebuild_command(output, plan, model={"variant": variant, "checkpoint": checkpoint,
+                                                    "img_size": img_size, "calib_images": calib_images})
+    builder = f"{target.flavour} {plan.tensorrt_version}"
     stages.append(Stage(
         "build", output,
         inputs=lambda source: {"onnx_sha256": file_sha256(source), "command": rebuild, "builder": builder,
                                "refiner_edge": __version__},
-        label=lambda source: f"build {source.name} for {options.target.name} ({options.target.flavour}) -> "
-                             f"{output.name}",
-        make=lambda source, dest, record: build_engine(source, dest, options, rebuild=rebuild, report=record,
-                                                       note=note),
+        label=lambda source: f"build {source.name} for {target.name} ({target.flavour}) -> {output.name}",
+        make=lambda source, dest, record: make_engine(plan.with_graph(source), dest, rebuild=rebuild, report=record,
+                                                      note=note),
         records_itself=True))
     return stages
 
@@ -251,7 +225,7 @@ def _run_stages(stages: list[Stage], staging: Staging, force: bool, step: Step) 
         if manifest is None:
             made = staging.path(stage.artifact)
             with step(stage.label(source)):
-                manifest = stage.make(source, made, record)
+                manifest = stage.make(source, made, record).manifest
             if not stage.records_itself:
                 stamp(made, record["chain_key"], inputs)
         report[stage.name] = {"artifact": str(stage.artifact), **stage.report, "reused": made == stage.artifact}
