@@ -207,9 +207,15 @@ def chain_stages(output: Path, plan: BuildPlan, paths: dict[str, Path | None], *
                                "refiner_edge": __version__},
         label=lambda source: f"build {source.name} for {target.name} ({target.flavour}) -> {output.name}",
         make=lambda source, dest, record: make_engine(plan.with_graph(source), dest, rebuild=rebuild, report=record,
-                                                      note=note),
+                                                      note=note, published=published_beside(output, dest.parent)),
         records_itself=True))
     return stages
+
+
+def published_beside(output: Path, staging: Path) -> Callable[[Path], Path]:
+    """Where a file staged in `staging` lies once published: beside -o under its own name, as every stage file and
+    the engine do (a file elsewhere, e.g. a stage reused where it lies, keeps its path)."""
+    return lambda path: output.parent / path.name if path.parent == staging else path
 
 
 def _run_stages(stages: list[Stage], staging: Staging, force: bool, step: Step) -> dict:

@@ -10,6 +10,7 @@ a capture). The runner code under test is the real one.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -777,3 +778,28 @@ def test_real_engine_cuda_graph_after_a_failed_enqueue(tmp_path, tiny_plain, mon
         np.testing.assert_allclose(runner.run(x), expected, rtol=1e-2, atol=1e-2)
     assert calls["n"] == 4
     runner.close()
+
+
+
+def test_the_chains_trtexec_line_names_the_published_files_not_the_staging_folder(tmp_path):
+    """The chain builds from stage files in its staging folder, which is removed once they are published beside -o:
+    its trtexec line names where they lie afterwards (here a weakly typed INT8 build: the plain graph and the
+    calibration cache too), and a file reused where it lies keeps its own path."""
+    import shlex
+
+    from refiner_edge.engine.plan import BuildPlan, opt_level, tf32, trtexec_command, workspace
+    from refiner_edge.pipeline import published_beside
+
+    options = BuildOptions(TARGETS["orin-agx-jp6"], precision="int8", batch=(2, 2, 2), weak_typing=True)
+    output = tmp_path / "out" / "s.int8.engine"
+    staging = tmp_path / "out" / ".refiner-edge-staging"
+    network = dataclasses.replace(_network(tmp_path, "int8", weak=True), onnx=staging / "s.int8.onnx",
+                                  parse=staging / "s.onnx", calibration_cache=staging / "s.int8.calib")
+    plan = BuildPlan(options, network, "10.3.0", "int8", weak=True, plugin_form="none", profile=(2, 2, 2),
+                     profile_note=None, workspace=workspace(options), opt_level=opt_level(options),
+                     tf32=tf32(options), user_allocation=False)
+    published = published_beside(output, staging)
+    args = shlex.split(trtexec_command(plan, staging / output.name, published=published))
+    assert args[1] == f"--onnx={output.parent / 's.onnx'}" and args[2] == f"--saveEngine={output}"
+    assert f"--calib={output.parent / 's.int8.calib'}" in args and str(staging) not in " ".join(args)
+    assert published(tmp_path / "elsewhere" / "s.onnx") == tmp_path / "elsewhere" / "s.onnx"

@@ -49,8 +49,10 @@ def build_engine(onnx: str | Path, output: str | Path, options: BuildOptions, *,
 
 
 def make_engine(plan: BuildPlan, output: Path, *, rebuild: str | None = None, report: dict | None = None,
-                note: Callable[[str], None] = lambda message: None) -> StageResult:
-    """Build the plan's graph into `output` (outputs already checked) and write its manifest beside it."""
+                note: Callable[[str], None] = lambda message: None,
+                published: Callable[[Path], Path] = lambda path: path) -> StageResult:
+    """Build the plan's graph into `output` (outputs already checked) and write its manifest beside it.
+    `published` maps a staged file to where it lies once published (the chain's stage files), for the trtexec line."""
     network, options = plan.network, plan.options
     report = dict(report or {})
     if plan.profile_note:
@@ -64,7 +66,7 @@ def make_engine(plan: BuildPlan, output: Path, *, rebuild: str | None = None, re
         graph = dataclasses.replace(network.manifest.graph, precision=plan.precision)
         record = network.manifest.derive("build", output, network.onnx, graph=graph, engine=info,
                                          report={**report, "engine_bytes": built["bytes"],
-                                                 "trtexec": trtexec_command(plan, output, plugin.library),
+                                                 "trtexec": trtexec_command(plan, output, plugin.library, published),
                                                  **({"aot_ptx": plugin.setup} if plugin.setup else {})})
         write_manifest(staging.path(output), record)
     return StageResult(output, record, None, record.report)

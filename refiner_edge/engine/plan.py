@@ -334,21 +334,24 @@ def rebuild_command(output: str | Path, plan: BuildPlan, model: dict | None = No
 TRTEXEC_HARDWARE_COMPAT = {"ampere+": "ampere+", "same-cc": "sameComputeCapability"}
 
 
-def trtexec_command(plan: BuildPlan, output: str | Path, library: Path | None = None) -> str | None:
+def trtexec_command(plan: BuildPlan, output: str | Path, library: Path | None = None,
+                    published: Callable[[Path], Path] = lambda path: path) -> str | None:
     """The trtexec line that builds the engine this build makes, for the TensorRT it ran on (stored in the build
     report, printed by build --json; docs/engines.md): the graph parsed, the profile, workspace, optimisation
     level, TF32, DLA, hardware and version compatibility, timing cache and plugin library as the plan settled them.
     Strongly typed is --stronglyTyped on TensorRT 10 and the only mode of TensorRT 11; a weakly typed build is
     --fp16 (and --int8 with the calibration cache). None for TensorRT-RTX (not trtexec's) and for the aot form,
-    whose plugin registers from Python, which trtexec cannot."""
+    whose plugin registers from Python, which trtexec cannot. `published` names a file where it will lie once the
+    run is published (the chain builds from stage files in its staging folder, which is gone by then)."""
     target, network, options = plan.target, plan.network, plan.options
     if target.rtx or plan.plugin_form == "aot":
         return None
-    args = ["trtexec", f"--onnx={Path(network.parse).absolute()}", f"--saveEngine={Path(output).absolute()}"]
+    args = ["trtexec", f"--onnx={published(Path(network.parse)).absolute()}",
+            f"--saveEngine={published(Path(output)).absolute()}"]
     if plan.weak:
         args += ["--fp16"] if plan.precision in ("fp16", "int8") else []
         if plan.precision == "int8":
-            args += ["--int8", f"--calib={Path(network.calibration_cache).absolute()}"]
+            args += ["--int8", f"--calib={published(Path(network.calibration_cache)).absolute()}"]
     elif plan.tensorrt_version.split(".")[0] == "10":
         args += ["--stronglyTyped"]
     args += [f"--{which}Shapes={network.input}:{'x'.join(map(str, plan.shape(n)))}"
