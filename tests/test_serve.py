@@ -348,7 +348,9 @@ def test_json_stdout_stays_json_after_ctrl_c_and_a_restart_takes_the_same_ports_
     for attempt in range(2):
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         try:
-            ready = json.loads(proc.stdout.readline() or "null")
+            line = proc.stdout.readline()
+            assert line.startswith("{"), (attempt, line, proc.stderr.read()[-3000:] if not line else "")
+            ready = json.loads(line)
             assert ready and ready["http"] == f"127.0.0.1:{http}", (attempt, proc.stderr.read() if ready is None
                                                                     else ready)
             proc.send_signal(signal.SIGINT)

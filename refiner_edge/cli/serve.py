@@ -48,8 +48,7 @@ def serve(
     NAME_image encoded image files (JPEG, PNG, ...). PyTriton runs in an environment of its own with numpy<2
     (made by --setup or on first use), so this one can be on NumPy 2."""
     from ..deploy import serve_env
-    from ..deploy.serve import (ServeOptions, check_options, check_serving, print_last_on_stdout,
-                                serving_unavailable)
+    from ..deploy.serve import ServeOptions, check_options, check_serving, reserve_stdout, serving_unavailable
     from ..deploy.serve import serve as run_server
     from ..onnx.graph import check_onnx_graph
     from ..runners.runtime import artifact_manifest, choose_runtime, open_runner
@@ -75,8 +74,10 @@ def serve(
     if runner.random_weights:
         note("random weights: the predictions are meaningless")
 
+    print_line = reserve_stdout()   # before the server starts: its output never reaches stdout
+
     def ready(info: dict) -> None:
-        print_last_on_stdout(json.dumps(info) if as_json else
+        print_line(json.dumps(info) if as_json else
                              f"serving {runner.description} ({runner.name}) as '{options.name}' (tensors) and "
                              f"'{options.image_name}' (encoded images): http {info['http']}, grpc {info['grpc']}; "
                              "Ctrl-C stops")

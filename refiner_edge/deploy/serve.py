@@ -286,15 +286,20 @@ def serve(runner: Runner, options: ServeOptions, on_ready: Callable[[dict], None
             signal.signal(signal.SIGINT, previous[1])
 
 
-def print_last_on_stdout(text: str) -> None:
-    """For the command line's ready line: print `text` as the last thing on stdout (the command's result). stdout is
-    pointed at stderr first, so whatever this process prints from then on (tritonserver's "Signal (2) received." on
-    Ctrl-C reached it) cannot follow the line there, however soon the Ctrl-C comes."""
+def reserve_stdout() -> Callable[[str], None]:
+    """For the command line's ready line: stdout is kept for that one line, the command's result. From this call on,
+    whatever this process and the server it starts print (tritonserver's "Signal (2) received." on Ctrl-C, or on
+    a start that fails before the server is ready) goes to stderr, so stdout holds the ready line or nothing, however
+    soon the Ctrl-C comes. Returns the function that prints the line (once)."""
     sys.stdout.flush()
     result = os.dup(1)
     os.dup2(2, 1)
-    with os.fdopen(result, "w") as out:
-        out.write(text + "\n")
+
+    def print_line(text: str) -> None:
+        with os.fdopen(result, "w") as out:
+            out.write(text + "\n")
+
+    return print_line
 
 
 class RejectedRequests(logging.Filter):
