@@ -22,20 +22,24 @@ from ..result import StageResult
 
 
 def onnx_weights(onnx: str | Path) -> dict:
-    """The weights a graph gives a build: its initializers' count, bytes, and a digest of their names, types and
-    shapes (not values), the layout two checkpoints of one variant share. Read without loading external data."""
+    """The weights a graph gives a build: its initializers' count, bytes (in the graph, and as a plan holds them:
+    int8 for those a QuantizeLinear reads), and a digest of their names, types and shapes (not values), the layout
+    two checkpoints of one variant share. Read without loading external data."""
     import onnx as onnx_lib
 
     model = onnx_lib.load(str(onnx), load_external_data=False)
-    lines, total = [], 0
+    quantized = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    lines, total, in_plan = [], 0, 0
     for init in model.graph.initializer:
         count = 1
         for d in init.dims:
             count *= d
-        total += count * onnx_lib.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        size = count * onnx_lib.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        total += size
+        in_plan += count if init.name in quantized else size   # an INT8 plan holds a quantized weight as int8
         lines.append(f"{init.name}:{init.data_type}:{'x'.join(map(str, init.dims))}")
     digest = hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
-    return {"initializers": len(lines), "bytes": total, "layout_sha256": digest}
+    return {"initializers": len(lines), "bytes": total, "plan_bytes": in_plan, "layout_sha256": digest}
 
 
 def check_refit(engine: Path, manifest: Manifest, onnx: Path) -> tuple[Manifest, str]:
