@@ -357,3 +357,34 @@ def test_refit_fills_the_weights_in(tiny_plain, other_graphs, tmp_path, sample_p
     assert predictions(other) == predictions(other_full)
     facts = json.loads(invoke("inspect", other, "--json").stdout)
     assert facts["layers"]["layers"] and facts["layers"]["device_memory_bytes"] > 0
+
+
+# --- the C++ library refuses a stripped engine as Python does -------------------------------------------------
+
+@pytest.mark.slow
+def test_cpp_refuses_a_stripped_engine_as_python_does(tmp_path, request):
+    from refiner_edge.engine.checks import Runtime, check_engine
+    from refiner_edge.errors import InputError
+    from refiner_edge.manifest import write_manifest
+
+    from .test_cpp import _engine_manifest, _run
+
+    build = request.getfixturevalue("cpp_build")
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"\x00plan bytes")
+    for source in (str(tmp_path / "model dir" / "model.onnx"), None):
+        write_manifest(engine, _engine_manifest(tmp_path, weights="stripped", refit="identical",
+                                                weights_onnx=source, weights_sha256="0" * 64))
+        with pytest.raises(InputError) as e:
+            check_engine(engine, read_manifest(engine), Runtime("tensorrt", "10.3.0", "8.7", "Orin"))
+        r = _run([build["probe"], "check-engine", engine, "tensorrt", "10.3.0", "8.7", "Orin"])
+        assert r.returncode == 1 and r.stderr.strip() == f"error: {e.value}", r.stderr
+        assert "weight-stripped" in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def cpp_build(tmp_path_factory):
+    """tests/test_cpp.py's build of cpp/ (its fixture, called once for this module)."""
+    from . import test_cpp
+
+    return test_cpp.build.__wrapped__(tmp_path_factory)
