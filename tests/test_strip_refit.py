@@ -388,3 +388,15 @@ def cpp_build(tmp_path_factory):
     from . import test_cpp
 
     return test_cpp.build.__wrapped__(tmp_path_factory)
+
+
+@rtx
+@pytest.mark.parametrize("kind", ["triton", "deepstream"])
+def test_deploy_refuses_a_stripped_engine(tiny_engine, tiny_plain, tmp_path, kind):
+    """Triton and nvinfer load the plan as it is: a stripped one would serve without its weights."""
+    engine = as_stripped(tiny_engine, tmp_path / "e", tiny_plain)
+    out = tmp_path / "out"
+    result = invoke("deploy", kind, "--engine", engine, "-o", out)
+    assert result.exit_code == 2
+    assert_clean_failure(result, "weight-stripped", "refiner-edge refit")
+    assert not out.exists()
