@@ -57,15 +57,15 @@ def inspect_engine(engine: str | Path, layers: bool = True) -> dict:
 
 def engine_layers(engine: Path, manifest) -> tuple[dict | None, str | None]:
     """(the engine inspector's layer list and device memory size, None), or (None, why it was skipped)."""
-    from ..runners.tensorrt import local_runtime
     from .checks import check_engine
+    from .refit import this_runtime
     from .worker import run_in_child
 
     info = manifest.engine
     if info.weights == "stripped":
         return None, "a weight-stripped engine: refit it first"
     try:
-        _, runtime = local_runtime(info.flavour)
+        runtime = this_runtime(info.flavour)
         check_engine(engine, manifest, runtime, hash_file=False)
         from .checks import check_plugin_library
 

@@ -90,9 +90,7 @@ def refit_engine(engine: str | Path, onnx: str | Path, output: str | Path, *,
     manifest = read_engine_manifest(engine)
     check_artifact(output, inputs=[engine, onnx])
     _, sha = check_refit(engine, manifest, onnx)
-    from ..runners.tensorrt import local_runtime
-
-    _, runtime = local_runtime(manifest.engine.flavour)
+    runtime = this_runtime(manifest.engine.flavour)
     check_engine(engine, manifest, runtime, stripped=True)
     with staged_outputs(output, inputs=[engine, onnx], note=note) as staging:
         staged = staging.path(output)
@@ -109,6 +107,17 @@ def refit_engine(engine: str | Path, onnx: str | Path, output: str | Path, *,
                                                                       "seconds": round(done["seconds"], 2)}})
         write_manifest(staged, record)
     return StageResult(output, record, None, record.report)
+
+
+def this_runtime(flavour: str):
+    """This machine as engine/checks.py sees it: `flavour`'s TensorRT version and the local GPU (the runner's
+    `local_runtime`, which the engine layer cannot import)."""
+    from .checks import Runtime
+    from .targets import detect_gpu, import_tensorrt
+
+    trt, gpu = import_tensorrt(flavour), detect_gpu()
+    return Runtime(flavour, trt.__version__, gpu.compute_capability if gpu else None,
+                   gpu.name if gpu else "this machine")
 
 
 def library_of(engine: Path, manifest: Manifest) -> str | None:
