@@ -114,6 +114,12 @@ def test_a_refittable_build_without_a_gpu_is_one_line(tiny_plain, tmp_path, flag
     assert result.exit_code == 2
     assert_clean_failure(result, "refittable", "no GPU")
     assert_nothing_written(out)
+    # the chain refuses before its export
+    chain = tmp_path / "chain" / "t.engine"
+    result = invoke("build", "--variant", "refiner-vit-tiny", "--target", "rtx-sm89", flag, "-o", chain)
+    assert result.exit_code == 2
+    assert_clean_failure(result, "refittable", "no GPU")
+    assert not chain.parent.exists()
 
 
 def test_the_weights_layout_is_the_same_for_another_checkpoint(tiny_plain, other_graphs):
