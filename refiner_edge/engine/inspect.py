@@ -75,7 +75,8 @@ def engine_layers(engine: Path, manifest) -> tuple[dict | None, str | None]:
     with tempfile.TemporaryDirectory(prefix=".refiner-edge-inspect-") as scratch:
         found = run_in_child("refiner_edge.engine.inspect:child_layers",
                              {"engine": str(engine), "flavour": info.flavour,
-                              "library": str(library) if library else None},
+                              "library": str(library) if library else None,
+                              "version_compatible": info.version_compatible},
                              Path(scratch) / ".result", what=f"{info.flavour} engine inspector")
     return found, None
 
@@ -92,12 +93,16 @@ def child_layers(job: dict) -> dict:
     logger = trt.Logger(trt.Logger.WARNING)
     if job["library"]:
         plugins.load_library(trt.get_plugin_registry(), Path(job["library"]), "build it again")
-    engine = trt.Runtime(logger).deserialize_cuda_engine(Path(job["engine"]).read_bytes())
+    runtime = trt.Runtime(logger)
+    if job.get("version_compatible"):
+        runtime.engine_host_code_allowed = True   # its embedded lean runtime (as the runner allows it)
+    engine = runtime.deserialize_cuda_engine(Path(job["engine"]).read_bytes())
     if engine is None:
         raise InputError(f"{job['flavour']} could not deserialize {Path(job['engine']).name} (see the log above)")
     inspector = engine.create_engine_inspector()
     data = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
-    memory = getattr(engine, "device_memory_size_v2", None) or engine.device_memory_size
+    # device_memory_size_v2 from TensorRT 10.1 (TensorRT-RTX has only it)
+    memory = engine.device_memory_size_v2 if hasattr(engine, "device_memory_size_v2") else engine.device_memory_size
     return {"layers": data.get("Layers", []), "device_memory_bytes": int(memory)}
 
 

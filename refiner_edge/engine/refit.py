@@ -96,7 +96,8 @@ def refit_engine(engine: str | Path, onnx: str | Path, output: str | Path, *,
         staged = staging.path(output)
         done = run_in_child("refiner_edge.engine.refit:child_refit",
                             {"engine": str(engine), "onnx": str(onnx), "output": str(staged),
-                             "flavour": manifest.engine.flavour, "library": library_of(engine, manifest)},
+                             "flavour": manifest.engine.flavour, "library": library_of(engine, manifest),
+                             "version_compatible": manifest.engine.version_compatible},
                             staging.folder / ".result", what=f"{manifest.engine.flavour} refitter")
         if not staged.is_file() or staged.stat().st_size == 0:
             raise VerificationError(f"{manifest.engine.flavour} returned no engine for the refit of {engine.name}")
@@ -141,6 +142,8 @@ def child_refit(job: dict) -> dict:
     if job["library"]:
         plugins.load_library(trt.get_plugin_registry(), Path(job["library"]), "build it again")
     runtime = trt.Runtime(logger)
+    if job.get("version_compatible"):
+        runtime.engine_host_code_allowed = True   # its embedded lean runtime (as the runner allows it)
     engine = runtime.deserialize_cuda_engine(Path(job["engine"]).read_bytes())
     if engine is None:
         raise InputError(f"{job['flavour']} could not deserialize {Path(job['engine']).name} (see the log above)")
@@ -156,7 +159,7 @@ def child_refit(job: dict) -> dict:
     if not refitter.refit_cuda_engine():
         raise InputError(f"{job['flavour']} refused the refit of {Path(job['engine']).name} (see the log above)")
     config = engine.create_serialization_config()
-    config.flags &= ~(1 << int(trt.SerializationFlag.EXCLUDE_WEIGHTS))
+    config.clear_flag(trt.SerializationFlag.EXCLUDE_WEIGHTS)   # a stripped plan serializes without them otherwise
     data = engine.serialize_with_config(config)
     Path(job["output"]).write_bytes(bytes(memoryview(data)))
     return {"seconds": time.perf_counter() - started}
