@@ -344,11 +344,14 @@ def test_refit_fills_the_weights_in(tiny_plain, other_graphs, tmp_path, sample_p
     """The stripped plan refitted from its graph predicts what the full engine predicts; a --refittable one
     refitted from another checkpoint predicts what that checkpoint's full engine predicts."""
     def predictions(engine: Path) -> list:
-        """Each image's top class and its probability (to 1e-3: two builds of one graph may pick other kernels)."""
+        """Each image's top class and its probability."""
         result = invoke("infer", "--engine", engine, *sample_photos, "--json", "--topk", "1")
         assert result.exit_code == 0, result.output
-        return [(r["predictions"][0]["index"], round(r["predictions"][0]["prob"], 3))
-                for r in json.loads(result.stdout)]
+        return [(r["predictions"][0]["index"], r["predictions"][0]["prob"]) for r in json.loads(result.stdout)]
+
+    def same(a: list, b: list) -> bool:
+        """The same classes, probabilities within 1e-3 (two builds of one graph may pick other kernels)."""
+        return [i for i, _ in a] == [i for i, _ in b] and all(abs(p - q) < 1e-3 for (_, p), (_, q) in zip(a, b))
 
     full = build(tiny_plain, tmp_path / "full.engine", "--batch", "1:2:8")
     stripped = build(tiny_plain, tmp_path / "stripped.engine", "--batch", "1:2:8", "--strip-weights")
@@ -356,13 +359,13 @@ def test_refit_fills_the_weights_in(tiny_plain, other_graphs, tmp_path, sample_p
     result = invoke("refit", stripped, "--onnx", tiny_plain, "-o", refitted)
     assert result.exit_code == 0, result.output
     assert read_manifest(refitted).engine.weights == "included"
-    assert predictions(refitted) == predictions(full)
+    assert same(predictions(refitted), predictions(full))
     any_weights = build(tiny_plain, tmp_path / "any.engine", "--batch", "1:2:8", "--strip-weights", "--refittable")
     other_full = build(other_graphs["checkpoint"], tmp_path / "other.engine", "--batch", "1:2:8")
     other = tmp_path / "other_refitted.engine"
     result = invoke("refit", any_weights, "--onnx", other_graphs["checkpoint"], "-o", other)
     assert result.exit_code == 0, result.output
-    assert predictions(other) == predictions(other_full)
+    assert same(predictions(other), predictions(other_full))
     facts = json.loads(invoke("inspect", other, "--json").stdout)
     assert facts["layers"]["layers"] and facts["layers"]["device_memory_bytes"] > 0
 
