@@ -94,6 +94,13 @@ if command -v compute-sanitizer > /dev/null; then
   step plugin_sanitizer 150 bash tests/plugin_harness/gpu_sanitize.sh "$OUT/plugin" "$cap"
 fi
 
+# weight-stripped engines and refit (docs/engines.md): TensorRT-RTX compiles refittable weights with CUDA, so here
+# and not on a CPU: stripped plans (tiny, and S@224 INT8 after its export and calibration) smaller than the full
+# ones by at least their weights, refit from the build's graph and (--refittable) from another checkpoint predicting
+# what the full engines predict, and inspect's layer list from TensorRT; skipped with the reason without tensorrt-rtx
+step strip_refit 300 "$PY" -m pytest -q -s -p no:cacheprovider -rs tests/test_strip_refit.py \
+  -k "smaller_by_its_weights or refit_fills"
+
 step bench 300 "$PY" benchmarks/bench_refine.py --out "$OUT"
 
 # a library-form engine through a real tritonserver with --backend-config=tensorrt,plugins=... (deploy triton's

@@ -32,6 +32,8 @@ INDEX_LABELS = "class-index"      # any other head: classes are named by their i
 # a hand-edited manifest is refused when read, never half-used (std 0 would give NaN predictions).
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 PRECISIONS = ("fp32", "fp16", "int8")  # of a graph, and of the engine built from it (precision.PRECISIONS)
+WEIGHTS = ("included", "stripped")   # an engine's weights: in the plan, or left out for `refit` to fill in
+REFIT = ("identical", "any")          # a refittable engine takes its build's weights only, or any of the same graph
 MAX_IMG_SIZE, MAX_RESIZE_SIZE, MAX_CLASSES, MAX_OPSET = 8192, 65536, 1_000_000, 1000
 
 
@@ -191,6 +193,10 @@ class EngineInfo:
     tf32: bool | None = None      # FP32 layers may run as TF32 (BuilderFlag.TF32); None: not recorded
     user_allocation: bool = False   # TensorRT-RTX: built with REQUIRE_USER_ALLOCATION (CUDA-graph capture needs it)
     plugin_tensorrt_version: str | None = None   # library form: the TensorRT headers it was compiled for; None: unknown
+    weights: str = "included"     # included, or stripped (build --strip-weights: `refit` fills them in)
+    refit: str | None = None      # refittable: identical (REFIT_IDENTICAL: its build's weights only) or any; None: not
+    weights_onnx: str | None = None     # the ONNX the weights come from (absolute as built, or as refitted)
+    weights_sha256: str | None = None   # its SHA-256
 
     def check(self, where: str) -> None:
         if not self.profiles:
@@ -201,6 +207,9 @@ class EngineInfo:
         _in_range(where, "builder_optimization_level", self.builder_optimization_level, 0, 5)
         if not 0 <= self.build_seconds < float("inf"):
             raise InputError(f"{where}: build_seconds {self.build_seconds:g} must be a finite number, 0 or more")
+        _one_of(where, "weights", self.weights, WEIGHTS)
+        if self.refit is not None:
+            _one_of(where, "refit", self.refit, REFIT)
 
 
 @dataclass

@@ -50,6 +50,8 @@ CASES = [
      "engine: builder_optimization_level 9 is out of range (0 to 5)"),
     ("build seconds", ["engine", "build_seconds"], -1.5,
      "engine: build_seconds -1.5 must be a finite number, 0 or more"),
+    ("weights", ["engine", "weights"], "none", "engine: weights 'none' is not one of included, stripped"),
+    ("refit", ["engine", "refit"], "always", "engine: refit 'always' is not one of identical, any"),
 ]
 
 

@@ -173,6 +173,11 @@ Status checkEngine(const std::string& engine, const Manifest& manifest, const Ru
         if (!manifest.engine) return Status::Error(baseName(engine) + "'s manifest is not an engine's");
         const EngineInfo& info = *manifest.engine;
         const std::string name = baseName(engine);
+        if (info.weights == "stripped")   // TensorRT would load it and run with missing weights
+            return Status::Error(name + " is a weight-stripped engine: fill its weights in first: refiner-edge refit " +
+                                 shellQuote(engine) + " --onnx " +
+                                 (info.weights_onnx ? shellQuote(*info.weights_onnx) : std::string("MODEL.onnx")) +
+                                 " -o FULL.engine");
         auto stale = [&](const std::string& why) {
             return Status::Error(name + " " + why + ": rebuild with: " + rebuildLine(engine, info.rebuild));
         };

@@ -221,6 +221,22 @@ void readEngine(const Value& v, const std::string& where, EngineInfo& e, std::st
         if (h->type != Type::String) f.wrong("plugin_tensorrt_version", "str or NoneType", *h);
         else e.plugin_tensorrt_version = h->string;
     }
+    if (const Value* w = f.field("weights", false, false, "str")) {
+        if (w->type != Type::String) f.wrong("weights", "str", *w);
+        else e.weights = w->string;
+    }
+    if (const Value* r = f.field("refit", false, true, "str")) {
+        if (r->type != Type::String) f.wrong("refit", "str or NoneType", *r);
+        else e.refit = r->string;
+    }
+    if (const Value* o = f.field("weights_onnx", false, true, "str")) {
+        if (o->type != Type::String) f.wrong("weights_onnx", "str or NoneType", *o);
+        else e.weights_onnx = o->string;
+    }
+    if (const Value* h = f.field("weights_sha256", false, true, "str")) {
+        if (h->type != Type::String) f.wrong("weights_sha256", "str or NoneType", *h);
+        else e.weights_sha256 = h->string;
+    }
     if (error.empty() && e.profiles.empty()) error = where + ": profiles is empty: the engine has no input shapes";
     if (dla && inRange(where, "dla_core", *dla, 0, 15, error)) e.dla_core = static_cast<int>(*dla);
     inRange(where, "workspace", e.workspace, 0, 1LL << 50, error);
@@ -228,6 +244,8 @@ void readEngine(const Value& v, const std::string& where, EngineInfo& e, std::st
         e.builder_optimization_level = static_cast<int>(level);
     if (error.empty() && !(e.build_seconds >= 0 && std::isfinite(e.build_seconds)))
         error = where + ": build_seconds " + num(e.build_seconds) + " must be a finite number, 0 or more";
+    oneOf(where, "weights", e.weights, {"included", "stripped"}, error);
+    if (e.refit) oneOf(where, "refit", *e.refit, {"identical", "any"}, error);
 }
 
 void readManifestValue(const Value& root, const std::string& where, Manifest& m, std::string& error) {

@@ -11,7 +11,8 @@ import typer
 from typer.core import TyperGroup
 
 from .. import __version__
-from . import bench, build, calibrate, deploy, export, fuse, infer, info, preprocess, serve, validate
+from . import (bench, build, calibrate, deploy, export, fuse, infer, info, inspect, preprocess, refit, serve,
+               validate)
 from .common import click, handle_errors, state
 
 VERBOSE_FLAGS = ("-v", "--verbose")
@@ -81,8 +82,8 @@ def main(
 
 
 # In pipeline order, which is the order `--help` lists them in.
-for command in (export.export, calibrate.calibrate, fuse.fuse, build.build, infer.infer, validate.validate,
-                bench.bench, serve.serve, preprocess.preprocess, info.info):
+for command in (export.export, calibrate.calibrate, fuse.fuse, build.build, refit.refit, infer.infer,
+                validate.validate, bench.bench, inspect.inspect, serve.serve, preprocess.preprocess, info.info):
     app.command()(handle_errors(command))
 app.add_typer(deploy.deploy_app, name="deploy")
 

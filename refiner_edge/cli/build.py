@@ -89,6 +89,11 @@ def build(
                                                  "mantissa products: faster on Ampere and newer, outside validate's "
                                                  "FP32 budget) [default: "
                                                  f"{'tf32' if BUILD_TF32 else 'no-tf32'}].", show_default=False)] = None,
+    strip_weights: Annotated[bool, typer.Option("--strip-weights", help="Leave the weights out of the plan "
+                                                "(STRIP_PLAN, REFIT_IDENTICAL): `refiner-edge refit` fills them in "
+                                                "from the graph before it runs.")] = False,
+    refittable: Annotated[bool, typer.Option("--refittable", help="Build a plan any weights of the same graph can "
+                                             "refit (REFIT: another fine-tune), not only its own.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Redo every stage even when its artifact is up to "
                                         "date.")] = False,
     list_targets: Annotated[bool, typer.Option("--list-targets", help="Print the targets table and exit.")] = False,
@@ -118,7 +123,7 @@ def build(
         batch=parse_batch(batch) if batch else None, dla_core=dla_core,
         workspace=parse_size(workspace) if workspace else None, timing_cache=timing_cache,
         version_compatible=version_compatible, weak_typing=weak_typing, plugin=plugin.value if plugin else None,
-        tf32=tf32)
+        tf32=tf32, strip_weights=strip_weights, refittable=refittable)
     if onnx is not None:
         with status(f"building {onnx.name} for {options.target.name} ..."):
             manifest = build_engine(onnx, output, options, note=note).manifest

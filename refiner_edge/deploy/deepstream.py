@@ -99,7 +99,7 @@ def write_deepstream(engine: str | Path, out: str | Path, batch: int | None = No
                      gpu_id: int = 0) -> DeepStreamConfig:
     """Write DIR with the nvinfer configuration, the engine, labels, the plugin library (library form) and a README
     with a sample pipeline; earlier files of the same names are replaced only once the new ones are complete."""
-    from ..engine.checks import read_engine_manifest
+    from ..engine.checks import check_weights, read_engine_manifest
 
     if not math.isfinite(threshold):   # nvinfer would read 'nan' or 'inf' from the file and classify nothing
         raise InputError(f"--classifier-threshold must be a finite number (a logit), got {threshold}")
@@ -107,6 +107,7 @@ def write_deepstream(engine: str | Path, out: str | Path, batch: int | None = No
     engine, out = Path(engine), Path(out)
     manifest = read_engine_manifest(engine)
     info = manifest.engine
+    check_weights(engine, manifest)   # nvinfer would run a weight-stripped plan without its weights
     # the config is the manifest's (precision, profile, plugin): it must be this engine's, as Triton and C++ check
     if manifest.sha256 and file_sha256(engine) != manifest.sha256:
         raise InputError(f"{engine.name} is not the engine its manifest describes (SHA-256 differs): rebuild with: "

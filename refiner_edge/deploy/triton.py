@@ -347,6 +347,10 @@ def write_repository(artifact: str | Path, out: str | Path, options: RepositoryO
 def check_options(artifact: Path, manifest: Manifest, options: RepositoryOptions) -> None:
     """Refuse options this artifact cannot be served with, before anything is written."""
     is_engine = manifest.engine is not None
+    if is_engine:   # Triton would load a weight-stripped plan and serve it without its weights
+        from ..engine.checks import check_weights
+
+        check_weights(artifact, manifest)
     check_model_name(options.name)
     check_range(options.instances, 1, INT32_MAX, "--instances")
     check_range(options.queue_delay_us, 0, QUEUE_DELAY_MAX_US, "--queue-delay-us")

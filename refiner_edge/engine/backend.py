@@ -150,6 +150,8 @@ def engine_bytes(plan: BuildPlan, plugin: plugins.Plugin, timing_cache: Path | N
         (cfg.set_flag if plan.tf32 else cfg.clear_flag)(trt.BuilderFlag.TF32)
         if plan.user_allocation:
             cfg.set_flag(trt.BuilderFlag.REQUIRE_USER_ALLOCATION)
+        for flag in refit_flags(plan):
+            cfg.set_flag(getattr(trt.BuilderFlag, flag))
 
     config = ptrt.PostprocessConfig(config, postprocess)
     strongly = not plan.weak and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
@@ -160,6 +162,13 @@ def engine_bytes(plan: BuildPlan, plugin: plugins.Plugin, timing_cache: Path | N
     with polygraphy_errors(f"{target.flavour} could not build {network.onnx.name}", explain):
         serialized = ptrt.EngineBytesFromNetwork(net_loader, config=config, save_timing_cache=cache)()
     return bytes(memoryview(serialized))
+
+
+def refit_flags(plan: BuildPlan) -> list[str]:
+    """The builder flags of weight stripping and refit (trtexec's --stripWeights and --refit): STRIP_PLAN, and
+    REFIT_IDENTICAL or REFIT as the plan's `refit` says."""
+    flags = {"identical": ["REFIT_IDENTICAL"], "any": ["REFIT"], None: []}[plan.refit]
+    return flags + (["STRIP_PLAN"] if plan.options.strip_weights else [])
 
 
 def out_of_memory_advice(batch: tuple[int, int, int], size: int, workspace: int) -> Callable[[str], str | None]:

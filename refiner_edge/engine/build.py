@@ -58,11 +58,16 @@ def make_engine(plan: BuildPlan, output: Path, *, rebuild: str | None = None, re
     if plan.profile_note:
         report["batch_profile"] = plan.profile_note
         note(plan.profile_note)
+    if plan.refit:
+        from .refit import onnx_weights
+
+        # refit refuses a graph whose layer names or shapes differ from these; inspect shows the bytes
+        report["weights"] = onnx_weights(network.parse)
     with staged_outputs(output, locks=[options.timing_cache], inputs=[network.onnx, network.parse],
                         note=note) as staging:
         built = build_isolated(plan, staging.path(output), staging, note)
         plugin: plugins.Plugin = built["plugin"]
-        info = engine_info(plan, plugin, built, rebuild or rebuild_command(output, plan))
+        info = engine_info(plan, plugin, built, rebuild or rebuild_command(output, plan), published)
         graph = dataclasses.replace(network.manifest.graph, precision=plan.precision)
         record = network.manifest.derive("build", output, network.onnx, graph=graph, engine=info,
                                          report={**report, "engine_bytes": built["bytes"],
@@ -72,7 +77,8 @@ def make_engine(plan: BuildPlan, output: Path, *, rebuild: str | None = None, re
     return StageResult(output, record, None, record.report)
 
 
-def engine_info(plan: BuildPlan, plugin: plugins.Plugin, built: dict, rebuild: str) -> EngineInfo:
+def engine_info(plan: BuildPlan, plugin: plugins.Plugin, built: dict, rebuild: str,
+                published: Callable[[Path], Path] = lambda path: path) -> EngineInfo:
     """The engine's manifest record: the plan, and what the child's build reported."""
     target, options, network = plan.target, plan.options, plan.network
     lo, opt, hi = (list(plan.shape(n)) for n in plan.profile)
@@ -86,7 +92,20 @@ def engine_info(plan: BuildPlan, plugin: plugins.Plugin, built: dict, rebuild: s
         version_compatible=options.version_compatible,
         timing_cache=str(options.timing_cache) if options.timing_cache else None,
         build_seconds=round(built["seconds"], 2), rebuild=rebuild, tf32=plan.tf32,
-        user_allocation=plan.user_allocation, plugin_tensorrt_version=built.get("plugin_tensorrt_version"))
+        user_allocation=plan.user_allocation, plugin_tensorrt_version=built.get("plugin_tensorrt_version"),
+        **weights_record(plan, published))
+
+
+def weights_record(plan: BuildPlan, published: Callable[[Path], Path]) -> dict:
+    """EngineInfo's weights fields: stripped or included, how it refits, and the graph its weights come from (the
+    graph parsed; its SHA-256 as the graph's manifest, checked when read, records it)."""
+    network = plan.network
+    if plan.refit is None:
+        return {}
+    parsed = Path(network.parse)
+    sha = network.manifest.sha256 if parsed == Path(network.onnx) else network.manifest.source.sha256
+    return {"weights": "stripped" if plan.options.strip_weights else "included", "refit": plan.refit,
+            "weights_onnx": str(published(parsed).absolute()), "weights_sha256": sha}
 
 
 def build_isolated(plan: BuildPlan, engine: Path, staging: Staging, note: Callable[[str], None]) -> dict:

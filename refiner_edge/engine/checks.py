@@ -153,9 +153,23 @@ def read_engine_manifest(engine: str | Path) -> Manifest:
     return manifest
 
 
-def check_engine(engine: str | Path, manifest: Manifest, runtime: Runtime, hash_file: bool = True) -> None:
-    """InputError '... : rebuild with: refiner-edge build ...' when `engine` cannot load correctly on `runtime`."""
+def check_weights(engine: str | Path, manifest: Manifest) -> None:
+    """A weight-stripped engine (build --strip-weights) is refused before TensorRT, with the `refit` line that
+    fills its weights in: TensorRT would load it and compute with missing weights."""
+    info = manifest.engine
+    if info.weights == "stripped":
+        source = shlex.quote(info.weights_onnx) if info.weights_onnx else "MODEL.onnx"
+        raise InputError(f"{Path(engine).name} is a weight-stripped engine: fill its weights in first: refiner-edge "
+                         f"refit {shlex.quote(str(engine))} --onnx {source} -o FULL.engine")
+
+
+def check_engine(engine: str | Path, manifest: Manifest, runtime: Runtime, hash_file: bool = True,
+                 stripped: bool = False) -> None:
+    """InputError '... : rebuild with: refiner-edge build ...' when `engine` cannot load correctly on `runtime`
+    (`stripped`: a weight-stripped engine is what the caller, refit, expects)."""
     info, name = manifest.engine, Path(engine).name
+    if not stripped:
+        check_weights(engine, manifest)
 
     def stale(why: str) -> InputError:
         return InputError(f"{name} {why}: rebuild with: {rebuild_line(engine, info.rebuild)}")

@@ -45,6 +45,8 @@ class BuildOptions:
     weak_typing: bool = False
     plugin: str | None = None             # None: the target's form for a fused graph, none for a plain one
     tf32: bool | None = None              # None: defaults.BUILD_TF32 (see `tf32`)
+    strip_weights: bool = False           # STRIP_PLAN: the plan without its weights, for `refit` to fill in
+    refittable: bool = False              # REFIT (any weights of the graph); stripped without it: REFIT_IDENTICAL
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,12 @@ class BuildPlan:
         target = self.target
         return {"form": self.plugin_form, "tensorrt_version": None if target.rtx else self.tensorrt_version,
                 "portable_cc": 80 if target.hardware_compat == "ampere+" else None, "min_cuda": target.min_cuda}
+
+    @property
+    def refit(self) -> str | None:
+        """manifest.REFIT: "any" (REFIT) when asked refittable, "identical" (REFIT_IDENTICAL: a stripped plan whose
+        weights are the graph's, which lets the builder optimise as if they were constants), else None."""
+        return "any" if self.options.refittable else "identical" if self.options.strip_weights else None
 
     def shape(self, batch: int) -> tuple[int, int, int, int]:
         return batch, 3, self.network.img_size, self.network.img_size
@@ -187,7 +195,7 @@ def resolve(options: BuildOptions, network: Network, *,
     check_fits(network, precision, options.batch or target.batch, space)
     version = builder_version()
     check_hardware_compat(target, version)
-    check_device(target, version, note)
+    check_device(target, version, note, refittable=options.strip_weights or options.refittable)
     profile = batch_profile(options.batch, target, network, precision, space)
     if isinstance(network.batch, int) and profile != (network.batch,) * 3:
         raise InputError(f"{network.onnx.name} has a fixed batch of {network.batch}: use --batch {network.batch} or "
@@ -284,10 +292,16 @@ def check_hardware_compat(target: Target, trt_version: str) -> None:
                          "build without it on the target device")
 
 
-def check_device(target: Target, trt_version: str, note: Callable[[str], None]) -> None:
+def check_device(target: Target, trt_version: str, note: Callable[[str], None], refittable: bool = False) -> None:
     """TensorRT proper builds for the GPU it runs on: the local GPU must be the target's (or newer, for a
-    hardware-compatible target)."""
+    hardware-compatible target). TensorRT-RTX builds on a CPU, except refittable weights (--strip-weights,
+    --refittable), which its compiler (Myelin) compiles with CUDA: without a GPU the build fails after the parse
+    with "MyelinCheckException: graph_jit.cpp:278: CHECK(status == CUDA_SUCCESS)" (TensorRT-RTX 1.7.1, any graph),
+    so it is refused first."""
     if target.rtx:
+        if refittable and detect_gpu() is None:
+            raise InputError(f"TensorRT-RTX {trt_version} builds refittable (--strip-weights, --refittable) plans "
+                             "with CUDA and this machine has no GPU: build them on a machine with one")
         return
     gpu = detect_gpu()
     if gpu is None:
@@ -327,6 +341,8 @@ def rebuild_command(output: str | Path, plan: BuildPlan, model: dict | None = No
             args += [flag, text(value)]
     args += ["--version-compatible"] if options.version_compatible else []
     args += ["--weak-typing"] if options.weak_typing else []
+    args += ["--strip-weights"] if options.strip_weights else []
+    args += ["--refittable"] if options.refittable else []
     args += ["--tf32" if plan.tf32 else "--no-tf32"]   # resolved: the line keeps meaning this engine
     return shlex.join(args + ["-o", text(Path(output))])
 
@@ -366,6 +382,9 @@ def trtexec_command(plan: BuildPlan, output: str | Path, library: Path | None = 
     if target.hardware_compat != "none":
         args += [f"--hardwareCompatibilityLevel={TRTEXEC_HARDWARE_COMPAT[target.hardware_compat]}"]
     args += ["--versionCompatible"] if options.version_compatible else []
+    # --stripWeights alone is REFIT_IDENTICAL; with --refit it strips a fully refittable plan
+    args += ["--stripWeights"] if options.strip_weights else []
+    args += ["--refit"] if options.refittable else []
     args += [f"--timingCacheFile={Path(options.timing_cache).absolute()}"] if options.timing_cache else []
     args += [f"--dynamicPlugins={Path(library).absolute()}"] if library is not None else []
     return shlex.join(args)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.checks import Runtime, batch_in_profile, check_engine, read_engine_manifest, rebuild_line
+from ..engine.checks import (Runtime, batch_in_profile, check_engine, check_weights, read_engine_manifest,
+                             rebuild_line)
 from ..errors import InputError, MissingDependencyError
 from ..extras import PLATFORM_HINT
 from ..images.preprocess import Preprocess
@@ -220,6 +221,7 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
     path = Path(engine)
     manifest = read_engine_manifest(path)
     info = manifest.engine
+    check_weights(path, manifest)
     if cuda_graph and info.flavour == "tensorrt-rtx" and not info.user_allocation:
         # TensorRT-RTX may allocate memory while it runs unless the engine was built to require user allocation,
         # and an allocation inside stream capture breaks the graph

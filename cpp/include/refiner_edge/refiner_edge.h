@@ -112,6 +112,10 @@ struct EngineInfo {
     std::optional<bool> tf32;        // FP32 layers may run as TF32
     bool user_allocation = false;    // TensorRT-RTX: built with REQUIRE_USER_ALLOCATION
     std::optional<std::string> plugin_tensorrt_version;  // library form: the headers it was compiled against
+    std::string weights = "included";  // or stripped: `refiner-edge refit` fills them in before it runs
+    std::optional<std::string> refit;  // refittable: identical (its build's weights only) or any
+    std::optional<std::string> weights_onnx;    // the ONNX the weights come from
+    std::optional<std::string> weights_sha256;
 };
 
 struct Manifest {
