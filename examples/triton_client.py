@@ -48,9 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     client = client_module.InferenceServerClient(args.url)
     failed = 0
     try:
+        # a repository for a fixed-batch graph (export --batch B) has max_batch_size 0 and takes exactly B images
+        # a request, as [B]; otherwise a request is [batch, 1]. Here each image is one request (sent B times there).
+        json_kw = {"as_json": True} if args.protocol == "grpc" else {}
+        config = client.get_model_config(args.model, **json_kw)
+        batched = int(config.get("config", config).get("max_batch_size", 0)) > 0
+        fixed = 1 if batched else int(client.get_model_metadata(args.model, **json_kw)["inputs"][0]["shape"][0])
         for path in args.images:
-            image = client_module.InferInput("image", [1, 1], "BYTES")
-            image.set_data_from_numpy(np.array([[path.read_bytes()]], dtype=object))
+            data = np.array([path.read_bytes()] * fixed, dtype=object)
+            image = client_module.InferInput("image", [1, 1] if batched else [fixed], "BYTES")
+            image.set_data_from_numpy(data[:, None] if batched else data)
             try:
                 if args.protocol == "grpc":
                     result = client.infer(args.model, [image], client_timeout=args.timeout)

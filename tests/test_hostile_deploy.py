@@ -54,6 +54,27 @@ def test_deepstream_refuses_an_engine_its_manifest_does_not_describe(tmp_path, t
 
 # --- 12: a fixed-batch graph --------------------------------------------------------------------------------------
 
+def test_deploy_never_deletes_its_input_inside_the_folder_it_replaces(tmp_path, tiny_engine, tiny_plain):
+    """An engine (or graph) kept in the model folder a repository would replace: publishing moves that folder aside
+    and deletes it, taking the input and its manifest along. Refused in one line, both kept; an engine already in its
+    DeepStream folder is published onto itself, which loses nothing."""
+    for flag, source in (("--engine", tiny_engine), ("--onnx", tiny_plain)):
+        repo = tmp_path / f"repo{flag}"
+        kept = repo / "refiner" / source.name
+        kept.parent.mkdir(parents=True)
+        shutil.copyfile(source, kept)
+        shutil.copyfile(manifest_path(source), manifest_path(kept))
+        result = invoke("deploy", "triton", flag, kept, "-o", repo)
+        assert_clean_failure(result, f"{kept} lies in {repo / 'refiner'}, which this run replaces")
+        assert kept.read_bytes() == source.read_bytes() and manifest_path(kept).is_file()
+        assert sorted(p.name for p in repo.iterdir()) == ["refiner"]
+    ds = tmp_path / "ds"
+    engine = engine_with(ds, tiny_engine)
+    result = invoke("deploy", "deepstream", "--engine", engine, "-o", ds)
+    assert result.exit_code == 0, result.output
+    assert engine.read_bytes() == tiny_engine.read_bytes() and manifest_path(engine).is_file()
+
+
 @pytest.fixture(scope="module")
 def fixed_graph(tmp_path_factory, tiny_model) -> Path:
     """The tiny model exported with a fixed batch of 2 (`export --batch 2`)."""
@@ -228,6 +249,26 @@ def test_repository_says_how_to_load_a_version_compatible_library_engine(tmp_pat
     assert "Load it with" not in (tmp_path / "plain" / "refiner" / "config.pbtxt").read_text()
 
 
+def test_the_plugin_library_in_the_launch_line_survives_the_shell_and_triton(tmp_path, tiny_engine):
+    """The printed launch line is pasted into a shell: a library name with a blank is quoted there (one argument
+    still); a ';' is refused, as Triton's plugins= reads it as the separator between libraries."""
+    import shlex
+
+    for name in ("lib Refiner DLA.so", "lib;DLA.so"):
+        library = tmp_path / name / name
+        library.parent.mkdir()
+        library.write_bytes(b"\x7fELF stand-in for the plugin library")
+        engine = engine_with(library.parent, tiny_engine, plugin_form="library", plugin_library=str(library),
+                             plugin_sha256=None)
+        result = invoke("deploy", "triton", "--engine", engine, "-o", tmp_path / f"repo {name}", "--json")
+        if ";" in name:
+            assert_clean_failure(result, "holds a ';', which Triton's plugins= option reads as a separator")
+            continue
+        assert result.exit_code == 0, result.output
+        words = shlex.split(json.loads(result.stdout)["server_command"])
+        assert f"--backend-config=tensorrt,plugins=/models/refiner/plugins/{name}" in words
+
+
 def test_deepstream_points_custom_lib_path_at_the_manifests_library(tmp_path, tiny_engine):
     library = tmp_path / "e" / "libRefinerDLA.so"
     library.parent.mkdir()
@@ -260,10 +301,14 @@ def test_spinner_and_progress_take_file_names_as_text(monkeypatch, capsys):
     from refiner_edge.cli.common import phases, status
 
     monkeypatch.setenv("FORCE_COLOR", "1")
-    with status("exporting to x [/y]/c.onnx ..."):
+    with status("exporting to x [/y]/c.onnx and [bold]b.onnx ..."):
         pass
     with phases() as phase:
-        phase("classifying old [/archive]", 2)(2)
+        phase("classifying old [/archive] and holiday [draft].jpg", 2)(2)
+    err = capsys.readouterr().err
+    # the names as they are: not dropped as tags, not turned into styling (Rich markup would eat the brackets)
+    for name in ("x [/y]/c.onnx", "[bold]b.onnx", "old [/archive]", "holiday [draft].jpg"):
+        assert name in err, err[-2000:]
 
 
 # --- 12 and 14 in a real tritonserver -------------------------------------------------------------------------------
@@ -378,6 +423,12 @@ def test_fixed_batch_ensemble_loads_and_answers_in_a_real_tritonserver(tmp_path,
     finally:
         client.close()
     assert logits.shape == (2, read_manifest(fixed_graph).model.num_classes)
+    # the project's own example client asks the model's config, so a fixed-batch repository is no surprise to it
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "triton_client.py"), *map(str, sample_photos),
+                             "--url", url, "--protocol", "http", "--topk", "2"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stdout.splitlines() if not line.startswith(" ")] == list(map(str, sample_photos))
 
 
 @pytest.mark.serve

@@ -389,3 +389,14 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(small_disk, graph, sample_ph
     line = one_error(err, f"cannot write {small_disk / 'repo'}", "No space left on device", "free in")
     assert str(graph) not in line
     assert list(small_disk.iterdir()) == []
+
+
+@rtx
+def test_a_failed_deploy_removes_the_folders_it_made(tmp_path, tiny_engine):
+    """deploy triton / deepstream into new folders, stopped by a full disk while copying the engine: one line, and
+    neither the repository nor the parents it created are left."""
+    for kind, out in (("triton", tmp_path / "nrepo" / "a" / "b"), ("deepstream", tmp_path / "nds" / "a")):
+        code, err = run("deploy", kind, "--engine", tiny_engine, "-o", out, limit=4096)
+        assert code == 2, (kind, err)
+        one_error(err, "File too large")
+        assert list(tmp_path.iterdir()) == [], (kind, list(tmp_path.rglob("*")))

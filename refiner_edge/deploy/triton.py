@@ -36,7 +36,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artifacts import hidden_name, name_max
+from ..artifacts import hidden_name, make_folder, manifest_path, name_max, remove_folders
 from ..engine.checks import check_plugin_library
 from ..errors import InputError
 from ..images import transform
@@ -96,8 +96,8 @@ def server_options(plugin_library: str | None, version_compatible: bool) -> list
     registers its creator when loaded) before the plan is deserialized; `version-compatible=true` lets the backend
     run the lean runtime a version-compatible plan carries (it refuses such a plan otherwise)."""
     options = []
-    if plugin_library:
-        options.append(f"--backend-config=tensorrt,plugins={CONTAINER_REPO}/{plugin_library}")
+    if plugin_library:   # quoted for the shell: the printed line is meant to be pasted
+        options.append(shlex.quote(f"--backend-config=tensorrt,plugins={CONTAINER_REPO}/{plugin_library}"))
     if version_compatible:
         options.append("--backend-config=tensorrt,version-compatible=true")
     return options
@@ -325,6 +325,9 @@ def write_repository(artifact: str | Path, out: str | Path, options: RepositoryO
     if is_engine and manifest.engine.plugin_form == "library":
         library = check_plugin_library(artifact, manifest)
         check_file_name(library.name, "the plugin library's file name")
+        if ";" in library.name:   # plugins= takes a ;-separated list of libraries
+            raise InputError(f"the plugin library's file name {library.name!r} holds a ';', which Triton's "
+                             "plugins= option reads as a separator: rename the file")
         repo.plugin_library = f"{options.name}/plugins/{library.name}"
     repo.version_compatible = bool(is_engine and manifest.engine.version_compatible)
     files: dict[str, str | Path] = {
@@ -409,23 +412,48 @@ def ensemble_files(manifest: Manifest, options: RepositoryOptions, max_batch: in
 
 def publish_files(out: Path, files: dict[str, str | Path], folders: list[str] = ()) -> None:
     """Write {relative path: text, or a Path to copy} (and empty `folders`) into a temporary folder beside `out`,
-    then move each top-level entry into `out` (see _publish); nothing half-written is ever left in `out`."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=hidden_name(out.name, ".", name_max(out.parent) - 12), suffix=".tmp",
-                                dir=out.parent))
+    then move each top-level entry into `out` (see _publish); nothing half-written is ever left in `out`, and folders
+    this call created are removed again when it fails."""
+    check_not_replaced(out, files, folders)
+    created = make_folder(out.absolute()) if not out.is_file() else []
     try:
-        for folder in folders:
-            (tmp / folder).mkdir(parents=True)
-        for rel, content in files.items():
-            dest = tmp / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, Path):
-                shutil.copyfile(content, dest)
-            else:
-                dest.write_text(content, encoding="utf-8")
-        _publish(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=hidden_name(out.name, ".", name_max(out.parent) - 12), suffix=".tmp",
+                                    dir=out.parent))
+        try:
+            for folder in folders:
+                (tmp / folder).mkdir(parents=True)
+            for rel, content in files.items():
+                dest = tmp / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(content, Path):
+                    shutil.copyfile(content, dest)
+                else:
+                    dest.write_text(content, encoding="utf-8")
+            _publish(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        remove_folders(created)   # only the empty ones: what was published stays
+        raise
+
+
+def check_not_replaced(out: Path, files: dict[str, str | Path], folders: list[str]) -> None:
+    """Refuse when a file this run reads (a copied artifact, its manifest, the plugin library) lies in an entry of
+    `out` that publishing replaces whole (a model folder, a config file): it would be deleted with the old entry.
+    A file published onto itself (an engine already in its DeepStream folder) is no loss and passes."""
+    def real(path: Path) -> Path:
+        return Path(os.path.realpath(path))
+
+    entries = {real(out / rel.split("/")[0]): files.get(rel) for rel in [*files, *folders]}
+    for source in [content for content in files.values() if isinstance(content, Path)]:
+        for read in (source, manifest_path(source)):
+            where = real(read)
+            for entry, content in entries.items():
+                inside = entry in where.parents
+                replaced = where == entry and not (isinstance(content, Path) and real(content) == where)
+                if read.exists() and (inside or replaced):
+                    raise InputError(f"{read} lies in {entry}, which this run replaces: copy it elsewhere first, "
+                                     "or choose another -o or --name")
 
 
 def _publish(tmp: Path, out: Path) -> None:
