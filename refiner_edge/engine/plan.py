@@ -161,7 +161,7 @@ def read_network(onnx: str | Path) -> Network:
 def planned_network(variant: str, img_size: int | None = None) -> Network:
     """The graph the chain's export makes of `variant` (dynamic batch), before it exists."""
     from ..models.variants import get_variant
-    from ..onnx.export import INPUT_NAME
+    from ..onnx.graph import INPUT_NAME
 
     cfg = get_variant(variant).with_overrides(img_size=img_size)
     return Network(None, cfg.name, cfg.heads, cfg.img_size, INPUT_NAME, "dynamic", precision=None, fused=None)

@@ -13,6 +13,7 @@ from torch import nn
 from ..artifacts import staged_outputs
 from ..compare import Comparison
 from ..errors import InputError, VerificationError
+from .graph import INPUT_NAME, OUTPUT_NAME
 from ..images.preprocess import Preprocess
 from ..manifest import (IMAGENET_LABELS, INDEX_LABELS, GraphInfo, Manifest, ModelInfo, Verification,
                         write_manifest)
@@ -22,7 +23,6 @@ from .session import ort_session
 
 MIN_OPSET = 17
 DEFAULT_OPSET = 17
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
 DEFAULT_TOLERANCE = 1e-4
 
 

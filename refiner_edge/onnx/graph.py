@@ -6,6 +6,9 @@ from pathlib import Path
 
 from ..errors import InputError
 
+# the tensor names export writes (here, torch-free: the chain plans a build before anything is exported)
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
 
 def load_onnx(path: str | Path, load_external_data: bool = True):
     """An ONNX model from a file the user named, or InputError with one clear line."""
