@@ -212,6 +212,24 @@ def child_build(job: dict) -> dict:
             "plugin_tensorrt_version": headers}
 
 
+def deserialize_engine(job: dict):
+    """In a child process: (tensorrt module, logger, engine) of `job`'s engine file, as the runner loads one: its
+    plugin library registered first (in the runtime's own registry for a version-compatible plan, whose embedded
+    lean runtime looks there), that lean runtime allowed. The engine keeps its runtime alive."""
+    trt = import_tensorrt(job["flavour"])
+    logger = trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(logger)
+    if job.get("version_compatible"):
+        runtime.engine_host_code_allowed = True
+    if job["library"]:
+        registry = runtime.get_plugin_registry() if job.get("version_compatible") else trt.get_plugin_registry()
+        plugins.load_library(registry, Path(job["library"]), "build it again")
+    engine = runtime.deserialize_cuda_engine(Path(job["engine"]).read_bytes())
+    if engine is None:
+        raise InputError(f"{job['flavour']} could not deserialize {Path(job['engine']).name} (see the log above)")
+    return trt, logger, engine
+
+
 def plugin_headers(plugin: plugins.Plugin, target: Target, notes: list[str]) -> str | None:
     """The TensorRT headers the library form's library was compiled against (None: unknown, said in a note), read
     before the builder loads it; a library for another TensorRT major than the builder's is refused (the rule the

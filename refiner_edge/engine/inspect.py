@@ -86,19 +86,9 @@ def child_layers(job: dict) -> dict:
     memory its execution context needs."""
     import json
 
-    from . import plugins
-    from .targets import import_tensorrt
+    from .backend import deserialize_engine
 
-    trt = import_tensorrt(job["flavour"])
-    logger = trt.Logger(trt.Logger.WARNING)
-    if job["library"]:
-        plugins.load_library(trt.get_plugin_registry(), Path(job["library"]), "build it again")
-    runtime = trt.Runtime(logger)
-    if job.get("version_compatible"):
-        runtime.engine_host_code_allowed = True   # its embedded lean runtime (as the runner allows it)
-    engine = runtime.deserialize_cuda_engine(Path(job["engine"]).read_bytes())
-    if engine is None:
-        raise InputError(f"{job['flavour']} could not deserialize {Path(job['engine']).name} (see the log above)")
+    trt, _logger, engine = deserialize_engine(job)
     inspector = engine.create_engine_inspector()
     data = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
     # device_memory_size_v2 from TensorRT 10.1 (TensorRT-RTX has only it)

@@ -133,20 +133,10 @@ def child_refit(job: dict) -> dict:
     refitter, and serialize it with its weights (SerializationFlag.EXCLUDE_WEIGHTS cleared)."""
     import time
 
-    from . import plugins
-    from .targets import import_tensorrt
+    from .backend import deserialize_engine
 
     started = time.perf_counter()
-    trt = import_tensorrt(job["flavour"])
-    logger = trt.Logger(trt.Logger.WARNING)
-    if job["library"]:
-        plugins.load_library(trt.get_plugin_registry(), Path(job["library"]), "build it again")
-    runtime = trt.Runtime(logger)
-    if job.get("version_compatible"):
-        runtime.engine_host_code_allowed = True   # its embedded lean runtime (as the runner allows it)
-    engine = runtime.deserialize_cuda_engine(Path(job["engine"]).read_bytes())
-    if engine is None:
-        raise InputError(f"{job['flavour']} could not deserialize {Path(job['engine']).name} (see the log above)")
+    trt, logger, engine = deserialize_engine(job)
     refitter = trt.Refitter(engine, logger)
     parser = trt.OnnxParserRefitter(refitter, logger)
     if not parser.refit_from_file(job["onnx"]):
