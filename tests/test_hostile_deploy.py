@@ -35,6 +35,17 @@ def engine_with(folder: Path, tiny_engine: Path, name: str = "tiny.engine", **en
     return engine
 
 
+def library_engine(folder: Path, tiny_engine: Path, library_name: str = "libRefinerDLA.so",
+                   **engine_fields) -> tuple[Path, Path]:
+    """(engine, library): a copy of the tiny engine whose manifest names a stand-in plugin library in `folder`."""
+    library = folder / library_name
+    folder.mkdir(parents=True)
+    library.write_bytes(b"\x7fELF stand-in for the plugin library")
+    engine = engine_with(folder, tiny_engine, plugin_form="library", plugin_library=str(library),
+                         plugin_sha256=None, **engine_fields)
+    return engine, library
+
+
 # --- 11: deploy deepstream checks the engine against its manifest ----------------------------------------------
 
 def test_deepstream_refuses_an_engine_its_manifest_does_not_describe(tmp_path, tiny_engine):
@@ -222,11 +233,7 @@ def test_server_command_quotes_a_repository_path_with_blanks(tmp_path, tiny_plai
 
 @needs_pb
 def test_repository_says_how_to_load_a_version_compatible_library_engine(tmp_path, tiny_engine):
-    library = tmp_path / "e" / "libRefinerDLA.so"
-    library.parent.mkdir()
-    library.write_bytes(b"\x7fELF stand-in for the plugin library")
-    engine = engine_with(tmp_path / "e", tiny_engine, plugin_form="library", plugin_library=str(library),
-                         plugin_sha256=None, version_compatible=True)
+    engine, library = library_engine(tmp_path / "e", tiny_engine, version_compatible=True)
     repo = tmp_path / "repo"
     result = invoke("deploy", "triton", "--engine", engine, "-o", repo, "--json")
     assert result.exit_code == 0, result.output
@@ -255,11 +262,7 @@ def test_the_plugin_library_in_the_launch_line_survives_the_shell_and_triton(tmp
     import shlex
 
     for name in ("lib Refiner DLA.so", "lib;DLA.so"):
-        library = tmp_path / name / name
-        library.parent.mkdir()
-        library.write_bytes(b"\x7fELF stand-in for the plugin library")
-        engine = engine_with(library.parent, tiny_engine, plugin_form="library", plugin_library=str(library),
-                             plugin_sha256=None)
+        engine, _library = library_engine(tmp_path / name, tiny_engine, name)
         result = invoke("deploy", "triton", "--engine", engine, "-o", tmp_path / f"repo {name}", "--json")
         if ";" in name:
             assert_clean_failure(result, "holds a ';', which Triton's plugins= option reads as a separator")
@@ -270,11 +273,7 @@ def test_the_plugin_library_in_the_launch_line_survives_the_shell_and_triton(tmp
 
 
 def test_deepstream_points_custom_lib_path_at_the_manifests_library(tmp_path, tiny_engine):
-    library = tmp_path / "e" / "libRefinerDLA.so"
-    library.parent.mkdir()
-    library.write_bytes(b"\x7fELF stand-in for the plugin library")
-    engine = engine_with(tmp_path / "e", tiny_engine, plugin_form="library", plugin_library=str(library),
-                         plugin_sha256=None, version_compatible=True)
+    engine, library = library_engine(tmp_path / "e", tiny_engine, version_compatible=True)
     out = tmp_path / "ds"
     result = invoke("deploy", "deepstream", "--engine", engine, "-o", out, "--json")
     assert result.exit_code == 0, result.output
