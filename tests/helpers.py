@@ -84,3 +84,13 @@ def parse_config(path: Path):
     from tritonclient.grpc import model_config_pb2
 
     return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def tensorrt_header_sets() -> Path:
+    """Where TensorRT's public header sets (10.3.0, 10.13.3, 11.1, each with include/) lie for compiling native code
+    on machines without TensorRT: $REFINER_EDGE_TENSORRT_HEADERS, else ../shared/tensorrt-headers beside the
+    checkout (the folder may be absent: callers skip, saying where they looked)."""
+    import os
+
+    return Path(os.environ.get("REFINER_EDGE_TENSORRT_HEADERS")
+                or Path(__file__).resolve().parents[2] / "shared" / "tensorrt-headers")

@@ -62,6 +62,8 @@ from refiner_edge.images.preprocess import Preprocess, load_image
 from refiner_edge import manifest as manifest_module
 from refiner_edge.manifest import EngineInfo, GraphInfo, Manifest, ModelInfo, parse_manifest, read_manifest, write_manifest
 
+from .helpers import tensorrt_header_sets
+
 ROOT = Path(__file__).resolve().parents[1]
 CPP = ROOT / "cpp"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -883,7 +885,9 @@ def test_installed_package_is_found_by_another_project(build, images, tmp_path):
 # ------------------------------------------------------------------------------------------------ TensorRT
 
 def _tensorrt_root() -> Path | None:
-    roots = [os.environ.get("TensorRT_ROOT"), "/usr", "/usr/local/tensorrt", "/usr/local/TensorRT"]
+    # a TensorRT install, else the public headers kept beside the checkout for machines without one (CI too)
+    roots = [os.environ.get("TensorRT_ROOT"), "/usr", "/usr/local/tensorrt", "/usr/local/TensorRT",
+             tensorrt_header_sets() / "10.13.3"]
     for root in filter(None, roots):
         for sub in ("include", "include/x86_64-linux-gnu", "include/aarch64-linux-gnu"):
             if (Path(root) / sub / "NvInferRuntime.h").is_file():

@@ -32,7 +32,7 @@ from refiner_edge.manifest import EngineInfo, GraphInfo, Manifest, ModelInfo, Pr
 from refiner_edge.runners import tensorrt as runner_module
 from refiner_edge.runners.tensorrt import CudaBindings, GraphSteps, tensorrt_runner
 
-from .helpers import assert_clean_failure, invoke
+from .helpers import assert_clean_failure, invoke, tensorrt_header_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
@@ -541,7 +541,7 @@ def test_build_says_when_the_library_headers_are_unknown_and_refuses_another_maj
 
 # --- 7: the C++ classifier against every TensorRT header set ----------------------------------------------------
 
-HEADERS = ROOT.parent / "shared" / "tensorrt-headers"
+HEADERS = tensorrt_header_sets()
 CUDA_INCLUDE = Path("/usr/local/cuda/include")
 
 

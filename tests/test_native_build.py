@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import tensorrt_header_sets
+
 PLUGIN_DIR = Path(__file__).resolve().parents[1] / "plugins" / "refiner_dla"
 ARCHS = ("80", "86", "87", "89", "90")  # A100, A10/A40, Orin, L4/L40S, H100/H200
 
@@ -19,7 +21,9 @@ def _nvcc() -> str:
 
 
 def _tensorrt_include() -> Path | None:
-    roots = [os.environ.get("TensorRT_ROOT"), "/usr", "/usr/local/tensorrt", "/usr/local/TensorRT"]
+    # a TensorRT install, else the public headers kept beside the checkout for machines without one (CI too)
+    roots = [os.environ.get("TensorRT_ROOT"), "/usr", "/usr/local/tensorrt", "/usr/local/TensorRT",
+             tensorrt_header_sets() / "10.13.3"]
     for root in filter(None, roots):
         for sub in ("include", "include/x86_64-linux-gnu", "include/aarch64-linux-gnu"):
             if (Path(root) / sub / "NvInfer.h").is_file():

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import tensorrt_header_sets
+
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = ROOT / "plugins" / "refiner_dla"
 HARNESS_DIR = ROOT / "tests" / "plugin_harness"
@@ -24,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 
 def _headers_root() -> Path:
-    root = Path(os.environ.get("REFINER_EDGE_TENSORRT_HEADERS") or ROOT.parent / "shared" / "tensorrt-headers")
+    root = tensorrt_header_sets()
     if not root.is_dir():
         pytest.skip(f"TensorRT header sets not found at {root} (set REFINER_EDGE_TENSORRT_HEADERS)")
     return root
