@@ -5,9 +5,6 @@ one line naming the extra to install, exit 3 (cli/common.py turns the ModuleNotF
 """
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
-
 from .errors import MissingDependencyError
 
 # module -> the extra that installs it
@@ -46,13 +43,3 @@ def missing_dependency(e: ModuleNotFoundError, needed_for: str) -> MissingDepend
         return None
     return MissingDependencyError(f"{needed_for} needs {top}, which is not installed: {install_hint(top)}")
 
-
-def require(module: str, needed_for: str) -> ModuleType:
-    """Import `module`, or raise MissingDependencyError: '<needed_for> needs <module>: <install hint>'."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        error = missing_dependency(e, needed_for)
-        if error is None:
-            raise
-        raise error from None

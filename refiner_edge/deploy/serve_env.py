@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import MissingDependencyError
+from ..source import PACKAGE_DIR
 
 ENV_VAR = "REFINER_EDGE_SERVE_ENV"
 INSIDE_VAR = "REFINER_EDGE_IN_SERVE_ENV"   # set in the server's process: it must not look for another environment
@@ -37,7 +38,7 @@ CLIENT = "tritonclient[http,grpc]>=2.56"
 SHARED = ("onnx", "onnxruntime", "onnxruntime-extensions", "pillow", "typer", "rich", "tritonclient", "polygraphy",
           "cuda-python", "cuda-bindings", "pycuda")
 STAMP = "refiner-edge-serve.json"
-PACKAGE = Path(__file__).resolve().parents[1]   # the refiner_edge folder the server imports
+PACKAGE = PACKAGE_DIR   # the refiner_edge folder the server imports
 # How the server's interpreter imports this refiner_edge and nothing else from this environment (whose site-packages
 # holds NumPy 2): the package from its folder, then the command line.
 BOOT = ("import importlib.util, sys\n"
