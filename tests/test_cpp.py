@@ -62,6 +62,8 @@ from refiner_edge.images.preprocess import Preprocess, load_image
 from refiner_edge import manifest as manifest_module
 from refiner_edge.manifest import EngineInfo, GraphInfo, Manifest, ModelInfo, parse_manifest, write_manifest
 
+pytestmark = pytest.mark.torch_free
+
 ROOT = Path(__file__).resolve().parents[1]
 CPP = ROOT / "cpp"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -20,6 +20,8 @@ from refiner_edge.manifest import manifest_path, read_manifest
 
 from .helpers import assert_clean_failure, free_port, invoke, stop
 
+pytestmark = pytest.mark.torch_free
+
 ROOT = Path(__file__).resolve().parents[1]
 
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
