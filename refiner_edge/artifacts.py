@@ -84,14 +84,16 @@ def hidden_name(name: str, suffix: str, limit: int = NAME_MAX) -> str:
 @contextlib.contextmanager
 def deferred_interrupts() -> Iterator[None]:
     """Hold Ctrl-C (and SIGTERM) until the block is done, then raise KeyboardInterrupt: for the renames that publish
-    a run's files and the clean-up after a failure, which take microseconds and must not stop half-way. A Python
-    handler, not a signal mask: the C-level signal may land on any thread (ONNX Runtime's, torch's)."""
+    a run's files and the clean-up after a failure, which take microseconds and must not stop half-way, and for
+    ONNX Runtime runs of Python ops (onnx/session.py). A Python handler, not a signal mask: the C-level signal may
+    land on any thread (ONNX Runtime's, torch's)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
+    # a signal this process ignores stays ignored: `nohup` and a script's `cmd &` ask for exactly that
     previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+                for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:

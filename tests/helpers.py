@@ -57,6 +57,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def default_sigint() -> None:
+    """preexec_fn of a child that a test interrupts with SIGINT: the default disposition, whatever this process
+    inherited. Started from a shell that ignores SIGINT (`nohup`, `cmd &` in a script) the child would inherit SIG_IGN,
+    which Python keeps (it installs its KeyboardInterrupt handler only over SIG_DFL), and the SIGINT would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def stop(proc: subprocess.Popen) -> None:
     """Stop a server started by a test as a user would (Ctrl-C); kill it if it has not exited within 30 s."""
     if proc.poll() is not None:

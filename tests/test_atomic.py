@@ -21,7 +21,7 @@ import pytest
 
 from refiner_edge.artifacts import file_sha256
 
-from .helpers import assert_clean_failure, invoke
+from .helpers import assert_clean_failure, default_sigint, invoke
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
@@ -48,7 +48,8 @@ SIGINT_AFTER_ENGINE_RENAME = textwrap.dedent("""
 
 def cli(*args, injection: str = "", **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", WITH_INJECTION, injection, *map(str, args)], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **{"preexec_fn": default_sigint, **kw})
 
 
 def build_args(onnx: Path, out: Path, batch: str) -> list:

@@ -18,7 +18,7 @@ from refiner_edge.images.labels import imagenet_labels
 from refiner_edge.images.preprocess import Preprocess
 from refiner_edge.manifest import manifest_path, read_manifest
 
-from .helpers import assert_clean_failure, free_port, invoke, stop
+from .helpers import assert_clean_failure, default_sigint, free_port, invoke, stop
 
 pytestmark = pytest.mark.torch_free
 
@@ -182,7 +182,8 @@ def test_generated_preprocessing_model_runs_in_a_real_tritonserver(tmp_path, tin
     cmd = [str(server / "bin" / "tritonserver"), f"--model-repository={repo}", f"--backend-directory={backends}",
            "--model-control-mode=explicit", "--load-model=refiner_preprocess", "--http-address=127.0.0.1",
            f"--http-port={http}", "--allow-grpc=false", "--allow-metrics=false", "--exit-timeout-secs=2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=default_sigint)   # stop() ends it with SIGINT
     url = f"127.0.0.1:{http}"
     try:
         wait_ready(url, ["refiner_preprocess"], timeout=60, alive=lambda: proc.poll() is None)

@@ -20,7 +20,7 @@ from refiner_edge.deploy.serve import wait_ready
 from refiner_edge.images.preprocess import Preprocess
 from refiner_edge.manifest import read_manifest
 
-from .helpers import assert_clean_failure, free_port, invoke, stop
+from .helpers import assert_clean_failure, default_sigint, free_port, invoke, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.serve
@@ -45,7 +45,8 @@ def server(tiny_plain, serve_python):
     # a long queue delay so that concurrent requests meet in the queue even on a busy 2-core machine
     proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "serve", "--onnx", str(tiny_plain), "--http-port",
                              str(http), "--grpc-port", str(grpc), "--max-batch", "8", "--queue-delay-us", "50000",
-                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=default_sigint)
     info = {"proc": proc, "http": f"127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}", "ports": (http, grpc)}
     try:
         started = time.monotonic()
@@ -346,7 +347,8 @@ def test_json_stdout_stays_json_after_ctrl_c_and_a_restart_takes_the_same_ports_
     command = [sys.executable, str(ROOT / "cli.py"), "serve", "--onnx", str(tiny_plain), "--http-port", str(http),
                "--grpc-port", str(grpc), "--json"]
     for attempt in range(2):
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                preexec_fn=default_sigint)
         try:
             ready = json.loads(proc.stdout.readline() or "null")
             assert ready and ready["http"] == f"127.0.0.1:{http}", (attempt, proc.stderr.read() if ready is None
