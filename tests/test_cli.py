@@ -251,7 +251,8 @@ def test_verbose_after_the_command_and_plain_help():
         assert options, command
         assert options_without_default(text) == [], command
     text = " ".join(invoke("infer", "--help").stdout.split())
-    assert "[default: 5; x>=1]" in text and "[default: refiner-vit-s]" in text
+    # the default from defaults.INFER_TOPK, stated in the help; the range from the option
+    assert "[default: 5]. [x>=1]" in text and "[default: refiner-vit-s]" in text
 
 
 def options_without_default(help_text: str) -> list[str]:

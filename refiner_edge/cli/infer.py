@@ -6,6 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from .. import defaults
+from ..defaults import default
 from ..runners.runtime import BACKENDS
 from .common import (BatchSizeOpt, CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, choices, console, note, phases,
                      print_json)
@@ -26,9 +28,9 @@ def infer(
     variant: VariantOpt = None,
     checkpoint: CheckpointOpt = None,
     img_size: ImgSizeOpt = None,
-    topk: Annotated[int, typer.Option("--topk", min=1, help="Predictions per image (at most the model's "
-                                      "classes).")] = 5,
-    batch_size: BatchSizeOpt = 8,
+    topk: Annotated[Optional[int], typer.Option("--topk", min=1, help="Predictions per image (at most the model's "
+                                                f"classes) [default: {defaults.INFER_TOPK}].")] = None,
+    batch_size: BatchSizeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Classify images: top-k classes per image."""
@@ -42,7 +44,7 @@ def infer(
                          img_size=img_size)
     if runner.random_weights:
         note("no checkpoint: the weights are random, so the predictions are meaningless")
-    with phases(len(paths) > batch_size) as phase:
+    with phases(len(paths) > default(batch_size, defaults.RUN_BATCH_SIZE)) as phase:
         results = classify(paths, runner, k=topk, batch_size=batch_size,
                            on_batch=phase("classifying", len(paths)))
     if as_json:

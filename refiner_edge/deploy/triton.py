@@ -36,7 +36,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import defaults
 from ..artifacts import hidden_name, name_max
+from ..defaults import default
 from ..engine.checks import check_plugin_library
 from ..errors import InputError
 from ..images import transform
@@ -54,13 +56,19 @@ QUEUE_DELAY_MAX_US = (2**64 - 1) // 1000   # uint64, and Triton counts it in nan
 
 @dataclass
 class RepositoryOptions:
-    name: str = "refiner"
-    max_batch: int | None = None          # None: 8, capped by an engine's profile maximum
+    """How `deploy triton` writes the repository; None for an option: its default (defaults.py)."""
+    name: str | None = None
+    max_batch: int | None = None          # None: defaults.TRITON_MAX_BATCH, capped by an engine's profile maximum
     preferred_batch: tuple[int, ...] = ()
-    queue_delay_us: int = 100
-    instances: int = 1
+    queue_delay_us: int | None = None
+    instances: int | None = None
     kind: str | None = None               # "gpu" or "cpu"; None: gpu (an engine runs only on a GPU)
     ensemble: bool = True
+
+    def __post_init__(self):
+        self.name = default(self.name, defaults.TRITON_NAME)
+        self.queue_delay_us = default(self.queue_delay_us, defaults.TRITON_QUEUE_DELAY_US)
+        self.instances = default(self.instances, defaults.TRITON_INSTANCES)
 
 
 @dataclass
@@ -160,7 +168,8 @@ def batch_limits(manifest: Manifest, requested: int | None) -> int:
         if lo > 1:
             raise InputError(f"the engine's profile starts at batch {lo}; Triton sends batches from 1: rebuild with "
                              f"--batch 1:{engine.profiles[0].opt[0]}:{top}")
-    size = requested if requested is not None else min(8, top or 8)
+    fallback = defaults.TRITON_MAX_BATCH
+    size = requested if requested is not None else min(fallback, top or fallback)
     if size < 1:
         raise InputError(f"--max-batch must be at least 1, got {size}")
     if top is not None and size > top:
