@@ -103,6 +103,54 @@ def deferred_interrupts() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
+# --- a folder of files published entry by entry (deploy's model repository, DeepStream folder) ---------------
+
+def publish_files(out: Path, files: dict[str, str | Path], folders: list[str] = ()) -> None:
+    """Write {relative path: text, or a Path to copy} (and empty `folders`) into a temporary folder beside `out`,
+    then move each top-level entry into `out` (see _publish_entries); nothing half-written is ever left in `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=hidden_name(out.name, ".", name_max(out.parent) - 12), suffix=".tmp",
+                                dir=out.parent))
+    try:
+        for folder in folders:
+            (tmp / folder).mkdir(parents=True)
+        for rel, content in files.items():
+            dest = tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, Path):
+                shutil.copyfile(content, dest)
+            else:
+                dest.write_text(content, encoding="utf-8")
+        _publish_entries(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish_entries(tmp: Path, out: Path) -> None:
+    """Move each finished entry of `tmp` (a model folder, a file) into the folder `out`, each atomically: an earlier
+    entry of the same name is moved aside first and removed after. Everything else in `out` stays: a model
+    repository holds other models, a DeepStream folder the user's own files."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(tmp.iterdir()):
+        dest = out / entry.name
+        old = None
+        if dest.exists() or dest.is_symlink():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.replace(dest, old)
+        try:
+            os.replace(entry, dest)
+        except BaseException:
+            if old is not None:
+                os.replace(old, dest)
+            raise
+        if old is not None and old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        elif old is not None:
+            old.unlink()
+
+
 # --- checks before any work ---------------------------------------------------------------------------------------
 
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),

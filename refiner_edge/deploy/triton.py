@@ -28,21 +28,19 @@ max_batch_size, instance counts and the queue delay fit their protobuf fields.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import defaults
-from ..artifacts import hidden_name, name_max
+from ..artifacts import publish_files
 from ..defaults import default
 from ..engine.checks import check_plugin_library
 from ..errors import InputError
 from ..images import transform
-from ..manifest import IMAGENET_LABELS, Manifest, read_manifest
+from ..images.labels import labels_text
+from ..manifest import Manifest, read_manifest
 
 IMAGE_INPUT = "image"
 PREPROCESSED = "preprocessed"
@@ -140,18 +138,6 @@ def check_model_name(name: str, option: str = "--name") -> None:
 def check_range(value: int, low: int, high: int, option: str) -> None:
     if not low <= value <= high:
         raise InputError(f"{option} must be between {low} and {high}, got {value}")
-
-
-def labels_text(manifest: Manifest) -> str:
-    """One class name a line, in index order: the package's ImageNet names, or `class N` for any other head."""
-    from ..images.labels import imagenet_labels
-
-    n = manifest.model.num_classes
-    if manifest.labels == IMAGENET_LABELS and n == 1000:
-        names = imagenet_labels()
-    else:
-        names = [f"class {i}" for i in range(n)]
-    return "".join(f"{name}\n" for name in names)
 
 
 def batch_limits(manifest: Manifest, requested: int | None) -> int:
@@ -410,49 +396,3 @@ def ensemble_files(manifest: Manifest, options: RepositoryOptions, max_batch: in
         f"{options.name}_ensemble/config.pbtxt": ensemble_config(manifest, options, max_batch),
         f"{options.name}_ensemble/labels.txt": labels_text(manifest),
     }
-
-
-def publish_files(out: Path, files: dict[str, str | Path], folders: list[str] = ()) -> None:
-    """Write {relative path: text, or a Path to copy} (and empty `folders`) into a temporary folder beside `out`,
-    then move each top-level entry into `out` (see _publish); nothing half-written is ever left in `out`."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=hidden_name(out.name, ".", name_max(out.parent) - 12), suffix=".tmp",
-                                dir=out.parent))
-    try:
-        for folder in folders:
-            (tmp / folder).mkdir(parents=True)
-        for rel, content in files.items():
-            dest = tmp / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, Path):
-                shutil.copyfile(content, dest)
-            else:
-                dest.write_text(content, encoding="utf-8")
-        _publish(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move each finished entry of `tmp` (a model folder, a file) into the folder `out`, each atomically: an earlier
-    entry of the same name is moved aside first and removed after. Everything else in `out` stays: a model
-    repository holds other models, a DeepStream folder the user's own files."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    for entry in sorted(tmp.iterdir()):
-        dest = out / entry.name
-        old = None
-        if dest.exists() or dest.is_symlink():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
-        try:
-            os.replace(entry, dest)
-        except BaseException:
-            if old is not None:
-                os.replace(old, dest)
-            raise
-        if old is not None and old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        elif old is not None:
-            old.unlink()
