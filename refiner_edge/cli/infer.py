@@ -8,6 +8,7 @@ import typer
 
 from .. import defaults
 from ..defaults import default
+from ..errors import InputError
 from ..runners.runtime import BACKENDS
 from .common import (BatchSizeOpt, CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, choices, console, note, phases,
                      print_json)
@@ -51,11 +52,9 @@ def infer(
         print_json([r.to_dict() for r in results])
     else:
         print_predictions(results, runner.description)
-    failed = [r for r in results if r.error]
-    for r in failed:
-        typer.echo(f"error: {r.error}", err=True)
-    if failed:
-        raise typer.Exit(2)
+    failed = [r.error for r in results if r.error]
+    if failed:   # after the others' predictions: one line naming every image that could not be read, exit 2
+        raise InputError("; ".join(failed))
 
 
 def print_predictions(results, description: str) -> None:

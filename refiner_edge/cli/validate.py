@@ -8,6 +8,7 @@ import typer
 
 from .. import defaults
 from ..compare import THRESHOLDS
+from ..errors import VerificationError
 from .common import BatchSizeOpt, CheckpointOpt, JsonOpt, console, phases, print_json
 
 
@@ -61,9 +62,8 @@ def validate(
         print_json(report)
     else:
         print_validation(report)
-    if not report["passed"]:
-        typer.echo(f"error: validation failed: {'; '.join(report['failures'])}", err=True)
-        raise typer.Exit(4)
+    if not report["passed"]:   # after the report: exit 4, a CI gate
+        raise VerificationError(f"validation failed: {'; '.join(report['failures'])}")
 
 
 def print_validation(report: dict) -> None:
