@@ -17,6 +17,10 @@ EXTRAS = {
     "tritonclient": "client",
     "pytriton": "serve",
 }
+# modules no extra of this package brings (tools of `make test` and the examples): module -> its package
+PACKAGES = {
+    "sklearn": "scikit-learn",   # the sample photographs (images/samples.py)
+}
 # TensorRT, cuda-python and pycuda depend on the platform: JetPack's system packages or NVIDIA's index bring TensorRT itself.
 PLATFORM_HINT = ("pip install 'refiner-edge[cuda12]' (or [cuda13], [jetpack6], [jetpack7]; TensorRT itself comes "
                  "from JetPack or NVIDIA's index: docs/jetson.md)")
@@ -30,6 +34,8 @@ def install_hint(module: str) -> str:
         if top == "torch":   # the registry's generic aarch64 torch is not JetPack's build
             hint += " (on a Jetson, NVIDIA's Jetson build of torch: docs/jetson.md)"
         return hint
+    if top in PACKAGES:
+        return f"pip install {PACKAGES[top]}"
     return PLATFORM_HINT
 
 
