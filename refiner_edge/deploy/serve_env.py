@@ -152,6 +152,33 @@ def _run(cmd: list[str], what: str) -> None:
                                      f"{lines[-1] if lines else 'no output'})")
 
 
+def serves_here() -> bool:
+    """Whether `serve` runs in this process: this environment can serve (PyTriton, numpy<2), or it is serve's own
+    environment already (which must not look for another one)."""
+    from .serve import serving_unavailable
+
+    return serving_unavailable() is None or bool(os.environ.get(INSIDE_VAR))
+
+
+def serve_args(onnx: Path | None, engine: Path | None, options, as_json: bool, verbose: bool) -> list[str]:
+    """The `refiner-edge serve` command line for serve's environment: `options` (deploy.serve.ServeOptions)
+    resolved, so that both environments serve the same thing."""
+    args = ["-v"] if verbose else []
+    args += ["serve", "--engine", str(engine)] if engine is not None else ["serve", "--onnx", str(onnx)]
+    args += ["--name", options.name, "--host", options.host, "--http-port", str(options.http_port),
+             "--grpc-port", str(options.grpc_port), "--max-batch", str(options.max_batch),
+             "--queue-delay-us", str(options.queue_delay_us)]
+    for size in options.preferred_batch:
+        args += ["--preferred-batch", str(size)]
+    return args + (["--json"] if as_json else [])
+
+
+def relaunch(args: list[str], progress: Callable[[str], None] = lambda message: None) -> None:
+    """Run `refiner-edge serve ARGS` in serve's environment instead of this process: made on first use (a few
+    minutes), then exec'd. Returns only by raising."""
+    exec_serve(ensure(progress=progress), args)
+
+
 def exec_serve(python: Path, args: list[str]) -> None:
     """Replace this process with `refiner-edge serve ARGS` under serve's environment (same pid, signals, exit code)."""
     env = {**os.environ, INSIDE_VAR: "1"}
