@@ -14,14 +14,11 @@ TORCH ?= torch==2.13.0
 export REFINER_EDGE_SERVE_ENV ?= $(CURDIR)/.venv-serve
 # The torch-free leg of `make test`: JetPack 6's Python 3.10 in an environment without torch (`.[test]`), as on a
 # Jetson. It runs the tests of ONNX Runtime inference, validate against an ONNX reference, bench, TensorRT-RTX builds,
-# deploy and the C++ parity on the tiny graph the 3.11 leg writes (the others skip there with the reason; the server
-# tests run in the 3.11 leg). A python3.10 on PATH, else pyenv's.
+# deploy and the C++ parity on the tiny graph the 3.11 leg writes: the test files marked `torch_free` (the others are
+# not even imported there; tests/conftest.py); the server tests run in the 3.11 leg. A python3.10 on PATH, else pyenv's.
 PY310 ?= $(shell for p in python3.10 $$(pyenv root 2>/dev/null)/versions/3.10*/bin/python3.10; do \
 	"$$p" -c "" 2>/dev/null && { echo "$$p"; break; }; done)
 VENV310 ?= .venv310
-NO_TORCH_TESTS := tests/test_imports.py tests/test_bench.py tests/test_engine.py tests/test_deploy.py \
-	tests/test_cpp.py tests/test_manifest.py tests/test_preprocess.py tests/test_runner_batches.py \
-	tests/test_quantizer_check.py
 TEST_GRAPHS := build/test-graphs
 
 .PHONY: setup serve-env system-deps demo lint test test-fast test-py310 gpu-check clean
@@ -86,7 +83,7 @@ test-py310: setup system-deps
 	else \
 	  $(MAKE) --no-print-directory PY310="$(PY310)" $(VENV310)/.installed \
 	  && $(PY) -m tests.graphs $(TEST_GRAPHS) >/dev/null \
-	  && REFINER_EDGE_TEST_GRAPHS=$(TEST_GRAPHS) $(VENV310)/bin/python -m pytest -q -m "not serve" $(NO_TORCH_TESTS); \
+	  && REFINER_EDGE_TEST_GRAPHS=$(TEST_GRAPHS) $(VENV310)/bin/python -m pytest -q -m "torch_free and not serve"; \
 	fi
 
 # Everything that needs a GPU, in one run (docs/kernel.md); figures go to docs/benchmarks.md.

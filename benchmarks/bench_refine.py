@@ -139,7 +139,7 @@ def main() -> int:
         return 0
     ext = None
     if not args.no_cuda_kernel:
-        from refiner_edge.refine.torch_op import cuda_extension
+        from tests.cuda_extension import cuda_extension
 
         ext = cuda_extension()
         if ext is None:

@@ -60,9 +60,9 @@ for h in (12, 16, 32):
     for d in (\"fp16\", \"fp32\"):
         print(\"triton\", h, d, t.resource_usage(t.compile_for(h, 3 * h, d, $cap)))'"
 
-# torch's own CUDA_HOME detection and C++20 (refine/torch_op.py); MAX_JOBS lets ninja use every core
+# torch's own CUDA_HOME detection and C++20 (tests/cuda_extension.py); MAX_JOBS lets ninja use every core
 step build_extension 200 env MAX_JOBS="$(nproc)" "$PY" -c "
-from refiner_edge.refine.torch_op import cuda_extension
+from tests.cuda_extension import cuda_extension
 assert cuda_extension() is not None, 'the RefinerDLA CUDA extension did not build (see the warning above)'
 print('extension built')"
 

@@ -41,7 +41,7 @@ def main() -> int:
 
         run["triton"] = launch
     if "cuda" in kernels:
-        from refiner_edge.refine.torch_op import cuda_extension
+        from tests.cuda_extension import cuda_extension
 
         ext = cuda_extension()
         assert ext is not None, "the RefinerDLA CUDA extension did not build"

@@ -84,14 +84,16 @@ def hidden_name(name: str, suffix: str, limit: int = NAME_MAX) -> str:
 @contextlib.contextmanager
 def deferred_interrupts() -> Iterator[None]:
     """Hold Ctrl-C (and SIGTERM) until the block is done, then raise KeyboardInterrupt: for the renames that publish
-    a run's files and the clean-up after a failure, which take microseconds and must not stop half-way. A Python
-    handler, not a signal mask: the C-level signal may land on any thread (ONNX Runtime's, torch's)."""
+    a run's files and the clean-up after a failure, which take microseconds and must not stop half-way, and for
+    ONNX Runtime runs of Python ops (onnx/session.py). A Python handler, not a signal mask: the C-level signal may
+    land on any thread (ONNX Runtime's, torch's)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
+    # a signal this process ignores stays ignored: `nohup` and a script's `cmd &` ask for exactly that
     previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+                for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN}
     try:
         yield
     finally:
@@ -99,6 +101,79 @@ def deferred_interrupts() -> Iterator[None]:
             signal.signal(s, handler)
         if received:
             raise KeyboardInterrupt
+
+
+# --- a folder of files published entry by entry (deploy's model repository, DeepStream folder) ---------------
+
+def publish_files(out: Path, files: dict[str, str | Path], folders: list[str] = ()) -> None:
+    """Write {relative path: text, or a Path to copy} (and empty `folders`) into a temporary folder beside `out`,
+    then move each top-level entry into `out` (see _publish_entries); nothing half-written is ever left in `out`, and
+    folders this call created are removed again when it fails."""
+    check_not_replaced(out, files, folders)
+    created = make_folder(out.absolute()) if not out.is_file() else []
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=hidden_name(out.name, ".", name_max(out.parent) - 12), suffix=".tmp",
+                                    dir=out.parent))
+        try:
+            for folder in folders:
+                (tmp / folder).mkdir(parents=True)
+            for rel, content in files.items():
+                dest = tmp / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(content, Path):
+                    shutil.copyfile(content, dest)
+                else:
+                    dest.write_text(content, encoding="utf-8")
+            _publish_entries(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        remove_folders(created)   # only the empty ones: what was published stays
+        raise
+
+
+def check_not_replaced(out: Path, files: dict[str, str | Path], folders: list[str]) -> None:
+    """Refuse when a file this run reads (a copied artifact, its manifest, the plugin library) lies in an entry of
+    `out` that publishing replaces whole (a model folder, a config file): it would be deleted with the old entry.
+    A file published onto itself (an engine already in its DeepStream folder) is no loss and passes."""
+    def real(path: Path) -> Path:
+        return Path(os.path.realpath(path))
+
+    entries = {real(out / rel.split("/")[0]): files.get(rel) for rel in [*files, *folders]}
+    for source in [content for content in files.values() if isinstance(content, Path)]:
+        for read in (source, manifest_path(source)):
+            where = real(read)
+            for entry, content in entries.items():
+                inside = entry in where.parents
+                replaced = where == entry and not (isinstance(content, Path) and real(content) == where)
+                if read.exists() and (inside or replaced):
+                    raise InputError(f"{read} lies in {entry}, which this run replaces: copy it elsewhere first, "
+                                     "or choose another -o or --name")
+
+
+def _publish_entries(tmp: Path, out: Path) -> None:
+    """Move each finished entry of `tmp` (a model folder, a file) into the folder `out`, each atomically: an earlier
+    entry of the same name is moved aside first and removed after. Everything else in `out` stays: a model
+    repository holds other models, a DeepStream folder the user's own files."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(tmp.iterdir()):
+        dest = out / entry.name
+        old = None
+        if dest.exists() or dest.is_symlink():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.replace(dest, old)
+        try:
+            os.replace(entry, dest)
+        except BaseException:
+            if old is not None:
+                os.replace(old, dest)
+            raise
+        if old is not None and old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        elif old is not None:
+            old.unlink()
 
 
 # --- checks before any work ---------------------------------------------------------------------------------------

@@ -15,8 +15,14 @@ def default(value: T | None, fallback: T) -> T:
     return fallback if value is None else value
 
 
-# fuse (refine/fuse.py): images the fused graph is checked on against the plain one
+# export (onnx/export.py)
+EXPORT_OPSET = 17                  # up to the newest the installed torch exports
+EXPORT_BATCH = "dynamic"           # or a fixed batch size
+
+# fuse (refine/fuse.py): images the fused graph is checked on against the plain one, and the plugin form its
+# nodes take (refine/plugin_form.FORMS)
 FUSE_NUM = 8
+FUSE_FORM = "library"
 
 # calibrate (precision/calibrate.py)
 CALIBRATE_PRECISION = "int8"
@@ -28,6 +34,11 @@ CALIBRATE_SEED = 0
 CALIBRATE_MEMORY_GB = 1.0          # activations held at once (onnx/memory.py); whole-process peaks: docs/benchmarks.md
 TENSORRT_CACHE_VERSION = "10.3.0"  # JetPack 6's TensorRT, the main weakly typed target (precision/tensorrt_cache.py)
 
+# infer and validate (runners/classify.py, runners/validate.py)
+RUN_BATCH_SIZE = 8                 # images per forward pass (fewer where a graph's activations would pass 1 GB)
+INFER_TOPK = 5
+VALIDATE_REFERENCE = "torch"       # PyTorch FP32 from the checkpoint, or an ONNX file
+
 # serve (deploy/serve.py)
 SERVE_NAME = "refiner"
 SERVE_HOST = "127.0.0.1"
@@ -35,6 +46,12 @@ SERVE_HTTP_PORT = 8000
 SERVE_GRPC_PORT = 8001
 SERVE_MAX_BATCH = 8
 SERVE_QUEUE_DELAY_US = 2000
+
+# deploy triton (deploy/triton.py): the model repository's config.pbtxt
+TRITON_NAME = "refiner"
+TRITON_MAX_BATCH = 8               # capped by an engine's profile maximum
+TRITON_QUEUE_DELAY_US = 100
+TRITON_INSTANCES = 1               # instance_group count, per device
 
 # build (engine/plan.py): FP32 layers stay FP32 unless --tf32. TensorRT and trtexec default to TF32, whose 10-bit
 # mantissa products put FP32 engines outside the FP32 accuracy budget `validate` holds them to (compare.py); an

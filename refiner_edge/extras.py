@@ -5,9 +5,6 @@ one line naming the extra to install, exit 3 (cli/common.py turns the ModuleNotF
 """
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
-
 from .errors import MissingDependencyError
 
 # module -> the extra that installs it
@@ -19,6 +16,10 @@ EXTRAS = {
     "triton": "triton",
     "tritonclient": "client",
     "pytriton": "serve",
+}
+# modules no extra of this package brings (tools of `make test` and the examples): module -> its package
+PACKAGES = {
+    "sklearn": "scikit-learn",   # the sample photographs (images/samples.py)
 }
 # TensorRT, cuda-python and pycuda depend on the platform: JetPack's system packages or NVIDIA's index bring TensorRT itself.
 PLATFORM_HINT = ("pip install 'refiner-edge[cuda12]' (or [cuda13], [jetpack6], [jetpack7]; TensorRT itself comes "
@@ -33,6 +34,8 @@ def install_hint(module: str) -> str:
         if top == "torch":   # the registry's generic aarch64 torch is not JetPack's build
             hint += " (on a Jetson, NVIDIA's Jetson build of torch: docs/jetson.md)"
         return hint
+    if top in PACKAGES:
+        return f"pip install {PACKAGES[top]}"
     return PLATFORM_HINT
 
 
@@ -46,13 +49,3 @@ def missing_dependency(e: ModuleNotFoundError, needed_for: str) -> MissingDepend
         return None
     return MissingDependencyError(f"{needed_for} needs {top}, which is not installed: {install_hint(top)}")
 
-
-def require(module: str, needed_for: str) -> ModuleType:
-    """Import `module`, or raise MissingDependencyError: '<needed_for> needs <module>: <install hint>'."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        error = missing_dependency(e, needed_for)
-        if error is None:
-            raise
-        raise error from None

@@ -26,6 +26,24 @@ if HAS_TORCH:
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
 
+def marked_torch_free(path: Path) -> bool:
+    """Whether a test file's module-level `pytestmark` names the torch_free marker (read, not imported)."""
+    import ast
+
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets):
+            return any(isinstance(n, ast.Attribute) and n.attr == "torch_free" for n in ast.walk(node.value))
+    return False
+
+
+def pytest_ignore_collect(collection_path: Path, config):
+    # Without torch only the torch_free files are imported: the others import torch at the top, and `-m torch_free`
+    # deselects only after importing. None: pytest decides as usual.
+    if not HAS_TORCH and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return None if marked_torch_free(collection_path) else True
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     if HAS_TORCH:
         return

@@ -60,6 +60,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def load_import_check():
+    """tools/import_check.py as a module: the checks of the package's source, read with ast."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "import_check.py"
+    spec = importlib.util.spec_from_file_location("import_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def default_sigint() -> None:
+    """preexec_fn of a child that a test interrupts with SIGINT: the default disposition, whatever this process
+    inherited. Started from a shell that ignores SIGINT (`nohup`, `cmd &` in a script) the child would inherit SIG_IGN,
+    which Python keeps (it installs its KeyboardInterrupt handler only over SIG_DFL), and the SIGINT would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def stop(proc: subprocess.Popen) -> None:
     """Stop a server started by a test as a user would (Ctrl-C); kill it if it has not exited within 30 s."""
     if proc.poll() is not None:

@@ -10,7 +10,6 @@ import ctypes
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -21,7 +20,7 @@ import pytest
 
 from refiner_edge.artifacts import file_sha256
 
-from .helpers import assert_clean_failure, invoke
+from .helpers import assert_clean_failure, default_sigint, invoke
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
@@ -48,7 +47,8 @@ SIGINT_AFTER_ENGINE_RENAME = textwrap.dedent("""
 
 def cli(*args, injection: str = "", **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", WITH_INJECTION, injection, *map(str, args)], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **{"preexec_fn": default_sigint, **kw})
 
 
 def build_args(onnx: Path, out: Path, batch: str) -> list:
@@ -58,20 +58,6 @@ def build_args(onnx: Path, out: Path, batch: str) -> list:
 def pair_matches(engine: Path) -> bool:
     manifest = json.loads(engine.with_name(engine.name + ".json").read_text())
     return manifest["sha256"] == file_sha256(engine)
-
-
-def children(pid: int) -> list[int]:
-    """The builder processes (engine/worker.py) `pid` has started, not any other child it may run."""
-    try:
-        kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-    def is_worker(kid: int) -> bool:
-        try:
-            return b"refiner_edge.engine.worker" in Path(f"/proc/{kid}/cmdline").read_bytes()
-        except OSError:
-            return False
-    return [kid for kid in kids if is_worker(kid)]
 
 
 @pytest.fixture
@@ -210,54 +196,67 @@ def assert_old_or_new_pair(out: Path, before: bytes, proc: subprocess.Popen, err
     return out.read_bytes() == before
 
 
+# Ctrl-C at an instant of the build named by its phase, not by a delay that a slow or a fast machine can miss: the
+# injection sends the SIGINT itself (printing when, on the system-wide monotonic clock, and the builder's pid) at
+#   starting:  as the builder process is started
+#   compiling: while the builder compiles (its process has started and not yet exited)
+#   compiled:  the builder has exited, its engine is not published yet
+#   published: just after the manifest, the last file, is renamed into place as the output
+SIGINT_AT_PHASE = textwrap.dedent("""
+    import subprocess, time
+    PHASE, SENT = {phase!r}, []
+    def interrupt(builder=None):
+        if SENT:   # once: the kill after Ctrl-C waits for the builder again
+            return
+        SENT.append(builder)
+        print(f"sigint-at={{time.monotonic()}} builder={{builder}}", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGINT)
+    def is_builder(proc):
+        return "refiner_edge.engine.worker" in " ".join(map(str, proc.args))
+    real_init, real_wait, real_replace = subprocess.Popen.__init__, subprocess.Popen.wait, os.replace
+    def init(self, args, *a, **k):
+        if PHASE == "starting" and "refiner_edge.engine.worker" in " ".join(map(str, args)):
+            interrupt()
+        real_init(self, args, *a, **k)
+    def wait(self, *a, **k):
+        if PHASE == "compiling" and is_builder(self) and self.returncode is None:
+            interrupt(self.pid)
+        code = real_wait(self, *a, **k)
+        if PHASE == "compiled" and is_builder(self):
+            interrupt(self.pid)
+        return code
+    def replace(src, dest, *a, **k):
+        real_replace(src, dest, *a, **k)
+        if PHASE == "published" and str(dest) == {manifest!r}:   # the output, not a file in the scratch folder
+            interrupt()
+    subprocess.Popen.__init__, subprocess.Popen.wait, os.replace = init, wait, replace
+""")
+
+
 @rtx
 def test_ctrl_c_at_many_instants_of_a_build(earlier_pair, tiny_plain):
     out, before, seconds = earlier_pair
-    delays, kept, replaced, worst = [], 0, 0, 0.0
-    # inside the compile: as soon as the builder's child process runs, and a little later. The tiny build's compile
-    # can end within a tenth of a second, so only an interrupt sent while the builder still ran must keep the
-    # earlier pair; at least one must have been sent then.
-    inside = 0
-    for wait_after_child in (0.0, 0.05, 0.1):
-        proc = cli(*build_args(tiny_plain, out, "1:2:4"))
-        deadline = time.monotonic() + 60
-        while not children(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        builder = children(proc.pid)
-        assert builder, "the build ran no child process"
-        time.sleep(wait_after_child)
-        compiling = running(builder[0])
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-        worst = max(worst, time.monotonic() - sent)
-        if proc.returncode == 130:
-            assert not running(builder[0]), "the builder outlived Ctrl-C"
+    worst, exits = 0.0, []
+    # until the engine is published the earlier pair stays; once the manifest is in place, the new pair is whole
+    for phase, keeps in (("starting", True), ("compiling", True), ("compiled", True), ("published", False)):
+        proc = cli(*build_args(tiny_plain, out, "1:2:4"), injection=SIGINT_AT_PHASE.format(phase=phase, manifest=str(out) + ".json"))
+        _, err = proc.communicate(timeout=300)
+        ended = time.monotonic()
+        marks = [line.split() for line in err.splitlines() if line.startswith("sigint-at=")]
+        assert len(marks) == 1, f"{phase}: the interrupt was not sent exactly once: {err}"
+        sent, builder = float(marks[0][0].split("=")[1]), marks[0][1].split("=")[1]
+        worst = max(worst, ended - sent)
+        if builder != "None":
+            assert not running(int(builder)), f"{phase}: the builder outlived Ctrl-C"
         old = assert_old_or_new_pair(out, before, proc, err)
-        if compiling:
-            inside += 1
-            assert old and proc.returncode == 130, f"Ctrl-C during the compile must leave the earlier engine: {err}"
-        elif not old:
-            before = out.read_bytes()
-        kept += old
-    assert inside, "no Ctrl-C reached the build while its compile ran (the tiny build's compile took < 0.1 s)"
-    # at instants spread over a whole run (start-up, checks, compile, publish, exit), as fractions of its length
-    for delay in (max(0.3, 0.1 * seconds), 0.3 * seconds, 0.5 * seconds, 0.7 * seconds, 0.85 * seconds, 0.95 * seconds,
-                  1.05 * seconds):
-        proc = cli(*build_args(tiny_plain, out, "1:2:4"))
-        time.sleep(delay)
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-        worst = max(worst, time.monotonic() - sent)
-        if assert_old_or_new_pair(out, before, proc, err):
-            kept += 1
+        if keeps:
+            assert old and proc.returncode == 130, f"Ctrl-C while {phase} must leave the earlier engine: {err}"
         else:
-            replaced += 1
-            before = out.read_bytes()   # later runs replace this pair or keep it
-        delays.append((round(delay, 2), proc.returncode))
-    print(f"Ctrl-C -> exit: worst {worst:.2f} s over {len(delays) + 3} interrupts; a build takes {seconds:.1f} s; "
-          f"(delay, exit code): {delays}")
+            assert not old, f"Ctrl-C once the build is {phase} must leave the new engine: {err}"
+            before = out.read_bytes()
+        exits.append((phase, proc.returncode))
+    print(f"Ctrl-C -> exit: worst {worst:.2f} s over {len(exits)} interrupts; a build takes {seconds:.1f} s; "
+          f"(phase, exit code): {exits}")
     assert worst < 5.0
 
 

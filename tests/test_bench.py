@@ -9,6 +9,8 @@ from refiner_edge.runners.bench import PeakRss, bench, rss_bytes
 
 from .helpers import assert_clean_failure, invoke
 
+pytestmark = pytest.mark.torch_free
+
 
 def check_figures(report: dict, backend: str, batch: int, iterations: int) -> None:
     lat = report["latency_ms"]

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +9,9 @@ from refiner_edge import __version__
 from refiner_edge.models.factory import create_model
 from refiner_edge.images.preprocess import Preprocess
 
-from .helpers import assert_clean_failure, invoke
+from .helpers import assert_clean_failure, invoke, load_import_check
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = ["--variant", "refiner-vit-tiny"]
 
@@ -248,7 +251,8 @@ def test_verbose_after_the_command_and_plain_help():
         assert options, command
         assert options_without_default(text) == [], command
     text = " ".join(invoke("infer", "--help").stdout.split())
-    assert "[default: 5; x>=1]" in text and "[default: refiner-vit-s]" in text
+    # the default from defaults.INFER_TOPK, stated in the help; the range from the option
+    assert "[default: 5]. [x>=1]" in text and "[default: refiner-vit-s]" in text
 
 
 def options_without_default(help_text: str) -> list[str]:
@@ -344,9 +348,6 @@ def test_fuse_in_the_aot_plugin_form(tmp_path, tiny_onnx, sample_photos):
 
 def test_precisions_and_plugin_forms_are_defined_once():
     """The CLI's choices are the library's tuples, and the package spells each list out in one place only."""
-    import re
-    from pathlib import Path
-
     from refiner_edge.cli import build, calibrate, fuse
     from refiner_edge.engine.plugins import FORMS
     from refiner_edge.precision import CALIBRATED, PRECISIONS
@@ -356,18 +357,16 @@ def test_precisions_and_plugin_forms_are_defined_once():
     assert [p.value for p in calibrate.Precision] == list(CALIBRATED)
     assert [f.value for f in build.PluginForm] == list(FORMS) == [*plugin_form.FORMS, "none"]
     assert [f.value for f in fuse.PluginForm] == list(plugin_form.FORMS)
-    package = Path(__file__).resolve().parents[1] / "refiner_edge"
-    source = "\n".join(p.read_text() for p in sorted(package.rglob("*.py")))
-    between = r"""["']\s*[,\n]\s*(?:\w+ = )?["']"""  # the next item of a tuple, or the next member of an Enum
-    for words in (["fp32", "fp16", "int8"], ["library", "aot"]):
-        spelled = re.findall("[\"']" + between.join(words) + "[\"']", source)
+    import_check = load_import_check()
+    modules = import_check.module_files(ROOT)
+    for words in (("fp32", "fp16", "int8"), ("library", "aot")):
+        assert words in import_check.SPELLED_ONCE
+        spelled = import_check.spellings(words, modules)   # read with ast: tuples, lists, sets and Enum members
         assert len(spelled) == 1, (words, spelled)
 
 
 def test_one_rule_picks_the_runtime():
     """runners/runtime.py decides which runtime runs an artifact; no command loads a runner by name itself."""
-    from pathlib import Path
-
     from refiner_edge.errors import InputError
     from refiner_edge.runners.runtime import choose_runtime
 
@@ -378,8 +377,10 @@ def test_one_rule_picks_the_runtime():
                    {"onnx": "m.onnx", "checkpoint": "c.pth"}, {"backend": "tensorrt"}):
         with pytest.raises(InputError):
             choose_runtime(**kwargs)
-    cli = Path(__file__).resolve().parents[1] / "refiner_edge" / "cli"
-    assert [p.name for p in sorted(cli.glob("*.py")) if "load_runner" in p.read_text()] == []
+    import_check = load_import_check()
+    assert "load_runner" in import_check.NOT_IN_CLI
+    cli = {name: path for name, path in import_check.module_files(ROOT).items() if ".cli" in name}
+    assert cli and [name for name, path in cli.items() if "load_runner" in import_check.names_used(path)] == []
 
 
 def test_calibrate_fuse_and_serve_defaults_are_the_librarys():

@@ -64,6 +64,8 @@ from refiner_edge.manifest import EngineInfo, GraphInfo, Manifest, ModelInfo, pa
 
 from .helpers import tensorrt_header_sets
 
+pytestmark = pytest.mark.torch_free
+
 ROOT = Path(__file__).resolve().parents[1]
 CPP = ROOT / "cpp"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

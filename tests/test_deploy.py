@@ -18,7 +18,9 @@ from refiner_edge.images.labels import imagenet_labels
 from refiner_edge.images.preprocess import Preprocess
 from refiner_edge.manifest import manifest_path, read_manifest
 
-from .helpers import assert_clean_failure, free_port, invoke, needs_pb, parse_config, stop
+from .helpers import assert_clean_failure, default_sigint, free_port, invoke, needs_pb, parse_config, stop
+
+pytestmark = pytest.mark.torch_free
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,7 +161,8 @@ def test_generated_preprocessing_model_runs_in_a_real_tritonserver(tmp_path, tin
            f"--http-port={http}", "--allow-grpc=false", "--allow-metrics=false", "--exit-timeout-secs=20"]
     # the exit timeout covers the HTTP connections' grace second and the Python model's unload, which took more
     # than the 2 s this once allowed on a loaded 2-core machine (then "Exit timeout expired", exit 1)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=default_sigint)   # stop() ends it with SIGINT
     url = f"127.0.0.1:{http}"
     try:
         wait_ready(url, ["refiner_preprocess"], timeout=60, alive=lambda: proc.poll() is None)

@@ -18,6 +18,8 @@ from refiner_edge.manifest import Profile, read_manifest
 
 from .helpers import assert_clean_failure, invoke
 
+pytestmark = pytest.mark.torch_free
+
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 rtx = pytest.mark.skipif(not HAS_RTX, reason="tensorrt-rtx is not installed (pip install 'refiner-edge[rtx]')")

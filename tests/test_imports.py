@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.torch_free
+
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = textwrap.dedent("""
     import os, sys

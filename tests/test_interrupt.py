@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import invoke
+from .helpers import default_sigint, invoke
 
 pytest.importorskip("onnxruntime_extensions", reason="the reference RefinerDLA op needs onnxruntime-extensions")
 
@@ -37,7 +37,7 @@ SIGINT_IN_OP = textwrap.dedent("""
 def run_interrupted(*args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-c", SIGINT_IN_OP, *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
+                          env=env, timeout=300, preexec_fn=default_sigint)
 
 
 @pytest.fixture(scope="module")

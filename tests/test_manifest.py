@@ -8,6 +8,8 @@ from refiner_edge.manifest import SCHEMA_VERSION, parse_manifest, read_manifest,
 
 from .helpers import invoke
 
+pytestmark = pytest.mark.torch_free
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):

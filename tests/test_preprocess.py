@@ -7,6 +7,8 @@ from refiner_edge.errors import InputError
 from refiner_edge.images.preprocess import Preprocess, find_images, load_image
 from refiner_edge.models.variants import get_variant
 
+pytestmark = pytest.mark.torch_free
+
 
 @pytest.fixture
 def photo(sample_photos):

@@ -3,8 +3,11 @@ Python 3.10 / JetPack 6) is refused in one line, exit 3, before any image is dec
 import time
 
 import onnxruntime.quantization.calibrate as ort_calibrate
+import pytest
 
 from .helpers import assert_clean_failure, invoke
+
+pytestmark = pytest.mark.torch_free
 
 
 def test_int8_calibration_needs_a_quantizer_that_takes_ranges(tiny_plain, sample_photos, tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ torch.backends.cudnn.allow_tf32 = False
 
 @pytest.fixture(scope="module")
 def ext():
-    from refiner_edge.refine.torch_op import cuda_extension
+    from tests.cuda_extension import cuda_extension
 
     module = cuda_extension()
     assert module is not None, "the RefinerDLA CUDA extension must build on a GPU machine (see the log above)"

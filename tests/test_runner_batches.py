@@ -9,6 +9,8 @@ from refiner_edge.errors import InputError
 from refiner_edge.runners.runtime import load_runner
 from refiner_edge.runners.classify import classify
 
+pytestmark = pytest.mark.torch_free
+
 
 def profile_limited(runner, lo: int, hi: int, seen: list):
     """The ONNX Runtime runner behind the batch rule of an engine with profile lo..hi (engine/checks.py

@@ -1,5 +1,6 @@
 """The package's import graph, read from its source with `ast` (nothing is imported): import cycles, and imports
-against the pipeline's direction.
+against the pipeline's direction; and the rules of the code's shape that a reading of its text would only guess at:
+each list of choices spelled out once, no command loading a runner by name.
 
     python tools/import_check.py [ROOT]     # exit 1 and one line per problem, else a one-line summary
 
@@ -107,6 +108,65 @@ def stage_of(module: str) -> int | None:
     return -1 if len(parts) == 2 else None
 
 
+# The lists of choices the package spells out in one place only (the CLI's choices and every check import them):
+# precisions (manifest.PRECISIONS) and plugin forms (refine/plugin_form.FORMS).
+SPELLED_ONCE = (("fp32", "fp16", "int8"), ("library", "aot"))
+# Names no command module may use: runners/runtime.py's rule picks the runtime (choose_runtime, load_artifact).
+NOT_IN_CLI = ("load_runner",)
+
+
+def _strings(nodes) -> list[str | None]:
+    return [n.value if isinstance(n, ast.Constant) and isinstance(n.value, str) else None for n in nodes]
+
+
+def _holds(items: list, words: tuple[str, ...]) -> bool:
+    return any(tuple(items[i:i + len(words)]) == words for i in range(len(items) - len(words) + 1))
+
+
+def spellings(words: tuple[str, ...], modules: dict[str, Path]) -> list[str]:
+    """Where the string constants `words` stand next to each other, in order: a tuple, list or set display, or the
+    members of a class (an Enum); "module:line" each."""
+    found = []
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                items = _strings(node.elts)
+            elif isinstance(node, ast.ClassDef):
+                items = [_strings([s.value])[0] if isinstance(s, ast.Assign) else None for s in node.body]
+            else:
+                continue
+            if _holds(items, words):
+                found.append(f"{name}:{node.lineno}")
+    return found
+
+
+def names_used(module: Path) -> set[str]:
+    """Every name a module reads, imports or reaches as an attribute."""
+    used = set()
+    for node in ast.walk(ast.parse(module.read_text(), str(module))):
+        if isinstance(node, ast.Name):
+            used.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            used.add(node.attr)
+        elif isinstance(node, ast.alias):
+            used.add(node.name.rpartition(".")[2])
+    return used
+
+
+def rule_problems(modules: dict[str, Path]) -> list[str]:
+    found = []
+    for words in SPELLED_ONCE:
+        where = spellings(words, modules)
+        if len(where) > 1:
+            found.append(f"the choices {', '.join(words)} are spelled out {len(where)} times, not once: "
+                         + ", ".join(where))
+    for name, path in modules.items():
+        if name.split(".")[1:2] == ["cli"]:
+            found.extend(f"{name} uses {used}: the runtime is chosen in runners/runtime.py"
+                         for used in sorted(names_used(path) & set(NOT_IN_CLI)))
+    return found
+
+
 def problems(root: Path) -> tuple[list[str], int]:
     modules = module_files(root)
     edges = {name: imports(name, path, modules) for name, path in modules.items()}
@@ -123,6 +183,7 @@ def problems(root: Path) -> tuple[list[str], int]:
             if here is not None and there is not None and there > here:
                 found.append(f"{module} imports {target}{'' if top else ' (inside a function)'}: "
                              f"{target.split('.')[1]} is above {module.split('.')[1] if here >= 0 else 'the package'}")
+    found.extend(rule_problems(modules))
     return found, len(modules)
 
 

@@ -92,6 +92,8 @@ def run() -> None:  # console-script entry point
     # SIGTERM (timeout, docker stop, systemd) is Ctrl-C: the run cleans up (scratch folder, locks) and exits 130;
     # Python's default would end the process at once and leave them behind
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # An ignored SIGINT is left ignored, as Python leaves it: whoever started the command that way (`nohup`, `cmd &`
+    # in a script) asked that a Ctrl-C at the terminal spare it. Such a run still stops cleanly on SIGTERM, above.
     try:
         app(prog_name="refiner-edge")
     except KeyboardInterrupt:   # while Typer builds the command, before any command's own handling

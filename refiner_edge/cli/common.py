@@ -16,6 +16,7 @@ try:  # typer >= 0.22 vendors click; older releases depend on it
 except ImportError:  # pragma: no cover
     import click
 
+from .. import defaults
 from ..artifacts import NO_SPACE, no_space_error, space_left
 from ..errors import RefinerEdgeError
 from ..extras import missing_dependency
@@ -169,5 +170,6 @@ CheckpointOpt = Annotated[Optional[Path], typer.Option(
 ImgSizeOpt = Annotated[Optional[int], typer.Option(
     "--img-size", help="Input resolution, a positive multiple of 16 [default: the variant's, 224 for S/M/L].")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass (fewer for an ONNX "
-                                           "graph whose activations would pass 1 GB).")]
+BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per forward pass (fewer "
+                                                     "for an ONNX graph whose activations would pass 1 GB) "
+                                                     f"[default: {defaults.RUN_BATCH_SIZE}].")]

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .. import defaults
 from ..artifacts import check_folder_output
 from ..errors import InputError
 from .common import JsonOpt, handle_errors, note, print_json
@@ -30,17 +31,19 @@ def triton(
                                                    dir_okay=False)] = None,
     onnx: Annotated[Optional[Path], typer.Option("--onnx", help="ONNX graph with its manifest (platform "
                                                  "onnxruntime_onnx) [default: none].", dir_okay=False)] = None,
-    name: Annotated[str, typer.Option("--name", help="Model name; also NAME_preprocess and NAME_ensemble.")]
-    = "refiner",
-    max_batch: Annotated[Optional[int], typer.Option("--max-batch", help="max_batch_size [default: 8, at most an "
-                                                     "engine's profile maximum; 0 for a fixed-batch graph].")]
-    = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Model name; also NAME_preprocess and "
+                                                f"NAME_ensemble [default: {defaults.TRITON_NAME}].")] = None,
+    max_batch: Annotated[Optional[int], typer.Option("--max-batch", help="max_batch_size [default: "
+                                                     f"{defaults.TRITON_MAX_BATCH}, at most an engine's profile "
+                                                     "maximum; 0 for a fixed-batch graph].")] = None,
     preferred_batch: Annotated[Optional[list[int]], typer.Option(
         "--preferred-batch", help="Dynamic batching's preferred sizes (repeat the option) [default: none].")] = None,
-    queue_delay_us: Annotated[int, typer.Option("--queue-delay-us", min=0, help="Dynamic batching's "
-                                                "max_queue_delay_microseconds.")] = 100,
-    instances: Annotated[int, typer.Option("--instances", min=1, help="Model instances (instance_group count) "
-                                           "per device.")] = 1,
+    queue_delay_us: Annotated[Optional[int], typer.Option("--queue-delay-us", min=0, help="Dynamic batching's "
+                                                          "max_queue_delay_microseconds [default: "
+                                                          f"{defaults.TRITON_QUEUE_DELAY_US}].")] = None,
+    instances: Annotated[Optional[int], typer.Option("--instances", min=1, help="Model instances (instance_group "
+                                                     f"count) per device [default: {defaults.TRITON_INSTANCES}].")]
+    = None,
     kind: Annotated[Optional[Kind], typer.Option("--kind", help="Where the instances run: gpu or cpu (ONNX only) "
                                                  "[default: gpu].", show_default=False)] = None,
     ensemble: Annotated[bool, typer.Option("--ensemble/--no-ensemble", help="Add the Python-backend "

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
+from .. import defaults
 from .common import CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, console, note, output_file, print_json, status
 
 
@@ -27,9 +28,10 @@ def export(
     variant: VariantOpt = None,
     checkpoint: CheckpointOpt = None,
     img_size: ImgSizeOpt = None,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (17 up to the newest the installed torch "
-                                       "exports).")] = 17,
-    batch: Annotated[str, typer.Option("--batch", help="Fixed batch size, or 'dynamic'.")] = "dynamic",
+    opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (17 up to the newest the installed "
+                                                 f"torch exports) [default: {defaults.EXPORT_OPSET}].")] = None,
+    batch: Annotated[Optional[str], typer.Option("--batch", help="Fixed batch size, or 'dynamic' [default: "
+                                                 f"{defaults.EXPORT_BATCH}].")] = None,
     fuse: Annotated[bool, typer.Option("--fuse/--no-fuse", help="Replace each attention refinement with one "
                                        "RefinerDLA plugin node (for TensorRT).")] = False,
     as_json: JsonOpt = False,
@@ -41,7 +43,7 @@ def export(
     from ..onnx.export import export_onnx
     from .fuse import fuse_report
 
-    batch_value = parse_batch(batch)
+    batch_value = None if batch is None else parse_batch(batch)
     check_artifact(output, inputs=[checkpoint])   # before the model is made
     model = create_model(variant or DEFAULT_VARIANT, img_size=img_size, checkpoint=checkpoint)
     out = console()

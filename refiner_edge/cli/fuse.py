@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..defaults import FUSE_NUM
+from ..defaults import FUSE_FORM, FUSE_NUM
 from ..refine.plugin_form import FORMS
 from ..result import StageResult
 from .common import JsonOpt, choices, console, note, output_file, print_json, status
@@ -16,7 +16,7 @@ PluginForm = choices("PluginForm", FORMS)
 
 
 def run_fuse(source: Path, output: Path, verify: bool, images: Path | None = None, num: int | None = None,
-             quiet: bool = False, form: str = "library") -> dict:
+             quiet: bool = False, form: str | None = None) -> dict:
     from ..refine.fuse import fuse_onnx
 
     with status(f"fusing the attention refinements of {source.name} ..."):
@@ -51,14 +51,14 @@ def fuse(
                                                    "[default: the sample photographs].")] = None,
     num: Annotated[Optional[int], typer.Option("--num", min=1, help="Images the check uses at most [default: "
                                                f"{FUSE_NUM}].")] = None,
-    plugin_form: Annotated[PluginForm, typer.Option("--plugin-form", help="library: weights as node attributes, "
-                                                    "for the IPluginV3 library (TensorRT 10.3+, C++ apps); aot: "
-                                                    "weights as an input and aot=1, for the ahead-of-time plugin "
-                                                    "TensorRT >= 10.9 embeds in the engine (checked in the "
-                                                    "library form, which ONNX Runtime runs).")] = "library",
+    plugin_form: Annotated[Optional[PluginForm], typer.Option(
+        "--plugin-form", help="library: weights as node attributes, for the IPluginV3 library (TensorRT 10.3+, C++ "
+        "apps); aot: weights as an input and aot=1, for the ahead-of-time plugin TensorRT >= 10.9 embeds in the "
+        f"engine (checked in the library form, which ONNX Runtime runs) [default: {FUSE_FORM}].",
+        show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Replace each attention-refinement subgraph with one RefinerDLA TensorRT plugin node."""
-    report = run_fuse(source, output, verify, images, num, quiet=as_json, form=PluginForm(plugin_form).value)
+    report = run_fuse(source, output, verify, images, num, quiet=as_json, form=plugin_form and PluginForm(plugin_form).value)
     if as_json:
         print_json(report)

@@ -6,6 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from .. import defaults
+from ..defaults import default
+from ..errors import InputError
 from ..runners.runtime import BACKENDS
 from .common import (BatchSizeOpt, CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, choices, console, note, phases,
                      print_json)
@@ -26,9 +29,9 @@ def infer(
     variant: VariantOpt = None,
     checkpoint: CheckpointOpt = None,
     img_size: ImgSizeOpt = None,
-    topk: Annotated[int, typer.Option("--topk", min=1, help="Predictions per image (at most the model's "
-                                      "classes).")] = 5,
-    batch_size: BatchSizeOpt = 8,
+    topk: Annotated[Optional[int], typer.Option("--topk", min=1, help="Predictions per image (at most the model's "
+                                                f"classes) [default: {defaults.INFER_TOPK}].")] = None,
+    batch_size: BatchSizeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Classify images: top-k classes per image."""
@@ -42,18 +45,16 @@ def infer(
                          img_size=img_size)
     if runner.random_weights:
         note("no checkpoint: the weights are random, so the predictions are meaningless")
-    with phases(len(paths) > batch_size) as phase:
+    with phases(len(paths) > default(batch_size, defaults.RUN_BATCH_SIZE)) as phase:
         results = classify(paths, runner, k=topk, batch_size=batch_size,
                            on_batch=phase("classifying", len(paths)))
     if as_json:
         print_json([r.to_dict() for r in results])
     else:
         print_predictions(results, runner.description)
-    failed = [r for r in results if r.error]
-    for r in failed:
-        typer.echo(f"error: {r.error}", err=True)
-    if failed:
-        raise typer.Exit(2)
+    failed = [r.error for r in results if r.error]
+    if failed:   # after the others' predictions: one line naming every image that could not be read, exit 2
+        raise InputError("; ".join(failed))
 
 
 def print_predictions(results, description: str) -> None:

@@ -60,7 +60,5 @@ def preprocess(
             continue
         write_tensor(dest, x)
         typer.echo(str(dest))
-    for message in failed:
-        typer.echo(f"error: {message}", err=True)
-    if failed:
-        raise typer.Exit(2)
+    if failed:   # after the others are written: one line naming every image that could not be read, exit 2
+        raise InputError("; ".join(failed))

@@ -3,7 +3,6 @@ TensorRT runner, HTTP and gRPC, dynamic batching on."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -48,12 +47,12 @@ def serve(
     NAME_image encoded image files (JPEG, PNG, ...). PyTriton runs in an environment of its own with numpy<2
     (made by --setup or on first use), so this one can be on NumPy 2."""
     from ..deploy import serve_env
-    from ..deploy.serve import ServeOptions, check_options, check_serving, reserve_stdout, serving_unavailable
+    from ..deploy.serve import ServeOptions, check_options, check_serving, reserve_stdout
     from ..deploy.serve import serve as run_server
     from ..onnx.graph import check_onnx_graph
     from ..runners.runtime import artifact_manifest, choose_runtime, open_runner
 
-    here = serving_unavailable() is None or os.environ.get(serve_env.INSIDE_VAR)
+    here = serve_env.serves_here()
     if setup:
         typer.echo(sys.executable if here else serve_env.ensure(progress=note))
         return
@@ -67,8 +66,7 @@ def serve(
         check_options(manifest, options)
         if onnx is not None:
             check_onnx_graph(onnx)
-        python = serve_env.ensure(progress=note)
-        serve_env.exec_serve(python, serve_args(onnx, engine, options, as_json))
+        serve_env.relaunch(serve_env.serve_args(onnx, engine, options, as_json, state["verbose"]), progress=note)
     check_serving()   # before loading the model: a missing dependency is the first thing to hear about
     runner = open_runner(onnx, engine, required=True)
     if runner.random_weights:
@@ -84,14 +82,3 @@ def serve(
 
     run_server(runner, options, on_ready=ready)
 
-
-def serve_args(onnx: Optional[Path], engine: Optional[Path], options, as_json: bool) -> list[str]:
-    """This command line, for serve's environment."""
-    args = ["-v"] if state["verbose"] else []
-    args += ["serve", "--engine", str(engine)] if engine is not None else ["serve", "--onnx", str(onnx)]
-    args += ["--name", options.name, "--host", options.host, "--http-port", str(options.http_port),
-             "--grpc-port", str(options.grpc_port), "--max-batch", str(options.max_batch),
-             "--queue-delay-us", str(options.queue_delay_us)]
-    for size in options.preferred_batch:
-        args += ["--preferred-batch", str(size)]
-    return args + (["--json"] if as_json else [])

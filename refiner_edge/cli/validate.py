@@ -6,7 +6,15 @@ from typing import Annotated, Optional
 
 import typer
 
+from .. import defaults
+from ..compare import THRESHOLDS
+from ..errors import VerificationError
 from .common import BatchSizeOpt, CheckpointOpt, JsonOpt, console, phases, print_json
+
+
+def per_precision(threshold: str) -> str:
+    """A threshold's defaults for the help, from compare.THRESHOLDS: "per precision: 99 fp32, 99 fp16, 95 int8"."""
+    return "per precision: " + ", ".join(f"{values[threshold]:g} {p}" for p, values in THRESHOLDS.items())
 
 
 def validate(
@@ -19,25 +27,26 @@ def validate(
                                                   "folder index) or a file of 'relative/path index' lines (index last, after a blank, tab or "
                                                   "comma; a \"quoted\" path as it is, \"\" for a quote); adds "
                                                   "accuracy [default: none: no accuracy, agreement only].")] = None,
-    reference: Annotated[str, typer.Option("--reference", help="'torch' (PyTorch FP32 from the checkpoint) or an "
-                                           "ONNX file run on ONNX Runtime.")] = "torch",
+    reference: Annotated[Optional[str], typer.Option("--reference", help="'torch' (PyTorch FP32 from the checkpoint) "
+                                                     "or an ONNX file run on ONNX Runtime [default: "
+                                                     f"{defaults.VALIDATE_REFERENCE}].")] = None,
     checkpoint: CheckpointOpt = None,
     variant: Annotated[Optional[str], typer.Option("--variant", help="Variant, when the graph has no manifest "
                                                    "[default: the manifest's].")] = None,
     num: Annotated[Optional[int], typer.Option("--num", min=1, help="Use a seeded sample of this many images "
                                                "[default: all].")] = None,
-    batch_size: BatchSizeOpt = 8,
+    batch_size: BatchSizeOpt = None,
     min_agreement: Annotated[Optional[float], typer.Option("--min-agreement", min=0, max=100, help="Top-1 "
-                                                           "agreement threshold, % [default: per precision: 99 "
-                                                           "fp32/fp16, 95 int8].")] = None,
+                                                           "agreement threshold, % [default: "
+                                                           f"{per_precision('min_agreement')}].")] = None,
     min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", min=-1, max=1, help="Mean cosine "
-                                                        "threshold [default: per precision: 0.99999 fp32, 0.9995 "
-                                                        "fp16, 0.98 int8].")] = None,
-    min_sqnr: Annotated[Optional[float], typer.Option("--min-sqnr", help="Logit SQNR threshold, dB [default: per "
-                                                      "precision: 60 fp32, 30 fp16, 15 int8].")] = None,
+                                                        f"threshold [default: {per_precision('min_cosine')}].")]
+    = None,
+    min_sqnr: Annotated[Optional[float], typer.Option("--min-sqnr", help="Logit SQNR threshold, dB [default: "
+                                                      f"{per_precision('min_sqnr_db')}].")] = None,
     max_accuracy_drop: Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Accuracy drop "
-                                                               "threshold, points, with --labels [default: per "
-                                                               "precision: 0.1 fp32, 0.2 fp16, 1.0 int8].")] = None,
+                                                               "threshold, points, with --labels [default: "
+                                                               f"{per_precision('max_accuracy_drop')}].")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check a graph's or an engine's logits against PyTorch FP32 on real images; exit 4 when a threshold fails
@@ -53,9 +62,8 @@ def validate(
         print_json(report)
     else:
         print_validation(report)
-    if not report["passed"]:
-        typer.echo(f"error: validation failed: {'; '.join(report['failures'])}", err=True)
-        raise typer.Exit(4)
+    if not report["passed"]:   # after the report: exit 4, a CI gate
+        raise VerificationError(f"validation failed: {'; '.join(report['failures'])}")
 
 
 def print_validation(report: dict) -> None:

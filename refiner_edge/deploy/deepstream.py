@@ -21,11 +21,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artifacts import file_sha256
+from ..artifacts import file_sha256, publish_files
 from ..engine.checks import check_plugin_library, rebuild_line
 from ..errors import InputError
+from ..images.labels import labels_text
 from ..manifest import Manifest
-from .triton import INT32_MAX, check_file_name, check_range, comment_text, labels_text, publish_files
+from .triton import INT32_MAX, check_file_name, check_range, comment_text
 
 CONFIG_NAME = "config_infer_refiner.txt"
 NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}   # nvinfer's network-mode values

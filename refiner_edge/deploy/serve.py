@@ -42,7 +42,7 @@ import numpy as np
 
 from .. import defaults
 from ..defaults import default
-from ..errors import InputError, MissingDependencyError
+from ..errors import InputError, MissingDependencyError, RefinerEdgeError
 from ..runners.base import Runner
 
 # Encoded-image instances: each is a Python-backend stub process of its own, about 50 MB resident (measured: 10 stubs,
@@ -273,7 +273,7 @@ def serve(runner: Runner, options: ServeOptions, on_ready: Callable[[dict], None
         while not stop.is_set():
             if not triton.is_alive():
                 failed = True
-                raise RuntimeError(f"tritonserver exited unexpectedly: {last_line(log_file)} (log: {log_file})")
+                raise RefinerEdgeError(f"tritonserver exited unexpectedly: {last_line(log_file)} (log: {log_file})")
             stop.wait(0.5)
     finally:
         if main:
@@ -341,13 +341,13 @@ def self_check(runner: Runner, options: ServeOptions, seed: int = 0) -> None:
         request.set_data_from_numpy(x)
         served = client.infer(options.name, [request]).as_numpy(out_name)
     except Exception as e:   # an empty or malformed answer fails in the client's decoding
-        raise RuntimeError(f"the server's answer to a test request is unreadable ({e}): {broken}") from None
+        raise RefinerEdgeError(f"the server's answer to a test request is unreadable ({e}): {broken}") from None
     finally:
         client.close()
     direct = runner.logits(x, batch_size=1)
     scale = float(np.abs(direct).max()) or 1.0
     if served is None or served.shape != direct.shape or float(np.abs(served - direct).max()) > 1e-4 * scale:
-        raise RuntimeError(f"the server's answer to a test request differs from the runner's: {broken}")
+        raise RefinerEdgeError(f"the server's answer to a test request differs from the runner's: {broken}")
 
 
 def endpoints(runner: Runner, options: ServeOptions) -> dict:
@@ -378,7 +378,7 @@ def wait_ready(url: str, models: list[str], timeout: float = 60.0, alive: Callab
     try:
         while time.monotonic() < deadline:
             if not alive():
-                raise RuntimeError("the server exited before it was ready")
+                raise RuntimeError("the server exited before it was ready")   # wait_ready is the clients' and tests' helper
             try:
                 if all(client.is_model_ready(m) for m in models):
                     return

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import MissingDependencyError
+from ..source import PACKAGE_DIR
 
 ENV_VAR = "REFINER_EDGE_SERVE_ENV"
 INSIDE_VAR = "REFINER_EDGE_IN_SERVE_ENV"   # set in the server's process: it must not look for another environment
@@ -37,7 +38,7 @@ CLIENT = "tritonclient[http,grpc]>=2.56"
 SHARED = ("onnx", "onnxruntime", "onnxruntime-extensions", "pillow", "typer", "rich", "tritonclient", "polygraphy",
           "cuda-python", "cuda-bindings", "pycuda")
 STAMP = "refiner-edge-serve.json"
-PACKAGE = Path(__file__).resolve().parents[1]   # the refiner_edge folder the server imports
+PACKAGE = PACKAGE_DIR   # the refiner_edge folder the server imports
 # How the server's interpreter imports this refiner_edge and nothing else from this environment (whose site-packages
 # holds NumPy 2): the package from its folder, then the command line.
 BOOT = ("import importlib.util, sys\n"
@@ -149,6 +150,33 @@ def _run(cmd: list[str], what: str) -> None:
         lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
         raise MissingDependencyError(f"could not make serve's environment ({what} failed: "
                                      f"{lines[-1] if lines else 'no output'})")
+
+
+def serves_here() -> bool:
+    """Whether `serve` runs in this process: this environment can serve (PyTriton, numpy<2), or it is serve's own
+    environment already (which must not look for another one)."""
+    from .serve import serving_unavailable
+
+    return serving_unavailable() is None or bool(os.environ.get(INSIDE_VAR))
+
+
+def serve_args(onnx: Path | None, engine: Path | None, options, as_json: bool, verbose: bool) -> list[str]:
+    """The `refiner-edge serve` command line for serve's environment: `options` (deploy.serve.ServeOptions)
+    resolved, so that both environments serve the same thing."""
+    args = ["-v"] if verbose else []
+    args += ["serve", "--engine", str(engine)] if engine is not None else ["serve", "--onnx", str(onnx)]
+    args += ["--name", options.name, "--host", options.host, "--http-port", str(options.http_port),
+             "--grpc-port", str(options.grpc_port), "--max-batch", str(options.max_batch),
+             "--queue-delay-us", str(options.queue_delay_us)]
+    for size in options.preferred_batch:
+        args += ["--preferred-batch", str(size)]
+    return args + (["--json"] if as_json else [])
+
+
+def relaunch(args: list[str], progress: Callable[[str], None] = lambda message: None) -> None:
+    """Run `refiner-edge serve ARGS` in serve's environment instead of this process: made on first use (a few
+    minutes), then exec'd. Returns only by raising."""
+    exec_serve(ensure(progress=progress), args)
 
 
 def exec_serve(python: Path, args: list[str]) -> None:

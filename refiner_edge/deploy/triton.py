@@ -28,19 +28,19 @@ max_batch_size, instance counts and the queue delay fit their protobuf fields.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artifacts import hidden_name, make_folder, manifest_path, name_max, remove_folders
+from .. import defaults
+from ..artifacts import publish_files
+from ..defaults import default
 from ..engine.checks import check_plugin_library
 from ..errors import InputError
 from ..images import transform
-from ..manifest import IMAGENET_LABELS, Manifest, read_manifest
+from ..images.labels import labels_text
+from ..manifest import Manifest, read_manifest
 
 IMAGE_INPUT = "image"
 PREPROCESSED = "preprocessed"
@@ -54,13 +54,19 @@ QUEUE_DELAY_MAX_US = (2**64 - 1) // 1000   # uint64, and Triton counts it in nan
 
 @dataclass
 class RepositoryOptions:
-    name: str = "refiner"
-    max_batch: int | None = None          # None: 8, capped by an engine's profile maximum
+    """How `deploy triton` writes the repository; None for an option: its default (defaults.py)."""
+    name: str | None = None
+    max_batch: int | None = None          # None: defaults.TRITON_MAX_BATCH, capped by an engine's profile maximum
     preferred_batch: tuple[int, ...] = ()
-    queue_delay_us: int = 100
-    instances: int = 1
+    queue_delay_us: int | None = None
+    instances: int | None = None
     kind: str | None = None               # "gpu" or "cpu"; None: gpu (an engine runs only on a GPU)
     ensemble: bool = True
+
+    def __post_init__(self):
+        self.name = default(self.name, defaults.TRITON_NAME)
+        self.queue_delay_us = default(self.queue_delay_us, defaults.TRITON_QUEUE_DELAY_US)
+        self.instances = default(self.instances, defaults.TRITON_INSTANCES)
 
 
 @dataclass
@@ -134,18 +140,6 @@ def check_range(value: int, low: int, high: int, option: str) -> None:
         raise InputError(f"{option} must be between {low} and {high}, got {value}")
 
 
-def labels_text(manifest: Manifest) -> str:
-    """One class name a line, in index order: the package's ImageNet names, or `class N` for any other head."""
-    from ..images.labels import imagenet_labels
-
-    n = manifest.model.num_classes
-    if manifest.labels == IMAGENET_LABELS and n == 1000:
-        names = imagenet_labels()
-    else:
-        names = [f"class {i}" for i in range(n)]
-    return "".join(f"{name}\n" for name in names)
-
-
 def batch_limits(manifest: Manifest, requested: int | None) -> int:
     """The config's max_batch_size: 0 for a fixed-batch graph (full shapes, no batching), else 1..the profile max."""
     graph, engine = manifest.graph, manifest.engine
@@ -160,7 +154,8 @@ def batch_limits(manifest: Manifest, requested: int | None) -> int:
         if lo > 1:
             raise InputError(f"the engine's profile starts at batch {lo}; Triton sends batches from 1: rebuild with "
                              f"--batch 1:{engine.profiles[0].opt[0]}:{top}")
-    size = requested if requested is not None else min(8, top or 8)
+    fallback = defaults.TRITON_MAX_BATCH
+    size = requested if requested is not None else min(fallback, top or fallback)
     if size < 1:
         raise InputError(f"--max-batch must be at least 1, got {size}")
     if top is not None and size > top:
@@ -408,74 +403,3 @@ def ensemble_files(manifest: Manifest, options: RepositoryOptions, max_batch: in
         f"{options.name}_ensemble/config.pbtxt": ensemble_config(manifest, options, max_batch),
         f"{options.name}_ensemble/labels.txt": labels_text(manifest),
     }
-
-
-def publish_files(out: Path, files: dict[str, str | Path], folders: list[str] = ()) -> None:
-    """Write {relative path: text, or a Path to copy} (and empty `folders`) into a temporary folder beside `out`,
-    then move each top-level entry into `out` (see _publish); nothing half-written is ever left in `out`, and folders
-    this call created are removed again when it fails."""
-    check_not_replaced(out, files, folders)
-    created = make_folder(out.absolute()) if not out.is_file() else []
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=hidden_name(out.name, ".", name_max(out.parent) - 12), suffix=".tmp",
-                                    dir=out.parent))
-        try:
-            for folder in folders:
-                (tmp / folder).mkdir(parents=True)
-            for rel, content in files.items():
-                dest = tmp / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if isinstance(content, Path):
-                    shutil.copyfile(content, dest)
-                else:
-                    dest.write_text(content, encoding="utf-8")
-            _publish(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        remove_folders(created)   # only the empty ones: what was published stays
-        raise
-
-
-def check_not_replaced(out: Path, files: dict[str, str | Path], folders: list[str]) -> None:
-    """Refuse when a file this run reads (a copied artifact, its manifest, the plugin library) lies in an entry of
-    `out` that publishing replaces whole (a model folder, a config file): it would be deleted with the old entry.
-    A file published onto itself (an engine already in its DeepStream folder) is no loss and passes."""
-    def real(path: Path) -> Path:
-        return Path(os.path.realpath(path))
-
-    entries = {real(out / rel.split("/")[0]): files.get(rel) for rel in [*files, *folders]}
-    for source in [content for content in files.values() if isinstance(content, Path)]:
-        for read in (source, manifest_path(source)):
-            where = real(read)
-            for entry, content in entries.items():
-                inside = entry in where.parents
-                replaced = where == entry and not (isinstance(content, Path) and real(content) == where)
-                if read.exists() and (inside or replaced):
-                    raise InputError(f"{read} lies in {entry}, which this run replaces: copy it elsewhere first, "
-                                     "or choose another -o or --name")
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move each finished entry of `tmp` (a model folder, a file) into the folder `out`, each atomically: an earlier
-    entry of the same name is moved aside first and removed after. Everything else in `out` stays: a model
-    repository holds other models, a DeepStream folder the user's own files."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    for entry in sorted(tmp.iterdir()):
-        dest = out / entry.name
-        old = None
-        if dest.exists() or dest.is_symlink():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
-        try:
-            os.replace(entry, dest)
-        except BaseException:
-            if old is not None:
-                os.replace(old, dest)
-            raise
-        if old is not None and old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        elif old is not None:
-            old.unlink()

@@ -7,13 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import MissingDependencyError
+from ..extras import install_hint
 
 
 def sample_image_dir() -> Path:
     try:
         import sklearn.datasets
     except ImportError:
-        raise MissingDependencyError("the sample photographs come with scikit-learn: pip install scikit-learn") \
+        raise MissingDependencyError(f"the sample photographs come with scikit-learn: {install_hint('sklearn')}") \
             from None
     return Path(sklearn.datasets.__file__).parent / "images"
 

@@ -10,8 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import defaults
 from ..artifacts import staged_outputs
 from ..compare import Comparison
+from ..defaults import default
 from ..errors import InputError, VerificationError
 from .graph import INPUT_NAME, OUTPUT_NAME
 from ..images.preprocess import Preprocess
@@ -22,7 +24,6 @@ from ..result import StageResult
 from .session import ort_session
 
 MIN_OPSET = 17
-DEFAULT_OPSET = 17
 DEFAULT_TOLERANCE = 1e-4
 
 
@@ -62,11 +63,11 @@ def export_onnx(model: RefinerViT, output: str | Path, *, opset: int | None = No
                 tolerance: float | None = None, verify_batch: int | None = None) -> StageResult:
     """Export `model` to a plain ONNX graph at `output`, verified against PyTorch before it is kept.
 
-    batch: "dynamic" (default) or a fixed batch size. Returns the StageResult: the manifest written beside the
-    file, and the comparison of its outputs with PyTorch's.
+    opset: None for defaults.EXPORT_OPSET. batch: "dynamic" or a fixed batch size (None: defaults.EXPORT_BATCH).
+    Returns the StageResult: the manifest written beside the file, and the comparison of its outputs with PyTorch's.
     """
-    opset = DEFAULT_OPSET if opset is None else opset
-    batch = "dynamic" if batch is None else batch
+    opset = default(opset, defaults.EXPORT_OPSET)
+    batch = default(batch, defaults.EXPORT_BATCH)
     tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
     if opset < MIN_OPSET:
         raise InputError(f"--opset {opset} is too old: Refiner-ViT needs opset >= {MIN_OPSET} (LayerNormalization)")

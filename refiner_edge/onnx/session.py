@@ -1,12 +1,10 @@
 """ONNX Runtime sessions for our graphs, on CPU (and CUDA where onnxruntime-gpu is installed)."""
 from __future__ import annotations
 
-import contextlib
 import importlib
-import signal
-import threading
 from pathlib import Path
 
+from ..artifacts import deferred_interrupts
 from ..errors import InputError
 
 # Custom ops a graph may hold -> "module:function" that lets ONNX Runtime run such a graph: (path, onnx.ModelProto
@@ -60,30 +58,11 @@ class InterruptSafeSession:
         self._session = session
 
     def run(self, *args, **kwargs):
-        with interrupts_deferred():
+        with deferred_interrupts():
             return self._session.run(*args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self._session, name)
-
-
-@contextlib.contextmanager
-def interrupts_deferred():
-    """Hold SIGINT (and SIGTERM, which the command line turns into KeyboardInterrupt too) for the duration of the
-    block and raise KeyboardInterrupt after it, if one came."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    if received:
-        raise KeyboardInterrupt
 
 
 def _options_for_graph(path: str | Path, opts, source):

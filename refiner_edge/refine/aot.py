@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import MissingDependencyError
-from ..extras import PLATFORM_HINT
+from ..extras import PLATFORM_HINT, install_hint
 from . import PLUGIN_NAME, PLUGIN_NAMESPACE
 
 QUALIFIED_NAME = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"
@@ -122,8 +122,8 @@ def available():
     try:
         import triton  # noqa: F401
     except ImportError:
-        raise MissingDependencyError("the RefinerDLA AOT plugin compiles its kernel with Triton: pip install triton") \
-            from None
+        raise MissingDependencyError("the RefinerDLA AOT plugin compiles its kernel with Triton: "
+                                     f"{install_hint('triton')}") from None
     return trt, trtp
 
 

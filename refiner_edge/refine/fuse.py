@@ -10,7 +10,7 @@ import numpy as np
 
 from ..artifacts import deferred_interrupts, make_folder, remove_folders, scratch_folder, staged_outputs
 from ..compare import THRESHOLDS, Comparison
-from ..defaults import FUSE_NUM, default
+from ..defaults import FUSE_FORM, FUSE_NUM, default
 from ..errors import InputError, VerificationError
 from ..manifest import PluginInfo, Verification, read_manifest, write_manifest
 from ..onnx.graph import check_interface, graph_precision, graph_preprocess, load_onnx, model_interface
@@ -31,18 +31,19 @@ def fuse_thresholds(precision: str) -> dict:
 
 
 def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, images: str | Path | None = None,
-              num: int | None = None, thresholds: dict | None = None, form: str = "library") -> StageResult:
+              num: int | None = None, thresholds: dict | None = None, form: str | None = None) -> StageResult:
     """Fuse the refinement subgraphs of the ONNX file `source` into `output` (may be the same path), atomically.
 
     With verify, the fused graph runs on ONNX Runtime with the reference RefinerDLA op on up to `num` real images
     (`images`, by default the sample photographs; `num` None: defaults.FUSE_NUM) and must meet `thresholds` against the source graph (by default
-    fuse_thresholds of its precision). form: "library" (weights as node attributes, the IPluginV3 library's fields)
+    fuse_thresholds of its precision). form (None: defaults.FUSE_FORM): "library" (weights as node attributes, the IPluginV3 library's fields)
     or "aot" (refine/plugin_form.aot_form: the AOT plugin embedded in TensorRT >= 10.9 engines); an AOT graph does
     not run on ONNX Runtime, so it is verified in the library form it is made from.
     Returns the StageResult: its comparison is None when not verified, its report {"fused_nodes", "form"}.
     """
     import onnx
 
+    form = default(form, FUSE_FORM)
     if form not in FORMS:
         raise InputError(f"unknown plugin form '{form}'; choose one of: {', '.join(FORMS)}")
     source, output = Path(source), Path(output)
@@ -79,8 +80,8 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, image
     return StageResult(output, record, comparison, {"fused_nodes": count, "form": form})
 
 
-def export_fused(model, output: str | Path, *, opset: int = 17, batch: int | str = "dynamic", verify: bool = True,
-                 images: str | Path | None = None, num: int | None = None, form: str = "library",
+def export_fused(model, output: str | Path, *, opset: int | None = None, batch: int | str | None = None,
+                 verify: bool = True, images: str | Path | None = None, num: int | None = None, form: str | None = None,
                  on_exported: Callable[[StageResult], None] = lambda result: None) -> dict[str, StageResult]:
     """Export the PyTorch `model` and fuse its refinements into `output` in one step. The plain graph goes to a
     scratch folder beside `output`, so a failed export or fusion leaves an earlier `output` as it was.

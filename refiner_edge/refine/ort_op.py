@@ -12,6 +12,7 @@ import copy
 import numpy as np
 
 from ..errors import InputError, MissingDependencyError
+from ..extras import install_hint
 from . import PLUGIN_NAME
 from .reference import refiner_dla_numpy
 
@@ -93,7 +94,7 @@ def session_options_and_bytes(path, model):
 
     if not available():
         raise MissingDependencyError(f"{path} holds fused RefinerDLA nodes; running them on ONNX Runtime needs "
-                                     "onnxruntime-extensions (pip install 'refiner-edge[ref]')")
+                                     f"onnxruntime-extensions ({install_hint('onnxruntime_extensions')})")
     from onnxruntime_extensions import get_library_path
 
     _register()

@@ -16,18 +16,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError, MissingDependencyError, VerificationError
+from ..errors import InputError, VerificationError
 from . import ONNX_DOMAIN, PLUGIN_NAME
 from .attributes import plugin_attributes
 from .fold import FoldedDLA, compose
 
 
 def _gs():
-    try:
-        import onnx_graphsurgeon as gs
-    except ImportError:
-        raise MissingDependencyError("graph surgery needs onnx-graphsurgeon: pip install onnx-graphsurgeon") \
-            from None
+    import onnx_graphsurgeon as gs  # a core dependency, imported on first use: the CLI's startup stays fast
+
     return gs
 
 

@@ -1,16 +1,13 @@
 """RefinerDLA as a PyTorch custom op (torch.library): the Triton kernel (refine/triton_kernel.py) on CUDA tensors,
 the reference implementation on CPU tensors (and wherever Triton is missing or the dtype is not FP32/FP16).
 
-The CUDA C++ kernel of the plugin library (plugins/refiner_dla/) is still built on demand by `cuda_extension()`, so
-the GPU tests and benchmarks can hold it to the same float64 reference; the op no longer uses it.
-REFINER_EDGE_PLUGIN_SRC points at its sources if the package is installed without them.
+The CUDA C++ kernel of the plugin library (plugins/refiner_dla/) is not used here: the GPU tests and benchmarks build
+it themselves (tests/cuda_extension.py) to hold it to the same float64 reference.
 """
 from __future__ import annotations
 
 import functools
 import logging
-import os
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -19,33 +16,6 @@ from .fold import fold_attention
 from .reference import refiner_dla_torch
 
 log = logging.getLogger(__name__)
-
-
-def kernel_source_dir() -> Path:
-    override = os.environ.get("REFINER_EDGE_PLUGIN_SRC")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "plugins" / "refiner_dla"
-
-
-@functools.lru_cache(maxsize=1)
-def cuda_extension():
-    """The compiled kernel extension, or None (with the reason logged) where it cannot be built."""
-    src = kernel_source_dir()
-    sources = [src / "refinerDLATorch.cpp", src / "refinerDLAKernel.cu"]
-    if not all(p.is_file() for p in sources):
-        log.warning("RefinerDLA CUDA sources not found in %s; using the reference implementation", src)
-        return None
-    from torch.utils.cpp_extension import CUDA_HOME, load
-
-    if CUDA_HOME is None:  # torch's own search: CUDA_HOME/CUDA_PATH, then nvcc on PATH, then /usr/local/cuda
-        log.warning("no CUDA toolkit found (set CUDA_HOME); the RefinerDLA CUDA extension cannot be built")
-        return None
-    try:
-        # C++20: torch 2.13's headers need it (C++17 fails to compile them)
-        return load(name="refiner_edge_dla", sources=[str(p) for p in sources],
-                    extra_cuda_cflags=["-O3", "-std=c++20"], extra_cflags=["-O3", "-std=c++20"], verbose=False)
-    except Exception as e:  # compiler missing or failing: stay correct, just slower
-        log.warning("could not build the RefinerDLA CUDA extension (%s); using the reference implementation", e)
-        return None
 
 
 @torch.library.custom_op("refiner_edge::refiner_dla", mutates_args=())

@@ -7,6 +7,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from .. import defaults
+from ..defaults import default
 from ..errors import InputError
 from ..images.labels import label_for
 from .base import Runner
@@ -41,9 +43,11 @@ def batches(items: list, size: int) -> Iterable[list]:
         yield items[start:start + size]
 
 
-def classify(images: list[Path], runner: Runner, k: int = 5, batch_size: int = 8,
+def classify(images: list[Path], runner: Runner, k: int | None = None, batch_size: int | None = None,
              on_batch: Callable[[int], None] | None = None) -> list[ImageResult]:
-    """Top-k predictions for each image; an unreadable image gets an error entry and the rest still run."""
+    """Top-k predictions for each image; an unreadable image gets an error entry and the rest still run. None:
+    defaults.INFER_TOPK and defaults.RUN_BATCH_SIZE."""
+    k, batch_size = default(k, defaults.INFER_TOPK), default(batch_size, defaults.RUN_BATCH_SIZE)
     if not 1 <= k <= runner.num_classes:
         raise InputError(f"--topk must be between 1 and the model's {runner.num_classes} classes, got {k}")
     if batch_size < 1:

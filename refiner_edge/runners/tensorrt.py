@@ -17,7 +17,7 @@ import numpy as np
 from ..engine.checks import (Runtime, batch_in_profile, check_engine, check_weights, read_engine_manifest,
                              rebuild_line)
 from ..errors import InputError, MissingDependencyError
-from ..extras import PLATFORM_HINT
+from ..extras import PLATFORM_HINT, install_hint
 from ..images.preprocess import Preprocess
 from .base import Runner
 
@@ -151,7 +151,7 @@ class PyCuda:
         return int(total) - int(free)
 
     def capture(self, enqueue):
-        raise InputError("--cuda-graph needs cuda-python (pip install cuda-python)")
+        raise InputError(f"--cuda-graph needs cuda-python ({install_hint('cuda')})")
 
     def launch(self, graph) -> None:  # pragma: no cover - capture refuses first
         raise InputError("--cuda-graph needs cuda-python")

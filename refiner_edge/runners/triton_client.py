@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from ..errors import InputError, MissingDependencyError
+from ..extras import install_hint
 from .bench import percentile
 
 DEFAULT_MODEL = "refiner"
@@ -52,8 +53,8 @@ class Endpoint:
         try:
             module = __import__(f"tritonclient.{self.protocol}", fromlist=["InferenceServerClient"])
         except ImportError as e:
-            raise MissingDependencyError(f"bench --triton needs tritonclient ({e.name} is missing): pip install "
-                                         "'refiner-edge[client]'") from None
+            raise MissingDependencyError(f"bench --triton needs tritonclient ({e.name} is missing): "
+                                         f"{install_hint('tritonclient')}") from None
         return module, module.InferenceServerClient(self.address)
 
 

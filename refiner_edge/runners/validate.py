@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from .. import defaults
 from ..compare import THRESHOLDS, Comparison, check_thresholds
+from ..defaults import default
 from ..errors import InputError
 from .base import Runner
 from .runtime import load_runner, open_runner
@@ -35,9 +37,9 @@ def reference_runner(reference: str, manifest, checkpoint: str | Path | None, va
 
 
 def validate_onnx(onnx: str | Path | None, images: str | Path, *, engine: str | Path | None = None,
-                  labels: str | None = None, reference: str = "torch",
+                  labels: str | None = None, reference: str | None = None,
                   checkpoint: str | Path | None = None, variant: str | None = None, num: int | None = None,
-                  seed: int = 0, batch_size: int = 8, overrides: dict | None = None,
+                  seed: int = 0, batch_size: int | None = None, overrides: dict | None = None,
                   progress: Callable[[str, int], Callable[[int], None]] = lambda label, total: (lambda n: None),
                   ) -> dict:
     """Compare the graph `onnx` (or the TensorRT `engine`) with `reference` on the images under `images`; the
@@ -46,6 +48,7 @@ def validate_onnx(onnx: str | Path | None, images: str | Path, *, engine: str | 
     from ..images.imageset import load_image_set, load_labels
     from ..onnx.graph import graph_precision, load_onnx
 
+    reference, batch_size = default(reference, defaults.VALIDATE_REFERENCE), default(batch_size, defaults.RUN_BATCH_SIZE)
     overrides = check_thresholds({k: v for k, v in (overrides or {}).items() if v is not None})
     candidate = open_runner(onnx, engine, variant=variant, required=True)   # the checkpoint is the reference's
     path, images = Path(onnx if onnx is not None else engine), Path(images)
