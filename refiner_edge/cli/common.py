@@ -144,6 +144,55 @@ def status(message: str):
         yield
 
 
+def terminal() -> bool:
+    """Whether both stdout and stderr are terminals: only then is a live line drawn (a pipe, a file, or a result
+    taken from stdout gets nothing beyond what the command prints)."""
+    import sys
+
+    return all(stream is not None and stream.isatty() for stream in (sys.stdout, sys.stderr))
+
+
+@contextlib.contextmanager
+def activity(label: str, show: bool = True):
+    """One step of unknown length, on terminals (both stdout and stderr) only: a spinner, `label`, the time it has
+    run, and what a builder started inside reports (engine/progress.py: its open phases and their steps). Never a
+    percentage: no stage knows how much of it is left. Elsewhere, and with show=False (--json), nothing at all and
+    the builder runs without a progress monitor."""
+    if not (show and terminal()):
+        yield
+        return
+    from rich.progress import Progress, ProgressColumn
+    from rich.table import Column
+    from rich.text import Text
+
+    from ..engine import progress as build_progress
+
+    class Line(ProgressColumn):
+        """The clock, the label and the phases as one text cut at the terminal's edge (as separate columns, Rich
+        drops the clock to fit a long phase name on a narrow terminal); the ticking clock says the step is alive."""
+
+        def __init__(self):
+            super().__init__(table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1))
+
+        def render(self, task):
+            seconds = int(task.finished_time if task.finished else task.elapsed or 0)
+            clock = f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+            phase = task.fields.get("phase")
+            return Text(f"{clock} {task.description}" + (f"  {phase}" if phase else ""), no_wrap=True,
+                        overflow="ellipsis")
+
+    phases = build_progress.Phases()
+    with Progress(Line(), console=console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=None, phase="")
+
+        def show_phase(event) -> None:   # on the reader thread; Rich's Progress takes its own lock
+            phases.update(event)
+            bar.update(task, phase=phases.line())
+
+        with build_progress.listening(show_phase):
+            yield
+
+
 def print_json(data) -> None:
     from .. import strict_json
 
