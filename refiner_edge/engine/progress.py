@@ -157,6 +157,8 @@ def monitor(trt, fd: int, cancel_fd: int | None):
                         self.cancelled = bool(select.select([cancel_fd], [], [], 0)[0])
                     except (OSError, ValueError):
                         self.cancelled = True
+                    if self.cancelled:
+                        silence()
                 return not self.cancelled
 
         def phase_finish(self, phase_name):
@@ -164,6 +166,18 @@ def monitor(trt, fd: int, cancel_fd: int | None):
                 self.send(f"finish\t{clean(phase_name)}\n")
 
     return Monitor()
+
+
+def silence() -> None:
+    """After a cancel, the child's stdout and stderr (the parent's stderr) go nowhere: TensorRT's 'BuildCanceled'
+    error and Polygraphy's 'Invalid Engine' would otherwise print after the parent's 'error: interrupted'."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.close(null)
+    except OSError:
+        pass
 
 
 def clean(name: str) -> str:
