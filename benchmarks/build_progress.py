@@ -69,6 +69,10 @@ def main() -> None:
         spread = max(figures["without"][figure]) - min(figures["without"][figure])
         print(f"  {figure:>5}: without {without:7.2f} s  with {with_:7.2f} s  ratio {with_ / without:.3f}  "
               f"(spread of the baseline: {spread:.2f} s, {spread / without:.1%})")
+    # each round's pair ran back to back: their ratio cancels the machine's slower drifts (other load)
+    paired = sorted(w / wo for w, wo in zip(figures["with"]["build"], figures["without"]["build"]))
+    print(f"  build, paired by round: ratio median {statistics.median(paired):.3f}, min {paired[0]:.3f}, "
+          f"max {paired[-1]:.3f}")
     print(f"  events reached the parent per build: {statistics.median(figures['with']['events']):.0f}")
 
 
