@@ -119,7 +119,7 @@ def phases(show: bool = True):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     err = console(stderr=True)
-    if not (show and err.is_terminal):
+    if not (show and terminal()):
         yield lambda label, total: (lambda n: None)
         return
     columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -154,10 +154,11 @@ def terminal() -> bool:
 
 @contextlib.contextmanager
 def activity(label: str, show: bool = True):
-    """One step of unknown length, on terminals (both stdout and stderr) only: a spinner, `label`, the time it has
-    run, and what a builder started inside reports (engine/progress.py: its open phases and their steps). Never a
-    percentage: no stage knows how much of it is left. Elsewhere, and with show=False (--json), nothing at all and
-    the builder runs without a progress monitor."""
+    """One step of unknown length, on terminals (both stdout and stderr) only: the time it has run, `label`, and
+    what the stage inside says it does: the phase a stage entered with its items done (refiner_edge/progress.py:
+    export, calibration, fuse's check), or a builder's open phases and their steps (engine/progress.py, TensorRT's
+    progress monitor). Never a percentage: no stage knows how much of it is left. Elsewhere, and with show=False
+    (--json), nothing at all, and the builder runs without a progress monitor."""
     if not (show and terminal()):
         yield
         return
@@ -165,6 +166,7 @@ def activity(label: str, show: bool = True):
     from rich.table import Column
     from rich.text import Text
 
+    from .. import progress as stage_progress
     from ..engine import progress as build_progress
 
     class Line(ProgressColumn):
@@ -189,7 +191,17 @@ def activity(label: str, show: bool = True):
             phases.update(event)
             bar.update(task, phase=phases.line())
 
-        with build_progress.listening(show_phase):
+        def stage_phase(name: str, total: int):
+            done = [0]
+
+            def tick(n: int) -> None:
+                done[0] += n
+                bar.update(task, phase=f"{name} {done[0]}/{total}")
+
+            bar.update(task, phase=f"{name} 0/{total}" if total else name)
+            return tick if total else (lambda n: None)
+
+        with build_progress.listening(show_phase), stage_progress.reporting(stage_phase):
             yield
 
 
