@@ -227,3 +227,47 @@ def test_ctrl_c_on_a_terminal_during_the_compile_exits_130_at_once(tmp_path, tin
     assert text.rstrip().splitlines()[-1].endswith("error: interrupted"), text
     assert "Traceback" not in text and "BuildCanceled" not in text and "Invalid Engine" not in text, text
     assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+# --- the other long stages: export, calibration, fuse's check ----------------------------------------------------
+
+def test_calibration_and_fuse_name_their_phases_to_a_listener(tmp_path, tiny_plain, sample_photos):
+    """The library's stages say what they do to whoever listens (refiner_edge/progress.py), and only then."""
+    from refiner_edge import progress as stage_progress
+    from refiner_edge.precision.calibrate import CalibrateOptions, calibrate_onnx
+
+    said: list[tuple[str, int]] = []
+    ticks: list[int] = []
+
+    def phase(label: str, total: int):
+        said.append((label, total))
+        return ticks.append
+
+    with stage_progress.reporting(phase):
+        calibrate_onnx(tiny_plain, sample_photos[0].parent, tmp_path / "t.fp16.onnx",
+                       CalibrateOptions(precision="fp16"))
+    labels = [label for label, _ in said]
+    assert labels[0] == "decoding images" and any(label.startswith("calibrating") for label in labels), said
+    assert sum(ticks) >= 2 * len(sample_photos), ticks   # each photograph decoded and run once at least
+    said.clear()
+    calibrate_onnx(tiny_plain, sample_photos[0].parent, tmp_path / "u.fp16.onnx", CalibrateOptions(precision="fp16"))
+    assert said == []   # no one listens: nothing said
+    pytest.importorskip("onnxruntime_extensions", reason="fuse's check needs the reference RefinerDLA op")
+    from refiner_edge.refine.fuse import fuse_onnx
+
+    with stage_progress.reporting(phase):
+        fuse_onnx(tiny_plain, tmp_path / "t.fused.onnx", verify=True)
+    assert said == [("checking the fused graph against the plain one on ONNX Runtime", 0)]
+
+
+@pytest.mark.torch
+def test_a_terminal_shows_the_exports_phases_and_clock(tmp_path):
+    out = tmp_path / "t.onnx"
+    term = Terminal("export", "--variant", "refiner-vit-tiny", "-o", str(out))
+    shown = term.read_until(re.compile(CLOCK.pattern + re.escape(f"exporting refiner-vit-tiny@64 to {out} ...") +
+                                       r"  checking the graph against PyTorch on ONNX Runtime"), timeout=120)
+    assert term.wait() == 0, term.text()
+    assert shown, term.text()
+    term = Terminal("export", "--variant", "refiner-vit-tiny", "-o", str(tmp_path / "u.onnx"), "--json")
+    assert term.wait() == 0, term.text()
+    assert "\x1b" not in term.text() and not CLOCK.search(term.text()), term.text()
