@@ -129,6 +129,7 @@ def test_the_line_shows_the_innermost_open_phases_and_their_steps():
     assert phases.line() == ""
 
 
+@pytest.mark.slow
 @rtx
 def test_the_builders_phases_reach_the_parent(tmp_path, tiny_plain):
     events: list[progress.Event] = []
@@ -260,6 +261,7 @@ def test_calibration_and_fuse_name_their_phases_to_a_listener(tmp_path, tiny_pla
     assert said == [("checking the fused graph against the plain one on ONNX Runtime", 0)]
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 def test_a_terminal_shows_the_exports_phases_and_clock(tmp_path):
     out = tmp_path / "t.onnx"
