@@ -35,7 +35,8 @@ CLI = textwrap.dedent("""
     run()
 """)
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "xterm", "COLUMNS": "200", "LINES": "40"}
-ENV.pop("NO_COLOR", None)
+for name in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE"):   # the streams alone say whether they are terminals
+    ENV.pop(name, None)
 CLOCK = re.compile(r"\d:\d\d:\d\d ")
 
 
@@ -273,3 +274,20 @@ def test_a_terminal_shows_the_exports_phases_and_clock(tmp_path):
     term = Terminal("export", "--variant", "refiner-vit-tiny", "-o", str(tmp_path / "u.onnx"), "--json")
     assert term.wait() == 0, term.text()
     assert "\x1b" not in term.text() and not CLOCK.search(term.text()), term.text()
+
+
+def test_the_live_line_takes_file_names_as_text(monkeypatch, capsys):
+    """On a terminal (FORCE_COLOR makes Rich treat both streams as one) the label and the phase hold names, not
+    markup, and the stage's phase reaches the line."""
+    from refiner_edge import progress as stage_progress
+    from refiner_edge.cli.common import activity
+
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    with activity("exporting to x [/y]/c.onnx ..."):
+        stage_progress.phase("reading old [/archive]", 2)(1)
+        time.sleep(0.3)   # Rich redraws at 10 Hz
+    err = capsys.readouterr().err
+    assert "exporting to x [/y]/c.onnx ...  reading old [/archive] 1/2" in err, err
+    with activity("exporting to x [/y]/c.onnx ...", show=False):   # --json
+        stage_progress.phase("reading", 2)(1)
+    assert capsys.readouterr().err == ""

@@ -145,11 +145,9 @@ def status(message: str):
 
 
 def terminal() -> bool:
-    """Whether both stdout and stderr are terminals: only then is a live line drawn (a pipe, a file, or a result
-    taken from stdout gets nothing beyond what the command prints)."""
-    import sys
-
-    return all(stream is not None and stream.isatty() for stream in (sys.stdout, sys.stderr))
+    """Whether both stdout and stderr are terminals, as Rich sees them (FORCE_COLOR counts): only then is a live
+    line drawn (a pipe, a file, or a result taken from stdout gets nothing beyond what the command prints)."""
+    return console().is_terminal and console(stderr=True).is_terminal
 
 
 @contextlib.contextmanager
