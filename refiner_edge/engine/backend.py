@@ -199,10 +199,12 @@ def child_build(job: dict) -> dict:
                          "build's cache replaces it")
     plugin = plugins.prepare(**plan.plugin)
     headers = plugin_headers(plugin, plan.target, notes)
-    data = engine_bytes(plan, plugin, cache, build_monitor(plan, job))
+    monitor = build_monitor(plan, job)
+    data = engine_bytes(plan, plugin, cache, monitor)
     Path(job["engine"]).write_bytes(data)
     return {"seconds": time.perf_counter() - started, "bytes": len(data), "notes": notes, "plugin": plugin,
-            "plugin_tensorrt_version": headers}
+            "plugin_tensorrt_version": headers,
+            **({"monitor": {"callbacks": monitor.calls, "seconds": monitor.seconds}} if monitor else {})}
 
 
 def build_monitor(plan: BuildPlan, job: dict):

@@ -132,6 +132,8 @@ def monitor(trt, fd: int, cancel_fd: int | None):
             self.last_look = 0.0
             self.cancelled = False
             self.broken = False
+            self.calls = 0          # callbacks, and the seconds spent in them: what the monitor costs the build
+            self.seconds = 0.0
 
         def send(self, text: str) -> None:
             if self.broken:
@@ -142,11 +144,18 @@ def monitor(trt, fd: int, cancel_fd: int | None):
                 self.broken = True
 
         def phase_start(self, phase_name, parent_phase, num_steps):
+            started = time.perf_counter()
             with self.lock:
                 self.send(f"start\t{clean(phase_name)}\t{clean(parent_phase or '')}\t{int(num_steps)}\n")
+                self.count(started)
+
+        def count(self, started: float) -> None:
+            self.calls += 1
+            self.seconds += time.perf_counter() - started
 
         def step_complete(self, phase_name, step):
             now = time.monotonic()
+            started = time.perf_counter()
             with self.lock:
                 if now - self.last_step >= STEP_INTERVAL:
                     self.last_step = now
@@ -159,11 +168,14 @@ def monitor(trt, fd: int, cancel_fd: int | None):
                         self.cancelled = True
                     if self.cancelled:
                         silence()
+                self.count(started)
                 return not self.cancelled
 
         def phase_finish(self, phase_name):
+            started = time.perf_counter()
             with self.lock:
                 self.send(f"finish\t{clean(phase_name)}\n")
+                self.count(started)
 
     return Monitor()
 
