@@ -7,7 +7,9 @@ succeeds. A thread does not help either: an abandoned builder thread keeps runni
 shutdown. So the parent starts `python -m refiner_edge.engine.worker`, hands it the build (pickled on stdin), and
 waits; on Ctrl-C it kills the child (SIGKILL: nothing of the child's needs cleaning, it writes only into the run's
 scratch folder) and reaps it. Measured on the tiny variant (tests/test_atomic.py): Ctrl-C to exit 130 in under 0.5 s
-at any instant of the compile; the child's start costs about 0.3 s per build.
+at any instant of the compile; the child's start costs about 0.3 s per build. When the parent listens to the
+build's progress (a terminal), the child's stdin stays open and its end is a cancel request the builder's progress
+monitor honours at TensorRT's next step (engine/progress.py); the kill follows CANCEL_GRACE later.
 
 The child is in its own session, so the terminal's Ctrl-C (sent to the foreground process group) reaches only the
 parent, which decides; and it dies with the parent (PR_SET_PDEATHSIG), so a killed parent leaves no builder behind.
@@ -77,8 +79,9 @@ def run_in_child(function: str, job: dict, result: Path, what: str,
         code = proc.wait()
     except BaseException:
         if pipe is not None:   # Popen failed: no reader owns the pipe
-            os.close(pipe[0])
-            os.close(pipe[1])
+            for fd in pipe:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         if proc is not None:
             stop(proc, cancel=progress is not None)
         raise
