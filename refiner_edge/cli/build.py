@@ -14,7 +14,7 @@ from ..errors import InputError
 from ..engine.plugins import FORMS
 from ..precision import PRECISIONS
 from .common import (CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, choices, console, note, output_file,
-                     print_json, status)
+                     print_json, activity)
 
 
 def parse_batch(text: str) -> tuple[int, int, int]:
@@ -125,7 +125,7 @@ def build(
         version_compatible=version_compatible, weak_typing=weak_typing, plugin=plugin.value if plugin else None,
         tf32=tf32, strip_weights=strip_weights, refittable=refittable)
     if onnx is not None:
-        with status(f"building {onnx.name} for {options.target.name} ..."):
+        with activity(f"building {onnx.name} for {options.target.name} ...", show=not as_json):
             manifest = build_engine(onnx, output, options, note=note).manifest
         stages = {"build": {"artifact": str(output), "reused": False}}
     else:
@@ -133,7 +133,7 @@ def build(
 
         def step(label: str):
             note(label)
-            return status(label + " ...")
+            return activity(label + " ...", show=not as_json)
 
         result = build_chain(output, options, variant=variant, checkpoint=checkpoint, img_size=img_size,
                              calib_images=calib_images, force=force, step=step, note=note)

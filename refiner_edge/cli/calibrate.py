@@ -72,7 +72,7 @@ def calibrate(
         precision=precision.value if precision else None, num=num, method=method.value if method else None,
         max_drop=max_drop, min_sqnr=min_sqnr, sensitivity=sensitivity, eval_num=eval_num, batch_size=batch_size,
         seed=seed, tensorrt_version=tensorrt_version, listing=listing, memory_gb=memory)
-    with phases() as phase:
+    with phases(show=not as_json) as phase:
         report = calibrate_onnx(onnx, images, output, options, progress=phase).report
     if as_json:
         print_json(report)

@@ -120,7 +120,7 @@ def phases(show: bool = True):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     err = console(stderr=True)
-    if not (show and err.is_terminal):
+    if not (show and terminal()):
         yield lambda label, total: (lambda n: None)
         return
     columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -143,6 +143,65 @@ def status(message: str):
 
     with err.status(Text(message)):   # a Text, not a str: the spinner would read a str as markup
         yield
+
+
+def terminal() -> bool:
+    """Whether both stdout and stderr are terminals, as Rich sees them (FORCE_COLOR counts): only then is a live
+    line drawn (a pipe, a file, or a result taken from stdout gets nothing beyond what the command prints)."""
+    return console().is_terminal and console(stderr=True).is_terminal
+
+
+@contextlib.contextmanager
+def activity(label: str, show: bool = True):
+    """One step of unknown length, on terminals (both stdout and stderr) only: the time it has run, `label`, and
+    what the stage inside says it does: the phase a stage entered with its items done (refiner_edge/progress.py:
+    export, calibration, fuse's check), or a builder's open phases and their steps (engine/progress.py, TensorRT's
+    progress monitor). Never a percentage: no stage knows how much of it is left. Elsewhere, and with show=False
+    (--json), nothing at all, and the builder runs without a progress monitor."""
+    if not (show and terminal()):
+        yield
+        return
+    from rich.progress import Progress, ProgressColumn
+    from rich.table import Column
+    from rich.text import Text
+
+    from .. import progress as stage_progress
+    from ..engine import progress as build_progress
+
+    class Line(ProgressColumn):
+        """The clock, the label and the phases as one text cut at the terminal's edge (as separate columns, Rich
+        drops the clock to fit a long phase name on a narrow terminal); the ticking clock says the step is alive."""
+
+        def __init__(self):
+            super().__init__(table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1))
+
+        def render(self, task):
+            seconds = int(task.finished_time if task.finished else task.elapsed or 0)
+            clock = f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+            phase = task.fields.get("phase")
+            return Text(f"{clock} {task.description}" + (f"  {phase}" if phase else ""), no_wrap=True,
+                        overflow="ellipsis")
+
+    phases = build_progress.Phases()
+    with Progress(Line(), console=console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=None, phase="")
+
+        def show_phase(event) -> None:   # on the reader thread; Rich's Progress takes its own lock
+            phases.update(event)
+            bar.update(task, phase=phases.line())
+
+        def stage_phase(name: str, total: int):
+            done = [0]
+
+            def tick(n: int) -> None:
+                done[0] += n
+                bar.update(task, phase=f"{name} {done[0]}/{total}")
+
+            bar.update(task, phase=f"{name} 0/{total}" if total else name)
+            return tick if total else (lambda n: None)
+
+        with build_progress.listening(show_phase), stage_progress.reporting(stage_phase):
+            yield
 
 
 def print_json(data) -> None:

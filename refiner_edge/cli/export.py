@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import defaults
-from .common import CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, console, note, output_file, print_json, status
+from .common import CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, activity, console, note, output_file, print_json
 
 
 def parse_batch(value: str) -> int | str:
@@ -49,7 +49,7 @@ def export(
     out = console()
     name = f"{model.cfg.name}@{model.cfg.img_size}"
     if not fuse:
-        with status(f"exporting {name} to {output} ..."):
+        with activity(f"exporting {name} to {output} ...", show=not as_json):
             result = export_onnx(model, output, opset=opset, batch=batch_value)
         report = {"output": str(output), "export": result.comparison.to_dict()}
         if not as_json:
@@ -61,7 +61,7 @@ def export(
             if not as_json:
                 out.print(f"verified on ONNX Runtime: {result.comparison}")
 
-        with status(f"exporting {name} and fusing its attention refinements ..."):
+        with activity(f"exporting {name} and fusing its attention refinements ...", show=not as_json):
             result = export_fused(model, output, opset=opset, batch=batch_value, on_exported=exported)
         report = {"output": str(output), "export": result["export"].comparison.to_dict(),
                   "fuse": fuse_report(result["fuse"], verify=True, quiet=as_json)}

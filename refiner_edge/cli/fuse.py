@@ -9,7 +9,7 @@ import typer
 from ..defaults import FUSE_FORM, FUSE_NUM
 from ..refine.plugin_form import FORMS
 from ..result import StageResult
-from .common import JsonOpt, choices, console, note, output_file, print_json, status
+from .common import JsonOpt, choices, console, note, output_file, print_json, activity
 
 
 PluginForm = choices("PluginForm", FORMS)
@@ -19,7 +19,7 @@ def run_fuse(source: Path, output: Path, verify: bool, images: Path | None = Non
              quiet: bool = False, form: str | None = None) -> dict:
     from ..refine.fuse import fuse_onnx
 
-    with status(f"fusing the attention refinements of {source.name} ..."):
+    with activity(f"fusing the attention refinements of {source.name} ...", show=not quiet):
         result = fuse_onnx(source, output, verify=verify, images=images, num=num, form=form)
     return fuse_report(result, verify, quiet)
 

@@ -112,9 +112,9 @@ def builder_error(logged: list[tuple[int, str]], conclusion: str) -> str | None:
     return None if first is None else " ".join(first.split())[:300]
 
 
-def engine_bytes(plan: BuildPlan, plugin: plugins.Plugin, timing_cache: Path | None) -> bytes:
+def engine_bytes(plan: BuildPlan, plugin: plugins.Plugin, timing_cache: Path | None, monitor=None) -> bytes:
     """Build the serialized engine the plan describes with Polygraphy's loaders, reading and updating the timing
-    cache at `timing_cache`."""
+    cache at `timing_cache`; `monitor` (engine/progress.py) is the builder's IProgressMonitor, if any."""
     target, network, options = plan.target, plan.network, plan.options
     trt = import_tensorrt(target.flavour)
     ptrt = polygraphy_trt(target.flavour)
@@ -152,6 +152,8 @@ def engine_bytes(plan: BuildPlan, plugin: plugins.Plugin, timing_cache: Path | N
             cfg.set_flag(trt.BuilderFlag.REQUIRE_USER_ALLOCATION)
         for flag in refit_flags(plan):
             cfg.set_flag(getattr(trt.BuilderFlag, flag))
+        if monitor is not None:
+            cfg.progress_monitor = monitor
 
     config = ptrt.PostprocessConfig(config, postprocess)
     strongly = not plan.weak and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
@@ -206,10 +208,25 @@ def child_build(job: dict) -> dict:
                          "build's cache replaces it")
     plugin = plugins.prepare(**plan.plugin)
     headers = plugin_headers(plugin, plan.target, notes)
-    data = engine_bytes(plan, plugin, cache)
+    monitor = build_monitor(plan, job)
+    data = engine_bytes(plan, plugin, cache, monitor)
     Path(job["engine"]).write_bytes(data)
     return {"seconds": time.perf_counter() - started, "bytes": len(data), "notes": notes, "plugin": plugin,
-            "plugin_tensorrt_version": headers}
+            "plugin_tensorrt_version": headers,
+            **({"monitor": {"callbacks": monitor.calls, "seconds": monitor.seconds}} if monitor else {})}
+
+
+def build_monitor(plan: BuildPlan, job: dict):
+    """The progress monitor writing to the parent's pipe (engine/progress.py), when the parent listens and this
+    TensorRT has one (10.0 and later, TensorRT-RTX); its cancel is the end of stdin, the parent's Ctrl-C."""
+    if job.get("progress_fd") is None:
+        return None
+    from .progress import monitor
+
+    trt = import_tensorrt(plan.target.flavour)
+    if not hasattr(trt, "IProgressMonitor"):
+        return None
+    return monitor(trt, job["progress_fd"], sys.stdin.fileno())
 
 
 def deserialize_engine(job: dict):

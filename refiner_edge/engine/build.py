@@ -110,7 +110,9 @@ def weights_record(plan: BuildPlan, published: Callable[[Path], Path]) -> dict:
 
 def build_isolated(plan: BuildPlan, engine: Path, staging: Staging, note: Callable[[str], None]) -> dict:
     """Build in a child process (engine/worker.py: so Ctrl-C stops the compile) into the staging folder, and
-    publish the updated timing cache. Returns the child's {"seconds", "bytes", "plugin", ...}."""
+    publish the updated timing cache; the builder's phases reach engine/progress.py's listener, if any. Returns the
+    child's {"seconds", "bytes", "plugin", ...}."""
+    from . import progress
     from .worker import run_in_child
 
     given = plan.options.timing_cache
@@ -121,7 +123,7 @@ def build_isolated(plan: BuildPlan, engine: Path, staging: Staging, note: Callab
     flavour = plan.target.flavour
     built = run_in_child("refiner_edge.engine.backend:child_build",
                          {"plan": plan, "engine": str(engine), "timing_cache": str(cache) if given else None},
-                         staging.folder / ".result", what=f"{flavour} builder")
+                         staging.folder / ".result", what=f"{flavour} builder", progress=progress.listener())
     for line in built.get("notes", []):
         note(line)
     with open(engine, "rb") as f:

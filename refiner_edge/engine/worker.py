@@ -7,7 +7,9 @@ succeeds. A thread does not help either: an abandoned builder thread keeps runni
 shutdown. So the parent starts `python -m refiner_edge.engine.worker`, hands it the build (pickled on stdin), and
 waits; on Ctrl-C it kills the child (SIGKILL: nothing of the child's needs cleaning, it writes only into the run's
 scratch folder) and reaps it. Measured on the tiny variant (tests/test_atomic.py): Ctrl-C to exit 130 in under 0.5 s
-at any instant of the compile; the child's start costs about 0.3 s per build.
+at any instant of the compile; the child's start costs about 0.3 s per build. When the parent listens to the
+build's progress (a terminal), the child's stdin stays open and its end is a cancel request the builder's progress
+monitor honours at TensorRT's next step (engine/progress.py); the kill follows CANCEL_GRACE later.
 
 The child is in its own session, so the terminal's Ctrl-C (sent to the foreground process group) reaches only the
 parent, which decides; and it dies with the parent (PR_SET_PDEATHSIG), so a killed parent leaves no builder behind.
@@ -15,6 +17,7 @@ A child killed by the kernel (out of memory) or crashing is one error line in th
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import importlib
@@ -25,38 +28,69 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 from ..artifacts import NO_SPACE, deferred_interrupts
 from ..errors import RefinerEdgeError
+from .progress import Event, read_events
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 PR_SET_PDEATHSIG = 1
 NO_SPACE_EXIT = 75   # the child could not even write its result: the disk is full
+# Ctrl-C: how long a child with a progress monitor has to stop by itself before it is killed. TensorRT looks at the
+# monitor only between steps, and some phases run long without one (TensorRT-RTX's "Determining refit engines"), so
+# the kill stays the bound. Measured on a terminal, tiny build (tests/test_build_progress.py): Ctrl-C to exit 130 in
+# 0.3-0.4 s with no grace, 0.5-0.6 s with this one, 0.7-0.8 s with 0.3 s
+CANCEL_GRACE = 0.15
 
 
-def run_in_child(function: str, job: dict, result: Path, what: str) -> dict:
+def run_in_child(function: str, job: dict, result: Path, what: str,
+                 progress: Callable[[Event], None] | None = None) -> dict:
     """Run `function(job)` ("module:name", a function of this package returning a dict) in a child process; returns
     its dict, re-raises its RefinerEdgeError, and kills the child on any exception here (KeyboardInterrupt included).
-    `what` names the child in errors ("the tensorrt-rtx builder died ...")."""
+    `what` names the child in errors ("the tensorrt-rtx builder died ...").
+
+    With `progress`, the child finds job["progress_fd"], a pipe whose lines (engine/progress.py) reach `progress` on
+    a reader thread, and its stdin stays open until the child ends: closing it asks the child to cancel (the
+    builder's progress monitor stops TensorRT), and the child is killed if it has not ended CANCEL_GRACE later."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
                                                                      os.environ.get("PYTHONPATH")]))}
     job = {**job, "function": function, "result": str(result), "parent": os.getpid(),
-           "verbose": logging.getLogger("refiner_edge").isEnabledFor(logging.DEBUG)}
+           "verbose": logging.getLogger("refiner_edge").isEnabledFor(logging.DEBUG), "progress_fd": None}
     # stdout: the child's logs must not reach the parent's stdout, which is the command's result (--json)
-    proc = None
+    proc, reader, pipe = None, None, None
     try:
         with deferred_interrupts():   # a Ctrl-C while the child starts would otherwise leave it running unseen
+            if progress is not None:
+                pipe = os.pipe()
+                job["progress_fd"] = pipe[1]
             proc = subprocess.Popen([sys.executable, "-m", "refiner_edge.engine.worker"], stdin=subprocess.PIPE,
                                     stdout=sys.__stderr__.fileno() if sys.__stderr__ else subprocess.DEVNULL,
-                                    env=env, start_new_session=True)
-            proc.stdin.write(pickle.dumps(job))
-            proc.stdin.close()
+                                    env=env, start_new_session=True, pass_fds=pipe[1:] if pipe else ())
+            if pipe is not None:
+                os.close(pipe[1])
+                reader = read_events(pipe[0], progress)
+                pipe = None
+            data = pickle.dumps(job)
+            proc.stdin.write(len(data).to_bytes(8, "little") + data)
+            proc.stdin.flush()
+            if progress is None:
+                proc.stdin.close()
         code = proc.wait()
     except BaseException:
+        if pipe is not None:   # Popen failed: no reader owns the pipe
+            for fd in pipe:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         if proc is not None:
-            proc.kill()
-            proc.wait()
+            stop(proc, cancel=progress is not None)
         raise
+    finally:
+        if proc is not None and not proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+    if reader is not None:
+        reader.join(timeout=1.0)   # the child's last lines, before its result is read
     outcome = _read_result(result)
     if outcome is None:
         if code == NO_SPACE_EXIT:   # the caller (artifacts.staged_outputs) names the output and the space left
@@ -77,6 +111,22 @@ def run_in_child(function: str, job: dict, result: Path, what: str) -> dict:
     return outcome
 
 
+def stop(proc: subprocess.Popen, cancel: bool) -> None:
+    """End the child: ask it to cancel (its stdin closes: the progress monitor's step_complete then returns False and
+    TensorRT stops between two steps), and kill it if it has not ended within CANCEL_GRACE, or at once when it has no
+    monitor. Another Ctrl-C meanwhile only ends the wait: the child is killed and reaped whatever happens."""
+    try:
+        if cancel and proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired, KeyboardInterrupt):
+                proc.wait(timeout=CANCEL_GRACE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
 def _read_result(path: Path) -> dict | None:
     try:
         return pickle.loads(path.read_bytes())
@@ -95,8 +145,9 @@ def _die_with_parent(parent: int) -> None:
 
 def main() -> None:
     try:
-        job = pickle.loads(sys.stdin.buffer.read())
-    except (EOFError, pickle.UnpicklingError):   # the parent stopped before it handed over the job
+        size = int.from_bytes(sys.stdin.buffer.read(8), "little")
+        job = pickle.loads(sys.stdin.buffer.read(size))   # stdin stays open: its end is the parent's cancel
+    except (EOFError, pickle.UnpicklingError, ValueError):   # the parent stopped before it handed over the job
         sys.exit(1)
     _die_with_parent(job["parent"])
     logging.basicConfig(level=logging.DEBUG if job["verbose"] else logging.WARNING, format="%(levelname)s %(message)s")

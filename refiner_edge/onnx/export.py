@@ -81,12 +81,16 @@ def export_onnx(model: RefinerViT, output: str | Path, *, opset: int | None = No
     with torch.no_grad():
         reference = model(torch.from_numpy(x)).numpy()
 
+    from .. import progress
+
     output = Path(output)
     with staged_outputs(output) as staging:
         tmp = staging.path(output)
+        progress.phase("torch.onnx.export")
         _torch_export(fold_batchnorms(model), tmp, opset, dynamic=batch == "dynamic", example=torch.from_numpy(x))
         import onnx
 
+        progress.phase("checking the graph against PyTorch on ONNX Runtime")
         onnx.checker.check_model(str(tmp), full_check=True)
         got = ort_session(tmp, ["CPUExecutionProvider"]).run([OUTPUT_NAME], {INPUT_NAME: x})[0]
         result = Comparison.of(got, reference, {"max_rel_error": tolerance})

@@ -36,10 +36,6 @@ MIN_MEMORY_GB, MAX_MEMORY_GB = 0.05, 4096.0
 Progress = Callable[[str, int], Callable[[int], None]]
 
 
-def _no_progress(label: str, total: int) -> Callable[[int], None]:
-    return lambda n: None
-
-
 def calibration_cache_path(output: str | Path) -> Path:
     output = Path(output)
     return output.with_name(output.stem + ".calib")
@@ -125,10 +121,14 @@ class CalibrateOptions:
 
 
 def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path,
-                   options: CalibrateOptions | None = None, progress: Progress = _no_progress) -> StageResult:
+                   options: CalibrateOptions | None = None, progress: Progress | None = None) -> StageResult:
     """Calibrate the plain graph `source` on `images` and write `options.precision`'s graph to `output`.
     Returns the StageResult, whose report is also the `report` of the manifest written to `<output>.json`.
+    `progress` gets its phases (default: whoever listens, refiner_edge/progress.py).
     """
+    from .. import progress as stage_progress
+
+    progress = progress or stage_progress.phase
     import onnx
 
     from ..images.imageset import stream_image_set

@@ -58,6 +58,9 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, image
         tmp = staging.path(output)
         onnx.save(fused, str(tmp))
         if verify:
+            from .. import progress
+
+            progress.phase("checking the fused graph against the plain one on ONNX Runtime")
             thresholds = thresholds or fuse_thresholds(graph_precision(model))
             comparison = compare_graphs(source, tmp, manifest, thresholds, images, default(num, FUSE_NUM))
             if comparison is not None and not comparison:
