@@ -25,6 +25,8 @@ from refiner_edge.engine.build import build_engine
 from refiner_edge.engine.plan import BuildOptions
 from refiner_edge.engine.targets import get_target
 
+from .helpers import default_sigint
+
 ROOT = Path(__file__).resolve().parents[1]
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 rtx = pytest.mark.skipif(not HAS_RTX, reason="tensorrt-rtx is not installed (pip install 'refiner-edge[rtx]')")
@@ -54,7 +56,8 @@ class Terminal:
 
     def __init__(self, *args: str):
         self.pid, self.fd = pty.fork()
-        if self.pid == 0:   # the child: the CLI
+        if self.pid == 0:   # the child: the CLI, with Ctrl-C's default disposition whatever this process inherited
+            default_sigint()
             os.execve(sys.executable, [sys.executable, "-c", CLI, *args], ENV)
         self.output = b""
         self.code: int | None = None
@@ -155,8 +158,17 @@ def test_the_builders_phases_reach_the_parent(tmp_path, tiny_plain):
     assert len(events) == count
 
 
+@pytest.fixture
+def python_sigint():
+    """Python's own KeyboardInterrupt handler for the test, also where this run was started with SIGINT ignored
+    (`nohup`, `cmd &` in a script), which Python keeps."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @rtx
-def test_the_monitor_cancels_the_build_by_itself(tmp_path, tiny_plain, monkeypatch):
+def test_the_monitor_cancels_the_build_by_itself(tmp_path, tiny_plain, monkeypatch, python_sigint):
     """Ctrl-C with a monitor: the child, asked to cancel, stops TensorRT at its next step and ends by itself. The
     grace before the kill is made long here, so an end within it is the monitor's doing."""
     monkeypatch.setattr(worker, "CANCEL_GRACE", 60.0)

@@ -49,6 +49,7 @@ from ..runners.base import Runner
 # 502 MB), and they add ~5 s to a start on a 2-core machine (11 s -> 16 s for 8)
 MAX_IMAGE_INSTANCES = 8
 IMAGE_INPUT = "image"
+LOAD_ATTEMPTS = 3   # tritonserver starts (start_triton): the instances' handshake can lose a start-up race
 NUMPY2_REASON = ("PyTriton 0.7.0's Python-backend stub is built for NumPy 1.x: under NumPy {version} it receives "
                  "every tensor as its first element repeated and returns empty outputs; serve from serve's own "
                  "environment (refiner-edge serve --setup)")
@@ -262,11 +263,10 @@ def serve(runner: Runner, options: ServeOptions, on_ready: Callable[[dict], None
     previous = (signal.signal(signal.SIGTERM, _interrupt), signal.getsignal(signal.SIGINT)) if main else None
     if not logging.getLogger("refiner_edge").isEnabledFor(logging.DEBUG):
         logging.getLogger("pytriton.proxy.inference").addFilter(RejectedRequests())
-    triton = Triton(config=config, security_config=security)
     failed = False
+    triton = None
     try:
-        bind_models(triton, runner, options)
-        triton.run()
+        triton = start_triton(Triton, config, security, runner, options)
         self_check(runner, options)
         if on_ready:
             on_ready(endpoints(runner, options))
@@ -278,12 +278,41 @@ def serve(runner: Runner, options: ServeOptions, on_ready: Callable[[dict], None
     finally:
         if main:
             signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not interrupt the shutdown
-        triton.stop()
+        if triton is not None:
+            triton.stop()
         if not failed:
             shutil.rmtree(log_file.parent, ignore_errors=True)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous[0])
             signal.signal(signal.SIGINT, previous[1])
+
+
+def start_triton(triton_class, config, security, runner: Runner, options: ServeOptions):
+    """Start tritonserver with both models loaded; returns the running PyTriton Triton.
+
+    A model's instances after its first fetch their configuration from the first one's handshake socket within a
+    fixed second (PyTriton 0.7.0, proxy/communication.py get_config_from_handshake_server), and Triton starts the
+    instances in parallel: on a loaded machine the first instance is not listening yet, and the load fails with
+    "Model initialize error" (seen on 2 cores with 9 stubs starting). The load is a start-up race, not a fault of
+    the model, so it is tried again, at most LOAD_ATTEMPTS times in all; anything else fails at once."""
+    from tritonclient.utils import InferenceServerException
+
+    for attempt in range(1, LOAD_ATTEMPTS + 1):
+        triton = triton_class(config=config, security_config=security)
+        try:
+            bind_models(triton, runner, options)
+            triton.run()
+            return triton
+        except InferenceServerException as e:
+            triton.stop()
+            if attempt == LOAD_ATTEMPTS or "load failed" not in str(e):
+                raise RefinerEdgeError(f"tritonserver could not load the models: {str(e).splitlines()[0]}") from e
+            logging.getLogger("refiner_edge").warning("tritonserver could not load the models (attempt %d of %d), "
+                                                      "starting it again: %s", attempt, LOAD_ATTEMPTS,
+                                                      str(e).splitlines()[0])
+        except BaseException:
+            triton.stop()
+            raise
 
 
 def reserve_stdout() -> Callable[[str], None]:
