@@ -33,11 +33,17 @@ def fused_names(tiny_plain):
 
     from refiner_edge.refine.surgery import fuse_graph
 
+    from refiner_edge.refine.plugin_form import aot_form
+
     plain = onnx.load(str(tiny_plain))
     fused, count = fuse_graph(plain)
     plugins = [n.name for n in fused.graph.node if n.op_type == PLUGIN_NAME]
     others = [n.name for n in fused.graph.node if n.op_type != PLUGIN_NAME]
     assert count == len(plugins) > 0 and others
+    # the AOT form keeps the node names and adds the packed weights (a constant layer in TensorRT) per node
+    aot = aot_form(fused)
+    assert [n.name for n in aot.graph.node if n.op_type == PLUGIN_NAME] == plugins
+    others += [n.name for n in aot.graph.node if n.op_type != PLUGIN_NAME] + [i.name for i in aot.graph.initializer]
     return plugins, others, [n.name for n in plain.graph.node]
 
 
