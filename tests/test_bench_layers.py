@@ -200,3 +200,46 @@ def test_profile_layers_needs_a_tensorrt_runner(tiny_plain):
     with load_runner("onnxruntime", onnx=tiny_plain) as runner:
         with pytest.raises(InputError, match="give --engine"):
             profile_layers(runner, iterations=1)
+
+
+def test_profile_layers_counts_only_the_profiled_calls_after_warm_up(fused_names):
+    """The profiled run's bookkeeping, on a runner standing in for a TensorRT engine (this machine has none): the
+    profiler is set before the warm-up and taken off after, even when a call fails; warm-up records are dropped;
+    each timed call's records are one call; the calls are capped at BENCH_MAX_PROFILED_CALLS."""
+    import numpy as np
+
+    from refiner_edge.defaults import BENCH_MAX_PROFILED_CALLS
+    from refiner_edge.images.preprocess import Preprocess
+    from refiner_edge.runners.base import Runner
+
+    plugins, others, _ = fused_names
+    state = {"report": None, "calls": 0, "set": [], "fail_at": None}
+
+    def set_profiler(report):
+        state["report"] = report
+        state["set"].append(report is not None)
+
+    def run(x):
+        state["calls"] += 1
+        if state["calls"] == state["fail_at"]:
+            raise InputError("the engine could not run the batch")
+        if state["report"] is not None:   # as TensorRT: every layer of the call, during the enqueue
+            warm = state["calls"] <= 2
+            for name, ms in ((others[0], 9.0 if warm else 1.0), (plugins[0], 9.0 if warm else 0.5)):
+                state["report"](name, ms)
+        return np.zeros((len(x), 10), np.float32)
+
+    runner = Runner("tensorrt", run, Preprocess(16, 1.0, (0.5,) * 3, (0.5,) * 3, "bicubic"), 10, True, "stand-in",
+                    set_profiler=set_profiler)
+    result = profile_layers(runner, batch=2, iterations=4, warmup=2)
+    assert state["calls"] == 6 and state["set"] == [True, False]
+    assert result["calls"] == 4 and (result["iterations"], result["warmup"], result["batch"]) == (4, 2, 2)
+    assert [(x["name"], x["max_ms"]) for x in result["layers"]] == [(others[0], 1.0), (plugins[0], 0.5)]
+    assert result["refinement"]["percent"] == pytest.approx(100 / 3)
+    assert result["call_ms"]["min"] > 0 and 0 < result["coverage"]   # a stand-in's call is not a GPU's: no bound
+    state.update(calls=0, set=[], fail_at=4)
+    with pytest.raises(InputError, match="could not run"):
+        profile_layers(runner, iterations=3, warmup=1)
+    assert state["set"] == [True, False] and state["report"] is None
+    state.update(calls=0, set=[], fail_at=None)
+    assert profile_layers(runner, iterations=10 ** 6, warmup=0)["calls"] == BENCH_MAX_PROFILED_CALLS

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..defaults import BENCH_MAX_PROFILED_CALLS
 from ..errors import InputError
 from .common import CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, console, note, phases, print_json
 
@@ -41,7 +42,8 @@ def bench(
     layers: Annotated[bool, typer.Option("--layers", help="--engine: also time each layer with TensorRT's "
                                          "profiler, in a run of its own after the latency run (trtexec "
                                          "--dumpProfile --separateProfileRun), with the RefinerDLA plugin's share "
-                                         "of the total.")] = False,
+                                         "of the total; --warmup and --iterations calls, at most "
+                                         f"{BENCH_MAX_PROFILED_CALLS:,} each.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Time a model: p50/p90/p99 latency, throughput and peak memory. The artifact picks the runtime: --engine

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..defaults import BENCH_MAX_PROFILED_CALLS
 from ..errors import InputError, VerificationError
 from ..refine import PLUGIN_NAME
 from .base import Runner
@@ -91,20 +92,22 @@ def aggregate(runs: Sequence[Sequence[tuple[str, float]]], plugin_nodes: int | N
 def profile_layers(runner: Runner, batch: int = 1, iterations: int = 50, warmup: int = 5, seed: int = 0,
                    on_iteration: Callable[[int], None] = lambda n: None) -> dict:
     """Profile `runner` (a TensorRT engine's) on the input bench times: `warmup` profiled calls not counted, then
-    `iterations` whose layer times are aggregated. Also the host's wall time of each profiled call (copies in and
-    out included), which the layers' sum stays below."""
+    `iterations` whose layer times are aggregated (each at most BENCH_MAX_PROFILED_CALLS). Also the host's wall
+    time of each profiled call (copies in and out included), which the layers' sum stays below."""
     if runner.set_profiler is None:
         raise InputError("--layers times a TensorRT engine's layers: give --engine MODEL.engine")
     if batch < 1 or iterations < 1 or warmup < 0:
         raise InputError(f"--batch and --iterations must be >= 1 and --warmup >= 0 (got {batch}, {iterations}, "
                          f"{warmup})")
+    iterations, warmup = min(iterations, BENCH_MAX_PROFILED_CALLS), min(warmup, BENCH_MAX_PROFILED_CALLS)
     size = runner.preprocess.img_size
     # the same seeded input runners/bench.py times
     x = np.random.default_rng(seed).standard_normal((batch, 3, size, size), dtype=np.float32)
     records: list[tuple[str, float]] = []
     runs: list[list[tuple[str, float]]] = []
     wall = np.empty(iterations)
-    runner.set_profiler(lambda name, ms: records.append((name, ms)))
+    names: dict[str, str] = {}   # one string per layer name: TensorRT passes a new one at every call
+    runner.set_profiler(lambda name, ms: records.append((names.setdefault(name, name), ms)))
     try:
         for _ in range(warmup):
             runner.run(x)
