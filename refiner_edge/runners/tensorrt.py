@@ -322,9 +322,8 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
         """TensorRT's IProfiler on the context: report(layer name, ms) for each layer of every later call (enqueue
         then reports before it returns, TensorRT's default); None takes it off."""
         nonlocal profiler
-        if report is None:
-            profiler = None
-        else:
+        fresh = None
+        if report is not None:
             class Profiler(trt.IProfiler):
                 def __init__(self):
                     trt.IProfiler.__init__(self)
@@ -332,9 +331,10 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
                 def report_layer_time(self, layer_name, ms):
                     report(layer_name, ms)
 
-            profiler = Profiler()
+            fresh = Profiler()
         with cuda.current():
-            context.profiler = profiler
+            context.profiler = fresh
+        profiler = fresh   # the old one is dropped only once the context no longer points at it
 
     def device_memory() -> int:
         with cuda.current():
