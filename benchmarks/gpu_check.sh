@@ -101,6 +101,17 @@ fi
 step strip_refit 300 "$PY" -m pytest -q -s -p no:cacheprovider -rs tests/test_strip_refit.py \
   -k "smaller_by_its_weights or refit_fills"
 
+# bench --layers (docs/engines.md, "Per-layer times"): an S@224 engine built here (export, fuse, build for this GPU
+# with the target's plugin form), its layers timed by TensorRT's profiler: one RefinerDLA layer per refining block,
+# its share reported, and the layers' sum within a profiled call's host wall time (at most it, and at least half:
+# the rest is copies, launch and the profiler's synchronization); skipped without tensorrt (TensorRT-RTX refuses
+# Hopper)
+if ! "$PY" -c "import tensorrt" 2> /dev/null; then
+  skip bench_layers "tensorrt is not importable"
+else
+  step bench_layers 240 bash benchmarks/bench_layers.sh "$OUT/layers"
+fi
+
 step bench 300 "$PY" benchmarks/bench_refine.py --out "$OUT"
 
 # a library-form engine through a real tritonserver with --backend-config=tensorrt,plugins=... (deploy triton's

@@ -57,3 +57,7 @@ TRITON_INSTANCES = 1               # instance_group count, per device
 # mantissa products put FP32 engines outside the FP32 accuracy budget `validate` holds them to (compare.py); an
 # FP32 engine is the exact reference, FP16 and INT8 are the fast ones.
 BUILD_TF32 = False
+
+# bench --layers (runners/layer_profile.py): the profiled calls at most (--warmup and --iterations are capped
+# there); every call's records are kept for the medians, a few hundred layers a call
+BENCH_MAX_PROFILED_CALLS = 1000

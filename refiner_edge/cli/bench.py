@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..defaults import BENCH_MAX_PROFILED_CALLS
 from ..errors import InputError
 from .common import CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, console, note, phases, print_json
 
@@ -14,6 +15,7 @@ from .common import CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, console, not
 # timing on the fastest engine; --iterations 10**12 would ask for 7 TiB before the first call.
 MAX_ITERATIONS = 1_000_000
 MAX_CONCURRENCY = 1024    # client threads, each with its own connection
+TOP_LAYERS = 15           # --layers on a terminal: the slowest layers shown, the others summed in one row
 
 
 def bench(
@@ -37,10 +39,18 @@ def bench(
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=MAX_CONCURRENCY,
                                              help="--triton: requests in flight at once (one client each, as "
                                              f"perf_analyzer), at most {MAX_CONCURRENCY}.")] = 1,
+    layers: Annotated[bool, typer.Option("--layers", help="--engine: also time each layer with TensorRT's "
+                                         "profiler, in a run of its own after the latency run (trtexec "
+                                         "--dumpProfile --separateProfileRun), with the RefinerDLA plugin's share "
+                                         "of the total; --warmup and --iterations calls, at most "
+                                         f"{BENCH_MAX_PROFILED_CALLS:,} each.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Time a model: p50/p90/p99 latency, throughput and peak memory. The artifact picks the runtime: --engine
     TensorRT, --onnx ONNX Runtime, neither PyTorch (--variant/--checkpoint); --triton a server's model."""
+    if layers and (triton is not None or engine is None):
+        raise InputError("--layers times a TensorRT engine's layers with TensorRT's profiler: give --engine "
+                         "MODEL.engine" + (" (not --triton)" if triton is not None else ""))
     if triton is not None:
         return _bench_triton(triton, concurrency, batch, iterations, warmup, as_json,
                              engine or onnx or variant or checkpoint or img_size or cuda_graph)
@@ -57,6 +67,13 @@ def bench(
     with phases() as phase:
         report = run_bench(runner, batch=batch, iterations=iterations, warmup=warmup,
                            on_iteration=phase(f"timing {runner.description}", iterations))
+        if layers:
+            from ..runners.layer_profile import profile_layers
+
+            report["layers"] = profile_layers(runner, batch=batch, iterations=iterations, warmup=warmup,
+                                              on_iteration=phase(f"profiling layers of {runner.description}",
+                                                                 iterations))
+            report["layers"]["cuda_graph"] = False   # profiled calls enqueue plainly (runners/layer_profile.py)
     if as_json:
         print_json(report)
         return
@@ -67,6 +84,47 @@ def bench(
                     f"mean {lat['mean']:.2f}")
     console().print(f"throughput: {report['throughput_ips']:.1f} images/s")
     console().print("memory MB: " + "  ".join(f"{k} {v:.0f}" for k, v in mem.items()))
+    if layers:
+        if cuda_graph:
+            note("--layers: the latency above replays a CUDA graph; the layer times come from plain enqueues "
+                 "(a graph's replay reports none)")
+        print_layers(report["layers"])
+
+
+def print_layers(profile: dict, top: int = TOP_LAYERS) -> None:
+    """The `top` slowest layers as a table, the others summed in one row, then the refinement op's share."""
+    from rich.table import Table
+
+    layers = sorted(profile["layers"], key=lambda layer: -layer["mean_ms"])
+    total = profile["total_ms"]
+    table = Table(title=f"layer times: {profile['layer_count']} layers, {profile['calls']} profiled calls after "
+                  f"{profile['warmup']} warm-up", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("layer", overflow="ellipsis", no_wrap=True, max_width=72)
+    for column in ("mean ms", "median ms", "%"):
+        table.add_column(column, justify="right")
+    for i, layer in enumerate(layers[:top], 1):
+        mark = " [plugin]" if layer["kind"] == "refinement" else ""
+        table.add_row(str(i), layer["name"] + mark, f"{layer['mean_ms']:.4f}", f"{layer['median_ms']:.4f}",
+                      f"{layer['percent']:.1f}")
+    rest = layers[top:]
+    if rest:
+        table.add_row("", f"{len(rest)} other layers", f"{sum(x['mean_ms'] for x in rest):.4f}", "",
+                      f"{sum(x['percent'] for x in rest):.1f}")
+    table.add_row("", "all layers", f"{total['mean']:.4f}", f"{total['median']:.4f}", "100.0")
+    console().print(table)
+    ref = profile["refinement"]
+    if ref["layers"]:
+        console().print(f"refinement (RefinerDLA plugin): {ref['layers']} layers, {ref['mean_ms']:.4f} ms, "
+                        f"{ref['percent']:.1f}% of all layers; format copies around it {ref['reformat']['mean_ms']:.4f}"
+                        f" ms ({ref['reformat']['percent']:.1f}%)")
+    else:
+        console().print("refinement: no RefinerDLA plugin layer (an engine of an unfused graph)")
+    coverage = profile.get("coverage")
+    console().print(f"a profiled call: {profile['call_ms']['mean']:.4f} ms on the host, of which the layers "
+                    f"{total['mean']:.4f} ms" + (f" ({100 * coverage:.0f}%)" if coverage is not None else ""))
+    if "warning" in ref:
+        note(ref["warning"])
 
 
 def _check_input_fits(batch: int, img_size: int) -> None:

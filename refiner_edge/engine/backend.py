@@ -154,6 +154,8 @@ def engine_bytes(plan: BuildPlan, plugin: plugins.Plugin, timing_cache: Path | N
             cfg.set_flag(getattr(trt.BuilderFlag, flag))
         if monitor is not None:
             cfg.progress_monitor = monitor
+        # the inspector's layer types, tactics and formats (inspect) and bench --layers' names for them
+        cfg.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
 
     config = ptrt.PostprocessConfig(config, postprocess)
     strongly = not plan.weak and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")

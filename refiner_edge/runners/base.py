@@ -26,6 +26,8 @@ class Runner:
     manifest: object | None = None     # the artifact's manifest, where it has one
     fits: Callable[[int], int] | None = None        # the largest batch up to n that memory allows; None: any n
     device_memory: Callable[[], int] | None = None  # bytes of device memory it holds now; None: it holds none
+    # TensorRT: set_profiler(report) calls report(layer name, ms) for each layer of each later call, None stops
+    set_profiler: Callable[[Callable[[str, float], None] | None], None] | None = None
     close: Callable[[], None] = lambda: None        # frees what it holds (device buffers, engine); safe to repeat
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:

@@ -269,6 +269,7 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
         context.set_tensor_address(out, out_ptr)
     graphs: dict[int, object] = {}
     steps = GraphSteps()
+    profiler = None   # bench --layers: TensorRT holds only a pointer to it, so the runner keeps it alive
 
     def enqueue():
         if not context.execute_async_v3(cuda.stream_handle):
@@ -300,7 +301,7 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
         result = np.empty((len(x), num_classes), dtype=out_dtype)
         with cuda.current():
             actions = steps.step(len(x))
-            if not cuda_graph:
+            if not cuda_graph or profiler is not None:   # a graph's replay reports no layer times
                 actions = ("shape", "plain") if "shape" in actions else ("plain",)
             if "shape" in actions and not context.set_input_shape(inp, x.shape):
                 steps.shape = None   # the context kept its old shape: the next call must set it again
@@ -316,6 +317,24 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
             cuda.d2h(result, out_ptr)
             cuda.sync()
         return result.astype(np.float32, copy=False)
+
+    def set_profiler(report) -> None:
+        """TensorRT's IProfiler on the context: report(layer name, ms) for each layer of every later call (enqueue
+        then reports before it returns, TensorRT's default); None takes it off."""
+        nonlocal profiler
+        fresh = None
+        if report is not None:
+            class Profiler(trt.IProfiler):
+                def __init__(self):
+                    trt.IProfiler.__init__(self)
+
+                def report_layer_time(self, layer_name, ms):
+                    report(layer_name, ms)
+
+            fresh = Profiler()
+        with cuda.current():
+            context.profiler = fresh
+        profiler = fresh   # the old one is dropped only once the context no longer points at it
 
     def device_memory() -> int:
         with cuda.current():
@@ -344,4 +363,4 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
                   manifest.random_weights, f"{info.flavour} {path.name} ({info.precision}, "
                   f"sm_{info.compute_capability.replace('.', '')})", manifest=manifest,
                   fixed_batch=min_batch if min_batch == max_batch else None, min_batch=min_batch, max_batch=max_batch,
-                  device_memory=device_memory, close=close)
+                  device_memory=device_memory, set_profiler=set_profiler, close=close)
