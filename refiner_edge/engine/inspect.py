@@ -32,7 +32,7 @@ def inspect_engine(engine: str | Path, layers: bool = True) -> dict:
     if weights.get("bytes") is not None:
         # the graph's initializers: what refit fills in (a stripped plan lacks them, a full one holds them as built)
         parts["weights_onnx"] = weights["bytes"]
-    activations = hi * attention_bytes(model.heads, model.img_size, info.precision)
+    activations = hi * attention_bytes(model.heads, model.img_size, info.precision, model.variant)
     held = plan_bytes + (weights.get("bytes", 0) if info.weights == "stripped" else 0)
     facts = {
         "engine": str(engine), "flavour": info.flavour, "tensorrt_version": info.tensorrt_version,
