@@ -61,9 +61,10 @@ class RepositoryOptions:
     queue_delay_us: int | None = None
     instances: int | None = None
     kind: str | None = None               # "gpu" or "cpu"; None: gpu (an engine runs only on a GPU)
-    ensemble: bool = True
+    ensemble: bool | None = None
 
     def __post_init__(self):
+        self.ensemble = default(self.ensemble, defaults.TRITON_ENSEMBLE)
         self.name = default(self.name, defaults.TRITON_NAME)
         self.queue_delay_us = default(self.queue_delay_us, defaults.TRITON_QUEUE_DELAY_US)
         self.instances = default(self.instances, defaults.TRITON_INSTANCES)

@@ -11,6 +11,7 @@ import logging
 import subprocess
 from dataclasses import dataclass
 
+from ..defaults import BUILD_TARGET, default
 from ..errors import InputError, MissingDependencyError
 from ..extras import PLATFORM_HINT, install_hint
 from ..models.variants import DEFAULT_VARIANT, get_variant
@@ -138,8 +139,9 @@ def fitted_batch(batch: tuple[int, int, int], workspace: int, per_image: int) ->
     return min(lo, top), min(opt, max(1, top // 2)), top
 
 
-def get_target(name: str) -> Target:
-    """A row of the table, or the local GPU's row for 'auto'."""
+def get_target(name: str | None = None) -> Target:
+    """A row of the table, or the local GPU's row for 'auto' (None: defaults.BUILD_TARGET)."""
+    name = default(name, BUILD_TARGET)
     if name == "auto":
         return auto_target()
     try:
