@@ -116,3 +116,31 @@ def test_the_library_resolves_what_the_cli_leaves_none():
 def test_concurrency_without_triton_is_refused_even_at_its_default():
     r = invoke("bench", "--variant", "refiner-vit-tiny", "--concurrency", str(defaults.BENCH_CONCURRENCY))
     assert r.exit_code == 2 and "--concurrency applies to --triton" in r.output
+
+
+# validate, infer, preprocess and serve: the modules their commands run through
+COMMAND_MODULES = ["cli/validate.py", "cli/infer.py", "cli/preprocess.py", "cli/serve.py", "runners/validate.py",
+                   "runners/classify.py", "deploy/serve.py", "deploy/serve_env.py"]
+
+
+def test_these_commands_raise_the_projects_errors():
+    """No `raise RuntimeError` and no `error:` line of their own: a RefinerEdgeError reaches the CLI boundary, which
+    prints the one line and picks the exit code."""
+    found = []
+    for name in COMMAND_MODULES:
+        path = ROOT / "refiner_edge" / name
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Raise) and node.exc is not None and "RuntimeError" in ast.unparse(node.exc):
+                found.append(f"{name}:{node.lineno} raises RuntimeError")
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("error:"):
+                found.append(f"{name}:{node.lineno} prints its own error line")
+    assert not found, "; ".join(found)
+
+
+def test_wait_ready_says_the_server_exited_with_a_project_error():
+    pytest.importorskip("tritonclient.http", reason="tritonclient is not installed")
+    from refiner_edge.deploy.serve import wait_ready
+    from refiner_edge.errors import RefinerEdgeError
+
+    with pytest.raises(RefinerEdgeError, match="the server exited before it was ready"):
+        wait_ready("127.0.0.1:9", ["refiner"], timeout=5, alive=lambda: False)
