@@ -9,7 +9,7 @@
                                      model (Pillow + NumPy, no refiner-edge in the server)
     REPO/NAME_ensemble/              ensemble: encoded image -> NAME_preprocess -> NAME -> logits
 
-Names, dims and types come from the manifest (graph.input/output, preprocess.img_size, model.num_classes); the
+Names, dims and types come from the manifest (graph.input/output, model.img_size, model.num_classes); the
 batch limits from graph.batch and, for engines, the optimisation profile. The model folders are written to a
 temporary folder beside REPO and each renamed into place, so a failed run leaves no half-written model, and the
 other models of an existing repository stay as they are.
