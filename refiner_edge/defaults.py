@@ -23,6 +23,7 @@ EXPORT_BATCH = "dynamic"           # or a fixed batch size
 # nodes take (refine/plugin_form.FORMS)
 FUSE_NUM = 8
 FUSE_FORM = "library"
+FUSE_VERIFY = True                 # run the fused graph against the plain one before keeping it
 
 # calibrate (precision/calibrate.py)
 CALIBRATE_PRECISION = "int8"
@@ -33,6 +34,15 @@ CALIBRATE_BATCH_SIZE = 16
 CALIBRATE_SEED = 0
 CALIBRATE_MEMORY_GB = 1.0          # activations held at once (onnx/memory.py); whole-process peaks: docs/benchmarks.md
 TENSORRT_CACHE_VERSION = "10.3.0"  # JetPack 6's TensorRT, the main weakly typed target (precision/tensorrt_cache.py)
+
+# inspect (engine/inspect.py): ask TensorRT's engine inspector for the layer list
+INSPECT_LAYERS = True
+
+# bench (runners/bench.py, runners/triton_client.py)
+BENCH_BATCH = 1
+BENCH_ITERATIONS = 50              # timed calls
+BENCH_WARMUP = 5                   # untimed calls first
+BENCH_CONCURRENCY = 1              # a Triton server's requests in flight at once
 
 # infer and validate (runners/classify.py, runners/validate.py)
 RUN_BATCH_SIZE = 8                 # images per forward pass (fewer where a graph's activations would pass 1 GB)
@@ -52,11 +62,17 @@ TRITON_NAME = "refiner"
 TRITON_MAX_BATCH = 8               # capped by an engine's profile maximum
 TRITON_QUEUE_DELAY_US = 100
 TRITON_INSTANCES = 1               # instance_group count, per device
+TRITON_ENSEMBLE = True             # the Python-backend preprocessing model and the ensemble for encoded images
+
+# deploy deepstream (deploy/deepstream.py): nvinfer's classifier-threshold (in logits) and gpu-id
+DEEPSTREAM_THRESHOLD = 0.0
+DEEPSTREAM_GPU_ID = 0
 
 # build (engine/plan.py): FP32 layers stay FP32 unless --tf32. TensorRT and trtexec default to TF32, whose 10-bit
 # mantissa products put FP32 engines outside the FP32 accuracy budget `validate` holds them to (compare.py); an
 # FP32 engine is the exact reference, FP16 and INT8 are the fast ones.
 BUILD_TF32 = False
+BUILD_TARGET = "auto"              # the local GPU's row of engine/targets.py
 
 # bench --layers (runners/layer_profile.py): the profiled calls at most (--warmup and --iterations are capped
 # there); every call's records are kept for the medians, a few hundred layers a call

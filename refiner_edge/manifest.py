@@ -21,8 +21,9 @@ from . import __version__
 from .artifacts import file_sha256, manifest_path, write_json
 from .errors import InputError
 
-# Bump on any change a reader of an older version would misread (a renamed or retyped field, a new required one).
-SCHEMA_VERSION = 1
+# Bump on any change a reader of an older version would misread (a renamed or retyped field, a new required one, a
+# required one dropped). 2: the image size is model.img_size alone; schema 1 wrote it in preprocess too.
+SCHEMA_VERSION = 2
 STAGES = ("export", "calibrate", "fuse", "build")
 IMAGENET_LABELS = "imagenet-1k"   # the labels shipped with the package, in the official models' index order
 INDEX_LABELS = "class-index"      # any other head: classes are named by their index
@@ -68,7 +69,10 @@ class ModelInfo:
 
 @dataclass
 class Preprocessing:
-    """Resize the short side to resize_size, center-crop img_size, scale to [0, 1], (x - mean) / std, NCHW RGB."""
+    """Resize the short side to resize_size, center-crop img_size, scale to [0, 1], (x - mean) / std, NCHW RGB.
+
+    img_size, the crop, is the model's input size: the manifest keeps it once, as model.img_size. It is read from
+    there (parse_manifest) and left out when written (Manifest.to_dict); schema 1 wrote it here as well."""
 
     img_size: int
     crop_pct: float
@@ -231,6 +235,9 @@ class Manifest:
 
     def check(self, where: str) -> None:
         _one_of(where, "stage", self.stage, STAGES)
+        if self.preprocess.img_size != self.model.img_size:   # a schema 1 manifest holding two sizes
+            raise InputError(f"{where}: preprocess: img_size {self.preprocess.img_size} differs from model: "
+                             f"img_size {self.model.img_size} (the crop is the model's input size)")
 
     def derive(self, stage: str, artifact: str | Path, source_path: str | Path, **changes) -> "Manifest":
         """The manifest of an artifact made from this one: model, preprocessing and labels carry over, the
@@ -246,8 +253,11 @@ class Manifest:
         return self.model.checkpoint_sha256 is None
 
     def to_dict(self) -> dict:
+        """The manifest as this version writes it (SCHEMA_VERSION, whatever version it was read from)."""
         data = dataclasses.asdict(self)
-        return {"schema_version": data.pop("schema_version"), **data}
+        data.pop("schema_version")
+        del data["preprocess"]["img_size"]   # model.img_size says it (Preprocessing)
+        return {"schema_version": SCHEMA_VERSION, **data}
 
 
 def write_manifest(artifact: str | Path, manifest: Manifest) -> Path:
@@ -259,6 +269,9 @@ def write_manifest(artifact: str | Path, manifest: Manifest) -> Path:
     manifest.versions = package_versions()
     if manifest.stage not in STAGES:
         raise ValueError(f"unknown stage {manifest.stage!r}")
+    if manifest.preprocess.img_size != manifest.model.img_size:   # only one of them is written
+        raise ValueError(f"preprocess img_size {manifest.preprocess.img_size} is not the model's "
+                         f"{manifest.model.img_size}")
     return write_json(manifest_path(artifact), manifest.to_dict())
 
 
@@ -300,6 +313,11 @@ def parse_manifest(data: Any, where: str = "manifest") -> Manifest:
     if version > SCHEMA_VERSION:
         raise InputError(f"{where}: manifest schema {version} is newer than this refiner-edge reads "
                          f"({SCHEMA_VERSION}): upgrade refiner-edge")
+    model, pre = data.get("model"), data.get("preprocess")
+    if isinstance(model, dict) and "img_size" in model and isinstance(pre, dict) and "img_size" not in pre:
+        # the crop is the model's input size (Preprocessing); a schema 1 manifest also wrote it in preprocess, and
+        # Manifest.check refuses one where the two differ
+        data = {**data, "preprocess": {**pre, "img_size": model["img_size"]}}
     return _build(Manifest, data, where)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from refiner_edge.deploy.serve import wait_ready
+from refiner_edge.errors import RefinerEdgeError
 from refiner_edge.manifest import manifest_path, read_manifest
 
 from .helpers import assert_clean_failure, free_port, invoke, needs_pb, parse_config, stop
@@ -391,7 +392,7 @@ def tritonserver(serve_python, tmp_path_factory):
         url = f"127.0.0.1:{http}"
         try:
             wait_ready(url, models, timeout=90, alive=lambda: proc.poll() is None)
-        except (RuntimeError, TimeoutError):
+        except (RefinerEdgeError, TimeoutError):
             stop(proc)
             pytest.fail(f"tritonserver did not load {models}: {proc.stdout.read()[-4000:]}")
         return url, proc

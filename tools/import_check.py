@@ -113,6 +113,9 @@ def stage_of(module: str) -> int | None:
 SPELLED_ONCE = (("fp32", "fp16", "int8"), ("library", "aot"))
 # Names no command module may use: runners/runtime.py's rule picks the runtime (choose_runtime, load_artifact).
 NOT_IN_CLI = ("load_runner",)
+# The one module that locates the package's files (and the source checkout around it) from its own __file__;
+# every other module imports PACKAGE_DIR or SOURCE_ROOT from it, instead of counting `parents[N]` itself.
+SOURCE_MODULE = f"{PACKAGE}.source"
 
 
 def _strings(nodes) -> list[str | None]:
@@ -164,6 +167,10 @@ def rule_problems(modules: dict[str, Path]) -> list[str]:
         if name.split(".")[1:2] == ["cli"]:
             found.extend(f"{name} uses {used}: the runtime is chosen in runners/runtime.py"
                          for used in sorted(names_used(path) & set(NOT_IN_CLI)))
+        if name != SOURCE_MODULE:
+            found.extend(f"{name}:{node.lineno} reads __file__: locate files through {SOURCE_MODULE}"
+                         for node in ast.walk(ast.parse(path.read_text(), str(path)))
+                         if isinstance(node, ast.Name) and node.id == "__file__")
     return found
 
 

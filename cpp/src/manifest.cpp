@@ -292,7 +292,10 @@ void readManifestValue(const Value& root, const std::string& where, Manifest& m,
     const Value* pre = nested(f, "preprocess", true, false, error);
     if (pre && error.empty()) {
         Fields g(*pre, where + ": preprocess", error);
-        long long img = g.integer("img_size");
+        // The crop is the model's input size: schema 2 keeps it once, as model.img_size. A schema 1 manifest holds
+        // it here too, read like any field and held to the model's below (refiner_edge/manifest.py alike).
+        const bool ownSize = pre->type == Type::Object && pre->get("img_size") != nullptr;
+        long long img = ownSize ? g.integer("img_size") : m.model.img_size;
         m.preprocess.crop_pct = g.number("crop_pct");
         long long resize = g.integer("resize_size");
         readFloats(g, "mean", m.preprocess.mean, error);
@@ -388,6 +391,10 @@ void readManifestValue(const Value& root, const std::string& where, Manifest& m,
     m.created = f.str("created", false);
     f.object("versions", false);
     oneOf(where, "stage", m.stage, {"export", "calibrate", "fuse", "build"}, error);
+    if (error.empty() && m.preprocess.img_size != m.model.img_size)
+        error = where + ": preprocess: img_size " + std::to_string(m.preprocess.img_size) +
+                " differs from model: img_size " + std::to_string(m.model.img_size) +
+                " (the crop is the model's input size)";
 }
 
 }  // namespace

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..defaults import BENCH_MAX_PROFILED_CALLS
+from .. import defaults
+from ..defaults import default
 from ..errors import InputError
 from .common import CheckpointOpt, ImgSizeOpt, JsonOpt, VariantOpt, console, note, phases, print_json
 
@@ -26,24 +27,28 @@ def bench(
     variant: VariantOpt = None,
     checkpoint: CheckpointOpt = None,
     img_size: ImgSizeOpt = None,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Images per call.")] = 1,
-    iterations: Annotated[int, typer.Option("--iterations", min=1, max=MAX_ITERATIONS,
-                                            help=f"Timed calls, at most {MAX_ITERATIONS:,}.")] = 50,
-    warmup: Annotated[int, typer.Option("--warmup", min=0, max=MAX_ITERATIONS,
-                                        help=f"Untimed calls first, at most {MAX_ITERATIONS:,}.")] = 5,
+    batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Images per call [default: "
+                                                 f"{defaults.BENCH_BATCH}].")] = None,
+    iterations: Annotated[Optional[int], typer.Option("--iterations", min=1, max=MAX_ITERATIONS,
+                                                      help=f"Timed calls, at most {MAX_ITERATIONS:,} [default: "
+                                                      f"{defaults.BENCH_ITERATIONS}].")] = None,
+    warmup: Annotated[Optional[int], typer.Option("--warmup", min=0, max=MAX_ITERATIONS,
+                                                  help=f"Untimed calls first, at most {MAX_ITERATIONS:,} [default: "
+                                                  f"{defaults.BENCH_WARMUP}].")] = None,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="TensorRT: replay the enqueue as a CUDA "
                                              "graph.")] = False,
     triton: Annotated[Optional[str], typer.Option("--triton", help="Time a model behind a Triton Inference "
                                                   "Server instead: [http://|grpc://]HOST:PORT[/MODEL] (MODEL "
                                                   "defaults to refiner) [default: none].")] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=MAX_CONCURRENCY,
-                                             help="--triton: requests in flight at once (one client each, as "
-                                             f"perf_analyzer), at most {MAX_CONCURRENCY}.")] = 1,
+    concurrency: Annotated[Optional[int], typer.Option("--concurrency", min=1, max=MAX_CONCURRENCY,
+                                                       help="--triton: requests in flight at once (one client "
+                                                       f"each, as perf_analyzer), at most {MAX_CONCURRENCY} "
+                                                       f"[default: {defaults.BENCH_CONCURRENCY}].")] = None,
     layers: Annotated[bool, typer.Option("--layers", help="--engine: also time each layer with TensorRT's "
                                          "profiler, in a run of its own after the latency run (trtexec "
                                          "--dumpProfile --separateProfileRun), with the RefinerDLA plugin's share "
                                          "of the total; --warmup and --iterations calls, at most "
-                                         f"{BENCH_MAX_PROFILED_CALLS:,} each.")] = False,
+                                         f"{defaults.BENCH_MAX_PROFILED_CALLS:,} each.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Time a model: p50/p90/p99 latency, throughput and peak memory. The artifact picks the runtime: --engine
@@ -54,32 +59,33 @@ def bench(
     if triton is not None:
         return _bench_triton(triton, concurrency, batch, iterations, warmup, as_json,
                              engine or onnx or variant or checkpoint or img_size or cuda_graph)
-    if concurrency != 1:
+    if concurrency is not None:
         raise InputError("--concurrency applies to --triton")
     from ..runners.runtime import open_runner
     from ..runners.bench import bench as run_bench
 
     runner = open_runner(onnx, engine, variant=variant, checkpoint=checkpoint, img_size=img_size,
                          cuda_graph=cuda_graph)
-    _check_input_fits(batch, runner.preprocess.img_size)
+    _check_input_fits(default(batch, defaults.BENCH_BATCH), runner.preprocess.img_size)
     if runner.random_weights and not as_json:
         note("random weights: timing is the same as with trained ones")
     with phases() as phase:
         report = run_bench(runner, batch=batch, iterations=iterations, warmup=warmup,
-                           on_iteration=phase(f"timing {runner.description}", iterations))
+                           on_iteration=phase(f"timing {runner.description}",
+                                              default(iterations, defaults.BENCH_ITERATIONS)))
         if layers:
             from ..runners.layer_profile import profile_layers
 
             report["layers"] = profile_layers(runner, batch=batch, iterations=iterations, warmup=warmup,
                                               on_iteration=phase(f"profiling layers of {runner.description}",
-                                                                 iterations))
+                                                                 default(iterations, defaults.BENCH_ITERATIONS)))
             report["layers"]["cuda_graph"] = False   # profiled calls enqueue plainly (runners/layer_profile.py)
     if as_json:
         print_json(report)
         return
     lat, mem = report["latency_ms"], report["memory_mb"]
-    console().print(f"{report['model']} ({report['backend']}), batch {batch}, {iterations} iterations after "
-                    f"{warmup} warmup")
+    console().print(f"{report['model']} ({report['backend']}), batch {report['batch']}, {report['iterations']} "
+                    f"iterations after {report['warmup']} warmup")
     console().print(f"latency ms: p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  "
                     f"mean {lat['mean']:.2f}")
     console().print(f"throughput: {report['throughput_ips']:.1f} images/s")
@@ -142,8 +148,8 @@ def _check_input_fits(batch: int, img_size: int) -> None:
                          f"{have / 2 ** 30:.1f} GiB of memory")
 
 
-def _bench_triton(url: str, concurrency: int, batch: int, iterations: int, warmup: int, as_json: bool,
-                  local) -> None:
+def _bench_triton(url: str, concurrency: int | None, batch: int | None, iterations: int | None,
+                  warmup: int | None, as_json: bool, local) -> None:
     from ..runners.triton_client import bench_triton
 
     if local:
@@ -151,13 +157,13 @@ def _bench_triton(url: str, concurrency: int, batch: int, iterations: int, warmu
                          "--img-size/--cuda-graph")
     with phases() as phase:
         report = bench_triton(url, concurrency=concurrency, batch=batch, iterations=iterations, warmup=warmup,
-                              on_iteration=phase(f"timing {url}", iterations))
+                              on_iteration=phase(f"timing {url}", default(iterations, defaults.BENCH_ITERATIONS)))
     if as_json:
         print_json(report)
         return
     lat = report["latency_ms"]
-    console().print(f"{report['model']} at {report['url']}, batch {batch}, concurrency {concurrency}, "
-                    f"{iterations} requests after {warmup} warmup")
+    console().print(f"{report['model']} at {report['url']}, batch {report['batch']}, concurrency "
+                    f"{report['concurrency']}, {report['iterations']} requests after {report['warmup']} warmup")
     console().print(f"latency ms: p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p95 {lat['p95']:.2f}  "
                     f"p99 {lat['p99']:.2f}  mean {lat['mean']:.2f}")
     console().print(f"throughput: {report['throughput_ips']:.1f} images/s")

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..artifacts import manifest_path
-from ..defaults import BUILD_TF32
+from ..defaults import BUILD_TARGET, BUILD_TF32
 from ..errors import InputError
 from ..engine.plugins import FORMS
 from ..precision import PRECISIONS
@@ -55,8 +55,8 @@ def build(
     precision: Annotated[Optional[Precision], typer.Option("--precision", help="Engine precision [default: the "
                                                            "graph's with --onnx, else fp32].",
                                                            show_default=False)] = None,
-    target: Annotated[str, typer.Option("--target", help="A row of the targets table (--list-targets), or auto: "
-                                        "the local GPU's.")] = "auto",
+    target: Annotated[Optional[str], typer.Option("--target", help="A row of the targets table (--list-targets), "
+                                                  f"or auto: the local GPU's [default: {BUILD_TARGET}].")] = None,
     onnx: Annotated[Optional[Path], typer.Option("--onnx", help="Graph to build (from export/calibrate/fuse) "
                                                  "[default: none: export, calibrate and fuse first].",
                                                  dir_okay=False)] = None,

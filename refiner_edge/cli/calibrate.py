@@ -50,7 +50,8 @@ def calibrate(
                                                       f"{defaults.CALIBRATE_BATCH_SIZE}].")] = None,
     memory: Annotated[Optional[float], typer.Option("--memory", min=0.05, help="GB of activations the stage may "
                                                     "hold at once, 0.05 to 4096; the graph runs in segments and "
-                                                    "batches shrink to fit [default: 1].")] = None,
+                                                    "batches shrink to fit [default: "
+                                                    f"{defaults.CALIBRATE_MEMORY_GB:g}].")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the image sample, 0 or more [default: "
                                                 f"{defaults.CALIBRATE_SEED}].")] = None,
     tensorrt_version: Annotated[Optional[str], typer.Option("--tensorrt-version", help="TensorRT version written "

@@ -20,6 +20,7 @@ from .. import defaults
 from ..artifacts import NO_SPACE, no_space_error, space_left
 from ..errors import RefinerEdgeError
 from ..extras import missing_dependency
+from ..models.variants import DEFAULT_VARIANT, VARIANTS
 
 log = logging.getLogger("refiner_edge")
 state = {"verbose": False, "reported": False}
@@ -222,12 +223,13 @@ def output_file(value: str) -> Path:
 
 VariantOpt = Annotated[Optional[str], typer.Option(
     "--variant", help="refiner-vit-s, refiner-vit-m, refiner-vit-l or refiner-vit-tiny (test-sized) "
-    "[default: refiner-vit-s].", show_default=False)]
+    f"[default: {DEFAULT_VARIANT}].", show_default=False)]
 CheckpointOpt = Annotated[Optional[Path], typer.Option(
     "--checkpoint", help="Official checkpoint (.pth/.pth.tar timm dict, bare state dict or .safetensors) "
     "[default: none: random weights].", dir_okay=False)]
 ImgSizeOpt = Annotated[Optional[int], typer.Option(
-    "--img-size", help="Input resolution, a positive multiple of 16 [default: the variant's, 224 for S/M/L].")]
+    "--img-size", help=f"Input resolution, a positive multiple of {VARIANTS[DEFAULT_VARIANT].patch_size} [default: the "
+    f"variant's, {VARIANTS[DEFAULT_VARIANT].img_size} for S/M/L].")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per forward pass (fewer "
                                                      "for an ONNX graph whose activations would pass 1 GB) "

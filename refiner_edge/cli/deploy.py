@@ -46,9 +46,10 @@ def triton(
     = None,
     kind: Annotated[Optional[Kind], typer.Option("--kind", help="Where the instances run: gpu or cpu (ONNX only) "
                                                  "[default: gpu].", show_default=False)] = None,
-    ensemble: Annotated[bool, typer.Option("--ensemble/--no-ensemble", help="Add the Python-backend "
-                                           "preprocessing model and the ensemble that takes encoded images.")]
-    = True,
+    ensemble: Annotated[Optional[bool], typer.Option("--ensemble/--no-ensemble", help="Add the Python-backend "
+                                                     "preprocessing model and the ensemble that takes encoded images "
+                                                     f"[default: {'' if defaults.TRITON_ENSEMBLE else 'no-'}ensemble].",
+                                                     show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a Triton Inference Server model repository: config.pbtxt with dynamic batching and instance groups,
@@ -79,9 +80,11 @@ def deepstream(
                                       "other files stay).", file_okay=False)],
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="nvinfer batch-size [default: the "
                                                       "engine profile's maximum].")] = None,
-    threshold: Annotated[float, typer.Option("--classifier-threshold", help="classifier-threshold, in logits "
-                                             "(the graph has no softmax).")] = 0.0,
-    gpu_id: Annotated[int, typer.Option("--gpu-id", min=0, help="gpu-id.")] = 0,
+    threshold: Annotated[Optional[float], typer.Option("--classifier-threshold", help="classifier-threshold, in "
+                                                       "logits (the graph has no softmax) [default: "
+                                                       f"{defaults.DEEPSTREAM_THRESHOLD:g}].")] = None,
+    gpu_id: Annotated[Optional[int], typer.Option("--gpu-id", min=0, help="gpu-id [default: "
+                                                  f"{defaults.DEEPSTREAM_GPU_ID}].")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a DeepStream nvinfer configuration (classifier) for an engine, from its manifest, and a sample

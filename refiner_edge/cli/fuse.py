@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..defaults import FUSE_FORM, FUSE_NUM
+from ..defaults import FUSE_FORM, FUSE_NUM, FUSE_VERIFY, default
 from ..refine.plugin_form import FORMS
 from ..result import StageResult
 from .common import JsonOpt, choices, console, note, output_file, print_json, activity
@@ -15,13 +15,13 @@ from .common import JsonOpt, choices, console, note, output_file, print_json, ac
 PluginForm = choices("PluginForm", FORMS)
 
 
-def run_fuse(source: Path, output: Path, verify: bool, images: Path | None = None, num: int | None = None,
+def run_fuse(source: Path, output: Path, verify: bool | None, images: Path | None = None, num: int | None = None,
              quiet: bool = False, form: str | None = None) -> dict:
     from ..refine.fuse import fuse_onnx
 
     with activity(f"fusing the attention refinements of {source.name} ...", show=not quiet):
         result = fuse_onnx(source, output, verify=verify, images=images, num=num, form=form)
-    return fuse_report(result, verify, quiet)
+    return fuse_report(result, default(verify, FUSE_VERIFY), quiet)
 
 
 def fuse_report(result: StageResult, verify: bool, quiet: bool) -> dict:
@@ -44,9 +44,11 @@ def fuse(
                                            "(FP32, FP16 or INT8 Q/DQ).", dir_okay=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the fused graph (may be SOURCE).",
                                          parser=output_file, metavar="FILE")],
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Run fused and plain graphs on ONNX "
-                                         "Runtime (reference op) on real images and require the same "
-                                         "predictions, within the criteria of the graph's precision.")] = True,
+    verify: Annotated[Optional[bool], typer.Option("--verify/--no-verify", help="Run fused and plain graphs on "
+                                                   "ONNX Runtime (reference op) on real images and require the same "
+                                                   "predictions, within the criteria of the graph's precision "
+                                                   f"[default: {'' if FUSE_VERIFY else 'no-'}verify].",
+                                                   show_default=False)] = None,
     images: Annotated[Optional[Path], typer.Option("--images", help="Images for the check: a folder or a file "
                                                    "[default: the sample photographs].")] = None,
     num: Annotated[Optional[int], typer.Option("--num", min=1, help="Images the check uses at most [default: "

@@ -21,7 +21,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import defaults
 from ..artifacts import file_sha256, publish_files
+from ..defaults import default
 from ..engine.checks import check_plugin_library, rebuild_line
 from ..errors import InputError
 from ..images.labels import labels_text
@@ -96,10 +98,13 @@ def nvinfer_properties(manifest: Manifest, engine_name: str, batch: int, thresho
     return props, exact
 
 
-def write_deepstream(engine: str | Path, out: str | Path, batch: int | None = None, threshold: float = 0.0,
-                     gpu_id: int = 0) -> DeepStreamConfig:
+def write_deepstream(engine: str | Path, out: str | Path, batch: int | None = None, threshold: float | None = None,
+                     gpu_id: int | None = None) -> DeepStreamConfig:
     """Write DIR with the nvinfer configuration, the engine, labels, the plugin library (library form) and a README
-    with a sample pipeline; earlier files of the same names are replaced only once the new ones are complete."""
+    with a sample pipeline; earlier files of the same names are replaced only once the new ones are complete.
+    None: batch the profile's maximum, threshold and gpu_id defaults.DEEPSTREAM_THRESHOLD and DEEPSTREAM_GPU_ID."""
+    threshold = default(threshold, defaults.DEEPSTREAM_THRESHOLD)
+    gpu_id = default(gpu_id, defaults.DEEPSTREAM_GPU_ID)
     from ..engine.checks import check_weights, read_engine_manifest
 
     if not math.isfinite(threshold):   # nvinfer would read 'nan' or 'inf' from the file and classify nothing

@@ -399,7 +399,8 @@ def endpoints(runner: Runner, options: ServeOptions) -> dict:
 
 
 def wait_ready(url: str, models: list[str], timeout: float = 60.0, alive: Callable[[], bool] = lambda: True) -> None:
-    """Poll a server over HTTP until `models` are ready (used by clients and tests)."""
+    """Poll a server over HTTP until `models` are ready (used by clients and tests): RefinerEdgeError when the
+    server exits first, TimeoutError when it is not ready in `timeout` seconds."""
     import tritonclient.http as httpclient
 
     deadline = time.monotonic() + timeout
@@ -407,7 +408,7 @@ def wait_ready(url: str, models: list[str], timeout: float = 60.0, alive: Callab
     try:
         while time.monotonic() < deadline:
             if not alive():
-                raise RuntimeError("the server exited before it was ready")   # wait_ready is the clients' and tests' helper
+                raise RefinerEdgeError("the server exited before it was ready")
             try:
                 if all(client.is_model_ready(m) for m in models):
                     return

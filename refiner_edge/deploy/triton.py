@@ -9,7 +9,7 @@
                                      model (Pillow + NumPy, no refiner-edge in the server)
     REPO/NAME_ensemble/              ensemble: encoded image -> NAME_preprocess -> NAME -> logits
 
-Names, dims and types come from the manifest (graph.input/output, preprocess.img_size, model.num_classes); the
+Names, dims and types come from the manifest (graph.input/output, model.img_size, model.num_classes); the
 batch limits from graph.batch and, for engines, the optimisation profile. The model folders are written to a
 temporary folder beside REPO and each renamed into place, so a failed run leaves no half-written model, and the
 other models of an existing repository stay as they are.
@@ -61,9 +61,10 @@ class RepositoryOptions:
     queue_delay_us: int | None = None
     instances: int | None = None
     kind: str | None = None               # "gpu" or "cpu"; None: gpu (an engine runs only on a GPU)
-    ensemble: bool = True
+    ensemble: bool | None = None
 
     def __post_init__(self):
+        self.ensemble = default(self.ensemble, defaults.TRITON_ENSEMBLE)
         self.name = default(self.name, defaults.TRITON_NAME)
         self.queue_delay_us = default(self.queue_delay_us, defaults.TRITON_QUEUE_DELAY_US)
         self.instances = default(self.instances, defaults.TRITON_INSTANCES)

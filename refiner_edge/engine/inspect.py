@@ -9,13 +9,16 @@ import tempfile
 from pathlib import Path
 
 from ..artifacts import file_sha256, manifest_path
+from ..defaults import INSPECT_LAYERS, default
 from ..errors import InputError, RefinerEdgeError
 from .checks import plugin_library_path, read_engine_manifest
 from .targets import attention_bytes
 
 
-def inspect_engine(engine: str | Path, layers: bool = True) -> dict:
-    """The engine's facts (docs/engines.md, "Inspecting an engine"); `layers`: ask TensorRT for the layer list."""
+def inspect_engine(engine: str | Path, layers: bool | None = None) -> dict:
+    """The engine's facts (docs/engines.md, "Inspecting an engine"); `layers`: ask TensorRT for the layer list
+    (None: defaults.INSPECT_LAYERS)."""
+    layers = default(layers, INSPECT_LAYERS)
     engine = Path(engine)
     manifest = read_engine_manifest(engine)
     if manifest.sha256 and file_sha256(engine) != manifest.sha256:
@@ -32,7 +35,7 @@ def inspect_engine(engine: str | Path, layers: bool = True) -> dict:
     if weights.get("bytes") is not None:
         # the graph's initializers: what refit fills in (a stripped plan lacks them, a full one holds them as built)
         parts["weights_onnx"] = weights["bytes"]
-    activations = hi * attention_bytes(model.heads, model.img_size, info.precision)
+    activations = hi * attention_bytes(model.heads, model.img_size, info.precision, model.variant)
     held = plan_bytes + (weights.get("bytes", 0) if info.weights == "stripped" else 0)
     facts = {
         "engine": str(engine), "flavour": info.flavour, "tensorrt_version": info.tensorrt_version,

@@ -267,9 +267,11 @@ def check_fits(network: Network, precision: str, batch: tuple[int, int, int], wo
     profile's smallest batch: targets.attention_bytes (the estimate the default batch caps use) over the workspace.
     Without it `--img-size 4096` on the tiny variant ran out of memory in the builder after 16 s."""
     lo, size = batch[0], network.img_size
-    need = lo * attention_bytes(network.heads, size, precision)
+    need = lo * attention_bytes(network.heads, size, precision, network.variant)
     if need > workspace:
-        tokens = (size // 16) ** 2 + 1
+        from ..models.variants import get_variant
+
+        tokens = get_variant(network.variant).tokens(size)   # the variant's patch size, as attention_bytes
         raise InputError(f"{network.variant} at {size}x{size} needs about {need / 1e9:,.1f} GB of {precision} "
                          f"attention maps at batch {lo} ({network.heads} heads, {tokens} tokens), more than the "
                          f"{workspace / 2**30:.1f} GiB workspace: use a smaller --img-size (or a larger --workspace)")

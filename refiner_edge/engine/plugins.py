@@ -21,13 +21,14 @@ from ..artifacts import file_sha256
 from ..errors import InputError, MissingDependencyError, RefinerEdgeError, VerificationError
 from ..extras import PLATFORM_HINT
 from ..refine import plugin_form
+from ..source import SOURCE_ROOT
 from .checks import tensorrt_release
 from .targets import AOT_MIN_TENSORRT, Target, tensorrt_at_least
 
 FORMS = (*plugin_form.FORMS, "none")  # "none": an engine without the plugin (a plain graph)
 LIBRARY_ENV = "REFINER_DLA_PLUGIN"      # a prebuilt library, e.g. from a C++ build tree
 TENSORRT_ROOT_ENV = "TensorRT_ROOT"     # TensorRT include/ and lib/, as plugins/refiner_dla/CMakeLists.txt reads it
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = SOURCE_ROOT   # the repository root in a checkout: plugins/ and build/ are there
 SOURCE_DIR = ROOT / "plugins" / "refiner_dla"
 # The one build folder of the library, the same in the plugin's README and CMakeLists, cpp/README.md and
 # docs/jetson.md: build/plugin at the top of the source checkout (not the working directory).

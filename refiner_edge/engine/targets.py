@@ -11,8 +11,10 @@ import logging
 import subprocess
 from dataclasses import dataclass
 
+from ..defaults import BUILD_TARGET, default
 from ..errors import InputError, MissingDependencyError
 from ..extras import PLATFORM_HINT, install_hint
+from ..models.variants import DEFAULT_VARIANT, get_variant
 
 GiB = 1 << 30
 log = logging.getLogger(__name__)
@@ -117,11 +119,12 @@ BATCH_NOTE = ("batch: the default MIN:OPT:MAX; a build lowers MAX (and OPT) wher
               "refiner-vit-l at 448 builds 1:4:8 on the rtx rows) and says so in the engine's manifest")
 
 
-def attention_bytes(heads: int, img_size: int, precision: str) -> int:
+def attention_bytes(heads: int, img_size: int, precision: str, variant: str = DEFAULT_VARIANT) -> int:
     """Bytes one image's attention maps take in an engine at their peak: a refinement reads the map A (heads
-    channels) while its 3 x heads expansion is alive, over N x N positions. Measured: TensorRT-RTX asked for
-    4.62 GB at batch 32 for Refiner-ViT-L@448 in FP32, 144 MB per image; this gives 158 MB."""
-    tokens = (img_size // 16) ** 2 + 1
+    channels) while its 3 x heads expansion is alive, over N x N positions (N from the variant's patch size,
+    VariantConfig.tokens). Measured: TensorRT-RTX asked for 4.62 GB at batch 32 for Refiner-ViT-L@448 in FP32,
+    144 MB per image; this gives 158 MB."""
+    tokens = get_variant(variant).tokens(img_size)
     return 4 * heads * tokens * tokens * (4 if precision == "fp32" else 2)
 
 
@@ -136,8 +139,9 @@ def fitted_batch(batch: tuple[int, int, int], workspace: int, per_image: int) ->
     return min(lo, top), min(opt, max(1, top // 2)), top
 
 
-def get_target(name: str) -> Target:
-    """A row of the table, or the local GPU's row for 'auto'."""
+def get_target(name: str | None = None) -> Target:
+    """A row of the table, or the local GPU's row for 'auto' (None: defaults.BUILD_TARGET)."""
+    name = default(name, BUILD_TARGET)
     if name == "auto":
         return auto_target()
     try:

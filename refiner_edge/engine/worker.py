@@ -32,9 +32,9 @@ from typing import Callable
 
 from ..artifacts import NO_SPACE, deferred_interrupts
 from ..errors import RefinerEdgeError
+from ..source import SOURCE_ROOT
 from .progress import Event, read_events
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 PR_SET_PDEATHSIG = 1
 NO_SPACE_EXIT = 75   # the child could not even write its result: the disk is full
 # Ctrl-C: how long a child with a progress monitor has to stop by itself before it is killed. TensorRT looks at the
@@ -53,7 +53,7 @@ def run_in_child(function: str, job: dict, result: Path, what: str,
     With `progress`, the child finds job["progress_fd"], a pipe whose lines (engine/progress.py) reach `progress` on
     a reader thread, and its stdin stays open until the child ends: closing it asks the child to cancel (the
     builder's progress monitor stops TensorRT), and the child is killed if it has not ended CANCEL_GRACE later."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SOURCE_ROOT),
                                                                      os.environ.get("PYTHONPATH")]))}
     job = {**job, "function": function, "result": str(result), "parent": os.getpid(),
            "verbose": logging.getLogger("refiner_edge").isEnabledFor(logging.DEBUG), "progress_fd": None}

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..artifacts import deferred_interrupts, make_folder, remove_folders, scratch_folder, staged_outputs
 from ..compare import THRESHOLDS, Comparison
-from ..defaults import FUSE_FORM, FUSE_NUM, default
+from ..defaults import FUSE_FORM, FUSE_NUM, FUSE_VERIFY, default
 from ..errors import InputError, VerificationError
 from ..manifest import PluginInfo, Verification, read_manifest, write_manifest
 from ..onnx.graph import check_interface, graph_precision, graph_preprocess, load_onnx, model_interface
@@ -30,11 +30,11 @@ def fuse_thresholds(precision: str) -> dict:
     return {"max_rel_error": FP32_TOLERANCE, **criteria} if precision == "fp32" else criteria
 
 
-def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, images: str | Path | None = None,
+def fuse_onnx(source: str | Path, output: str | Path, verify: bool | None = None, images: str | Path | None = None,
               num: int | None = None, thresholds: dict | None = None, form: str | None = None) -> StageResult:
     """Fuse the refinement subgraphs of the ONNX file `source` into `output` (may be the same path), atomically.
 
-    With verify, the fused graph runs on ONNX Runtime with the reference RefinerDLA op on up to `num` real images
+    With verify (None: defaults.FUSE_VERIFY), the fused graph runs on ONNX Runtime with the reference RefinerDLA op on up to `num` real images
     (`images`, by default the sample photographs; `num` None: defaults.FUSE_NUM) and must meet `thresholds` against the source graph (by default
     fuse_thresholds of its precision). form (None: defaults.FUSE_FORM): "library" (weights as node attributes, the IPluginV3 library's fields)
     or "aot" (refine/plugin_form.aot_form: the AOT plugin embedded in TensorRT >= 10.9 engines); an AOT graph does
@@ -44,6 +44,7 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, image
     import onnx
 
     form = default(form, FUSE_FORM)
+    verify = default(verify, FUSE_VERIFY)
     if form not in FORMS:
         raise InputError(f"unknown plugin form '{form}'; choose one of: {', '.join(FORMS)}")
     source, output = Path(source), Path(output)

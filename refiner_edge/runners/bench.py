@@ -15,6 +15,8 @@ import time
 
 import numpy as np
 
+from .. import defaults
+from ..defaults import default
 from ..errors import InputError
 from .base import Runner
 
@@ -57,9 +59,13 @@ def percentile(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q, method="linear"))
 
 
-def bench(runner: Runner, batch: int = 1, iterations: int = 50, warmup: int = 5, seed: int = 0,
-          on_iteration=lambda n: None) -> dict:
-    """Time `runner` on random preprocessed-shaped input of `batch` images; figures in ms, images/s and MB."""
+def bench(runner: Runner, batch: int | None = None, iterations: int | None = None, warmup: int | None = None,
+          seed: int = 0, on_iteration=lambda n: None) -> dict:
+    """Time `runner` on random preprocessed-shaped input of `batch` images; figures in ms, images/s and MB. None:
+    defaults.BENCH_BATCH, BENCH_ITERATIONS, BENCH_WARMUP."""
+    batch = default(batch, defaults.BENCH_BATCH)
+    iterations = default(iterations, defaults.BENCH_ITERATIONS)
+    warmup = default(warmup, defaults.BENCH_WARMUP)
     if batch < 1 or iterations < 1 or warmup < 0:
         raise InputError(f"--batch and --iterations must be >= 1 and --warmup >= 0 (got {batch}, {iterations}, "
                          f"{warmup})")

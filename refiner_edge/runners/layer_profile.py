@@ -22,7 +22,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..defaults import BENCH_MAX_PROFILED_CALLS
+from .. import defaults
+from ..defaults import BENCH_MAX_PROFILED_CALLS, default
 from ..errors import InputError, VerificationError
 from ..refine import PLUGIN_NAME
 from .base import Runner
@@ -89,13 +90,16 @@ def aggregate(runs: Sequence[Sequence[tuple[str, float]]], plugin_nodes: int | N
             "refinement": refinement, "layers": layers}
 
 
-def profile_layers(runner: Runner, batch: int = 1, iterations: int = 50, warmup: int = 5, seed: int = 0,
+def profile_layers(runner: Runner, batch: int | None = None, iterations: int | None = None,
+                   warmup: int | None = None, seed: int = 0,
                    on_iteration: Callable[[int], None] = lambda n: None) -> dict:
     """Profile `runner` (a TensorRT engine's) on the input bench times: `warmup` profiled calls not counted, then
     `iterations` whose layer times are aggregated (each at most BENCH_MAX_PROFILED_CALLS). Also the host's wall
     time of each profiled call (copies in and out included), which the layers' sum stays below."""
     if runner.set_profiler is None:
         raise InputError("--layers times a TensorRT engine's layers: give --engine MODEL.engine")
+    batch, iterations = default(batch, defaults.BENCH_BATCH), default(iterations, defaults.BENCH_ITERATIONS)
+    warmup = default(warmup, defaults.BENCH_WARMUP)
     if batch < 1 or iterations < 1 or warmup < 0:
         raise InputError(f"--batch and --iterations must be >= 1 and --warmup >= 0 (got {batch}, {iterations}, "
                          f"{warmup})")

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from .. import defaults
+from ..defaults import default
 from ..errors import InputError, MissingDependencyError
 from ..extras import install_hint
 from .bench import percentile
@@ -165,9 +167,15 @@ def run_clients(endpoint: Endpoint, module, request: Request, concurrency: int, 
     return latencies, window["end"] - window["start"]
 
 
-def bench_triton(url: str, concurrency: int = 1, batch: int = 1, iterations: int = 50, warmup: int = 5,
-                 seed: int = 0, timeout_s: float = 60.0, on_iteration=lambda n: None) -> dict:
-    """Time `iterations` requests of `batch` random inputs, `concurrency` in flight at once, after `warmup`."""
+def bench_triton(url: str, concurrency: int | None = None, batch: int | None = None, iterations: int | None = None,
+                 warmup: int | None = None, seed: int = 0, timeout_s: float = 60.0,
+                 on_iteration=lambda n: None) -> dict:
+    """Time `iterations` requests of `batch` random inputs, `concurrency` in flight at once, after `warmup` (None:
+    defaults.BENCH_*)."""
+    concurrency = default(concurrency, defaults.BENCH_CONCURRENCY)
+    batch = default(batch, defaults.BENCH_BATCH)
+    iterations = default(iterations, defaults.BENCH_ITERATIONS)
+    warmup = default(warmup, defaults.BENCH_WARMUP)
     if concurrency < 1 or batch < 1 or iterations < 1 or warmup < 0:
         raise InputError(f"--concurrency, --batch and --iterations must be >= 1 and --warmup >= 0 (got "
                          f"{concurrency}, {batch}, {iterations}, {warmup})")

@@ -30,8 +30,8 @@
 
 namespace refiner_edge {
 
-// The manifest schema this library reads (docs/manifest.md); a newer manifest is refused.
-constexpr int kManifestSchemaVersion = 1;
+// The manifest schema this library reads (docs/manifest.md); a newer manifest is refused, an older one read.
+constexpr int kManifestSchemaVersion = 2;
 
 // ok, or one line saying what is wrong. `if (!status)` tests for an error.
 class Status {
@@ -49,7 +49,7 @@ private:
     std::string message_;
 };
 
-// ---------------------------------------------------------------- the manifest (docs/manifest.md, schema 1)
+// ---------------------------------------------------------------- the manifest (docs/manifest.md, schema 2)
 
 struct ModelInfo {
     std::string variant;
@@ -62,7 +62,7 @@ struct ModelInfo {
 };
 
 struct Preprocessing {
-    int img_size = 0;        // crop size
+    int img_size = 0;        // crop size: the manifest's model.img_size (schema 1 also wrote it here)
     double crop_pct = 1.0;
     int resize_size = 0;     // floor(img_size / crop_pct): the short side goes to this
     float mean[3] = {0.5f, 0.5f, 0.5f};
