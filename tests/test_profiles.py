@@ -249,3 +249,71 @@ def test_cpp_manifest_reader_agrees_on_the_profiles_and_the_pick(tmp_path, two_p
         picks = {int(line.split()[1]): int(line.split()[3]) for line in lines[len(profiles):]}
         python = {b: -1 if profile_for(profiles, b) is None else profile_for(profiles, b) for b in batches}
         assert picks == python
+
+
+# ------------------------------------------------------------------------------------------------ on a GPU
+
+
+@pytest.mark.slow   # not marked gpu/tensorrt: its own step in gpu_check.sh runs it, not pytest_gpu a second time
+def test_two_profiles_run_through_both_runners_as_onnx_runtime_does(tmp_path, tiny_plain):
+    """benchmarks/gpu_check.sh's "profiles" step. A two-profile engine built by TensorRT on this GPU: the Python
+    runner runs batches 1 and 8 and back (profile 0, 1, 0: the switches both ways), plainly and as CUDA graphs, with
+    ONNX Runtime's logits; the C++ classifier runs one image (profile 0) and nine (a batch of 8 in profile 1, then 1
+    in profile 0) with ONNX Runtime's probabilities (`infer --onnx`)."""
+    import numpy as np
+    from PIL import Image
+
+    if importlib.util.find_spec("tensorrt") is None:
+        pytest.skip("tensorrt is not installed: a two-profile engine cannot be built or run here")
+    from refiner_edge.engine.targets import detect_gpu
+
+    if detect_gpu() is None:
+        pytest.skip("no CUDA GPU: a TensorRT engine cannot run on this machine")
+    from refiner_edge.runners.ort import onnxruntime_runner
+    from refiner_edge.runners.tensorrt import tensorrt_runner
+
+    engine = tmp_path / "two.engine"
+    made = invoke("build", "--onnx", tiny_plain, "--target", "auto", *TWO, "--no-tf32", "-o", engine)
+    assert made.exit_code == 0, made.output
+    x = np.random.default_rng(7).standard_normal((8, 3, 64, 64)).astype(np.float32)
+    with onnxruntime_runner(tiny_plain) as ort:
+        expected = {n: ort(x[:n]) for n in (1, 8)}
+    for cuda_graph in (False, True):
+        with tensorrt_runner(engine, cuda_graph=cuda_graph) as trt:
+            for n in (1, 8, 1, 8, 8, 1, 1):
+                np.testing.assert_allclose(trt(x[:n]), expected[n], atol=2e-3, rtol=1e-3,
+                                           err_msg=f"batch {n}, cuda_graph={cuda_graph}")
+
+    from .test_cpp import _tensorrt_root
+
+    root = _tensorrt_root()
+    if root is None or shutil.which("cmake") is None:
+        pytest.skip("TensorRT headers or cmake not found: the C++ classifier cannot be built here")
+    out = tmp_path / "build"
+
+    def run(cmd, timeout=900):
+        return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, check=False)
+
+    configure = run(["cmake", "-S", ROOT / "cpp", "-B", out, f"-DTensorRT_ROOT={root}",
+                     "-DREFINER_EDGE_BUILD_PLUGIN=OFF"])
+    assert configure.returncode == 0, configure.stdout[-2000:] + configure.stderr[-2000:]
+    built = run(["cmake", "--build", out, "-j4", "--target", "refiner_classify"])
+    assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
+    if not (out / "refiner_classify").is_file():
+        pytest.skip("libnvinfer not found by CMake (headers only): set TensorRT_ROOT to a TensorRT with lib/")
+    pixels = np.random.default_rng(8).integers(0, 256, (9, 72, 80, 3), dtype=np.uint8)
+    paths = []
+    for i, image in enumerate(pixels):   # PNG: the C++ and Python decoders give the same pixels
+        paths.append(tmp_path / f"i{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    for group in (paths[:1], paths):
+        ref = invoke("infer", "--onnx", tiny_plain, "--topk", "3", "--json", *group)
+        assert ref.exit_code == 0, ref.output
+        reference = json.loads(ref.stdout)
+        for extra in ([], ["--cuda-graph"]):
+            r = run([out / "refiner_classify", engine, *group, "--topk", "3", "--json", *extra], timeout=120)
+            assert r.returncode == 0, r.stderr
+            for a, b in zip(json.loads(r.stdout), reference, strict=True):
+                assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
+                assert np.allclose([p["prob"] for p in a["predictions"]], [p["prob"] for p in b["predictions"]],
+                                   atol=1e-4)
