@@ -85,6 +85,7 @@ def stand_in_tensorrt(failures: Failures, log: list):
 
     class Engine:
         num_io_tensors = 2
+        num_optimization_profiles = 1
 
         def create_execution_context(self):
             return Context()

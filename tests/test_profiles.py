@@ -19,6 +19,7 @@ from refiner_edge.errors import InputError
 from refiner_edge.manifest import Profile, profile_for, read_manifest, write_manifest
 
 from .helpers import assert_clean_failure, invoke, parse_config
+from .test_engine_first_day import boundary, engine_with_manifest  # noqa: F401 - boundary is a fixture
 
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 rtx = pytest.mark.skipif(not HAS_RTX, reason="tensorrt-rtx is not installed (pip install 'refiner-edge[rtx]')")
@@ -168,6 +169,61 @@ def test_inspect_lists_every_profile_and_its_batches(two_profiles):
     text = invoke("inspect", two_profiles["engine"]).stdout
     assert "profile 0     input min 1 opt 1 max 1 (runs batches 1..1)" in text
     assert "profile 1     input min 1 opt 4 max 8 (runs batches 2..8)" in text
+
+
+def test_the_python_runner_switches_profiles_before_setting_the_shape(tmp_path, boundary, monkeypatch):  # noqa: F811
+    """With TensorRT and CUDA stood in for (failure-injection stand-ins of tests/test_engine_first_day.py, which
+    log each call): a two-profile engine starts in profile 0; a batch that needs profile 1 switches the context on
+    the runner's stream before its input shape is set, a repeat of the batch does not switch again, and a batch of
+    profile 0 switches back. With --cuda-graph the plain enqueue after each switch comes before any replay."""
+    import numpy as np
+
+    from refiner_edge.runners import tensorrt as runner_module
+    from refiner_edge.runners.tensorrt import tensorrt_runner
+
+    _, log, _ = boundary
+    stand_in = runner_module.local_runtime
+
+    def local_runtime(name):
+        trt, runtime = stand_in(name)
+
+        class TwoProfileRuntime(trt.Runtime):
+            def deserialize_cuda_engine(self, data):
+                engine = super().deserialize_cuda_engine(data)
+                engine.num_optimization_profiles = 2
+                make_context = engine.create_execution_context
+
+                def create_execution_context():
+                    context = make_context()
+                    context.set_optimization_profile_async = (
+                        lambda index, stream: log.append(f"profile {index}") or True)
+                    return context
+
+                engine.create_execution_context = create_execution_context
+                return engine
+
+        trt.Runtime = TwoProfileRuntime
+        return trt, runtime
+
+    monkeypatch.setattr(runner_module, "local_runtime", local_runtime)
+    profiles = [Profile("input", [1, 3, 32, 32], [1, 3, 32, 32], [1, 3, 32, 32]),
+                Profile("input", [1, 3, 32, 32], [4, 3, 32, 32], [8, 3, 32, 32])]
+    engine = engine_with_manifest(tmp_path / "e", profiles=profiles)
+    x = np.zeros((8, 3, 32, 32), np.float32)
+    for cuda_graph in (False, True):
+        runner = tensorrt_runner(engine, cuda_graph=cuda_graph)
+        assert (runner.min_batch, runner.max_batch) == (1, 8)
+        del log[:]
+        for n in (1, 8, 8, 8, 1, 1):
+            assert runner.run(x[:n]).shape == (n, 10)
+        switches = [e for e in log if e.startswith(("profile", "shape"))]
+        assert switches == ["shape 1", "profile 1", "shape 8", "profile 0", "shape 1"]
+        if cuda_graph:   # after each switch and shape: a plain enqueue (and the first capture), never a replay
+            after = log[log.index("profile 0"):]
+            assert after.index("execute") < after.index("launch")
+        with pytest.raises(InputError, match=r"outside the engine's profiles \(1\.\.8\)"):
+            runner.run(np.zeros((9, 3, 32, 32), np.float32))
+        runner.close()
 
 
 # ------------------------------------------------------------------------------------------------ deploy

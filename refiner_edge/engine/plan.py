@@ -2,9 +2,9 @@
 
 `resolve(options, network)` runs each check once (DLA, typing, precision against the graph, plugin form, hardware
 compatibility, the device, the attention maps against the workspace) and settles precision, typing, plugin form,
-the optimisation profiles (as asked, else the target's fitted to the model), workspace, optimisation level, TF32 and user allocation into a frozen BuildPlan. The
-build (engine/build.py), its child (engine/backend.py), the engine's manifest, the rebuild and trtexec lines and
-the chain all read the plan; none of them decides again.
+the optimisation profiles (as asked, else the target's fitted to the model), workspace, optimisation level, TF32
+and user allocation into a frozen BuildPlan. The build (engine/build.py), its child (engine/backend.py), the
+engine's manifest, the rebuild and trtexec lines and the chain all read the plan; none of them decides again.
 
 The network is either a graph on disk (`read_network`) or, in the chain, the graph its stages are about to make
 (`planned_network`); a planned network gets its files with `BuildPlan.with_graph` once its graph is made.
