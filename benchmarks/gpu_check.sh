@@ -2,7 +2,8 @@
 # Everything about RefinerDLA that needs a GPU, in one run (docs/kernel.md): the kernels' resource use for this GPU,
 # the CUDA C++ extension build, the GPU tests (Triton and CUDA kernels against a float64 reference, GPU
 # detection, and the TensorRT engine runner and C++ classifier where tensorrt is importable), the CUDA-graph
-# capture after a failed enqueue, a library-form engine served by tritonserver with the plugins= backend option
+# capture after a failed enqueue, an engine with two optimisation profiles through both runners, a library-form
+# engine served by tritonserver with the plugins= backend option
 # (where tensorrt and a tritonserver with its TensorRT backend exist; skipped with the reason otherwise),
 # compute-sanitizer memcheck and racecheck, and the benchmarks. Each step's log and status go to $OUT (default
 # out/gpu); a step that fails or times out is recorded and the next one still runs. A short table is printed last.
@@ -77,6 +78,12 @@ step pytest_cpp_engine 120 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test
 # and the warm-up and failure-injection tests beside it
 step cuda_graph_failed_enqueue 120 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_engine_first_day.py \
   -k "capture or warm_up or failed_enqueue"
+
+# several optimisation profiles in one engine (docs/engines.md): a two-profile engine (--batch 1 --batch 1:4:8) built
+# by TensorRT on this GPU, batches 1 and 8 and back through the Python runner (plain and CUDA graphs) against ONNX
+# Runtime's logits, and through the C++ classifier (1 image; 9: a batch of 8, then 1) against `infer --onnx`; about
+# a minute (the tiny graph, one build, the C++ app); skipped with the reason without tensorrt
+step profiles 150 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_profiles.py -k run_through_both_runners
 
 # without PyTorch's caching allocator every tensor is its own allocation, so small out-of-bounds accesses show
 if command -v compute-sanitizer > /dev/null; then

@@ -170,6 +170,13 @@ class Profile:
             raise InputError(f"{where}: min, opt and max must be positive with min <= opt <= max")
 
 
+def profile_for(profiles: list[Profile], batch: int) -> int | None:
+    """The index of the optimisation profile a runner uses for `batch`: the first that holds it, which for profiles
+    in `build`'s order (engine/plan.py check_profiles) is the one with the smallest MAX; None when none holds it.
+    cpp/src/manifest.cpp profileFor is the same rule."""
+    return next((i for i, p in enumerate(profiles) if p.min[0] <= batch <= p.max[0]), None)
+
+
 @dataclass
 class EngineInfo:
     """A TensorRT engine: what built it, for which device, and how to build it again (engine/checks.py reads it)."""

@@ -85,6 +85,7 @@ def stand_in_tensorrt(failures: Failures, log: list):
 
     class Engine:
         num_io_tensors = 2
+        num_optimization_profiles = 1
 
         def create_execution_context(self):
             return Context()
@@ -591,7 +592,7 @@ def _trtexec(network, options: BuildOptions, output, version: str, batch, form: 
     from refiner_edge.engine.plan import BuildPlan, opt_level, tf32, trtexec_command, workspace
 
     plan = BuildPlan(options, network, version, network.precision, weak=network.parse != network.onnx,
-                     plugin_form=form, profile=batch, profile_note=None, workspace=workspace(options),
+                     plugin_form=form, profiles=(batch,), profile_note=None, workspace=workspace(options),
                      opt_level=opt_level(options), tf32=tf32(options), user_allocation=options.target.rtx)
     return trtexec_command(plan, output, library)
 
@@ -795,7 +796,7 @@ def test_the_chains_trtexec_line_names_the_published_files_not_the_staging_folde
     staging = tmp_path / "out" / ".refiner-edge-staging"
     network = dataclasses.replace(_network(tmp_path, "int8", weak=True), onnx=staging / "s.int8.onnx",
                                   parse=staging / "s.onnx", calibration_cache=staging / "s.int8.calib")
-    plan = BuildPlan(options, network, "10.3.0", "int8", weak=True, plugin_form="none", profile=(2, 2, 2),
+    plan = BuildPlan(options, network, "10.3.0", "int8", weak=True, plugin_form="none", profiles=((2, 2, 2),),
                      profile_note=None, workspace=workspace(options), opt_level=opt_level(options),
                      tf32=tf32(options), user_allocation=False)
     published = published_beside(output, staging)

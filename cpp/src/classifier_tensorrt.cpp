@@ -1,5 +1,8 @@
 // Running an engine on TensorRT 10.x / 11.x: checks, plugin library, deserialization, pre-allocated buffers,
 // enqueueV3 on the caller's stream, optionally replayed as a CUDA graph (refiner_edge/runners/tensorrt.py).
+// An engine with several optimisation profiles runs each batch in profileFor's profile (the first that holds it):
+// one execution context, switched with setOptimizationProfileAsync on the stream when the batch size changes (a
+// context per profile would hold activation memory for each profile's MAX).
 #include <NvInferRuntime.h>
 #include <cuda_runtime_api.h>
 
@@ -144,18 +147,35 @@ public:
             engine_->getTensorDataType(output_.c_str()) != nvinfer1::DataType::kFLOAT)
             return Status::Error(name_ + ": expected float32 input and output tensors");
         const int S = m_.preprocess.img_size;
-        nvinfer1::Dims lo = engine_->getProfileShape(input_.c_str(), 0, nvinfer1::OptProfileSelector::kMIN);
-        nvinfer1::Dims hi = engine_->getProfileShape(input_.c_str(), 0, nvinfer1::OptProfileSelector::kMAX);
         nvinfer1::Dims fixed = engine_->getTensorShape(input_.c_str());
         if (fixed.nbDims != 4 || fixed.d[1] != 3 || fixed.d[2] != S || fixed.d[3] != S)
             return rebuild("does not take [batch, 3, " + std::to_string(S) + ", " + std::to_string(S) +
                            "] as its manifest says");
+        // a dynamic batch: the engine's own profiles (the manifest's, which checkEngine tied to this file, must
+        // agree in number); a fixed batch has none to pick among
+        const int32_t count = fixed.d[0] > 0 ? 0 : engine_->getNbOptimizationProfiles();
+        if (fixed.d[0] <= 0 && (count < 1 || size_t(count) != info.profiles.size()))
+            return rebuild("has " + std::to_string(count) + " optimisation profiles and its manifest " +
+                           std::to_string(info.profiles.size()));
+        for (int32_t i = 0; i < count; ++i) {
+            nvinfer1::Dims lo = engine_->getProfileShape(input_.c_str(), i, nvinfer1::OptProfileSelector::kMIN);
+            nvinfer1::Dims opt = engine_->getProfileShape(input_.c_str(), i, nvinfer1::OptProfileSelector::kOPT);
+            nvinfer1::Dims hi = engine_->getProfileShape(input_.c_str(), i, nvinfer1::OptProfileSelector::kMAX);
+            if (lo.nbDims != 4 || hi.nbDims != 4 || opt.nbDims != 4)
+                return Status::Error(name_ + ": the engine has no optimisation profile");
+            Profile p;
+            p.input = input_;
+            p.min.assign(lo.d, lo.d + 4);
+            p.opt.assign(opt.d, opt.d + 4);
+            p.max.assign(hi.d, hi.d + 4);
+            profiles_.push_back(std::move(p));
+        }
         if (fixed.d[0] > 0) {
             min_batch_ = max_batch_ = static_cast<int>(fixed.d[0]);
         } else {
-            if (lo.nbDims != 4 || hi.nbDims != 4) return Status::Error(name_ + ": the engine has no optimisation profile");
-            min_batch_ = static_cast<int>(lo.d[0]);
-            max_batch_ = static_cast<int>(hi.d[0]);
+            // build's profiles run from the first's MIN to the last's MAX without a gap; run() checks each batch
+            min_batch_ = static_cast<int>(profiles_.front().min[0]);
+            max_batch_ = static_cast<int>(profiles_.back().max[0]);
         }
         if (min_batch_ < 1 || max_batch_ < min_batch_ || max_batch_ > 4096)
             return Status::Error(name_ + ": implausible batch range " + std::to_string(min_batch_) + ".." +
@@ -197,8 +217,23 @@ public:
         return Status::Ok();
     }
 
+    // Switch the context to profile `index` on the stream (nothing of the last batch still runs: run() ends with a
+    // synchronize); the caller sets the input shape again, which TensorRT forgets on a switch, and the buffers'
+    // addresses are set again here rather than relying on TensorRT keeping them across it.
+    Status useProfile(int index) {
+        if (index == active_profile_) return Status::Ok();
+        if (!context_->setOptimizationProfileAsync(index, stream_))
+            return Status::Error(name_ + ": TensorRT could not switch to optimisation profile " +
+                                 std::to_string(index) + ": " + logger().lastError());
+        active_profile_ = index;
+        if (!context_->setTensorAddress(input_.c_str(), d_in_) || !context_->setTensorAddress(output_.c_str(), d_out_))
+            return Status::Error(name_ + ": TensorRT refused the buffers: " + logger().lastError());
+        return Status::Ok();
+    }
+
     Status run(const float* input, int batch, float* logits) {
-        if (batch < min_batch_ || batch > max_batch_)
+        const int profile = profiles_.empty() ? 0 : profileFor(profiles_, batch);
+        if (batch < min_batch_ || batch > max_batch_ || profile < 0)
             return Status::Error("batch " + std::to_string(batch) + " is outside the engine's profile (" +
                                  std::to_string(min_batch_) + ".." + std::to_string(max_batch_) +
                                  "): use --batch-size within it, or rebuild with a wider --batch MIN:OPT:MAX");
@@ -211,10 +246,17 @@ public:
         // the CUDA-graph steps of graph_steps.h (and runners/tensorrt.py): a plain enqueue after every shape change
         const GraphSteps::Actions steps = steps_.step(batch);
         if (steps.shape) {
+            // the batch changed: its profile may too (a batch has one profile, so only then)
+            if (!profiles_.empty() && !(s = useProfile(profile))) {
+                steps_.forgetShape();
+                return s;
+            }
             const int S = m_.preprocess.img_size;
-            if (!context_->setInputShape(input_.c_str(), nvinfer1::Dims4(batch, 3, S, S)))
+            if (!context_->setInputShape(input_.c_str(), nvinfer1::Dims4(batch, 3, S, S))) {
+                steps_.forgetShape();
                 return Status::Error(name_ + ": TensorRT refused input shape batch " + std::to_string(batch) + ": " +
                                      logger().lastError());
+            }
         }
         nvinfer1::Dims out = context_->getTensorShape(output_.c_str());
         if (out.nbDims != 2 || out.d[0] != batch || out.d[1] != classes_)
@@ -283,6 +325,8 @@ private:
     int classes_ = 0;
     GraphSteps steps_;
     std::map<int, cudaGraphExec_t> graphs_;
+    std::vector<Profile> profiles_;  // the engine's, in index order; empty for a fixed batch
+    int active_profile_ = 0;         // a new context starts in profile 0
 };
 
 TensorRTClassifier& impl(Classifier* c) { return *static_cast<TensorRTClassifier*>(c); }

@@ -31,6 +31,8 @@ struct GraphSteps {
     }
 
     void capturedFor(int batch) { captured_.insert(batch); }
+    // the shape was not set after all (TensorRT refused it or the profile switch): the next call sets it again
+    void forgetShape() { shape_ = 0; }
 
 private:
     int shape_ = 0;

@@ -401,6 +401,14 @@ void readManifestValue(const Value& root, const std::string& where, Manifest& m,
 
 std::string manifestPath(const std::string& artifact) { return artifact + ".json"; }
 
+int profileFor(const std::vector<Profile>& profiles, int batch) {
+    for (size_t i = 0; i < profiles.size(); ++i) {
+        const Profile& p = profiles[i];
+        if (!p.min.empty() && !p.max.empty() && p.min[0] <= batch && batch <= p.max[0]) return static_cast<int>(i);
+    }
+    return -1;
+}
+
 Status parseManifest(const std::string& text, const std::string& where, Manifest& out) {
     try {
         json::Value root;

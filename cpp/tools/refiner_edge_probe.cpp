@@ -3,6 +3,8 @@
 //                                                                the C++ input tensor of each IMAGE
 //   refiner_edge_probe decode IMAGE OUT.rfet [IMAGE OUT.rfet ...] the decoded upright RGB, [H, W, 3] floats 0-255
 //   refiner_edge_probe manifest MANIFEST.json                    parse a manifest: "ok ..." or the error
+//   refiner_edge_probe profiles MANIFEST.json BATCH...          an engine manifest's profiles ("profile I MIN OPT
+//                                                                MAX", batches) and, per BATCH, "batch B -> I"
 //   refiner_edge_probe check-engine ENGINE FLAVOUR VERSION CC GPU  checkEngine against a described machine
 //                                                                  (CC "none": no GPU)
 //   refiner_edge_probe topk LOGITS.rfet K                        the JSON of top-k over a [B, C] tensor
@@ -50,6 +52,19 @@ int main(int argc, char** argv) {
         std::cout << "ok " << m.stage << " " << m.model.variant << "@" << m.model.img_size << " resize "
                   << m.preprocess.resize_size << " " << m.preprocess.interpolation << " classes "
                   << m.model.num_classes << (m.engine ? " engine " + m.engine->tensorrt_version : "") << "\n";
+        return 0;
+    }
+    if (a[0] == "profiles" && a.size() >= 2) {
+        Manifest m;
+        Status s = readManifestFile(a[1], m);
+        if (!s) return refuse(s);
+        if (!m.engine) return refuse(Status::Error(a[1] + ": not an engine manifest"));
+        const std::vector<Profile>& profiles = m.engine->profiles;
+        for (size_t i = 0; i < profiles.size(); ++i)
+            std::cout << "profile " << i << " " << profiles[i].min[0] << " " << profiles[i].opt[0] << " "
+                      << profiles[i].max[0] << "\n";
+        for (size_t i = 2; i < a.size(); ++i)
+            std::cout << "batch " << a[i] << " -> " << profileFor(profiles, std::atoi(a[i].c_str())) << "\n";
         return 0;
     }
     // Many images in one process keeps the parity tests fast; each refusal is one line, the exit status 1.

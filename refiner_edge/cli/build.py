@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -69,8 +69,13 @@ def build(
                                                          "CMake-built IPluginV3 library), aot (kernel inside the "
                                                          "engine, TensorRT >= 10.9) or none (plain graph) [default: "
                                                          "the target's; none for RTX].", show_default=False)] = None,
-    batch: Annotated[Optional[str], typer.Option("--batch", help="Batch profile MIN:OPT:MAX, or one size for a "
-                                                 "static batch [default: the target's].")] = None,
+    batch: Annotated[Optional[List[str]], typer.Option("--batch", help="Batch profile MIN:OPT:MAX, or one size for "
+                                                       "a static batch [default: the target's]. Give it again for "
+                                                       "more optimisation profiles in one engine, in increasing "
+                                                       "order: each MIN at least, OPT and MAX above the previous "
+                                                       "one's, MIN at most the previous MAX + 1 (e.g. --batch 1 "
+                                                       "--batch 1:8:16); a runner takes each batch to the first "
+                                                       "profile that holds it.", metavar="MIN:OPT:MAX")] = None,
     dla_core: Annotated[Optional[int], typer.Option("--dla-core", min=0, help="Run on this DLA core (Orin; "
                                                     "fp16/int8; weakly typed on TensorRT 10) [default: none: GPU]."
                                                     )] = None,
@@ -120,7 +125,7 @@ def build(
                              "already made")
     options = BuildOptions(
         target=get_target(target), precision=precision.value if precision else None,
-        batch=parse_batch(batch) if batch else None, dla_core=dla_core,
+        batch=tuple(parse_batch(b) for b in batch) if batch else None, dla_core=dla_core,
         workspace=parse_size(workspace) if workspace else None, timing_cache=timing_cache,
         version_compatible=version_compatible, weak_typing=weak_typing, plugin=plugin.value if plugin else None,
         tf32=tf32, strip_weights=strip_weights, refittable=refittable)

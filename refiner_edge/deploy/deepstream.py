@@ -147,6 +147,10 @@ def write_deepstream(engine: str | Path, out: str | Path, batch: int | None = No
                             "runtime it carries (IRuntime::setEngineHostCodeAllowed), which nvinfer's config has no "
                             "key for and which was not checked here; for DeepStream prefer an engine built without "
                             "--version-compatible by the release's own TensorRT")
+    if len(info.profiles) > 1:
+        # nvinfer sets up its context in profile 0 and never switches, so batch-size is held to profile 0's range
+        result.notes.append(f"{engine.name} has {len(info.profiles)} optimisation profiles and nvinfer runs profile 0 "
+                            f"only (batch {lo}..{top}): for DeepStream, build with one --batch")
     if info.dla_core is not None:
         result.notes.append(f"the engine runs on DLA core {info.dla_core}: enable-dla=1, use-dla-core={info.dla_core}")
 

@@ -10,7 +10,9 @@
     REPO/NAME_ensemble/              ensemble: encoded image -> NAME_preprocess -> NAME -> logits
 
 Names, dims and types come from the manifest (graph.input/output, model.img_size, model.num_classes); the
-batch limits from graph.batch and, for engines, the optimisation profile. The model folders are written to a
+batch limits from graph.batch and, for engines, the optimisation profiles (max_batch_size: the last profile's
+MAX; an engine with several profiles lists them all in its instance_group's `profile`, so Triton's TensorRT backend
+makes a context for each and runs a request in one that holds its batch). The model folders are written to a
 temporary folder beside REPO and each renamed into place, so a failed run leaves no half-written model, and the
 other models of an existing repository stay as they are.
 
@@ -151,10 +153,12 @@ def batch_limits(manifest: Manifest, requested: int | None) -> int:
         return 0
     top = None
     if engine is not None and engine.profiles:
-        lo, top = engine.profiles[0].min[0], engine.profiles[0].max[0]
+        # build's profiles run from the first's MIN to the last's MAX without a gap (engine/plan.py check_profiles)
+        first = engine.profiles[0]
+        lo, top = first.min[0], engine.profiles[-1].max[0]
         if lo > 1:
             raise InputError(f"the engine's profile starts at batch {lo}; Triton sends batches from 1: rebuild with "
-                             f"--batch 1:{engine.profiles[0].opt[0]}:{top}")
+                             f"--batch 1:{first.opt[0]}:{first.max[0]}")
     fallback = defaults.TRITON_MAX_BATCH
     size = requested if requested is not None else min(fallback, top or fallback)
     if size < 1:
@@ -202,7 +206,12 @@ def model_config(manifest: Manifest, options: RepositoryOptions, platform: str, 
     if max_batch:
         preferred = f"preferred_batch_size: {_dims(options.preferred_batch)} " if options.preferred_batch else ""
         lines.append(f"dynamic_batching {{ {preferred}max_queue_delay_microseconds: {options.queue_delay_us} }}")
-    lines.append(f"instance_group [ {{ count: {options.instances} kind: {kind} }} ]")
+    engine = manifest.engine
+    # every profile of an engine that has several, named as Triton's instance_group `profile` field takes them, so
+    # that each instance may run a request in any profile that holds its batch
+    profiles = (" profile: [ " + ", ".join(f'"{i}"' for i in range(len(engine.profiles))) + " ]"
+                if engine is not None and len(engine.profiles) > 1 else "")
+    lines.append(f"instance_group [ {{ count: {options.instances} kind: {kind}{profiles} }} ]")
     return "\n".join(lines) + "\n"
 
 

@@ -118,9 +118,10 @@ def engine_bytes(plan: BuildPlan, plugin: plugins.Plugin, timing_cache: Path | N
     target, network, options = plan.target, plan.network, plan.options
     trt = import_tensorrt(target.flavour)
     ptrt = polygraphy_trt(target.flavour)
-    profile = ptrt.Profile().add(network.input, *(plan.shape(n) for n in plan.profile))
+    # one optimisation profile per --batch, in the plan's order: index i of the engine is plan.profiles[i]
+    profiles = [ptrt.Profile().add(network.input, *(plan.shape(n) for n in batch)) for batch in plan.profiles]
     cache = str(timing_cache) if timing_cache else None
-    common = dict(profiles=[profile], builder_optimization_level=plan.opt_level,
+    common = dict(profiles=profiles, builder_optimization_level=plan.opt_level,
                   memory_pool_limits={trt.MemoryPoolType.WORKSPACE: plan.workspace}, load_timing_cache=cache)
     if target.rtx:
         from polygraphy.backend.tensorrt_rtx import CreateConfigRTX
@@ -162,7 +163,7 @@ def engine_bytes(plan: BuildPlan, plugin: plugins.Plugin, timing_cache: Path | N
     net_loader = ptrt.NetworkFromOnnxPath(str(network.parse), strongly_typed=strongly)
     for library in plugin.libraries():
         plugins.load_library(trt.get_plugin_registry(), library, "build it again (see plugins/refiner_dla/README.md)")
-    explain = out_of_memory_advice(plan.profile, network.img_size, plan.workspace)
+    explain = out_of_memory_advice(plan.profiles[-1], network.img_size, plan.workspace)
     with polygraphy_errors(f"{target.flavour} could not build {network.onnx.name}", explain):
         serialized = ptrt.EngineBytesFromNetwork(net_loader, config=config, save_timing_cache=cache)()
     return bytes(memoryview(serialized))
@@ -176,8 +177,9 @@ def refit_flags(plan: BuildPlan) -> list[str]:
 
 
 def out_of_memory_advice(batch: tuple[int, int, int], size: int, workspace: int) -> Callable[[str], str | None]:
-    """Advice for the builder's OutOfMemory error: the profile's largest batch needs more than the memory allowed;
-    a MAX batch that asks for at most half of it (a power of two), or a larger --workspace at batch 1."""
+    """Advice for the builder's OutOfMemory error: the (last, largest) profile's largest batch needs more than the
+    memory allowed; a MAX batch that asks for at most half of it (a power of two), or a larger --workspace at
+    batch 1."""
     def explain(cause: str) -> str | None:
         found = re.search(r"OutOfMemory \(Requested size was (\d+) bytes", cause)
         if found is None:

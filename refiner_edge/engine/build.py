@@ -81,11 +81,11 @@ def engine_info(plan: BuildPlan, plugin: plugins.Plugin, built: dict, rebuild: s
                 published: Callable[[Path], Path] = lambda path: path) -> EngineInfo:
     """The engine's manifest record: the plan, and what the child's build reported."""
     target, options, network = plan.target, plan.options, plan.network
-    lo, opt, hi = (list(plan.shape(n)) for n in plan.profile)
     return EngineInfo(
         flavour=target.flavour, tensorrt_version=plan.tensorrt_version, target=target.name,
         compute_capability=target.compute_capability, device=target.devices, precision=plan.precision,
-        typing=plan.typing, profiles=[Profile(input=network.input, min=lo, opt=opt, max=hi)],
+        typing=plan.typing, profiles=[Profile(network.input, *(list(plan.shape(n)) for n in batch))
+                                      for batch in plan.profiles],
         plugin_form=plugin.form, plugin_library=str(plugin.library) if plugin.library else None,
         plugin_sha256=plugin.sha256, dla_core=options.dla_core, workspace=plan.workspace,
         builder_optimization_level=plan.opt_level, hardware_compatibility=target.hardware_compat,

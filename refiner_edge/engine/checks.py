@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..artifacts import file_sha256
 from ..errors import InputError
-from ..manifest import Manifest, read_manifest
+from ..manifest import Manifest, profile_for, read_manifest
 
 
 @dataclass(frozen=True)
@@ -213,11 +213,12 @@ def check_plugin_library(engine: str | Path, manifest: Manifest) -> Path | None:
 def batch_in_profile(manifest: Manifest, batch: int, image: tuple[int, ...] | None = None) -> None:
     """A batch outside the engine's optimisation profile, or (`image`: one image's shape) images of another shape
     than its input, are refused before TensorRT, and the runner's copy into buffers sized for the profile, see them."""
-    profile = manifest.engine.profiles[0]
-    lo, hi = profile.min[0], profile.max[0]
-    if not lo <= batch <= hi:
-        raise InputError(f"batch {batch} is outside the engine's profile ({lo}..{hi}): use --batch-size within "
-                         f"it, or rebuild with a wider --batch MIN:OPT:MAX")
+    profiles = manifest.engine.profiles
+    profile = profiles[-1]
+    if profile_for(profiles, batch) is None:
+        lo, hi = min(p.min[0] for p in profiles), max(p.max[0] for p in profiles)
+        raise InputError(f"batch {batch} is outside the engine's profile{'s' if len(profiles) > 1 else ''} "
+                         f"({lo}..{hi}): use --batch-size within it, or rebuild with a wider --batch MIN:OPT:MAX")
     want = tuple(profile.max[1:])
     if image is not None and tuple(image) != want:
         raise InputError(f"images of shape {'x'.join(map(str, image))} do not fit the engine's input "

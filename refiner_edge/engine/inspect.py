@@ -11,6 +11,7 @@ from pathlib import Path
 from ..artifacts import file_sha256, manifest_path
 from ..defaults import INSPECT_LAYERS, default
 from ..errors import InputError, RefinerEdgeError
+from ..manifest import profile_for
 from .checks import plugin_library_path, read_engine_manifest
 from .targets import attention_bytes
 
@@ -24,7 +25,8 @@ def inspect_engine(engine: str | Path, layers: bool | None = None) -> dict:
     if manifest.sha256 and file_sha256(engine) != manifest.sha256:
         raise InputError(f"{engine.name} is not the engine its manifest describes (SHA-256 differs)")
     info, model, graph = manifest.engine, manifest.model, manifest.graph
-    profiles = [{"input": p.input, "min": p.min, "opt": p.opt, "max": p.max} for p in info.profiles]
+    profiles = [{"input": p.input, "min": p.min, "opt": p.opt, "max": p.max,
+                 "batches": profile_batches(info.profiles, i)} for i, p in enumerate(info.profiles)]
     hi = max(p.max[0] for p in info.profiles)
     weights = manifest.report.get("weights") or {}
     plan_bytes = engine.stat().st_size
@@ -56,6 +58,14 @@ def inspect_engine(engine: str | Path, layers: bool | None = None) -> dict:
     facts["layers"], facts["layers_skipped"] = (engine_layers(engine, manifest) if layers else
                                                 (None, "not asked (--no-layers)"))
     return facts
+
+
+def profile_batches(profiles: list, index: int) -> list[int] | None:
+    """[first, last]: the batches the runners take to profile `index` (manifest.profile_for); build's order makes
+    them one run of batches, from just above the previous profile's MAX to this one's."""
+    p = profiles[index]
+    held = [b for b in range(p.min[0], p.max[0] + 1) if profile_for(profiles, b) == index]
+    return [held[0], held[-1]] if held else None   # None: a manifest not in build's order, where none reach it
 
 
 def engine_layers(engine: Path, manifest) -> tuple[dict | None, str | None]:
@@ -113,7 +123,9 @@ def print_facts(facts: dict, echo) -> None:
     for io in facts["outputs"]:
         echo(f"output        {io['name']} {io['dtype']} {'x'.join(map(str, io['shape']))}")
     for i, p in enumerate(facts["profiles"]):
-        echo(f"profile {i}     {p['input']} min {p['min'][0]} opt {p['opt'][0]} max {p['max'][0]}")
+        runs = (" (runs no batch)" if p["batches"] is None else f" (runs batches {p['batches'][0]}.."
+                f"{p['batches'][1]})") if len(facts["profiles"]) > 1 else ""
+        echo(f"profile {i}     {p['input']} min {p['min'][0]} opt {p['opt'][0]} max {p['max'][0]}{runs}")
     echo(f"precision     {facts['precision']} ({facts['typing']}ly typed, tf32 {facts['tf32']})")
     echo(f"plugin        {facts['plugin_form']}" + (f" ({facts['plugin_library']})" if facts['plugin_library'] else ""))
     refit = f", refit {facts['refit']}" if facts["refit"] else ""

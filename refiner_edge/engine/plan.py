@@ -2,9 +2,9 @@
 
 `resolve(options, network)` runs each check once (DLA, typing, precision against the graph, plugin form, hardware
 compatibility, the device, the attention maps against the workspace) and settles precision, typing, plugin form,
-the fitted batch profile, workspace, optimisation level, TF32 and user allocation into a frozen BuildPlan. The
-build (engine/build.py), its child (engine/backend.py), the engine's manifest, the rebuild and trtexec lines and
-the chain all read the plan; none of them decides again.
+the optimisation profiles (as asked, else the target's fitted to the model), workspace, optimisation level, TF32
+and user allocation into a frozen BuildPlan. The build (engine/build.py), its child (engine/backend.py), the
+engine's manifest, the rebuild and trtexec lines and the chain all read the plan; none of them decides again.
 
 The network is either a graph on disk (`read_network`) or, in the chain, the graph its stages are about to make
 (`planned_network`); a planned network gets its files with `BuildPlan.with_graph` once its graph is made.
@@ -29,6 +29,34 @@ from .targets import (GiB, SAME_CC_MIN_TENSORRT, Target, attention_bytes, detect
                       tensorrt_at_least)
 
 
+Batch = tuple[int, int, int]   # one optimisation profile's (MIN, OPT, MAX) batch
+
+
+def check_profiles(profiles: tuple[Batch, ...]) -> None:
+    """The rule several profiles follow (`build --batch` given more than once), so that each batch has one profile
+    that is plainly its own: the runners pick, for a batch, the first profile that holds it, which is the one with the
+    smallest MAX. Given in increasing order: each profile's MIN, OPT and MAX at least the previous one's, OPT and MAX
+    above it (no two alike, none inside another tuned for a smaller batch, each the pick for some batches), and MIN
+    at most the previous MAX + 1 (no batch between two profiles that none holds)."""
+    for lo, opt, hi in profiles:
+        if not 1 <= lo <= opt <= hi:
+            raise InputError(f"--batch must be MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX (or one size), got "
+                             f"'{batch_text(lo, opt, hi)}'")
+    for (lo0, opt0, hi0), (lo, opt, hi) in zip(profiles, profiles[1:]):
+        this, previous = batch_text(lo, opt, hi), batch_text(lo0, opt0, hi0)
+        if not (lo >= lo0 and opt > opt0 and hi > hi0):
+            raise InputError(f"--batch {this} after --batch {previous}: give profiles in increasing order, each "
+                             "MIN at least, OPT and MAX above the previous one's (e.g. --batch 1 --batch 1:8:16)")
+        if lo > hi0 + 1:
+            raise InputError(f"--batch {this} after --batch {previous}: batches {hi0 + 1}..{lo - 1} fit no profile; "
+                             f"start it at {hi0 + 1} or lower (--batch {batch_text(hi0 + 1, opt, hi)})")
+
+
+def batch_text(*batch: int) -> str:
+    """A profile as --batch writes it: N for a static batch, else MIN:OPT:MAX."""
+    return str(batch[0]) if len(set(batch)) == 1 else ":".join(map(str, batch))
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     """Every knob of a build as asked; None means "not given", and `resolve` settles it (from the graph, the
@@ -36,7 +64,8 @@ class BuildOptions:
 
     target: Target
     precision: str | None = None          # None: the graph's (the chain: fp32)
-    batch: tuple[int, int, int] | None = None   # None: the target's, fitted to the model's attention maps
+    batch: tuple[Batch, ...] | Batch | None = None   # the profiles, in order (one (MIN, OPT, MAX): one profile);
+    #                                                  None: the target's, fitted to the model's attention maps
     dla_core: int | None = None
     workspace: int | None = None          # bytes; None: the target's
     opt_level: int | None = None          # None: the target's
@@ -47,6 +76,17 @@ class BuildOptions:
     tf32: bool | None = None              # None: defaults.BUILD_TF32 (see `tf32`)
     strip_weights: bool = False           # STRIP_PLAN: the plan without its weights, for `refit` to fill in
     refittable: bool = False              # REFIT (any weights of the graph); stripped without it: REFIT_IDENTICAL
+
+    def __post_init__(self):
+        # one profile may be given bare, (1, 8, 16); kept as a tuple of profiles, checked (check_profiles) here so
+        # that no BuildOptions, from the CLI or Python, holds profiles a runner could not pick among
+        batch = self.batch
+        if batch is not None:
+            batch = (tuple(batch),) if batch and isinstance(batch[0], int) else tuple(tuple(b) for b in batch)
+            if not batch:
+                raise InputError("--batch needs at least one profile")
+            check_profiles(batch)
+            object.__setattr__(self, "batch", batch)
 
 
 @dataclass(frozen=True)
@@ -77,7 +117,7 @@ class BuildPlan:
     precision: str
     weak: bool                    # weakly typed: builder flags (and the calibration cache) set precision
     plugin_form: str              # none, library or aot
-    profile: tuple[int, int, int]
+    profiles: tuple[Batch, ...]   # the optimisation profiles' (MIN, OPT, MAX) batches, in order
     profile_note: str | None      # why the profile is not the target's default, when it is not
     workspace: int                # bytes
     opt_level: int
@@ -137,7 +177,7 @@ def target_row(target: Target) -> dict:
     `resolve` uses (the batch before it is fitted to the model, the plugin form for a fused graph)."""
     options = BuildOptions(target)
     return {**target.row(), "workspace_gib": workspace(options) / GiB, "opt_level": opt_level(options),
-            "batch": ":".join(map(str, options.batch or target.batch)), "tf32": tf32(options),
+            "batch": ":".join(map(str, target.batch)), "tf32": tf32(options),
             "plugin": plugins.choose_form(target, None, fused=None, probe=False)}
 
 
@@ -192,21 +232,21 @@ def resolve(options: BuildOptions, network: Network, *,
     if network.onnx is not None:
         network = graph_files(network, precision, weak)
     space = workspace(options)
-    check_fits(network, precision, options.batch or target.batch, space)
+    check_fits(network, precision, options.batch or (target.batch,), space)
     version = builder_version()
     check_hardware_compat(target, version)
     check_device(target, version, note, refittable=options.strip_weights or options.refittable)
-    profile = batch_profile(options.batch, target, network, precision, space)
-    if isinstance(network.batch, int) and profile != (network.batch,) * 3:
-        raise InputError(f"{network.onnx.name} has a fixed batch of {network.batch}: use --batch {network.batch} or "
-                         "export a dynamic graph")
+    profiles = batch_profile(options.batch, target, network, precision, space)
+    if isinstance(network.batch, int) and profiles != ((network.batch,) * 3,):
+        raise InputError(f"{network.onnx.name} has a fixed batch of {network.batch}: use --batch {network.batch} "
+                         "(once) or export a dynamic graph")
     capped = None
-    if profile != (options.batch or target.batch):
-        per_image = attention_bytes(network.heads, network.img_size, precision)
-        capped = (f"batch profile {':'.join(map(str, profile))} instead of {target.name}'s default "
+    if profiles != (options.batch or (target.batch,)):
+        per_image = attention_bytes(network.heads, network.img_size, precision, network.variant)
+        capped = (f"batch profile {':'.join(map(str, profiles[0]))} instead of {target.name}'s default "
                   f"{':'.join(map(str, target.batch))}: {network.variant} at {network.img_size} holds about "
                   f"{per_image / 1e6:.0f} MB of {precision} attention maps per image; pass --batch to choose")
-    return BuildPlan(options, network, version, precision, weak, form, profile, capped, space, opt_level(options),
+    return BuildPlan(options, network, version, precision, weak, form, profiles, capped, space, opt_level(options),
                      tf32(options), user_allocation=target.rtx)
 
 
@@ -257,16 +297,21 @@ def check_dla(options: BuildOptions, precision: str) -> None:
         raise InputError(f"--dla-core must be 0..{target.dla_cores - 1} on {target.name}, got {options.dla_core}")
     if precision == "fp32":
         raise InputError("DLA runs FP16 and INT8 only: use --precision fp16 or int8 with --dla-core")
-    lo, opt, hi = options.batch or target.batch
+    profiles = options.batch or (target.batch,)
+    if len(profiles) > 1:
+        # a DLA loadable is compiled for one static shape
+        raise InputError("DLA takes one static batch: give --batch once with --dla-core")
+    lo, opt, hi = profiles[0]
     if not lo == opt == hi:
         raise InputError(f"DLA needs a static batch: use --batch {opt} (one size) with --dla-core")
 
 
-def check_fits(network: Network, precision: str, batch: tuple[int, int, int], workspace: int) -> None:
-    """Refuse, before export or build, a resolution whose attention maps alone outgrow the builder's memory at the
-    profile's smallest batch: targets.attention_bytes (the estimate the default batch caps use) over the workspace.
-    Without it `--img-size 4096` on the tiny variant ran out of memory in the builder after 16 s."""
-    lo, size = batch[0], network.img_size
+def check_fits(network: Network, precision: str, profiles: tuple[Batch, ...], workspace: int) -> None:
+    """Refuse, before export or build, a resolution whose attention maps alone outgrow the builder's memory at a
+    profile's smallest batch (every profile's: the largest MIN decides): targets.attention_bytes (the estimate the
+    default batch caps use) over the workspace. Without it `--img-size 4096` on the tiny variant ran out of memory
+    in the builder after 16 s."""
+    lo, size = max(p[0] for p in profiles), network.img_size
     need = lo * attention_bytes(network.heads, size, precision, network.variant)
     if need > workspace:
         from ..models.variants import get_variant
@@ -277,12 +322,13 @@ def check_fits(network: Network, precision: str, batch: tuple[int, int, int], wo
                          f"{workspace / 2**30:.1f} GiB workspace: use a smaller --img-size (or a larger --workspace)")
 
 
-def batch_profile(asked: tuple[int, int, int] | None, target: Target, network: Network, precision: str,
-                  workspace: int) -> tuple[int, int, int]:
-    """The profile asked for, else the target's default lowered to what the model's activations allow."""
+def batch_profile(asked: tuple[Batch, ...] | None, target: Target, network: Network, precision: str,
+                  workspace: int) -> tuple[Batch, ...]:
+    """The profiles asked for, else one: the target's default lowered to what the model's activations allow."""
     if asked:
         return asked
-    return fitted_batch(target.batch, workspace, attention_bytes(network.heads, network.img_size, precision))
+    per_image = attention_bytes(network.heads, network.img_size, precision, network.variant)
+    return (fitted_batch(target.batch, workspace, per_image),)
 
 
 def check_hardware_compat(target: Target, trt_version: str) -> None:
@@ -335,8 +381,8 @@ def rebuild_command(output: str | Path, plan: BuildPlan, model: dict | None = No
         if value is not None:
             args += [f"--{key.replace('_', '-')}", text(value)]
     args += ["--precision", plan.precision, "--target", options.target.name]
-    if options.batch:
-        args += ["--batch", ":".join(map(str, options.batch))]
+    for profile in options.batch or ():
+        args += ["--batch", ":".join(map(str, profile))]
     for flag, value in (("--plugin", plan.plugin_form), ("--dla-core", options.dla_core),
                         ("--workspace", options.workspace), ("--timing-cache", options.timing_cache)):
         if value is not None:
@@ -372,8 +418,11 @@ def trtexec_command(plan: BuildPlan, output: str | Path, library: Path | None = 
             args += ["--int8", f"--calib={published(Path(network.calibration_cache)).absolute()}"]
     elif plan.tensorrt_version.split(".")[0] == "10":
         args += ["--stronglyTyped"]
-    args += [f"--{which}Shapes={network.input}:{'x'.join(map(str, plan.shape(n)))}"
-             for which, n in zip(("min", "opt", "max"), plan.profile)]
+    for index, profile in enumerate(plan.profiles):
+        # several profiles: trtexec numbers each group of shapes with --profile=N before it
+        args += [f"--profile={index}"] if len(plan.profiles) > 1 else []
+        args += [f"--{which}Shapes={network.input}:{'x'.join(map(str, plan.shape(n)))}"
+                 for which, n in zip(("min", "opt", "max"), profile)]
     workspace = plan.workspace
     args += [f"--memPoolSize=workspace:{workspace >> 20}M" if workspace % (1 << 20) == 0 else
              f"--memPoolSize=workspace:{workspace}B"]

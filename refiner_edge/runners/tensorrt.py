@@ -1,7 +1,13 @@
 """TensorRT runner: a raw engine (+ its manifest) on a CUDA GPU through cuda-python (`cuda.bindings`) buffers and
 one stream, or pycuda where that is what the machine has (older JetPack images). Inputs are copied in, the engine
-runs with `execute_async_v3`, outputs are copied back; the batch may be anything within the engine's profile.
+runs with `execute_async_v3`, outputs are copied back; the batch may be anything within the engine's profiles.
 With cuda_graph=True the enqueue is captured once per batch size and replayed as a CUDA graph.
+
+An engine with several optimisation profiles (`build --batch 1 --batch 1:8:16`) runs each batch in the first profile
+that holds it (manifest.profile_for: the smallest MAX that holds it). One execution context switches among them
+(`set_optimization_profile_async` on the runner's stream, then the input shape set again): a context per profile
+would hold its own activation memory for its profile's MAX, so one context is the cheaper of the two, and the
+switch happens only when the batch size changes, which already costs a shape change.
 
 Before TensorRT sees the engine, engine/checks.py compares its manifest with this machine (GPU, TensorRT version,
 plugin library), so a stale engine is one line with the command that rebuilds it.
@@ -19,6 +25,7 @@ from ..engine.checks import (Runtime, batch_in_profile, check_engine, check_weig
 from ..errors import InputError, MissingDependencyError
 from ..extras import PLATFORM_HINT, install_hint
 from ..images.preprocess import Preprocess
+from ..manifest import profile_for
 from .base import Runner
 
 
@@ -259,9 +266,13 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
         inp, out = inputs[0], outputs[0]
         in_dtype = np.dtype(trt.nptype(plan.get_tensor_dtype(inp)))
         out_dtype = np.dtype(trt.nptype(plan.get_tensor_dtype(out)))
-        profile = info.profiles[0]
-        min_batch, max_batch = profile.min[0], profile.max[0]
-        sample = tuple(profile.max[1:])
+        profiles = info.profiles
+        if plan.num_optimization_profiles != len(profiles):
+            raise InputError(f"{path.name} has {plan.num_optimization_profiles} optimisation profiles and its "
+                             f"manifest {len(profiles)}: rebuild with: {rebuild_line(path, info.rebuild)}")
+        # build's rule (engine/plan.py check_profiles) makes the profiles cover min..max without a gap
+        min_batch, max_batch = profiles[0].min[0], profiles[-1].max[0]
+        sample = tuple(profiles[-1].max[1:])
         num_classes = manifest.model.num_classes
         in_ptr = cuda.malloc(int(np.prod((max_batch, *sample))) * in_dtype.itemsize)
         out_ptr = cuda.malloc(max_batch * num_classes * out_dtype.itemsize)
@@ -270,6 +281,7 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
     graphs: dict[int, object] = {}
     steps = GraphSteps()
     profiler = None   # bench --layers: TensorRT holds only a pointer to it, so the runner keeps it alive
+    active = [0]   # the context's profile: a new context starts in profile 0
 
     def enqueue():
         if not context.execute_async_v3(cuda.stream_handle):
@@ -290,10 +302,24 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
         except RuntimeError as e:   # CUDA refused the capture (e.g. it was invalidated by a synchronizing call)
             raise InputError(f"{path.name}: capturing a CUDA graph failed ({e}): run without --cuda-graph") from None
 
+    def use_profile(index: int) -> None:
+        """Switch the context to optimisation profile `index` on the runner's stream. Nothing of the last batch is
+        still running (run() ends with a synchronize); the input shape is set again after it (TensorRT forgets the
+        shapes on a switch), and the buffers' addresses again too, which costs nothing and does not rely on TensorRT
+        keeping them across the switch."""
+        if index == active[0]:
+            return
+        if not context.set_optimization_profile_async(index, cuda.stream_handle):
+            steps.shape = None
+            raise InputError(f"{path.name}: TensorRT could not switch to optimisation profile {index}")
+        active[0] = index
+        context.set_tensor_address(inp, in_ptr)
+        context.set_tensor_address(out, out_ptr)
+
     def run(x: np.ndarray) -> np.ndarray:
         if not free_buffers.alive:
             raise InputError(f"{path.name}: the runner was closed")
-        # one batch, within the profile: a larger one is refused (docs/engines.md), never split here, so a
+        # one batch, within the profiles: a larger one is refused (docs/engines.md), never split here, so a
         # latency measured on this runner is the latency of that batch; images of another shape would overrun
         # the input buffer, which is sized for the profile
         batch_in_profile(manifest, len(x), x.shape[1:])
@@ -303,9 +329,12 @@ def tensorrt_runner(engine: str | Path | None = None, cuda_graph: bool = False, 
             actions = steps.step(len(x))
             if not cuda_graph or profiler is not None:   # a graph's replay reports no layer times
                 actions = ("shape", "plain") if "shape" in actions else ("plain",)
-            if "shape" in actions and not context.set_input_shape(inp, x.shape):
-                steps.shape = None   # the context kept its old shape: the next call must set it again
-                raise InputError(f"{path.name}: TensorRT refused the input shape {x.shape}")
+            if "shape" in actions:
+                # the batch changed: its profile may too (a batch has one profile, so only then)
+                use_profile(profile_for(profiles, len(x)))
+                if not context.set_input_shape(inp, x.shape):
+                    steps.shape = None   # the context kept its old shape: the next call must set it again
+                    raise InputError(f"{path.name}: TensorRT refused the input shape {x.shape}")
             cuda.h2d(in_ptr, x)
             if "plain" in actions:
                 enqueue()

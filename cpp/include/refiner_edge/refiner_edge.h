@@ -133,6 +133,9 @@ std::string manifestPath(const std::string& artifact);
 Status readManifest(const std::string& artifact, Manifest& out);
 // Parse manifest JSON text; `where` prefixes the messages.
 Status parseManifest(const std::string& json, const std::string& where, Manifest& out);
+// The optimisation profile a runner uses for `batch`: the first that holds it (the smallest MAX, for profiles in
+// `refiner-edge build`'s order); -1 when none does. manifest.py profile_for is the same rule.
+int profileFor(const std::vector<Profile>& profiles, int batch);
 
 // ---------------------------------------------------------------- engine checks (engine/checks.py)
 
@@ -217,7 +220,8 @@ public:
     };
 
     // Check the engine against its manifest and this machine, load the plugin library it needs (none for the
-    // aot form), deserialize it and allocate buffers for the profile's largest batch.
+    // aot form), deserialize it and allocate buffers for the last profile's largest batch. An engine with several
+    // optimisation profiles runs each batch in profileFor's profile, switching the one execution context.
     static Status create(const std::string& engine, const Options& options, std::unique_ptr<Classifier>& out);
     virtual ~Classifier();
 
