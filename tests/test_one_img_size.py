@@ -161,7 +161,7 @@ def test_attention_bytes_and_check_fits_count_the_variants_tokens(monkeypatch):
     assert attention_bytes(12, 448, "fp32", wide.name) == 4 * 12 * 197 * 197 * 4
     assert attention_bytes(12, 448, "fp16", "refiner-vit-s") == 4 * 12 * 785 * 785 * 2
     network = planned_network(wide.name, 448)
-    check_fits(network, "fp32", (1, 1, 1), 1 << 30)   # 7.5 MB per image fits a GiB
+    check_fits(network, "fp32", ((1, 1, 1),), 1 << 30)   # 7.5 MB per image fits a GiB
     with pytest.raises(InputError) as e:
-        check_fits(network, "fp32", (64, 64, 64), 1 << 28)
+        check_fits(network, "fp32", ((64, 64, 64),), 1 << 28)
     assert "(12 heads, 197 tokens)" in str(e.value) and "0.5 GB" in str(e.value)
