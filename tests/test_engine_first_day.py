@@ -606,6 +606,7 @@ def test_trtexec_line_for_tensorrt_10_strongly_typed_with_the_plugin_library(tmp
     assert line == (f"trtexec --onnx={g / 'm.onnx'} --saveEngine={tmp_path / 'm.engine'} --stronglyTyped "
                     "--minShapes=input:1x3x32x32 --optShapes=input:2x3x32x32 --maxShapes=input:4x3x32x32 "
                     "--memPoolSize=workspace:1024M --builderOptimizationLevel=3 --noTF32 "
+                    "--profilingVerbosity=detailed "
                     f"--timingCacheFile={tmp_path / 't.cache'} --dynamicPlugins={library}")
 
 

@@ -428,6 +428,7 @@ def trtexec_command(plan: BuildPlan, output: str | Path, library: Path | None = 
              f"--memPoolSize=workspace:{workspace}B"]
     args += [f"--builderOptimizationLevel={plan.opt_level}"]
     args += [] if plan.tf32 else ["--noTF32"]   # trtexec's default is TF32 on
+    args += ["--profilingVerbosity=detailed"]   # as engine/backend.py builds: the inspector's and profiler's details
     if options.dla_core is not None:
         args += [f"--useDLACore={options.dla_core}", "--allowGPUFallback"]
     if target.hardware_compat != "none":
