@@ -34,7 +34,7 @@ def test_tiny_export_matches_torch_at_two_resolutions_and_batches(tmp_path, img)
         result = _ort_vs_torch(model, path, batch, seed=batch)
         assert result, str(result)
     assert manifest["model"]["img_size"] == img and manifest["graph"]["batch"] == "dynamic"
-    assert manifest["graph"]["opset"] == 17 and manifest["schema_version"] == 1
+    assert manifest["graph"]["opset"] == 17 and manifest["schema_version"] == 2   # schema 2: one img_size (model.img_size)
     assert manifest["verification"][0]["metrics"]["max_rel"] < 1e-4
     assert manifest["preprocess"]["resize_size"] == int(img / 0.9)
     assert "torch" in manifest["versions"] and "onnxruntime" in manifest["versions"]
