@@ -620,9 +620,44 @@ def write_json(dest: str | Path, data: dict) -> Path:
     return Path(dest)
 
 
+# --- hashing ----------------------------------------------------------------------------------------------------
+
+_digests: dict[tuple, str] | None = None   # file identity and state -> SHA-256, while a command hashes once
+
+
+@contextlib.contextmanager
+def hashing_once() -> Iterator[None]:
+    """Within the block (one command: cli/common.py; the build chain), file_sha256 reads each file once, though
+    manifests written and verified and each stage's chain key ask for the same SHA-256 several times. A file is
+    known by its device, inode, size and modification time: one replaced (a new inode) or written to since (a new
+    time or size) is read again, one renamed into place or given its permissions (publish) is not. Outside a block
+    nothing is remembered: a file changed in place within the file system's timestamp granularity (milliseconds)
+    keeps its key, and only a command's own writes, which go to new files, are trusted not to do that."""
+    global _digests
+    if _digests is not None:
+        yield
+        return
+    _digests = {}
+    try:
+        yield
+    finally:
+        _digests = None
+
+
 def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+        if _digests is None:
+            return _sha256(f)
+        st = os.fstat(f.fileno())
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        digest = _digests.get(key)
+        if digest is None:
+            digest = _digests[key] = _sha256(f)
+        return digest
+
+
+def _sha256(f) -> str:
+    h = hashlib.sha256()
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
     return h.hexdigest()

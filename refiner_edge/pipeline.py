@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, ContextManager
 
 from . import __version__
-from .artifacts import Staging, check_artifact, file_sha256, manifest_path, staged_outputs
+from .artifacts import Staging, check_artifact, file_sha256, hashing_once, manifest_path, staged_outputs
 from .engine.build import check_build_outputs, make_engine
 from .engine.plan import BuildOptions, BuildPlan, planned_network, rebuild_command, resolve
 from .errors import InputError, RefinerEdgeError
@@ -127,13 +127,14 @@ def build_chain(output: str | Path, options: BuildOptions, *, variant: str | Non
             check_own(path, output, also=calib if path == paths["calibrate"] else None)
 
     check_stage_files()
-    checkpoint_sha = file_sha256(checkpoint) if checkpoint is not None else None
     # Every stage writes into one staging folder and everything is published together at the end (the engine's
     # manifest last), under the locks of every stage's file: an interrupted or failed chain leaves the earlier
     # generation whole, and a concurrent chain to the same -o waits instead of mixing its stages with this one's.
-    with staged_outputs(*stage_paths, output, extra=[calib] if calib else [], locks=[options.timing_cache],
-                        inputs=inputs_given, note=note) as staging:
+    # Each file is hashed once in the chain, though manifests and stage keys ask for it several times.
+    with hashing_once(), staged_outputs(*stage_paths, output, extra=[calib] if calib else [],
+                                        locks=[options.timing_cache], inputs=inputs_given, note=note) as staging:
         check_stage_files()   # again under the locks: another run may have written them while this one waited
+        checkpoint_sha = file_sha256(checkpoint) if checkpoint is not None else None
         stages = chain_stages(output, plan, paths, variant=variant, checkpoint=checkpoint,
                               checkpoint_sha=checkpoint_sha, img_size=img_size, calib_images=calib_images, note=note)
         return _run_stages(stages, staging, force, step)
