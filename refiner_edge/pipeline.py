@@ -16,12 +16,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager
 
 from . import __version__
-from .artifacts import Staging, check_artifact, file_sha256, hashing_once, manifest_path, staged_outputs
+from .artifacts import (Staging, check_artifact, file_sha256, hashing_once, known_sha256, manifest_path,
+                        staged_outputs)
 from .engine.build import check_build_outputs, make_engine
 from .engine.plan import BuildOptions, BuildPlan, planned_network, rebuild_command, resolve
 from .errors import InputError, RefinerEdgeError
@@ -140,6 +142,31 @@ def build_chain(output: str | Path, options: BuildOptions, *, variant: str | Non
         return _run_stages(stages, staging, force, step)
 
 
+def child_export(job: dict) -> dict:
+    """In a child process (engine/worker.py): export the variant to job['dest'] with its manifest. The chain's
+    export runs there so that what PyTorch holds after it (the model, torch's libraries, freed heap glibc keeps:
+    1.5 GB at L@448) ends with the child instead of lying under the calibration that follows. Its phases go to the
+    parent as the builder's do (engine/progress.py lines on job['progress_fd'])."""
+    from . import progress
+    from .models.factory import create_model
+    from .onnx.export import export_onnx
+
+    fd = job["progress_fd"]
+    opened: list[str] = []
+
+    def phase(label: str, total: int):
+        if fd is not None:
+            with contextlib.suppress(OSError):   # the parent stopped listening: export on, silently
+                ended = "".join(f"finish\t{name}\n" for name in opened)
+                os.write(fd, f"{ended}start\t{' '.join(label.split())}\t\t{total}\n".encode())
+            opened[:] = [" ".join(label.split())]
+        return lambda n: None
+
+    with progress.reporting(phase):
+        model = create_model(job["variant"], img_size=job["img_size"], checkpoint=job["checkpoint"])
+        return {"result": export_onnx(model, Path(job["dest"]))}
+
+
 @dataclass
 class Stage:
     """One stage of the chain: its name, the artifact it publishes, what decides whether that artifact is up to date
@@ -161,12 +188,17 @@ def chain_stages(output: Path, plan: BuildPlan, paths: dict[str, Path | None], *
     precision, form, target = plan.precision, plan.plugin_form, plan.target
 
     def export(_previous, dest: Path, _record: dict) -> StageResult:
-        from .models.factory import create_model
-        from .onnx.export import export_onnx
+        from .engine.progress import listener
+        from .engine.worker import run_in_child
 
         if checkpoint is None:
             note("no --checkpoint: the weights are random")
-        return export_onnx(create_model(variant, img_size=img_size, checkpoint=checkpoint), dest)
+        job = {"variant": variant, "img_size": img_size, "checkpoint": str(checkpoint) if checkpoint else None,
+               "dest": str(dest)}
+        result = run_in_child("refiner_edge.pipeline:child_export", job, dest.with_name(".export.result"),
+                              what="export", progress=listener())["result"]
+        known_sha256(dest, result.manifest.sha256)   # hashed in the child as it wrote the manifest
+        return result
 
     stages = [Stage("export", paths["export"],
                     inputs=lambda _previous: {"variant": variant, "checkpoint_sha256": checkpoint_sha,
