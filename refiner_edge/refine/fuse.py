@@ -51,7 +51,7 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, image
     model = load_onnx(source)
     check_interface(source, *model_interface(model))
     manifest = read_manifest(source)
-    precision = graph_precision(model)
+    precision, inputs = graph_precision(model), model_interface(model)[0]
     fused, count = fuse_graph(model, manifest.model.refining_blocks if manifest else None)
     # The check below holds an ONNX Runtime session of each graph in turn; the protos stay only as long as needed
     # (each is the graph's weights, 325 MB at L@448): the plain one not at all, the fused one for the aot form.
@@ -70,7 +70,8 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool = True, image
 
             progress.phase("checking the fused graph against the plain one on ONNX Runtime")
             thresholds = thresholds or fuse_thresholds(precision)
-            comparison = compare_graphs(source, tmp, manifest, thresholds, images, default(num, FUSE_NUM))
+            comparison = compare_graphs(source, tmp, manifest, thresholds, images, default(num, FUSE_NUM),
+                                        inputs)
             if comparison is not None and not comparison:
                 raise VerificationError(f"fused graph does not match the plain graph: {comparison}")
         if form == "aot":
@@ -116,9 +117,11 @@ def export_fused(model, output: str | Path, *, opset: int | None = None, batch: 
 
 
 def compare_graphs(plain: str | Path, fused: str | Path, manifest, thresholds: dict,
-                   images: str | Path | None = None, num: int = FUSE_NUM) -> Comparison | None:
+                   images: str | Path | None = None, num: int = FUSE_NUM,
+                   inputs: list | None = None) -> Comparison | None:
     """Both graphs on the same preprocessed images on ONNX Runtime (CPU); None when the reference op is
-    unavailable (onnxruntime-extensions missing)."""
+    unavailable (onnxruntime-extensions missing). `inputs`: the plain graph's (model_interface), where the caller
+    has read them."""
     from ..images.imageset import load_image_set
     from ..images.samples import sample_image_dir
     from ..onnx.session import ort_session
@@ -128,22 +131,25 @@ def compare_graphs(plain: str | Path, fused: str | Path, manifest, thresholds: d
 
     if not available():
         return None
-    a = ort_session(plain, ["CPUExecutionProvider"])
-    inp = a.get_inputs()[0]
+    if inputs is None:
+        inputs = model_interface(load_onnx(plain))[0]
+    inp = inputs[0]
     preprocess = graph_preprocess(plain, manifest, inp.shape)
     imageset = load_image_set([images or sample_image_dir()], preprocess, num=num)
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
     dtype = np.float16 if "float16" in inp.type else np.float32
 
-    def runner(session):
+    def run(graph):
+        session = ort_session(graph, ["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
-        return lambda x: session.run(None, {name: x.astype(dtype)})[0]
+        return run_batched(lambda x: session.run(None, {name: x.astype(dtype)})[0], imageset.arrays, batch, fixed)
 
+    # The batch estimate reads the whole graph (onnx/memory.py), so it runs before any session exists; then one
+    # session at a time, each holding its graph's weights and ONNX Runtime's prepacked copies of them, the memory
+    # of the one before handed back
     batch = fixed or graph_batch(plain, min(8, len(imageset)))   # the fused graph holds less than the plain one
-    ref = run_batched(runner(a), imageset.arrays, batch, fixed)
-    # one session at a time: each holds its graph's weights and ONNX Runtime's prepacked copies of them
-    del a
     return_freed_memory()
-    b = ort_session(fused, ["CPUExecutionProvider"])
-    got = run_batched(runner(b), imageset.arrays, batch, fixed)
+    ref = run(plain)
+    return_freed_memory()
+    got = run(fused)
     return Comparison.of(got, ref, thresholds)
