@@ -244,3 +244,19 @@ def test_a_write_probe_left_by_a_killed_run_is_swept_once_stale(tmp_path):
     os.utime(old, (stale, stale))
     artifacts.sweep(tmp_path)
     assert not old.exists() and fresh.exists()
+
+
+@rtx
+@pytest.mark.torch
+def test_a_terminal_shows_the_chains_export_phases_from_its_child(tmp_path):
+    """The export runs in a child; its phases still reach the live line, as the builder's do."""
+    import re
+
+    from .test_build_progress import CLOCK, Terminal
+
+    out = tmp_path / "t.engine"
+    term = Terminal(*TINY_CHAIN[:-1], "--precision", "fp32", "-o", str(out))
+    shown = term.read_until(re.compile(CLOCK.pattern + re.escape("export refiner-vit-tiny -> t.onnx ...") +
+                                       r"  (torch\.onnx\.export|checking the graph against PyTorch)"), timeout=120)
+    assert term.wait() == 0, term.text()
+    assert shown, term.text()
