@@ -1,7 +1,9 @@
 """The pipeline, one layer above the stages (tools/import_check.py): `refiner-edge build` with no graph given runs
 export -> calibrate (fp16/int8, on the images given or the sample photographs) -> fuse (when the plugin form needs a
-fused graph) -> build, each artifact kept beside the engine. The build's plan (engine/plan.py) is resolved before
-the export, so every check of the build runs once, before minutes of work; each stage returns its StageResult.
+fused graph) -> build, each artifact kept beside the engine. The export and the build each run in a child process
+(child_export, engine/worker.py), so neither PyTorch's memory nor TensorRT's stays under the stages after them. The
+build's plan (engine/plan.py) is resolved before the export, so every check of the build runs once, before minutes
+of work; each stage returns its StageResult.
 
 A stage is skipped when its artifact is there, matches its manifest's SHA-256, and its manifest's report holds the
 same `chain_key`: the SHA-256 of the stage's inputs (files by content) and options. The stages of one run are
