@@ -9,9 +9,10 @@ published together.
 - `staged_outputs`: every file of a run is written into a scratch folder beside its destination, then renamed into
   place in one go, each manifest after its artifact and the last manifest as the commit point. A full disk there is
   one NoSpaceError naming the output and the space left, with nothing published.
-- What a killed run (SIGKILL, power loss) leaves, a scratch folder (staged_outputs', atomic_output's) or a lock
-  file, is removed by the next run that writes in that folder: each is held (flock) by its run while in use, so a
-  free one has lost its owner.
+- What a killed run (SIGKILL, out of memory, power loss) leaves, a scratch folder (staged_outputs',
+  atomic_output's, publish_files') or a lock file, is removed by the next run that writes in that folder: each is
+  held (flock) by its run while in use, so a free one has lost its owner. The lock dies with its holder, however it
+  dies, and cannot be inherited by a process that reuses its pid, so no pid is recorded or checked.
 
 Why renames into place and not a generation folder: the engine must stay a raw plan at the path the user gave (trtexec,
 Triton and DeepStream open it there), with `<engine>.json` beside it, so the pair cannot become one directory entry.
@@ -28,7 +29,6 @@ import errno
 import fcntl
 import hashlib
 import os
-import re
 import shutil
 import signal
 import stat
@@ -47,6 +47,7 @@ SCRATCH_PREFIX = ".refiner-edge-"
 SCRATCH_OWNER = ".owner"  # made once the scratch folder is held: a held-then-free folder is a killed run's
 LOCK_MARK = b"refiner-edge lock\n"   # written into a lock file once held: only such files are swept
 UNMARKED_STALE_S = 24 * 3600   # a scratch folder never held (killed at birth, or an older release's) after a day
+PROBE_STALE_S = 60             # a write probe (check_outputs) left by a killed run
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)   # full disk, full quota, file size limit (ulimit -f)
 _held: dict[str, list] = {}   # lock path -> [fd, count]: a run that holds a lock may take it again (the chain's stages)
 _swept: set[Path] = set()     # folders atomic_output has swept in this process
@@ -112,9 +113,13 @@ def publish_files(out: Path, files: dict[str, str | Path], folders: list[str] = 
     check_not_replaced(out, files, folders)
     created = make_folder(out.absolute()) if not out.is_file() else []
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=hidden_name(out.name, ".", name_max(out.parent) - 12), suffix=".tmp",
-                                    dir=out.parent))
-        try:
+        # in a held scratch folder beside `out` (not in it: Triton polls a model repository), swept like any other
+        # when a killed run leaves it
+        parent = out.absolute().parent
+        sweep(parent)
+        with scratch_folder(parent) as scratch:
+            tmp = scratch / out.name
+            tmp.mkdir()
             for folder in folders:
                 (tmp / folder).mkdir(parents=True)
             for rel, content in files.items():
@@ -124,9 +129,7 @@ def publish_files(out: Path, files: dict[str, str | Path], folders: list[str] = 
                     shutil.copyfile(content, dest)
                 else:
                     dest.write_text(content, encoding="utf-8")
-            _publish_entries(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _publish_entries(tmp, out, aside=scratch)
     except BaseException:
         remove_folders(created)   # only the empty ones: what was published stays
         raise
@@ -151,10 +154,11 @@ def check_not_replaced(out: Path, files: dict[str, str | Path], folders: list[st
                                      "or choose another -o or --name")
 
 
-def _publish_entries(tmp: Path, out: Path) -> None:
+def _publish_entries(tmp: Path, out: Path, aside: Path) -> None:
     """Move each finished entry of `tmp` (a model folder, a file) into the folder `out`, each atomically: an earlier
-    entry of the same name is moved aside first and removed after. Everything else in `out` stays: a model
-    repository holds other models, a DeepStream folder the user's own files."""
+    entry of the same name is moved aside first (into `aside`, the run's scratch folder, so a kill leaves it where
+    the next run sweeps it) and removed after. Everything else in `out` stays: a model repository holds other
+    models, a DeepStream folder the user's own files."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -162,8 +166,14 @@ def _publish_entries(tmp: Path, out: Path) -> None:
         dest = out / entry.name
         old = None
         if dest.exists() or dest.is_symlink():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
+            old = aside / f".{dest.name}.old"
+            try:
+                os.replace(dest, old)
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise
+                old = dest.with_name(f".{dest.name}.old-{os.getpid()}")   # `out` is a mount point of its own
+                os.replace(dest, old)
         try:
             os.replace(entry, dest)
         except BaseException:
@@ -487,6 +497,10 @@ def sweep(folder: str | Path) -> None:
         with contextlib.suppress(OSError):
             if entry.name.startswith(SCRATCH_PREFIX) and entry.is_dir(follow_symlinks=False):
                 _sweep_scratch(Path(entry.path))
+            elif entry.name.startswith(SCRATCH_PREFIX) and entry.is_file(follow_symlinks=False):
+                # _check_writable's probe, which lives for microseconds: one a minute old lost its run
+                if time.time() - entry.stat(follow_symlinks=False).st_mtime > PROBE_STALE_S:
+                    os.unlink(entry.path)
             elif entry.name.startswith(".") and entry.name.endswith(".lock") and \
                     entry.is_file(follow_symlinks=False):
                 _sweep_lock(Path(entry.path))
@@ -527,17 +541,11 @@ def _sweep_lock(path: Path) -> None:
 
 # --- a full disk ------------------------------------------------------------------------------------------------
 
-_TEMPORARY = re.compile(r"\.(.+)\.[A-Za-z0-9_]{8}\.tmp")   # a deploy folder's temporary name (mkdtemp)
-
-
 def public_path(path: str | Path) -> Path:
     """Where a file written under a temporary name is published: out of its scratch folders (the chain's stages
-    nest one in another) and temporary folder names (`.NAME.XXXXXXXX.tmp`)."""
+    nest one in another; a deploy folder is made whole in one, under its own name)."""
     parts = list(Path(path).absolute().parts)
-    while len(parts) > 2 and parts[-2].startswith(SCRATCH_PREFIX):
-        parts.pop(-2)
-    temporary = [_TEMPORARY.fullmatch(part) for part in parts[:-1]]
-    return Path(*[m.group(1) if m else part for m, part in zip(temporary, parts[:-1])], parts[-1])
+    return Path(*[part for part in parts[:-1] if not part.startswith(SCRATCH_PREFIX)], parts[-1])
 
 
 def _size(n: float) -> str:
@@ -620,9 +628,52 @@ def write_json(dest: str | Path, data: dict) -> Path:
     return Path(dest)
 
 
+# --- hashing ----------------------------------------------------------------------------------------------------
+
+_digests: dict[tuple, str] | None = None   # file identity and state -> SHA-256, while a command hashes once
+
+
+@contextlib.contextmanager
+def hashing_once() -> Iterator[None]:
+    """Within the block (one command: cli/common.py; the build chain), file_sha256 reads each file once, though
+    manifests written and verified and each stage's chain key ask for the same SHA-256 several times. A file is
+    known by its device, inode, size and modification time: one replaced (a new inode) or written to since (a new
+    time or size) is read again, one renamed into place or given its permissions (publish) is not. Outside a block
+    nothing is remembered: a file changed in place within the file system's timestamp granularity (milliseconds)
+    keeps its key, and only a command's own writes, which go to new files, are trusted not to do that."""
+    global _digests
+    if _digests is not None:
+        yield
+        return
+    _digests = {}
+    try:
+        yield
+    finally:
+        _digests = None
+
+
 def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+        if _digests is None:
+            return _sha256(f)
+        st = os.fstat(f.fileno())
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        digest = _digests.get(key)
+        if digest is None:
+            digest = _digests[key] = _sha256(f)
+        return digest
+
+
+def known_sha256(path: str | Path, digest: str) -> None:
+    """Within hashing_once, take `digest` as the SHA-256 of `path` as it is now: a file this command's own child
+    process wrote and hashed (the chain's export)."""
+    if _digests is not None:
+        st = os.stat(path)
+        _digests[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)] = digest
+
+
+def _sha256(f) -> str:
+    h = hashlib.sha256()
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
     return h.hexdigest()

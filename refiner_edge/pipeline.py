@@ -1,7 +1,9 @@
 """The pipeline, one layer above the stages (tools/import_check.py): `refiner-edge build` with no graph given runs
 export -> calibrate (fp16/int8, on the images given or the sample photographs) -> fuse (when the plugin form needs a
-fused graph) -> build, each artifact kept beside the engine. The build's plan (engine/plan.py) is resolved before
-the export, so every check of the build runs once, before minutes of work; each stage returns its StageResult.
+fused graph) -> build, each artifact kept beside the engine. The export and the build each run in a child process
+(child_export, engine/worker.py), so neither PyTorch's memory nor TensorRT's stays under the stages after them. The
+build's plan (engine/plan.py) is resolved before the export, so every check of the build runs once, before minutes
+of work; each stage returns its StageResult.
 
 A stage is skipped when its artifact is there, matches its manifest's SHA-256, and its manifest's report holds the
 same `chain_key`: the SHA-256 of the stage's inputs (files by content) and options. The stages of one run are
@@ -16,12 +18,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager
 
 from . import __version__
-from .artifacts import Staging, check_artifact, file_sha256, manifest_path, staged_outputs
+from .artifacts import (Staging, check_artifact, file_sha256, hashing_once, known_sha256, manifest_path,
+                        staged_outputs)
 from .engine.build import check_build_outputs, make_engine
 from .engine.plan import BuildOptions, BuildPlan, planned_network, rebuild_command, resolve
 from .errors import InputError, RefinerEdgeError
@@ -127,16 +131,42 @@ def build_chain(output: str | Path, options: BuildOptions, *, variant: str | Non
             check_own(path, output, also=calib if path == paths["calibrate"] else None)
 
     check_stage_files()
-    checkpoint_sha = file_sha256(checkpoint) if checkpoint is not None else None
     # Every stage writes into one staging folder and everything is published together at the end (the engine's
     # manifest last), under the locks of every stage's file: an interrupted or failed chain leaves the earlier
     # generation whole, and a concurrent chain to the same -o waits instead of mixing its stages with this one's.
-    with staged_outputs(*stage_paths, output, extra=[calib] if calib else [], locks=[options.timing_cache],
-                        inputs=inputs_given, note=note) as staging:
+    # Each file is hashed once in the chain, though manifests and stage keys ask for it several times.
+    with hashing_once(), staged_outputs(*stage_paths, output, extra=[calib] if calib else [],
+                                        locks=[options.timing_cache], inputs=inputs_given, note=note) as staging:
         check_stage_files()   # again under the locks: another run may have written them while this one waited
+        checkpoint_sha = file_sha256(checkpoint) if checkpoint is not None else None
         stages = chain_stages(output, plan, paths, variant=variant, checkpoint=checkpoint,
                               checkpoint_sha=checkpoint_sha, img_size=img_size, calib_images=calib_images, note=note)
         return _run_stages(stages, staging, force, step)
+
+
+def child_export(job: dict) -> dict:
+    """In a child process (engine/worker.py): export the variant to job['dest'] with its manifest. The chain's
+    export runs there so that what PyTorch holds after it (the model, torch's libraries, freed heap glibc keeps:
+    1.5 GB at L@448) ends with the child instead of lying under the calibration that follows. Its phases go to the
+    parent as the builder's do (engine/progress.py lines on job['progress_fd'])."""
+    from . import progress
+    from .models.factory import create_model
+    from .onnx.export import export_onnx
+
+    fd = job["progress_fd"]
+    opened: list[str] = []
+
+    def phase(label: str, total: int):
+        if fd is not None:
+            with contextlib.suppress(OSError):   # the parent stopped listening: export on, silently
+                ended = "".join(f"finish\t{name}\n" for name in opened)
+                os.write(fd, f"{ended}start\t{' '.join(label.split())}\t\t{total}\n".encode())
+            opened[:] = [" ".join(label.split())]
+        return lambda n: None
+
+    with progress.reporting(phase):
+        model = create_model(job["variant"], img_size=job["img_size"], checkpoint=job["checkpoint"])
+        return {"result": export_onnx(model, Path(job["dest"]))}
 
 
 @dataclass
@@ -160,12 +190,17 @@ def chain_stages(output: Path, plan: BuildPlan, paths: dict[str, Path | None], *
     precision, form, target = plan.precision, plan.plugin_form, plan.target
 
     def export(_previous, dest: Path, _record: dict) -> StageResult:
-        from .models.factory import create_model
-        from .onnx.export import export_onnx
+        from .engine.progress import listener
+        from .engine.worker import run_in_child
 
         if checkpoint is None:
             note("no --checkpoint: the weights are random")
-        return export_onnx(create_model(variant, img_size=img_size, checkpoint=checkpoint), dest)
+        job = {"variant": variant, "img_size": img_size, "checkpoint": str(checkpoint) if checkpoint else None,
+               "dest": str(dest)}
+        result = run_in_child("refiner_edge.pipeline:child_export", job, dest.with_name(".export.result"),
+                              what="export", progress=listener())["result"]
+        known_sha256(dest, result.manifest.sha256)   # hashed in the child as it wrote the manifest
+        return result
 
     stages = [Stage("export", paths["export"],
                     inputs=lambda _previous: {"variant": variant, "checkpoint_sha256": checkpoint_sha,

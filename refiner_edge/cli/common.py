@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover
     import click
 
 from .. import defaults
-from ..artifacts import NO_SPACE, no_space_error, space_left
+from ..artifacts import NO_SPACE, hashing_once, no_space_error, space_left
 from ..errors import RefinerEdgeError
 from ..extras import missing_dependency
 from ..models.variants import DEFAULT_VARIANT, VARIANTS
@@ -58,7 +58,8 @@ def handle_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            with hashing_once():   # each file a command reads or writes is hashed once (artifacts.py)
+                return func(*args, **kwargs)
         except KeyboardInterrupt:
             fail("interrupted", 130)
         except (typer.Exit, typer.Abort, click.ClickException):

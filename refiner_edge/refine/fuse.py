@@ -13,6 +13,7 @@ from ..compare import THRESHOLDS, Comparison
 from ..defaults import FUSE_FORM, FUSE_NUM, FUSE_VERIFY, default
 from ..errors import InputError, VerificationError
 from ..manifest import PluginInfo, Verification, read_manifest, write_manifest
+from ..onnx.memory import return_freed_memory
 from ..onnx.graph import check_interface, graph_precision, graph_preprocess, load_onnx, model_interface
 from ..result import StageResult
 from . import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
@@ -51,19 +52,27 @@ def fuse_onnx(source: str | Path, output: str | Path, verify: bool | None = None
     model = load_onnx(source)
     check_interface(source, *model_interface(model))
     manifest = read_manifest(source)
+    precision, inputs = graph_precision(model), model_interface(model)[0]
     fused, count = fuse_graph(model, manifest.model.refining_blocks if manifest else None)
+    # The check below holds an ONNX Runtime session of each graph in turn; the protos stay only as long as needed
+    # (each is the graph's weights, 325 MB at L@448): the plain one not at all, the fused one for the aot form.
+    del model
     comparison = record = None
     # in place (output = source) is allowed; otherwise neither the source nor its manifest may be written
     read = [images] + ([] if output.absolute() == source.absolute() else [source])
     with staged_outputs(output, inputs=read) as staging:
         tmp = staging.path(output)
         onnx.save(fused, str(tmp))
+        if form != "aot":
+            fused = None
+        return_freed_memory()
         if verify:
             from .. import progress
 
             progress.phase("checking the fused graph against the plain one on ONNX Runtime")
-            thresholds = thresholds or fuse_thresholds(graph_precision(model))
-            comparison = compare_graphs(source, tmp, manifest, thresholds, images, default(num, FUSE_NUM))
+            thresholds = thresholds or fuse_thresholds(precision)
+            comparison = compare_graphs(source, tmp, manifest, thresholds, images, default(num, FUSE_NUM),
+                                        inputs)
             if comparison is not None and not comparison:
                 raise VerificationError(f"fused graph does not match the plain graph: {comparison}")
         if form == "aot":
@@ -109,9 +118,11 @@ def export_fused(model, output: str | Path, *, opset: int | None = None, batch: 
 
 
 def compare_graphs(plain: str | Path, fused: str | Path, manifest, thresholds: dict,
-                   images: str | Path | None = None, num: int = FUSE_NUM) -> Comparison | None:
+                   images: str | Path | None = None, num: int = FUSE_NUM,
+                   inputs: list | None = None) -> Comparison | None:
     """Both graphs on the same preprocessed images on ONNX Runtime (CPU); None when the reference op is
-    unavailable (onnxruntime-extensions missing)."""
+    unavailable (onnxruntime-extensions missing). `inputs`: the plain graph's (model_interface), where the caller
+    has read them."""
     from ..images.imageset import load_image_set
     from ..images.samples import sample_image_dir
     from ..onnx.session import ort_session
@@ -121,19 +132,25 @@ def compare_graphs(plain: str | Path, fused: str | Path, manifest, thresholds: d
 
     if not available():
         return None
-    a = ort_session(plain, ["CPUExecutionProvider"])
-    b = ort_session(fused, ["CPUExecutionProvider"])
-    inp = a.get_inputs()[0]
+    if inputs is None:
+        inputs = model_interface(load_onnx(plain))[0]
+    inp = inputs[0]
     preprocess = graph_preprocess(plain, manifest, inp.shape)
     imageset = load_image_set([images or sample_image_dir()], preprocess, num=num)
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
     dtype = np.float16 if "float16" in inp.type else np.float32
 
-    def runner(session):
+    def run(graph):
+        session = ort_session(graph, ["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
-        return lambda x: session.run(None, {name: x.astype(dtype)})[0]
+        return run_batched(lambda x: session.run(None, {name: x.astype(dtype)})[0], imageset.arrays, batch, fixed)
 
+    # The batch estimate reads the whole graph (onnx/memory.py), so it runs before any session exists; then one
+    # session at a time, each holding its graph's weights and ONNX Runtime's prepacked copies of them, the memory
+    # of the one before handed back
     batch = fixed or graph_batch(plain, min(8, len(imageset)))   # the fused graph holds less than the plain one
-    ref = run_batched(runner(a), imageset.arrays, batch, fixed)
-    got = run_batched(runner(b), imageset.arrays, batch, fixed)
+    return_freed_memory()
+    ref = run(plain)
+    return_freed_memory()
+    got = run(fused)
     return Comparison.of(got, ref, thresholds)
