@@ -116,3 +116,20 @@ def test_calibrate_runs_the_fp32_graph_once_per_image(tiny_plain, sample_photos,
     assert abs(mine.sqnr_db - result.report["evaluation"]["sqnr_db"]) < 0.2
     assert mine.agreement == result.report["evaluation"]["agreement"]
 
+
+
+@pytest.mark.parametrize("memory_gb", [0.0002, 0.0005, 0.001, 0.003])
+def test_segment_cuts_anywhere_give_the_same_ranges(tiny_plain, sample_photos, memory_gb):
+    """Wherever the budget cuts (inside attention too, where a segment reads tensors of the same rank and other
+    sizes), each segment's session computes its own tensors right and the ranges equal the reference's."""
+    from refiner_edge.precision.ranges import _collect_ranges_all_outputs, collect_ranges
+
+    model = onnx.load(str(tiny_plain))
+    quantized = activation_inputs(model, quantizable_nodes(model, set()))
+    x = load_image_set(sample_photos, TINY_PRE).arrays
+    new = collect_ranges(tiny_plain, [x], "max", "input", quantized, memory_gb=memory_gb, keep_outputs=len(x))
+    old = _collect_ranges_all_outputs(tiny_plain, [x], "max", "input", quantized)
+    assert new.segments > 1 and new.minmax.keys() == old.minmax.keys()
+    for name, (lo, hi) in old.minmax.items():
+        np.testing.assert_allclose(new.minmax[name], (lo, hi), rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(new.outputs, run_logits(model, x), rtol=1e-4, atol=1e-5)

@@ -171,13 +171,16 @@ def _segment_session(model, seg, floats: set[str], wanted: set[str] = frozenset(
     returned = list(dict.fromkeys([*[t for t in seg.produced if t in wanted], *seg.passed]))
     requested = [*returned, *[n for pair in reduced.values() for n in pair]]
 
-    def info(name: str, shaped: bool):
+    def info(name: str, shaped: bool, k: int = 0):
         tensor = infos[name].type.tensor_type
         rank = len(tensor.shape.dim) if shaped and tensor.HasField("shape") else None
-        shape = None if rank is None else [f"d{i}" for i in range(rank)]  # rank only: no shape to get wrong
+        # rank only: no shape to get wrong; a name of its own per dimension, as ONNX Runtime takes dimensions of
+        # the same name for equal and reuses buffers on that (wrongly, once the segment's tensors are its own)
+        shape = None if rank is None else [f"in{k}_d{i}" for i in range(rank)]
         return helper.make_tensor_value_info(name, tensor.elem_type, shape)
 
-    part = helper.make_graph([*nodes, *extra], f"segment_{seg.start}", [info(n, True) for n in seg.inputs],
+    part = helper.make_graph([*nodes, *extra], f"segment_{seg.start}",
+                             [info(n, True, k) for k, n in enumerate(seg.inputs)],
                              [*[info(n, False) for n in returned], *outs],
                              [t for t in graph.initializer if t.name in read])
     proto = helper.make_model(part, opset_imports=model.opset_import, ir_version=model.ir_version)
