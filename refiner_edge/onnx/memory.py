@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ..defaults import CALIBRATE_MEMORY_GB, default
 
 GB = 1e9
+MAX_SEGMENTS = 128   # each segment is an ONNX Runtime session and a run per batch (Refiner-ViT-L@448 at 1 GB: 77)
 
 _ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}  # TensorProto types
 
@@ -98,9 +99,20 @@ class GraphMemory:
             alive -= ends.get(i, 0)
         return peak
 
-    def segments(self, target: float) -> list[Segment]:
+    def segments(self, target: float, max_segments: int | None = None) -> list[Segment]:
         """Consecutive pieces of at most `target` bytes per image where the graph allows, cut where the fewest
-        bytes cross from one piece to the next."""
+        bytes cross from one piece to the next; never more than `max_segments` [MAX_SEGMENTS] of them: a target
+        that would need more is doubled until they are few enough (the count is bounded, the target then is not:
+        a tiny budget once cut Refiner-ViT-L into thousands of one-node sessions)."""
+        limit = max(1, max_segments or MAX_SEGMENTS)
+        target = max(float(target), 1.0)
+        while True:
+            pieces = self._cut(target)
+            if len(pieces) <= limit:
+                return pieces
+            target *= 2
+
+    def _cut(self, target: float) -> list[Segment]:
         nodes = self.nodes
         n = len(nodes)
         out_bytes = [sum(self.sizes.get(o, 0) for o in node.output) for node in nodes]
@@ -150,9 +162,10 @@ def largest_batch(per_image: int, budget_bytes: float, wanted: int) -> int:
 
 
 def forward_batch(model, budget: float, wanted: int) -> int:
-    """The largest batch up to `wanted` whose plain forward pass of `model` fits `budget` bytes (ONNX Runtime's
-    convolutions add workspace beside the live tensors: counted as twice the largest tensor)."""
-    memory = GraphMemory.of(model)
+    """The largest batch up to `wanted` whose plain forward pass of `model` (a ModelProto or its GraphMemory) fits
+    `budget` bytes (ONNX Runtime's convolutions add workspace beside the live tensors: counted as twice the largest
+    tensor)."""
+    memory = model if isinstance(model, GraphMemory) else GraphMemory.of(model)
     if memory.fixed_batch:
         return memory.fixed_batch
     return largest_batch(memory.forward_peak() + 2 * max(memory.sizes.values(), default=0), budget, wanted)

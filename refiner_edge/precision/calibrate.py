@@ -24,7 +24,7 @@ from . import CALIBRATED
 from .fp16 import RULES, convert_to_fp16, fp32_nodes
 from .int8 import (QUANTIZED_OPS, Budget, activation_inputs, check_quantizer, layer_sensitivity, meet_budget,
                    quantizable_nodes, quantize, run_logits)
-from ..onnx.memory import GB, budget_bytes, forward_batch
+from ..onnx.memory import GB, GraphMemory, budget_bytes, forward_batch
 from .ranges import METHODS, collect_ranges
 from .tensorrt_cache import DEFAULT_VERSION, check_version, write_cache
 
@@ -164,16 +164,19 @@ def calibrate_onnx(source: str | Path, images: str | Path, output: str | Path,
     nodes = quantizable_nodes(model, in_refinement) if o.precision == "int8" else []
     range_method = o.method if o.precision == "int8" else "max"  # FP16 needs the observed ranges, nothing clipped
     tick = progress(f"calibrating ({range_method})", min(o.num, imageset.found))
+    memory = GraphMemory.of(model)   # shapes inferred once: for the evaluation batch and the segments
+    eval_batch = forward_batch(memory, budget_bytes(o.memory_gb), o.batch_size)
+    # the FP32 reference logits of the evaluation images come from this pass (they are its first images)
     ranges = collect_ranges(source, batches, range_method, graph_input.name, activation_inputs(model, nodes), tick,
-                            memory_gb=o.memory_gb)
+                            memory_gb=o.memory_gb, keep_outputs=o.eval_num, memory=memory)
+    del memory
     calibrated = time.perf_counter()
-    eval_batch = forward_batch(model, budget_bytes(o.memory_gb), o.batch_size)
     keep = fp32_nodes(model, ranges, units)
     keep_names = [k.node for k in keep]
 
     x_eval = np.stack(evaluated)
     del evaluated
-    reference = run_logits(model, x_eval, eval_batch)
+    reference = ranges.outputs[:len(x_eval)]
     report: dict = {"precision": o.precision, "fp16": {"rules": RULES, "fp32_nodes": [k.to_dict() for k in keep]}}
     comparison = None
     if o.precision == "fp16":

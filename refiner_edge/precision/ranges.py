@@ -33,6 +33,7 @@ class Ranges:
     amax: dict[str, float] = field(default_factory=dict)  # tensors INT8 quantizes: calibrated |range|
     batch: int = 0                                        # images per run the measurement used
     segments: int = 1                                     # pieces the graph ran in
+    outputs: np.ndarray | None = None                     # collect_ranges(keep_outputs=n): the graph's output
 
     def absmax(self, name: str) -> float:
         lo, hi = self.minmax[name]
@@ -57,17 +58,21 @@ class Ranges:
 
 def collect_ranges(model_path: str | Path, batches: Iterable[np.ndarray], method: str, input_name: str,
                    quantized: set[str] | None = None, on_batch: Callable[[int], None] | None = None,
-                   memory_gb: float | None = None) -> Ranges:
+                   memory_gb: float | None = None, keep_outputs: int = 0, memory=None) -> Ranges:
     """Run the float graph on `batches` and measure ranges; `quantized` names the tensors that get an amax.
 
-    The graph runs segment by segment (memory.GraphMemory.segments): each segment's tensors are all outputs of
-    its own ONNX Runtime session, measured and dropped before the next segment runs on the tensors that cross the
-    cut, so at most one segment's tensors for one batch are alive, within `memory_gb` (a batch larger than that
-    allows is split, every segment taking the same smaller batches). Each image is computed once. min/max is
-    kept for every float activation; the quantized ones go into ONNX Runtime's HistogramCollector, which merges
-    its histograms batch by batch, and whose entropy/percentile searches pick the clipping range.
-    (ORT's calibrator classes would need two passes, and their MinMax one adds two reduce nodes per tensor, which
-    made Refiner-ViT-S calibration 7x slower than inference.)
+    The graph runs segment by segment (memory.GraphMemory.segments), each image once: each segment's session
+    returns the min and max of every float tensor it computes (ReduceMin/ReduceMax nodes added to it, so ONNX
+    Runtime reduces them with its own threads and frees the tensors as a plain run does), the `quantized` tensors
+    themselves and the tensors that cross the cut; at most one segment's tensors for one batch are alive, within
+    `memory_gb` (a batch larger than that allows is split, every segment taking the same smaller batches). The
+    quantized tensors go into ONNX Runtime's HistogramCollector, which merges its histograms batch by batch, and
+    whose entropy/percentile searches pick the clipping range. `keep_outputs`: the graph's first output for the
+    first that many images is kept in `Ranges.outputs` (calibrate's FP32 reference: no second pass).
+    `memory`: the graph's GraphMemory where the caller has it (its weights are dropped here once the sessions
+    hold theirs).
+    (Returning every float tensor to Python and reducing it with NumPy made Refiner-ViT-L@448 range collection 11
+    times an inference; ORT's calibrator classes would need two passes.)
     """
     import onnx
 
@@ -78,29 +83,39 @@ def collect_ranges(model_path: str | Path, batches: Iterable[np.ndarray], method
     first = next(batches, None)
     if first is None:
         raise InputError("no calibration images")
-    memory = GraphMemory.of(onnx.load(str(model_path)))
+    if memory is None:
+        memory = GraphMemory.of(onnx.load(str(model_path)))
     names = _float_activations(memory.model)
     floats = set(names)
+    wanted = {n for n in [input_name, *names] if n in (quantized or set())}
     segments, batch = plan_segments(memory, budget_bytes(memory_gb), len(first), floats)
-    sessions = [_segment_session(memory.model, seg, floats) for seg in segments]
+    sessions = [_segment_session(memory.model, seg, floats, wanted) for seg in segments]
     last = dict(memory.last)
-    del memory  # the weights now live in the sessions only
-    meter = _Meter(method, [n for n in [input_name, *names] if n in (quantized or set())])
+    output = memory.model.graph.output[0].name
+    del memory.model.graph.initializer[:]  # the weights now live in the sessions only
+    del memory
+    meter = _Meter(method, [n for n in [input_name, *names] if n in wanted])
+    kept: list[np.ndarray] = []
     for x in itertools.chain([first], batches):
         for part in _split(x, batch):
             live = {input_name: part}
             meter.add({input_name: part})
-            for seg, (session, requested) in zip(segments, sessions):
+            for seg, (session, requested, reduced) in zip(segments, sessions):
                 outputs = dict(zip(requested, session.run(requested, {k: live[k] for k in seg.inputs})))
-                meter.add({k: v for k, v in outputs.items() if k in floats})
+                meter.add_reduced(reduced, outputs)
+                meter.add({k: outputs[k] for k in requested if k in wanted}, minmax=False)
                 return_freed_memory()  # what this run did not reuse of the last one's memory; not this run's
                 live.update((k, outputs[k]) for k in seg.passed)
                 del outputs
                 live = {k: v for k, v in live.items() if last.get(k, -1) >= seg.stop}
+            if len(kept) < keep_outputs and output in live:
+                kept.extend(live[output][:keep_outputs - len(kept)])
             if on_batch:
                 on_batch(len(part))
     ranges = meter.result()
     ranges.batch, ranges.segments = batch, len(segments)
+    if keep_outputs:
+        ranges.outputs = np.stack(kept)
     return ranges
 
 
@@ -128,32 +143,50 @@ def plan_segments(memory, budget: float, wanted: int, measured: set[str]):
             target /= 2
 
 
-def _segment_session(model, seg, floats: set[str]):
-    """(ONNX Runtime session, names it returns) for one segment: every float tensor it produces and every
-    tensor later segments read."""
-    from onnx import helper
+def _segment_session(model, seg, floats: set[str], wanted: set[str] = frozenset()):
+    """(ONNX Runtime session, names it returns, {tensor: (its min output, its max output)}) for one segment: the
+    min and max of every float tensor it produces (reduced in the session), the `wanted` tensors it produces and
+    every tensor later segments read."""
+    from onnx import TensorProto, helper
 
     from ..onnx.session import ort_session
 
     graph = model.graph
     infos = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
-    nodes = graph.node[seg.start:seg.stop]
+    nodes = list(graph.node[seg.start:seg.stop])
     read = {i for n in nodes for i in n.input}
-    requested = list(dict.fromkeys([*[t for t in seg.produced if t in floats], *seg.passed]))
+    measured = [t for t in seg.produced if t in floats]
+    reduced, extra, outs = {}, [], []
+    for i, t in enumerate(measured):
+        source = t
+        if infos.get(t) is not None and infos[t].type.tensor_type.elem_type == TensorProto.FLOAT16:
+            source = f"refiner_edge_range_{seg.start}_{i}_f32"   # reduced in FP32: an FP16 max may be inf
+            extra.append(helper.make_node("Cast", [t], [source], to=TensorProto.FLOAT))
+        lo, hi = f"refiner_edge_range_{seg.start}_{i}_min", f"refiner_edge_range_{seg.start}_{i}_max"
+        extra.append(helper.make_node("ReduceMin", [source], [lo], keepdims=0))
+        extra.append(helper.make_node("ReduceMax", [source], [hi], keepdims=0))
+        reduced[t] = (lo, hi)
+        outs += [helper.make_tensor_value_info(lo, TensorProto.FLOAT, []),
+                 helper.make_tensor_value_info(hi, TensorProto.FLOAT, [])]
+    returned = list(dict.fromkeys([*[t for t in seg.produced if t in wanted], *seg.passed]))
+    requested = [*returned, *[n for pair in reduced.values() for n in pair]]
 
-    def info(name: str, shaped: bool):
+    def info(name: str, shaped: bool, k: int = 0):
         tensor = infos[name].type.tensor_type
         rank = len(tensor.shape.dim) if shaped and tensor.HasField("shape") else None
-        shape = None if rank is None else [f"d{i}" for i in range(rank)]  # rank only: no shape to get wrong
+        # rank only: no shape to get wrong; a name of its own per dimension, as ONNX Runtime takes dimensions of
+        # the same name for equal and reuses buffers on that (wrongly, once the segment's tensors are its own)
+        shape = None if rank is None else [f"in{k}_d{i}" for i in range(rank)]
         return helper.make_tensor_value_info(name, tensor.elem_type, shape)
 
-    part = helper.make_graph(nodes, f"segment_{seg.start}", [info(n, True) for n in seg.inputs],
-                             [info(n, False) for n in requested],
+    part = helper.make_graph([*nodes, *extra], f"segment_{seg.start}",
+                             [info(n, True, k) for k, n in enumerate(seg.inputs)],
+                             [*[info(n, False) for n in returned], *outs],
                              [t for t in graph.initializer if t.name in read])
     proto = helper.make_model(part, opset_imports=model.opset_import, ir_version=model.ir_version)
     proto.functions.extend(model.functions)
     session = ort_session(proto.SerializeToString(), arena=False, spinning=False)
-    return session, requested
+    return session, requested, reduced
 
 
 def _split(x: np.ndarray, size: int):
@@ -178,8 +211,18 @@ class _Meter:
             self.collector = HistogramCollector(num_quantized_bins=QUANTIZED_BINS, percentile=PERCENTILE,
                                                 scenario="same", **options)
 
-    def add(self, outputs: dict[str, np.ndarray]) -> None:
-        for name, arr in outputs.items():
+    def add_reduced(self, reduced: dict[str, tuple[str, str]], outputs: dict[str, np.ndarray]) -> None:
+        """min/max that the session computed: reduced[tensor] = (name of its min, name of its max)."""
+        for name, (lo, hi) in reduced.items():
+            low, high = float(outputs[lo]), float(outputs[hi])
+            if np.isnan(low) or np.isnan(high) or not (np.isinf(low) and np.isinf(high) and low > high):
+                # (an empty tensor reduces to +inf/-inf: nothing observed, as NumPy's add skips it)
+                self.lo[name] = min(self.lo.get(name, np.inf), low)
+                self.hi[name] = max(self.hi.get(name, -np.inf), high)
+
+    def add(self, outputs: dict[str, np.ndarray], minmax: bool = True) -> None:
+        """The histograms of the tensors in `names`, and (minmax) every tensor's min/max."""
+        for name, arr in outputs.items() if minmax else ():
             if arr.size:
                 self.lo[name] = min(self.lo.get(name, np.inf), float(np.min(arr)))
                 self.hi[name] = max(self.hi.get(name, -np.inf), float(np.max(arr)))
