@@ -5,6 +5,8 @@ one line naming the extra to install, exit 3 (cli/common.py turns the ModuleNotF
 """
 from __future__ import annotations
 
+import importlib.util
+
 from .errors import MissingDependencyError
 
 # module -> the extra that installs it
@@ -47,5 +49,20 @@ def missing_dependency(e: ModuleNotFoundError, needed_for: str) -> MissingDepend
     top = (e.name or "").split(".")[0]
     if top not in EXTRAS and top not in PLATFORM_MODULES:
         return None
+    return _missing(top, needed_for)
+
+
+def check_installed(module: str, needed_for: str) -> None:
+    """The one-line error, before a child process that imports `module` is started (the parent does not import it:
+    the child runs so that its memory ends with it)."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ModuleNotFoundError, ValueError):   # a parent package missing, or a broken install
+        found = False
+    if not found:
+        raise _missing(module, needed_for)
+
+
+def _missing(top: str, needed_for: str) -> MissingDependencyError:
     return MissingDependencyError(f"{needed_for} needs {top}, which is not installed: {install_hint(top)}")
 

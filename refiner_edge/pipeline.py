@@ -192,7 +192,9 @@ def chain_stages(output: Path, plan: BuildPlan, paths: dict[str, Path | None], *
     def export(_previous, dest: Path, _record: dict) -> StageResult:
         from .engine.progress import listener
         from .engine.worker import run_in_child
+        from .extras import check_installed
 
+        check_installed("torch", "the export (no --onnx given)")
         if checkpoint is None:
             note("no --checkpoint: the weights are random")
         job = {"variant": variant, "img_size": img_size, "checkpoint": str(checkpoint) if checkpoint else None,

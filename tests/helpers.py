@@ -113,3 +113,17 @@ def tensorrt_header_sets() -> Path:
 
     return Path(os.environ.get("REFINER_EDGE_TENSORRT_HEADERS")
                 or Path(__file__).resolve().parents[2] / "shared" / "tensorrt-headers")
+
+
+def compile_cpp_driver(sources, out: Path, what: str) -> Path:
+    """g++ the C++ library sources with a test driver into `out` (a few seconds); skipped where g++ is missing."""
+    import shutil
+
+    if shutil.which("g++") is None:
+        pytest.skip(f"g++ not found: {what} cannot be built here")
+    root = Path(__file__).resolve().parents[1]
+    cmd = ["g++", "-std=c++17", "-O0", "-Wall", "-Wextra", "-Werror", f"-I{root / 'cpp/include'}",
+           f"-I{root / 'cpp/src'}", *map(str, sources), "-o", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out

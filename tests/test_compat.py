@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -23,6 +22,8 @@ from refiner_edge.errors import InputError
 from refiner_edge.images.preprocess import Preprocess
 from refiner_edge.manifest import EngineInfo, GraphInfo, Manifest, ModelInfo, Profile, write_manifest
 
+from .helpers import compile_cpp_driver
+
 ROOT = Path(__file__).resolve().parents[1]
 CASES = json.loads((ROOT / "tests" / "data" / "engine_compat.json").read_text())["cases"]
 SOURCES = [ROOT / "tests" / "cpp" / "check_engine_main.cpp",
@@ -33,14 +34,7 @@ REBUILD = "refiner-edge build --onnx model.onnx --target orin-agx-jp6 -o model.e
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory) -> Path:
-    if shutil.which("g++") is None:
-        pytest.skip("g++ not found: the C++ side of the engine checks cannot be built here")
-    out = tmp_path_factory.mktemp("probe") / "check_engine"
-    cmd = ["g++", "-std=c++17", "-O0", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'cpp/include'}",
-           f"-I{ROOT / 'cpp/src'}", *map(str, SOURCES), "-o", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
+    return compile_cpp_driver(SOURCES, tmp_path_factory.mktemp("probe") / "check_engine", "the C++ side of the engine checks")
 
 
 def _manifest(**engine) -> Manifest:

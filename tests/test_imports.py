@@ -13,15 +13,17 @@ import pytest
 pytestmark = pytest.mark.torch_free
 
 ROOT = Path(__file__).resolve().parents[1]
-PROBE = textwrap.dedent("""
+ABSENT = textwrap.dedent("""
     import os, sys
-    heavy = ("torch", "tensorrt", "tensorrt_rtx", "triton", "pytriton")
     class Absent:   # `import name` raises ModuleNotFoundError, as where it is not installed
         names = set(filter(None, os.environ.get("PROBE_ABSENT", "").split(",")))
         def find_spec(self, fullname, path=None, target=None):
             if fullname.split(".")[0] in self.names:
                 raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
     sys.meta_path.insert(0, Absent())
+""")
+PROBE = ABSENT + textwrap.dedent("""
+    heavy = ("torch", "tensorrt", "tensorrt_rtx", "triton", "pytriton")
     code = 0
     if sys.argv[1:] == ["import"]:
         import refiner_edge
@@ -93,6 +95,24 @@ def test_a_missing_extra_is_one_line_naming_it_exit_3(tmp_path, tiny_plain, samp
     assert len(errors) >= 1 and errors[-1].startswith("error: ") and "Traceback" not in result.stderr
     assert f"pip install 'refiner-edge[{extra}]'" in errors[-1], errors[-1]
     assert not list(tmp_path.iterdir())   # nothing written
+
+
+def test_an_extra_missing_in_a_child_process_is_the_same_one_line(tmp_path, monkeypatch):
+    """The chain's export runs in a child (engine/worker.py): torch missing there is the parent's one-line
+    MissingDependencyError (exit 3), not "failed: ModuleNotFoundError". The child finds the hook as sitecustomize."""
+    from refiner_edge.engine.worker import run_in_child
+    from refiner_edge.errors import MissingDependencyError
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(ABSENT)
+    monkeypatch.setenv("PYTHONPATH", str(hook))
+    monkeypatch.setenv("PROBE_ABSENT", "torch")
+    job = {"variant": "refiner-vit-tiny", "img_size": None, "checkpoint": None, "dest": str(tmp_path / "x.onnx")}
+    with pytest.raises(MissingDependencyError, match=r"^the export needs torch, which is not installed: "
+                                                     r"pip install 'refiner-edge\[torch\]'"):
+        run_in_child("refiner_edge.pipeline:child_export", job, tmp_path / "result", what="export")
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def _importable(name: str) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from refiner_edge.errors import InputError
 from refiner_edge.images.preprocess import Preprocess
 from refiner_edge.manifest import SCHEMA_VERSION, parse_manifest, read_manifest, write_manifest
 
+from .helpers import compile_cpp_driver
 from .manifest_cases import good_manifest
 
 pytestmark = pytest.mark.torch_free
@@ -127,14 +127,7 @@ def test_python_reader(name, data, expected):
 
 @pytest.fixture(scope="module")
 def reader(tmp_path_factory) -> Path:
-    if shutil.which("g++") is None:
-        pytest.skip("g++ not found: the C++ manifest reader cannot be built here")
-    out = tmp_path_factory.mktemp("reader") / "read_manifest"
-    cmd = ["g++", "-std=c++17", "-O0", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'cpp/include'}",
-           f"-I{ROOT / 'cpp/src'}", *map(str, SOURCES), "-o", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
+    return compile_cpp_driver(SOURCES, tmp_path_factory.mktemp("reader") / "read_manifest", "the C++ manifest reader")
 
 
 def test_cpp_reader_agrees_with_python(reader, tmp_path):

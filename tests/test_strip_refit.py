@@ -258,7 +258,7 @@ def test_inspect_reads_the_engine_facts_from_its_manifest(tiny_engine):
     assert result.exit_code == 0, result.output
     facts = json.loads(result.stdout)
     assert facts["profiles"] == [{"input": "input", "min": [1, 3, 64, 64], "opt": [2, 3, 64, 64],
-                                  "max": [8, 3, 64, 64]}]
+                                  "max": [8, 3, 64, 64], "batches": [1, 8]}]   # the batches it runs
     assert facts["inputs"] == [{"name": "input", "shape": ["batch", 3, 64, 64], "dtype": "float32"}]
     assert facts["outputs"] == [{"name": "logits", "shape": ["batch", 1000], "dtype": "float32"}]
     assert (facts["precision"], facts["plugin_form"], facts["weights"], facts["flavour"]) == \

@@ -32,6 +32,7 @@ from typing import Callable
 
 from ..artifacts import NO_SPACE, deferred_interrupts
 from ..errors import RefinerEdgeError
+from ..extras import missing_dependency
 from ..source import SOURCE_ROOT
 from .progress import Event, read_events
 
@@ -55,7 +56,7 @@ def run_in_child(function: str, job: dict, result: Path, what: str,
     builder's progress monitor stops TensorRT), and the child is killed if it has not ended CANCEL_GRACE later."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SOURCE_ROOT),
                                                                      os.environ.get("PYTHONPATH")]))}
-    job = {**job, "function": function, "result": str(result), "parent": os.getpid(),
+    job = {**job, "function": function, "what": what, "result": str(result), "parent": os.getpid(),
            "verbose": logging.getLogger("refiner_edge").isEnabledFor(logging.DEBUG), "progress_fd": None}
     # stdout: the child's logs must not reach the parent's stdout, which is the command's result (--json)
     proc, reader, pipe = None, None, None
@@ -156,6 +157,10 @@ def main() -> None:
         outcome = getattr(importlib.import_module(module), name)(job)
     except RefinerEdgeError as e:
         outcome = {"error": (type(e).__module__, type(e).__name__, str(e))}
+    except ModuleNotFoundError as e:   # an extra not installed: the parent's one line, exit 3
+        missing = missing_dependency(e, f"the {job['what']}")
+        outcome = ({"error": (type(missing).__module__, type(missing).__name__, str(missing))} if missing is not None
+                   else _unexpected(module, e, job["verbose"]))
     except OSError as e:
         if e.errno not in NO_SPACE:
             outcome = _unexpected(module, e, job["verbose"])
