@@ -58,14 +58,31 @@ def run_flaky(serve_python: Path, graph: Path, fail_times: int, message: str) ->
                            str(fail_times), message], capture_output=True, text=True, env=env, timeout=300)
 
 
+# What tritonserver's client raised when a Python model's initialize failed in CI (the stub's traceback follows).
+TRACEBACK_LOAD = ("[400] load failed for model 'flaky_image': version 1 is at UNAVAILABLE state: Internal: "
+                  "TritonModelException: Model initialize error: Traceback (most recent call last):\n"
+                  '  File "/x/model.py", line 71, in initialize\n    config = get_config_from_handshake_server()\n'
+                  "TimeoutError: no handshake within 1.0 s\n")
+
+
+def test_a_server_error_is_one_line_without_the_stubs_traceback():
+    from refiner_edge.deploy.serve import server_error
+
+    assert server_error(Exception(TRACEBACK_LOAD)) == (
+        "[400] load failed for model 'flaky_image': version 1 is at UNAVAILABLE state: Internal: TritonModelException: "
+        "Model initialize error: TimeoutError: no handshake within 1.0 s")
+    assert server_error(Exception("[400] unexpected datatype\nmore")) == "[400] unexpected datatype"
+    assert server_error(Exception("")) == "Exception"
+
+
 @pytest.mark.serve
 @pytest.mark.slow
 def test_a_failed_model_load_is_tried_again_and_then_serves(tiny_plain, serve_python):
-    result = run_flaky(serve_python, tiny_plain, 1, "[400] load failed for model 'flaky_image': version 1 is at "
-                       "UNAVAILABLE state: Internal: TritonModelException: Model initialize error")
+    result = run_flaky(serve_python, tiny_plain, 1, TRACEBACK_LOAD)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "served after 2 loads" in result.stdout
-    assert "attempt 1 of 3" in result.stderr
+    assert "attempt 1 of 3" in result.stderr and "TimeoutError: no handshake" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
 
 
 @pytest.mark.serve

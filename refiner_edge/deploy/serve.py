@@ -306,13 +306,24 @@ def start_triton(triton_class, config, security, runner: Runner, options: ServeO
         except InferenceServerException as e:
             triton.stop()
             if attempt == LOAD_ATTEMPTS or "load failed" not in str(e):
-                raise RefinerEdgeError(f"tritonserver could not load the models: {str(e).splitlines()[0]}") from e
+                raise RefinerEdgeError(f"tritonserver could not load the models: {server_error(e)}") from e
             logging.getLogger("refiner_edge").warning("tritonserver could not load the models (attempt %d of %d), "
-                                                      "starting it again: %s", attempt, LOAD_ATTEMPTS,
-                                                      str(e).splitlines()[0])
+                                                      "starting it again: %s", attempt, LOAD_ATTEMPTS, server_error(e))
         except BaseException:
             triton.stop()
             raise
+
+
+def server_error(error: BaseException) -> str:
+    """tritonserver's error in one line. A Python model's failed initialize comes back as "...: Model initialize
+    error: Traceback (most recent call last):" and the stub's traceback: the first line keeps where it failed, the
+    traceback's last line (the exception itself) replaces the traceback, which a user is never shown."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    head, marker, _ = lines[0].partition("Traceback (most recent call last):")
+    if not marker:
+        return lines[0]
+    cause = lines[-1] if len(lines) > 1 else "no exception given"
+    return f"{head.rstrip().rstrip(':')}: {cause}"
 
 
 def reserve_stdout() -> Callable[[str], None]:
