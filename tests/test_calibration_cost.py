@@ -133,3 +133,60 @@ def test_segment_cuts_anywhere_give_the_same_ranges(tiny_plain, sample_photos, m
     for name, (lo, hi) in old.minmax.items():
         np.testing.assert_allclose(new.minmax[name], (lo, hi), rtol=1e-5, atol=1e-6, err_msg=name)
     np.testing.assert_allclose(new.outputs, run_logits(model, x), rtol=1e-4, atol=1e-5)
+
+
+def _histogram_batches(rng) -> list[np.ndarray]:
+    """Batches as calibration meets them: a wide first one, then narrower and wider ones (the edges extended), values
+    lying exactly on the first batch's edges, zeros and a tensor of one value."""
+    first = rng.standard_normal((3, 50, 40)).astype(np.float32)
+    _, edges = np.histogram(np.abs(first), bins=2048)
+    on_edges = np.concatenate([edges.astype(np.float32), -edges.astype(np.float32)]).reshape(2, -1)
+    return [first, (0.3 * rng.standard_normal((3, 50, 40))).astype(np.float32), on_edges,
+            (7 * rng.standard_normal((2, 70))).astype(np.float32), np.zeros((4, 5), np.float32),
+            (20 * rng.standard_t(2, (5, 300))).astype(np.float32)]
+
+
+def test_the_percentile_histograms_are_onnx_runtimes_exactly(dtype=np.float32):
+    """precision/histogram.py merges the percentile calibrator's histograms without sorting: counts, edges, min and
+    max equal ONNX Runtime's HistogramCollector's after every batch, and so do the ranges computed from them. (Float32
+    only: calibration runs the FP32 graph, and both fail alike on 2048 float16 bins of a narrow range.)"""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from refiner_edge.precision.histogram import collector_class
+    from refiner_edge.precision.ranges import PERCENTILE, QUANTIZED_BINS
+
+    rng = np.random.default_rng(7)
+    make = dict(method="percentile", symmetric=True, num_bins=2048, num_quantized_bins=QUANTIZED_BINS,
+                percentile=PERCENTILE, scenario="same")
+    ours, theirs = collector_class()(**make), HistogramCollector(**make)
+    zero_first = {"z": np.zeros((2, 3), dtype)}
+    for batch in _histogram_batches(rng):
+        tensors = {"a": batch.astype(dtype), "b": (batch[..., ::-1] * 0.5).astype(dtype),
+                   "z": zero_first["z"] if "z" not in theirs.histogram_dict else batch.astype(dtype)}
+        ours.collect_absolute_value(dict(tensors))
+        theirs.collect_absolute_value(dict(tensors))
+        for name, (counts, edges, low, high) in theirs.histogram_dict.items():
+            mine = ours.histogram_dict[name]
+            np.testing.assert_array_equal(mine[0], counts, err_msg=name)
+            np.testing.assert_array_equal(mine[1], edges, err_msg=name)
+            assert mine[1].dtype == edges.dtype and (mine[2], mine[3]) == (low, high), name
+    assert len(theirs.histogram_dict["a"][1]) > 2049   # a later batch did extend the edges
+    mine, expected = ours.compute_collection_result(), theirs.compute_collection_result()
+    assert {k: tuple(map(float, v)) for k, v in mine.items()} == {k: tuple(map(float, v)) for k, v in expected.items()}
+
+
+@pytest.mark.parametrize("chunk", [1 << 18, 999])
+def test_bin_counts_match_numpy_on_uneven_edges(chunk, monkeypatch):
+    """The arithmetic guess is checked against the edges: duplicated, rounded or uneven edges still count as
+    np.histogram counts, NaN and out-of-range values are left out, in one chunk or many."""
+    from refiner_edge.precision import histogram
+    from refiner_edge.precision.histogram import bin_counts
+
+    monkeypatch.setattr(histogram, "CHUNK", chunk)
+
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.uniform(-1, 12, 20_000), [np.nan, 10.0, 0.0, 2.5]]).astype(np.float32)
+    for edges in (np.array([0, 1, 1, 2, 2.5, 2.5000002, 7, 10], np.float32),
+                  np.cumsum(rng.uniform(0.001, 1, 40)).astype(np.float32),
+                  np.linspace(0, 10, 2049, dtype=np.float32)):
+        np.testing.assert_array_equal(bin_counts(values, edges), np.histogram(values, bins=edges)[0])

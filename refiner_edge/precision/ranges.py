@@ -198,7 +198,7 @@ class _Meter:
     """min/max of every tensor it is shown, and the histograms of `names`, merged batch by batch."""
 
     def __init__(self, method: str, names: list[str]):
-        from onnxruntime.quantization.calibrate import HistogramCollector
+        from .histogram import collector_class
 
         self.method, self.names = method, set(names)
         self.order = list(names)
@@ -208,7 +208,7 @@ class _Meter:
         if method != "max":
             options = {"percentile": dict(method="percentile", symmetric=True, num_bins=2048)}.get(
                 method, dict(method="entropy", symmetric=False, num_bins=ENTROPY_BINS))
-            self.collector = HistogramCollector(num_quantized_bins=QUANTIZED_BINS, percentile=PERCENTILE,
+            self.collector = collector_class()(num_quantized_bins=QUANTIZED_BINS, percentile=PERCENTILE,
                                                 scenario="same", **options)
 
     def add_reduced(self, reduced: dict[str, tuple[str, str]], outputs: dict[str, np.ndarray]) -> None:

@@ -1,0 +1,80 @@
+"""ONNX Runtime's histogram of absolute values (the percentile calibrator's), merged batch by batch without sorting.
+
+onnxruntime.quantization's HistogramCollector bins each batch after the first with `np.histogram(values,
+bins=edges)`: explicit edges make NumPy sort every value (in blocks) and search the edges, which was 10 of the 16 s
+its histograms took in a Refiner-ViT-L@448 calibration on 2 images (48 x 785 x 785 maps). The edges it passes are
+the first batch's uniform edges, extended by equal steps when a later batch reaches further, so each value's bin is
+computed arithmetically and only the values that float rounding puts on the wrong side of an edge are searched. The
+histograms (counts, edges, min, max) are the collector's exactly (tests/test_calibration_cost.py compares them), so
+its percentile computation runs unchanged on them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+CHUNK = 1 << 18   # values binned at a time: a chunk and its indices stay in cache (1 << 16 to 1 << 22 measured)
+
+
+def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """`np.histogram(values, bins=edges)[0]` for nearly uniform increasing edges, without a sort: bin i holds
+    edges[i] <= v < edges[i + 1], the last bin its right edge too; values outside the edges and NaN are not counted.
+    Works in the values' own type, against the edges cast to it, as NumPy compares them."""
+    values = values.reshape(-1)
+    edges = edges.astype(values.dtype)
+    n = len(edges) - 1
+    low, high = edges[0], edges[-1]
+    # the bound each bin's values stay under; the last bin's is just above its right edge, which it holds
+    upper = np.append(edges[1:-1], np.nextafter(high, np.inf))
+    scale = np.array(n / (float(high) - float(low)) if high > low else 0.0, values.dtype)
+    counts = np.zeros(n, np.int64)
+    for start in range(0, values.size, CHUNK):
+        v = values[start:start + CHUNK]
+        if np.isnan(v).any():
+            v = v[~np.isnan(v)]
+        guess = np.subtract(v, low)
+        guess *= scale
+        np.clip(guess, 0, n - 1, out=guess)
+        index = guess.astype(np.intp)
+        wrong = v < edges[index]
+        wrong |= v >= upper[index]
+        if wrong.any():   # rounding put these on the wrong side of an edge, or they lie outside: search them
+            found = np.searchsorted(edges, v[wrong], side="right") - 1
+            found[v[wrong] == high] = n - 1
+            index[wrong] = found
+            index = index[(index >= 0) & (index < n)]
+        counts += np.bincount(index, minlength=n)
+    return counts
+
+
+def collector_class():
+    """HistogramCollector whose absolute-value histograms are merged by `bin_counts` (imported lazily: ONNX
+    Runtime's quantization package is loaded only by calibration)."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    class AbsoluteHistograms(HistogramCollector):
+        def collect_absolute_value(self, name_to_arr):
+            for name, data in name_to_arr.items():
+                data = np.asarray(data)
+                if data.dtype == np.float64:
+                    raise ValueError(f"{name}: only float32 or float16 tensors are calibrated")
+                flat = data.reshape(-1)
+                if flat.size:
+                    low, high = np.nanmin(flat), np.nanmax(flat)
+                else:
+                    low = high = np.array(0, dtype=flat.dtype)
+                magnitude = np.absolute(flat)
+                if name not in self.histogram_dict:   # the first batch: uniform edges over its own range
+                    counts, edges = np.histogram(magnitude, bins=self.num_bins)
+                    self.histogram_dict[name] = (counts, edges.astype(flat.dtype), low, high)
+                    continue
+                old_counts, edges, old_low, old_high = self.histogram_dict[name]
+                top = np.nanmax(magnitude) if magnitude.size else edges[-1]
+                if top > edges[-1]:   # reach further in steps of the same width, as the collector does
+                    width = edges[1] - edges[0]
+                    edges = np.hstack((edges, np.arange(edges[-1] + width, top + width, width)))
+                counts = bin_counts(magnitude, edges)
+                counts[:len(old_counts)] += old_counts
+                self.histogram_dict[name] = (counts, edges.astype(flat.dtype), min(old_low, low),
+                                             max(old_high, high))
+
+    return AbsoluteHistograms
