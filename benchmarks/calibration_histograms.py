@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from refiner_edge.precision.histogram import collector_class  # noqa: E402
-from refiner_edge.precision.ranges import PERCENTILE, QUANTIZED_BINS  # noqa: E402
+from refiner_edge.precision.ranges import collector_options  # noqa: E402
 
 
 def attention_maps(rng, shape) -> np.ndarray:
@@ -45,8 +45,7 @@ def main() -> None:
     shape = tuple(int(d) for d in args.shape.split(","))
     rng = np.random.default_rng(0)
     batches = [attention_maps(rng, shape) for _ in range(args.batches)]
-    make = dict(method="percentile", symmetric=True, num_bins=2048, num_quantized_bins=QUANTIZED_BINS,
-                percentile=PERCENTILE, scenario="same")
+    make = collector_options("percentile")
     kinds = {"onnxruntime": HistogramCollector, "refiner_edge": collector_class()}
     times: dict[str, list[float]] = {k: [] for k in kinds}
     for r in range(args.rounds):

@@ -153,11 +153,10 @@ def test_the_percentile_histograms_are_onnx_runtimes_exactly(dtype=np.float32):
     from onnxruntime.quantization.calibrate import HistogramCollector
 
     from refiner_edge.precision.histogram import collector_class
-    from refiner_edge.precision.ranges import PERCENTILE, QUANTIZED_BINS
+    from refiner_edge.precision.ranges import collector_options
 
     rng = np.random.default_rng(7)
-    make = dict(method="percentile", symmetric=True, num_bins=2048, num_quantized_bins=QUANTIZED_BINS,
-                percentile=PERCENTILE, scenario="same")
+    make = collector_options("percentile")   # as range collection makes its collector
     ours, theirs = collector_class()(**make), HistogramCollector(**make)
     zero_first = {"z": np.zeros((2, 3), dtype)}
     for batch in _histogram_batches(rng):

@@ -38,8 +38,9 @@ def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
         wrong = v < edges[index]
         wrong |= v >= upper[index]
         if wrong.any():   # rounding put these on the wrong side of an edge, or they lie outside: search them
-            found = np.searchsorted(edges, v[wrong], side="right") - 1
-            found[v[wrong] == high] = n - 1
+            searched = v[wrong]
+            found = np.searchsorted(edges, searched, side="right") - 1
+            found[searched == high] = n - 1
             index[wrong] = found
             index = index[(index >= 0) & (index < n)]
         counts += np.bincount(index, minlength=n)
@@ -68,7 +69,7 @@ def collector_class():
                     self.histogram_dict[name] = (counts, edges.astype(flat.dtype), low, high)
                     continue
                 old_counts, edges, old_low, old_high = self.histogram_dict[name]
-                top = np.nanmax(magnitude) if magnitude.size else edges[-1]
+                top = max(abs(low), abs(high))   # the largest magnitude, without another pass
                 if top > edges[-1]:   # reach further in steps of the same width, as the collector does
                     width = edges[1] - edges[0]
                     edges = np.hstack((edges, np.arange(edges[-1] + width, top + width, width)))

@@ -194,6 +194,13 @@ def _split(x: np.ndarray, size: int):
         yield x[i:i + size]
 
 
+def collector_options(method: str) -> dict:
+    """The HistogramCollector's arguments for a histogram method (percentile, or entropy's bins for entropy/mse)."""
+    options = {"percentile": dict(method="percentile", symmetric=True, num_bins=2048)}.get(
+        method, dict(method="entropy", symmetric=False, num_bins=ENTROPY_BINS))
+    return dict(num_quantized_bins=QUANTIZED_BINS, percentile=PERCENTILE, scenario="same", **options)
+
+
 class _Meter:
     """min/max of every tensor it is shown, and the histograms of `names`, merged batch by batch."""
 
@@ -206,10 +213,7 @@ class _Meter:
         self.hi: dict[str, float] = {}
         self.collector = None
         if method != "max":
-            options = {"percentile": dict(method="percentile", symmetric=True, num_bins=2048)}.get(
-                method, dict(method="entropy", symmetric=False, num_bins=ENTROPY_BINS))
-            self.collector = collector_class()(num_quantized_bins=QUANTIZED_BINS, percentile=PERCENTILE,
-                                                scenario="same", **options)
+            self.collector = collector_class()(**collector_options(method))
 
     def add_reduced(self, reduced: dict[str, tuple[str, str]], outputs: dict[str, np.ndarray]) -> None:
         """min/max that the session computed: reduced[tensor] = (name of its min, name of its max)."""
