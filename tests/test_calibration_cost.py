@@ -20,11 +20,16 @@ TINY_PRE = Preprocess.from_config(get_variant("refiner-vit-tiny"))
 
 @pytest.fixture
 def session_runs(monkeypatch):
-    """Every ONNX Runtime run in this test: (session's input names, images fed). The real run, only counted."""
+    """Every ONNX Runtime run of a graph in this test: (session's input names, images fed). The real run, only
+    counted. The shared arena's release (a one-node run on no image: onnx/session.SharedArena) runs no graph."""
+    from refiner_edge.onnx.session import SharedArena
+
     runs: list[tuple[tuple[str, ...], int]] = []
     real = ort.InferenceSession.run
 
     def counted(self, output_names, input_feed, *args, **kwargs):
+        if list(input_feed) == [SharedArena.INPUT]:
+            return real(self, output_names, input_feed, *args, **kwargs)
         first = next(iter(input_feed.values()), None)   # (a segment of constants alone reads nothing)
         runs.append((tuple(sorted(input_feed)), int(first.shape[0]) if first is not None and first.ndim else 0))
         return real(self, output_names, input_feed, *args, **kwargs)
@@ -146,18 +151,24 @@ def _histogram_batches(rng) -> list[np.ndarray]:
             (20 * rng.standard_t(2, (5, 300))).astype(np.float32)]
 
 
-def test_the_percentile_histograms_are_onnx_runtimes_exactly(dtype=np.float32):
-    """precision/histogram.py merges the percentile calibrator's histograms without sorting: counts, edges, min and
-    max equal ONNX Runtime's HistogramCollector's after every batch, and so do the ranges computed from them. (Float32
-    only: calibration runs the FP32 graph, and both fail alike on 2048 float16 bins of a narrow range.)"""
+@pytest.mark.parametrize("binning", ["arithmetic", "sorted", None])
+def test_the_percentile_histograms_are_onnx_runtimes_exactly(binning, monkeypatch, dtype=np.float32):
+    """precision/histogram.py merges the percentile calibrator's histograms by either binning (None: the faster,
+    timed on the batches): counts, edges, min and max equal ONNX Runtime's HistogramCollector's after every batch,
+    and so do the ranges computed from them. (Float32 only: calibration runs the FP32 graph, and both fail alike on
+    2048 float16 bins of a narrow range.)"""
     from onnxruntime.quantization.calibrate import HistogramCollector
 
-    from refiner_edge.precision.histogram import collector_class
+    from refiner_edge.precision import histogram
+    from refiner_edge.precision.histogram import BINNINGS, collector_class
     from refiner_edge.precision.ranges import collector_options
 
+    monkeypatch.setattr(histogram, "TIMED_SIZE", 1)   # time these small merges, so the choice is made here
+    monkeypatch.setattr(histogram, "TIMED", 2)
     rng = np.random.default_rng(7)
     make = collector_options("percentile")   # as range collection makes its collector
     ours, theirs = collector_class()(**make), HistogramCollector(**make)
+    ours.binning = binning
     zero_first = {"z": np.zeros((2, 3), dtype)}
     for batch in _histogram_batches(rng):
         tensors = {"a": batch.astype(dtype), "b": (batch[..., ::-1] * 0.5).astype(dtype),
@@ -170,6 +181,7 @@ def test_the_percentile_histograms_are_onnx_runtimes_exactly(dtype=np.float32):
             np.testing.assert_array_equal(mine[1], edges, err_msg=name)
             assert mine[1].dtype == edges.dtype and (mine[2], mine[3]) == (low, high), name
     assert len(theirs.histogram_dict["a"][1]) > 2049   # a later batch did extend the edges
+    assert ours.binning == binning or binning is None and ours.binning in BINNINGS   # the faster one was chosen
     mine, expected = ours.compute_collection_result(), theirs.compute_collection_result()
     assert {k: tuple(map(float, v)) for k, v in mine.items()} == {k: tuple(map(float, v)) for k, v in expected.items()}
 

@@ -77,6 +77,7 @@ def collect_ranges(model_path: str | Path, batches: Iterable[np.ndarray], method
     import onnx
 
     from ..onnx.memory import GraphMemory, budget_bytes, return_freed_memory
+    from ..onnx.session import SharedArena
 
     _check_method(method)
     batches = iter(batches)
@@ -96,22 +97,27 @@ def collect_ranges(model_path: str | Path, batches: Iterable[np.ndarray], method
     del memory
     meter = _Meter(method, [n for n in [input_name, *names] if n in wanted])
     kept: list[np.ndarray] = []
-    for x in itertools.chain([first], batches):
-        for part in _split(x, batch):
-            live = {input_name: part}
-            meter.add({input_name: part})
-            for seg, (session, requested, reduced) in zip(segments, sessions):
-                outputs = dict(zip(requested, session.run(requested, {k: live[k] for k in seg.inputs})))
-                meter.add_reduced(reduced, outputs)
-                meter.add({k: outputs[k] for k in requested if k in wanted}, minmax=False)
-                return_freed_memory()  # what this run did not reuse of the last one's memory; not this run's
-                live.update((k, outputs[k]) for k in seg.passed)
-                del outputs
-                live = {k: v for k, v in live.items() if last.get(k, -1) >= seg.stop}
-            if len(kept) < keep_outputs and output in live:
-                kept.extend(live[output][:keep_outputs - len(kept)])
-            if on_batch:
-                on_batch(len(part))
+    try:
+        for x in itertools.chain([first], batches):
+            for part in _split(x, batch):
+                live = {input_name: part}
+                meter.add({input_name: part})
+                for seg, (session, requested, reduced) in zip(segments, sessions):
+                    outputs = dict(zip(requested, session.run(requested, {k: live[k] for k in seg.inputs})))
+                    meter.add_reduced(reduced, outputs)
+                    meter.add({k: outputs[k] for k in requested if k in wanted}, minmax=False)
+                    return_freed_memory()  # what this run did not reuse of the last one's memory; not this run's
+                    live.update((k, outputs[k]) for k in seg.passed)
+                    del outputs
+                    live = {k: v for k, v in live.items() if last.get(k, -1) >= seg.stop}
+                if len(kept) < keep_outputs and output in live:
+                    kept.extend(live[output][:keep_outputs - len(kept)])
+                del live
+                if on_batch:
+                    on_batch(len(part))
+    finally:   # the sessions' memory back to the system, on an error or Ctrl-C too
+        del sessions
+        SharedArena.release()
     ranges = meter.result()
     ranges.batch, ranges.segments = batch, len(segments)
     if keep_outputs:
@@ -185,7 +191,7 @@ def _segment_session(model, seg, floats: set[str], wanted: set[str] = frozenset(
                              [t for t in graph.initializer if t.name in read])
     proto = helper.make_model(part, opset_imports=model.opset_import, ir_version=model.ir_version)
     proto.functions.extend(model.functions)
-    session = ort_session(proto.SerializeToString(), arena=False, spinning=False)
+    session = ort_session(proto.SerializeToString(), arena="shared", spinning=False)
     return session, requested, reduced
 
 
