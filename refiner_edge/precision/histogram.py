@@ -55,6 +55,7 @@ def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 BINNINGS = ("arithmetic", "sorted")
 TIMED = 3              # merges timed per binning before the faster is kept
 TIMED_SIZE = 1 << 20   # values a merge needs to be timed (smaller ones say little about either)
+ABSOLUTE_CHUNK = 1 << 22   # |values| taken a chunk at a time into one buffer, not as a copy of the whole tensor
 
 
 def merged_counts(values: np.ndarray, edges: np.ndarray, binning: str) -> np.ndarray:
@@ -72,15 +73,18 @@ def collector_class():
     class AbsoluteHistograms(HistogramCollector):
         binning: str | None = None   # a binning to use throughout; None: the faster one, timed on this data
 
-        def _counts(self, magnitude: np.ndarray, edges: np.ndarray) -> np.ndarray:
-            if self.binning is not None:
-                return merged_counts(magnitude, edges, self.binning)
+        def _counts(self, flat: np.ndarray, edges: np.ndarray) -> np.ndarray:
+            """The counts of |flat| in `edges`, by the chosen binning (or the one timed least so far)."""
             timed = self.__dict__.setdefault("_timed", {b: [] for b in BINNINGS})
-            binning = min(BINNINGS, key=lambda b: len(timed[b]))   # the one timed least so far
+            binning = self.binning or min(BINNINGS, key=lambda b: len(timed[b]))
             started = time.perf_counter()
-            counts = merged_counts(magnitude, edges, binning)
-            if magnitude.size >= TIMED_SIZE:
-                timed[binning].append((time.perf_counter() - started) / magnitude.size)
+            counts = np.zeros(len(edges) - 1, np.int64)
+            magnitude = np.empty(min(ABSOLUTE_CHUNK, flat.size), flat.dtype)
+            for start in range(0, flat.size, ABSOLUTE_CHUNK):
+                part = flat[start:start + ABSOLUTE_CHUNK]
+                counts += merged_counts(np.absolute(part, out=magnitude[:len(part)]), edges, binning)
+            if self.binning is None and flat.size >= TIMED_SIZE:
+                timed[binning].append((time.perf_counter() - started) / flat.size)
                 if all(len(t) >= TIMED for t in timed.values()):
                     self.binning = min(BINNINGS, key=lambda b: statistics.median(timed[b]))
             return counts
@@ -92,12 +96,13 @@ def collector_class():
                     raise ValueError(f"{name}: only float32 or float16 tensors are calibrated")
                 flat = data.reshape(-1)
                 if flat.size:
-                    low, high = np.nanmin(flat), np.nanmax(flat)
+                    low, high = flat.min(), flat.max()   # NumPy's vectorized min/max; NaN-aware only if needed
+                    if np.isnan(low) or np.isnan(high):
+                        low, high = np.nanmin(flat), np.nanmax(flat)
                 else:
                     low = high = np.array(0, dtype=flat.dtype)
-                magnitude = np.absolute(flat)
                 if name not in self.histogram_dict:   # the first batch: uniform edges over its own range
-                    counts, edges = np.histogram(magnitude, bins=self.num_bins)
+                    counts, edges = np.histogram(np.absolute(flat), bins=self.num_bins)
                     self.histogram_dict[name] = (counts, edges.astype(flat.dtype), low, high)
                     continue
                 old_counts, edges, old_low, old_high = self.histogram_dict[name]
@@ -105,7 +110,7 @@ def collector_class():
                 if top > edges[-1]:   # reach further in steps of the same width, as the collector does
                     width = edges[1] - edges[0]
                     edges = np.hstack((edges, np.arange(edges[-1] + width, top + width, width)))
-                counts = self._counts(magnitude, edges)
+                counts = self._counts(flat, edges)
                 counts[:len(old_counts)] += old_counts
                 self.histogram_dict[name] = (counts, edges.astype(flat.dtype), min(old_low, low),
                                              max(old_high, high))
