@@ -202,3 +202,36 @@ def test_bin_counts_match_numpy_on_uneven_edges(chunk, monkeypatch):
                   np.cumsum(rng.uniform(0.001, 1, 40)).astype(np.float32),
                   np.linspace(0, 10, 2049, dtype=np.float32)):
         np.testing.assert_array_equal(bin_counts(values, edges), np.histogram(values, bins=edges)[0])
+
+
+@pytest.mark.parametrize("opset", [13, 18])   # ReduceMin/ReduceMax take their axes as an attribute, then an input
+def test_clipped_ranges_are_derived_and_equal_the_reference(opset, tmp_path, monkeypatch):
+    """Relu and constant-bound Clip outputs are not reduced in the session but derived from their input's range
+    (a clip of a clip too); a Clip with a computed bound is reduced; every range equals the all-outputs
+    collector's, as do the row-wise reductions' of rank-4 tensors."""
+    from onnx import TensorProto, helper
+
+    from refiner_edge.precision import ranges as ranges_module
+
+    scalar = lambda name, v: helper.make_tensor(name, TensorProto.FLOAT, [], [v])   # noqa: E731
+    nodes = [helper.make_node("Mul", ["X", "three"], ["A"]), helper.make_node("Relu", ["A"], ["R"]),
+             helper.make_node("Clip", ["A", "low", "high"], ["C"]), helper.make_node("Clip", ["R", "", "high"], ["D"]),
+             helper.make_node("ReduceMin", ["X"], ["M"], keepdims=0), helper.make_node("Clip", ["A", "M"], ["E"]),
+             helper.make_node("Add", ["C", "D"], ["CD"]), helper.make_node("Add", ["CD", "E"], ["Y"])]
+    graph = helper.make_graph(nodes, "clips", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4, 5, 6])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 4, 5, 6])],
+                              [scalar("three", 3.0), scalar("low", -1.5), scalar("high", 2.0)])
+    path = tmp_path / "clips.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8), str(path))
+    found: list[set[str]] = []
+    real = ranges_module._clipped_outputs
+    monkeypatch.setattr(ranges_module, "_clipped_outputs",
+                        lambda *a: found.append(set(result := real(*a))) or result)
+    rng = np.random.default_rng(5)
+    batches = [rng.standard_normal((2, 4, 5, 6)).astype(np.float32) for _ in range(3)]
+    new = ranges_module.collect_ranges(path, batches, "max", "X", set())
+    old = ranges_module._collect_ranges_all_outputs(path, batches, "max", "X", set())
+    assert set().union(*found) == {"R", "C", "D"}   # E's lower bound is computed: reduced
+    assert new.minmax.keys() == old.minmax.keys() >= {"A", "R", "C", "D", "E", "Y"}
+    for name, (lo, hi) in old.minmax.items():
+        assert new.minmax[name] == (lo, hi), name   # exactly: a clip returns an element or a bound
