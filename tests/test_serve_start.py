@@ -80,8 +80,12 @@ def test_a_server_error_is_one_line_without_the_stubs_traceback():
 def test_a_failed_model_load_is_tried_again_and_then_serves(tiny_plain, serve_python):
     result = run_flaky(serve_python, tiny_plain, 1, TRACEBACK_LOAD)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert "served after 2 loads" in result.stdout
-    assert "attempt 1 of 3" in result.stderr and "TimeoutError: no handshake" in result.stderr
+    retries = [line for line in result.stderr.splitlines() if "could not load the models (attempt" in line]
+    assert retries and "attempt 1 of 3" in retries[0] and "TimeoutError: no handshake" in retries[0], retries
+    # the injected failure, then a real load; on a loaded machine that real load may itself lose PyTriton's
+    # start-up race (serve's reason to retry), which is then logged as a retry of its own and costs one more load
+    assert all("Model initialize error" in line for line in retries[1:]), retries
+    assert f"served after {len(retries) + 1} loads" in result.stdout, result.stdout
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
 
 
