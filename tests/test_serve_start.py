@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from refiner_edge.deploy.serve import LOAD_ATTEMPTS
+
 from .helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +83,8 @@ def test_a_failed_model_load_is_tried_again_and_then_serves(tiny_plain, serve_py
     result = run_flaky(serve_python, tiny_plain, 1, TRACEBACK_LOAD)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     retries = [line for line in result.stderr.splitlines() if "could not load the models (attempt" in line]
-    assert retries and "attempt 1 of 3" in retries[0] and "TimeoutError: no handshake" in retries[0], retries
+    assert retries and f"attempt 1 of {LOAD_ATTEMPTS}" in retries[0] and "TimeoutError: no handshake" in retries[0], \
+        retries
     # the injected failure, then a real load; on a loaded machine that real load may itself lose PyTriton's
     # start-up race (serve's reason to retry), which is then logged as a retry of its own and costs one more load
     assert all("Model initialize error" in line for line in retries[1:]), retries
@@ -94,5 +97,6 @@ def test_other_failures_and_the_last_attempt_are_not_retried(tiny_plain, serve_p
     result = run_flaky(serve_python, tiny_plain, 1, "[400] unexpected datatype")
     assert result.returncode == 2 and "refused after 1: tritonserver could not load the models: [400] unexpected" \
         in result.stdout, result.stdout + result.stderr[-3000:]
-    result = run_flaky(serve_python, tiny_plain, 5, "[400] load failed for model 'flaky'")
-    assert result.returncode == 2 and "refused after 3:" in result.stdout, result.stdout + result.stderr[-3000:]
+    result = run_flaky(serve_python, tiny_plain, LOAD_ATTEMPTS + 2, "[400] load failed for model 'flaky'")
+    assert result.returncode == 2 and f"refused after {LOAD_ATTEMPTS}:" in result.stdout, \
+        result.stdout + result.stderr[-3000:]
