@@ -50,7 +50,7 @@ from ..runners.base import Runner
 MAX_IMAGE_INSTANCES = 8
 IMAGE_INPUT = "image"
 # tritonserver starts (start_triton): the instances' handshake can lose a start-up race; on 2 cores with 9 stubs
-# starting, the test suite saw three loads in a row lose it
+# starting, a start in the test suite gave up after 3
 LOAD_ATTEMPTS = 5
 NUMPY2_REASON = ("PyTriton 0.7.0's Python-backend stub is built for NumPy 1.x: under NumPy {version} it receives "
                  "every tensor as its first element repeated and returns empty outputs; serve from serve's own "
