@@ -90,8 +90,8 @@ def collect_ranges(model_path: str | Path, batches: Iterable[np.ndarray], method
     floats = set(names)
     wanted = {n for n in [input_name, *names] if n in (quantized or set())}
     segments, batch = plan_segments(memory, budget_bytes(memory_gb), len(first), floats)
-    derived: dict[str, tuple[str, float, float]] = {}
-    sessions = [_segment_session(memory.model, seg, floats, wanted, derived) for seg in segments]
+    derived = _clipped_outputs(memory.model, floats)   # their ranges follow from their inputs': not reduced
+    sessions = [_segment_session(memory.model, seg, floats, wanted, set(derived)) for seg in segments]
     last = dict(memory.last)
     output = memory.model.graph.output[0].name
     del memory.model.graph.initializer[:]  # the weights now live in the sessions only
@@ -152,13 +152,11 @@ def plan_segments(memory, budget: float, wanted: int, measured: set[str]):
             target /= 2
 
 
-def _segment_session(model, seg, floats: set[str], wanted: set[str] = frozenset(), derived: dict | None = None):
+def _segment_session(model, seg, floats: set[str], wanted: set[str] = frozenset(), derived: set[str] = frozenset()):
     """(ONNX Runtime session, names it returns, {tensor: (its min output, its max output)}) for one segment: the
     min and max of every float tensor it produces (reduced in the session), the `wanted` tensors it produces and
-    every tensor later segments read. `derived`: where given, the outputs of Relu and of Clip with constant bounds
-    are not reduced but entered there as {output: (input, lower bound, upper bound)}: clipping is monotonic, so
-    their min and max are their input's, clipped (`derive_clipped`); a quarter of Refiner-ViT-L's activation bytes
-    are such outputs."""
+    every tensor later segments read. `derived`: tensors not reduced, as their ranges are derived from others'
+    (the clipped outputs of `_clipped_outputs`: a quarter of Refiner-ViT-L's activation bytes)."""
     from onnx import TensorProto, helper
 
     from ..onnx.session import ort_session
@@ -167,11 +165,7 @@ def _segment_session(model, seg, floats: set[str], wanted: set[str] = frozenset(
     infos = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
     nodes = list(graph.node[seg.start:seg.stop])
     read = {i for n in nodes for i in n.input}
-    measured = [t for t in seg.produced if t in floats]
-    if derived is not None:
-        clipped = _clipped_outputs(model, nodes, floats)
-        derived.update(clipped)
-        measured = [t for t in measured if t not in clipped]
+    measured = [t for t in seg.produced if t in floats and t not in derived]
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     reduced, extra, outs, constants = {}, [], [], []
 
@@ -230,9 +224,10 @@ def _rank(info) -> int | None:
     return len(tensor.shape.dim) if tensor is not None and tensor.HasField("shape") else None
 
 
-def _clipped_outputs(model, nodes, floats: set[str]) -> dict[str, tuple[str, float, float]]:
-    """{output: (input, lower, upper)} of the Relu nodes and the Clip nodes whose bounds are constants, among
-    `nodes`, whose input and output are float activations."""
+def _clipped_outputs(model, floats: set[str]) -> dict[str, tuple[str, float, float]]:
+    """{output: (input, lower, upper)} of the graph's Relu nodes and Clip nodes whose bounds are constants, whose
+    input and output are float activations, in graph order: clipping is monotonic, so their min and max are their
+    input's, clipped (`derive_clipped`)."""
     constants = {t.name: t for t in model.graph.initializer}
     constants.update({n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant"
                       for a in n.attribute if a.name == "value"})
@@ -248,7 +243,7 @@ def _clipped_outputs(model, nodes, floats: set[str]) -> dict[str, tuple[str, flo
         return float(value.reshape(-1)[0]) if value.size == 1 else None
 
     found = {}
-    for node in nodes:
+    for node in model.graph.node:
         if not node.input or node.input[0] not in floats and node.input[0] != model.graph.input[0].name:
             continue
         if node.op_type == "Relu":
